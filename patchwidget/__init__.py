@@ -1,0 +1,34 @@
+"""patchwidget: activation patching you can click through, on nnsight.
+
+Example:
+    >>> import patchwidget as pw
+    >>> model = pw.load_model()
+    >>> result = pw.patch(model, "The capital of France is", "The capital of Japan is",
+    ...                   answer="Paris", wrong="Tokyo", metric="logit_diff_norm")
+    >>> fig = result.plot()
+"""
+
+from .engine import patch
+from .metrics import METRICS
+from .models import DEMO_MODEL_DIR, load_model
+from .prompts import PromptError
+from .result import PatchResult, ResultFileError
+from .sites import SITES, PatchwidgetError, UnknownSiteError, UnsupportedModelError
+from .widget import PatchWidget, explore
+
+__all__ = [
+    "DEMO_MODEL_DIR",
+    "METRICS",
+    "SITES",
+    "PatchResult",
+    "PatchwidgetError",
+    "PromptError",
+    "ResultFileError",
+    "UnknownSiteError",
+    "UnsupportedModelError",
+    "load_model",
+    "patch",
+    "explore",
+    "PatchWidget",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,112 @@
+"""The ``patchwidget`` command: patching from a shell, with a progress bar.
+
+Example:
+    $ patchwidget run --clean "The capital of France is" --corrupt "The capital of Japan is" \\
+          --answer Paris --wrong Tokyo --out grid.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXAMPLES = """examples:
+  patchwidget run                                   # the bundled model's IOI example, printed as a table
+  patchwidget run --clean "The capital of France is" --corrupt "The capital of Japan is" \\
+                  --answer Paris --wrong Tokyo --out grid.png
+  patchwidget run --site head_out --by-position no --out heads.json
+  patchwidget run --model openai-community/gpt2 --clean "..." --corrupt "..." \\
+                  --answer " Mary" --wrong " John"   # a hub model (needs network)
+"""
+
+DEMO = dict(
+    clean="When Mary and John went to the store , John gave a drink to",
+    corrupt="When Mary and John went to the store , Mary gave a drink to",
+    answer="Mary",
+    wrong="John",
+)
+OUTPUTS = (".png", ".svg", ".pdf", ".json", ".npz")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .engine import DIRECTIONS
+    from .metrics import METRICS
+    from .sites import SITES
+
+    parser = argparse.ArgumentParser(
+        prog="patchwidget", description="Activation patching of language models.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run", help="patch one site over a grid and show or save the result",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    run.add_argument("--clean", help="the clean prompt (default: the bundled IOI example)")
+    run.add_argument("--corrupt", help="the corrupted prompt, same number of tokens")
+    run.add_argument("--answer", help="the token the clean prompt should predict")
+    run.add_argument("--wrong", help="the token the corrupted prompt predicts")
+    run.add_argument("--model", default=None, help="hub name or folder (default: the bundled demo model)")
+    run.add_argument("--site", default="resid_pre", choices=list(SITES))
+    run.add_argument("--metric", default="logit_diff_norm", choices=list(METRICS))
+    run.add_argument("--direction", default="denoise", choices=list(DIRECTIONS))
+    run.add_argument("--layers", type=_int_list, help="comma-separated layer indices, e.g. 0,3")
+    run.add_argument("--by-position", choices=("yes", "no"), help="one cell per token, or all tokens at once")
+    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--out", type=Path, help=f"write the result: {', '.join(OUTPUTS)}")
+    return parser
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prompts = [args.clean, args.corrupt, args.answer, args.wrong]
+    if any(p is not None for p in prompts) and any(p is None for p in prompts):
+        parser.error("give all of --clean, --corrupt, --answer and --wrong, or none for the demo example")
+    if args.out is not None and args.out.suffix not in OUTPUTS:
+        parser.error(f"--out must end in one of {', '.join(OUTPUTS)}, got {str(args.out)!r}")
+    texts = DEMO if args.clean is None else dict(zip(("clean", "corrupt", "answer", "wrong"), prompts))
+
+    from tqdm.auto import tqdm
+
+    from . import load_model, patch
+    from .sites import PatchwidgetError
+
+    model = load_model(args.model)
+    by_position = None if args.by_position is None else args.by_position == "yes"
+    with tqdm(total=0, unit="cell", desc=args.site, file=sys.stderr) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            result = patch(
+                model, **texts, site=args.site, metric=args.metric, direction=args.direction,
+                layers=args.layers, by_position=by_position, batch_size=args.batch_size, progress=progress,
+            )  # fmt: skip
+        except PatchwidgetError as err:
+            bar.close()
+            parser.error(str(err).replace("\n", " "))
+    if args.out is None:
+        print(result.to_dataframe().pivot_table(index=result.dims[0], columns=result.dims[-1], values="value")
+              .round(3).to_string())  # fmt: skip
+    elif args.out.suffix in (".json", ".npz"):
+        result.save(args.out)
+    else:
+        result.plot().savefig(args.out, dpi=150)
+    if args.out is not None:
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

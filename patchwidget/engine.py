@@ -1,0 +1,350 @@
+"""Exact activation patching in batched nnsight traces.
+
+The whole algorithm, in three steps:
+
+1. **Cache.** One trace over the clean and corrupted prompts records the site's
+   activation at every requested layer, and the metric's baselines.
+2. **Patch.** Every cell of the grid (a layer, maybe a head or neuron, maybe a
+   position) becomes one row of a batch: a copy of the *target* prompt (the
+   corrupted one when denoising) whose activation at that cell is overwritten
+   with the *source* run's cached value. Many rows run in one forward pass,
+   ``batch_size`` rows at a time.
+3. **Measure.** The metric reads each row's logits at the last position; the
+   per-pair values and their mean go into a ``PatchResult``.
+
+Example:
+    >>> from patchwidget import load_model, patch
+    >>> model = load_model()
+    >>> r = patch(model, "The capital of France is", "The capital of Japan is",
+    ...           answer="Paris", wrong="Tokyo", metric="logit_diff_norm")
+    >>> r.dims, r.values.shape
+    (('layer', 'pos'), (4, 5))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .prompts import PromptBatch, Texts, prepare_prompts
+from .result import PatchResult
+from .sites import (
+    SITES,
+    ModelInfo,
+    PatchwidgetError,
+    check_site_supported,
+    logits_module,
+    model_info,
+    qkv_view,
+    view,
+)
+
+DIRECTIONS = ("denoise", "noise")
+METHODS = ("exact",)
+Progress = Callable[[int, int], None]
+
+
+class SettingsError(PatchwidgetError):
+    """A setting (direction, method, layers, heads, ...) is not valid."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The cells to patch: every combination of layer, unit and position."""
+
+    site: str
+    layers: list[int]
+    units: list[int]  # heads or neurons; [0] for sites with one unit per layer
+    positions: list[int]
+    by_position: bool
+
+    @property
+    def unit(self) -> str | None:
+        return SITES[self.site].unit
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return ("layer",) + ((self.unit,) if self.unit else ()) + (("pos",) if self.by_position else ())
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        sizes = {"layer": len(self.layers), "pos": len(self.positions)}
+        return tuple(sizes.get(d, len(self.units)) for d in self.dims)
+
+    def cells(self) -> list[tuple[int, int, tuple[int, ...]]]:
+        """(layer, unit, positions) per cell, in the order of ``shape``."""
+        pos_groups = [(p,) for p in self.positions] if self.by_position else [tuple(self.positions)]
+        return [(layer, unit, ps) for layer in self.layers for unit in self.units for ps in pos_groups]
+
+
+def patch(
+    model: Any,
+    clean: Texts,
+    corrupt: Texts,
+    *,
+    answer: Texts,
+    wrong: Texts,
+    site: str = "resid_pre",
+    metric: M.Metric = "logit_diff",
+    direction: str = "denoise",
+    method: str = "exact",
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    neurons: Sequence[int] | None = None,
+    by_position: bool | None = None,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    remote: bool | str = False,
+) -> PatchResult:
+    """Patch one site over a grid of cells and measure the metric per cell.
+
+    ``direction="denoise"`` copies clean activations into the corrupted run;
+    ``"noise"`` copies corrupted activations into the clean run. ``layers``,
+    ``positions``, ``heads`` and ``neurons`` narrow the grid; ``by_position``
+    chooses one cell per position (the default for most sites) or all chosen
+    positions patched at once (the default for ``attn_pattern`` and
+    ``mlp_neuron``). ``progress(done, total)`` is called after each batch.
+
+    Example:
+        >>> from patchwidget import load_model, patch
+        >>> r = patch(load_model(), "The capital of France is", "The capital of Japan is",
+        ...           answer="Paris", wrong="Tokyo", site="head_out", layers=[3], by_position=False)
+        >>> r.dims
+        ('layer', 'head')
+    """
+    info = model_info(model)
+    check_site_supported(site, info)
+    M.check_metric(metric)
+    _check_choice(direction, DIRECTIONS, "direction")
+    _check_choice(method, METHODS, "method")
+    if batch_size < 1:
+        raise SettingsError(f"batch_size must be at least 1, got {batch_size}")
+    if site == "attn_pattern" and model.config._attn_implementation != "eager":
+        raise SettingsError(
+            "site 'attn_pattern' reads attention weights, which needs eager attention: load the model "
+            "with attn_implementation='eager' (patchwidget.load_model does this by default)"
+        )
+    prompts = prepare_prompts(
+        model.tokenizer, clean, corrupt, answer=answer, wrong=wrong, max_len=_context_length(model)
+    )
+    grid = make_grid(info, site, prompts.n_pos, layers, positions, heads, neurons, by_position)
+
+    with torch.no_grad():
+        cache, clean_logits, corrupt_logits = run_cache(model, info, grid, prompts, remote)
+        source, target_ids = _source_and_target(cache, prompts, direction)
+        fn = M.resolve(metric)
+        per_row = patched_logits_metric(
+            model, info, grid, source, target_ids, prompts, clean_logits, fn, batch_size, progress, remote
+        )
+        ids = (prompts.answer_ids, prompts.wrong_ids, clean_logits)
+        clean_base, corrupt_base = fn(clean_logits, *ids).float(), fn(corrupt_logits, *ids).float()
+
+    per_pair = per_row.view(prompts.n_pairs, *grid.shape)
+    if metric == "logit_diff_norm":
+        per_pair = M.normalize(per_pair, clean_base, corrupt_base)
+        clean_base, corrupt_base = torch.ones_like(clean_base), torch.zeros_like(corrupt_base)
+    return _result(model, grid, prompts, per_pair, clean_base, corrupt_base, metric, direction, method)
+
+
+def make_grid(
+    info: ModelInfo,
+    site: str,
+    n_pos: int,
+    layers: Sequence[int] | None,
+    positions: Sequence[int] | None,
+    heads: Sequence[int] | None,
+    neurons: Sequence[int] | None,
+    by_position: bool | None,
+) -> Grid:
+    """Check the narrowing arguments and build the grid of cells."""
+    unit = SITES[site].unit
+    for name, given, wanted in (("heads", heads, "head"), ("neurons", neurons, "neuron")):
+        if given is not None and unit != wanted:
+            raise SettingsError(f"{name}={list(given)!r} does not apply to site {site!r}, which has no {wanted} axis")
+    n_units = info.n_units(site)
+    unit_label = "key-value heads" if site in ("head_k", "head_v") and info.n_kv_heads != info.n_heads else unit
+    return Grid(
+        site=site,
+        layers=_indices(layers, info.n_layers, "layers", "layers"),
+        units=_indices(heads if unit == "head" else neurons, n_units, unit or "unit", f"{unit_label}s")
+        if unit
+        else [0],
+        positions=_indices(positions, n_pos, "positions", "tokens in the prompts", negative_ok=True),
+        by_position=SITES[site].by_position if by_position is None else bool(by_position),
+    )
+
+
+def _indices(given: Sequence[int] | None, size: int, name: str, what: str, negative_ok: bool = False) -> list[int]:
+    if given is None:
+        return list(range(size))
+    if isinstance(given, int | np.integer):
+        given = [int(given)]
+    out = []
+    for i in given:
+        if not isinstance(i, int | np.integer) or isinstance(i, bool):
+            raise SettingsError(f"{name} must be integers, got {i!r}")
+        j = int(i) + size if negative_ok and i < 0 else int(i)
+        if not 0 <= j < size:
+            raise SettingsError(f"{name} index {i} is out of range: the model has {size} {what} (0 to {size - 1})")
+        out.append(j)
+    if not out:
+        raise SettingsError(f"{name} is empty; give at least one index or None for all")
+    if len(set(out)) != len(out):
+        raise SettingsError(f"{name} has repeated indices: {list(given)!r}")
+    return out
+
+
+def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise SettingsError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _context_length(model: Any) -> int | None:
+    config = model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def run_cache(
+    model: Any, info: ModelInfo, grid: Grid, prompts: PromptBatch, remote: bool | str = False
+) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """One trace over clean and corrupted prompts.
+
+    Returns the site's activation per layer, ``(2 * pair, pos, unit, width)``
+    with the clean rows first, and the last-position logits of each run.
+    """
+    ids = torch.cat([prompts.clean_ids, prompts.corrupt_ids])
+    saved = {}
+    with model.trace(ids, remote=remote):
+        for layer in grid.layers:
+            saved[layer] = view(model, info, grid.site, layer).clone().save()
+        logits = logits_module(model, info).output[:, -1].save()
+    n = prompts.n_pairs
+    return dict(saved), logits[:n], logits[n:]
+
+
+def _source_and_target(
+    cache: dict[int, torch.Tensor], prompts: PromptBatch, direction: str
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    n = prompts.n_pairs
+    if direction == "denoise":
+        return {layer: acts[:n] for layer, acts in cache.items()}, prompts.corrupt_ids
+    return {layer: acts[n:] for layer, acts in cache.items()}, prompts.clean_ids
+
+
+def patched_logits_metric(
+    model: Any,
+    info: ModelInfo,
+    grid: Grid,
+    source: dict[int, torch.Tensor],
+    target_ids: torch.Tensor,
+    prompts: PromptBatch,
+    clean_logits: torch.Tensor,
+    fn: M.MetricFn,
+    batch_size: int,
+    progress: Progress | None,
+    remote: bool | str = False,
+) -> torch.Tensor:
+    """The metric of every (pair, cell) row, ``(pair * cell,)``, pair-major."""
+    cells = grid.cells()
+    rows = [(pair, cell) for pair in range(prompts.n_pairs) for cell in cells]
+    out = torch.empty(len(rows))
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        pairs = torch.tensor([pair for pair, _ in chunk])
+        writes = _writes(chunk, source)
+        with model.trace(target_ids[pairs], remote=remote):
+            for layer, (r, p, u, values) in writes.items():
+                _write(model, info, grid.site, layer, r, p, u, values)
+            logits = logits_module(model, info).output[:, -1].save()
+        values = fn(logits, prompts.answer_ids[pairs], prompts.wrong_ids[pairs], clean_logits[pairs])
+        out[start : start + len(chunk)] = values.float()
+        if progress is not None:
+            progress(start + len(chunk), len(rows))
+    return out
+
+
+def _writes(
+    chunk: list[tuple[int, tuple[int, int, tuple[int, ...]]]], source: dict[int, torch.Tensor]
+) -> dict[int, tuple[torch.Tensor, ...]]:
+    """Per layer, in forward order: rows, positions, units and source values to write."""
+    by_layer: dict[int, list[tuple[int, int, int, int]]] = {}
+    for row, (pair, (layer, unit, positions)) in enumerate(chunk):
+        by_layer.setdefault(layer, []).extend((row, p, unit, pair) for p in positions)
+    writes = {}
+    for layer in sorted(by_layer):
+        r, p, u, pair = torch.tensor(by_layer[layer]).T
+        writes[layer] = (r, p, u, source[layer][pair, p, u])  # values: (write, width)
+    return writes
+
+
+def _write(
+    model: Any, info: ModelInfo, site: str, layer: int,
+    r: torch.Tensor, p: torch.Tensor, u: torch.Tensor, values: torch.Tensor,
+) -> None:  # fmt: skip
+    """Inside a trace: overwrite the site at (row, pos, unit) with ``values``."""
+    if site == "attn_pattern":
+        # The pattern is not a module's input or output, so patch what it
+        # produces: head output = source pattern @ this run's values.
+        v = qkv_view(model, info, "head_v", layer)  # (batch, key_pos, kv_head, d_head)
+        kv = u // (info.n_heads // info.n_kv_heads)
+        z = torch.einsum("wk,wkd->wd", values.to(v.dtype), v[r, :, kv])
+        view(model, info, "head_out", layer)[r, p, u] = z
+        return
+    target = view(model, info, site, layer)
+    target[r, p, u] = values.to(target.dtype)
+
+
+def _result(
+    model: Any, grid: Grid, prompts: PromptBatch, per_pair: torch.Tensor,
+    clean_base: torch.Tensor, corrupt_base: torch.Tensor, metric: M.Metric, direction: str, method: str,
+) -> PatchResult:  # fmt: skip
+    coords: dict[str, list] = {"layer": grid.layers}
+    if grid.unit:
+        coords[grid.unit] = grid.units
+    if grid.by_position:
+        coords["pos"] = grid.positions
+    settings = {
+        "site": grid.site,
+        "metric": M.metric_name(metric),
+        "direction": direction,
+        "method": method,
+        "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        "patched_positions": grid.positions,
+        "clean": prompts.clean,
+        "corrupt": prompts.corrupt,
+        "answer": prompts.answer,
+        "wrong": prompts.wrong,
+    }
+    return PatchResult(
+        per_pair=per_pair.numpy(),
+        dims=grid.dims,
+        coords=coords,
+        tokens=prompts.tokens,
+        clean_baseline=clean_base.float().numpy(),
+        corrupt_baseline=corrupt_base.float().numpy(),
+        settings=settings,
+    )
+
+
+def attention_pattern(model: Any, prompt: str, layer: int, head: int) -> np.ndarray:
+    """The attention pattern of one head on one prompt, ``(query, key)``.
+
+    Example:
+        >>> attention_pattern(load_model(), "The capital of France is", 2, 1).shape  # doctest: +SKIP
+        (5, 5)
+    """
+    info = model_info(model)
+    if model.config._attn_implementation != "eager":
+        raise SettingsError("attention patterns need eager attention: load with attn_implementation='eager'")
+    _indices([layer], info.n_layers, "layers", "layers")
+    _indices([head], info.n_heads, "heads", "heads")
+    ids = torch.tensor([model.tokenizer(prompt)["input_ids"]])
+    with torch.no_grad(), model.trace(ids):
+        pattern = view(model, info, "attn_pattern", layer)[0, :, head].save()  # (query, key)
+    return pattern.float().numpy()

@@ -1,0 +1,178 @@
+"""Tokenising and validating prompt pairs and answers, before any compute.
+
+Every check here raises a ``PromptError`` (a ``ValueError``) whose message
+names the offending input and shows how it tokenized.
+
+Example:
+    >>> from patchwidget import load_model
+    >>> batch = prepare_prompts(load_model().tokenizer, "The capital of France is",
+    ...                         "The capital of Japan is", answer="Paris", wrong="Tokyo")
+    >>> batch.n_pairs, batch.n_pos
+    (1, 5)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .sites import PatchwidgetError
+
+
+class PromptError(PatchwidgetError):
+    """A prompt, answer or their combination cannot be patched."""
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Tokenized, validated prompt pairs, all of one length."""
+
+    clean: list[str]
+    corrupt: list[str]
+    answer: list[str]
+    wrong: list[str]
+    clean_ids: torch.Tensor  # (pair, pos)
+    corrupt_ids: torch.Tensor  # (pair, pos)
+    answer_ids: torch.Tensor  # (pair,)
+    wrong_ids: torch.Tensor  # (pair,)
+    tokens: list[str]  # the first clean prompt's tokens, as text
+
+    @property
+    def n_pairs(self) -> int:
+        return self.clean_ids.shape[0]
+
+    @property
+    def n_pos(self) -> int:
+        return self.clean_ids.shape[1]
+
+
+Texts = str | Sequence[str]
+
+
+def _as_list(value: Texts, name: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
+        raise PromptError(f"{name} must be a string or a list of strings, got {value!r}")
+    return list(value)
+
+
+def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Each token id decoded on its own, as a user would read it."""
+    return [tokenizer.decode([int(i)]) for i in ids]
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text)["input_ids"])
+
+
+def _check_known(tokenizer: Any, ids: list[int], text: str, name: str) -> None:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and unk in ids:
+        words = [w for w in text.split() if tokenizer.unk_token_id in _encode(tokenizer, w)]
+        raise PromptError(
+            f"{name} {text!r} contains words the model's vocabulary lacks: {words}; "
+            f"they would all read as {tokenizer.unk_token!r}"
+        )
+
+
+def _answer_id(tokenizer: Any, text: str, name: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        hint = " (GPT-2-style tokenizers usually want a leading space, e.g. ' Paris')"
+        raise PromptError(
+            f"{name} {text!r} must be exactly one token, but it tokenizes to {len(ids)}: "
+            f"{token_strings(tokenizer, ids)}{hint if len(ids) > 1 else ''}"
+        )
+    _check_known(tokenizer, ids, text, name)
+    return ids[0]
+
+
+def prepare_prompts(
+    tokenizer: Any,
+    clean: Texts,
+    corrupt: Texts,
+    *,
+    answer: Texts,
+    wrong: Texts,
+    max_len: int | None = None,
+) -> PromptBatch:
+    """Tokenize prompt pairs and answers, checking everything patching needs.
+
+    ``clean`` and ``corrupt`` are one prompt each or equal-length lists; a
+    single ``answer``/``wrong`` string applies to every pair. Each clean
+    prompt must tokenize to as many tokens as its corrupted twin, and all
+    pairs to one length, so that positions line up.
+    """
+    clean_l, corrupt_l = _as_list(clean, "clean"), _as_list(corrupt, "corrupt")
+    n = len(clean_l)
+    if n == 0:
+        raise PromptError("clean is an empty list; give at least one prompt pair")
+    if len(corrupt_l) != n:
+        raise PromptError(f"clean has {n} prompts but corrupt has {len(corrupt_l)}; they pair up one to one")
+    answers = _broadcast(answer, "answer", n)
+    wrongs = _broadcast(wrong, "wrong", n)
+
+    clean_ids, corrupt_ids = [], []
+    for i, (c, k) in enumerate(zip(clean_l, corrupt_l)):
+        tag = f" {i}" if n > 1 else ""
+        for text, name in ((c, f"clean prompt{tag}"), (k, f"corrupt prompt{tag}")):
+            if not text.strip():
+                raise PromptError(f"{name} is empty")
+        c_ids, k_ids = _encode(tokenizer, c), _encode(tokenizer, k)
+        _check_known(tokenizer, c_ids, c, f"clean prompt{tag}")
+        _check_known(tokenizer, k_ids, k, f"corrupt prompt{tag}")
+        if len(c_ids) != len(k_ids):
+            raise PromptError(
+                f"clean prompt{tag} and corrupt prompt{tag} tokenize to different lengths "
+                f"({len(c_ids)} vs {len(k_ids)}), so positions do not line up:\n"
+                f"  clean:   {token_strings(tokenizer, c_ids)}\n"
+                f"  corrupt: {token_strings(tokenizer, k_ids)}\n"
+                "Choose prompts that differ only in words of equal token length."
+            )
+        if c_ids == k_ids:
+            raise PromptError(f"clean prompt{tag} and corrupt prompt{tag} are identical ({c!r}): nothing to patch")
+        if clean_ids and len(c_ids) != len(clean_ids[0]):
+            raise PromptError(
+                f"prompt pair {i} has {len(c_ids)} tokens but pair 0 has {len(clean_ids[0])}; "
+                "all pairs must have one length so that positions line up across pairs:\n"
+                f"  pair 0:  {token_strings(tokenizer, clean_ids[0])}\n"
+                f"  pair {i}: {token_strings(tokenizer, c_ids)}"
+            )
+        if max_len is not None and len(c_ids) > max_len:
+            raise PromptError(f"clean prompt{tag} has {len(c_ids)} tokens, more than the model's context of {max_len}")
+        clean_ids.append(c_ids)
+        corrupt_ids.append(k_ids)
+
+    tag = (lambda i: "") if n == 1 else (lambda i: f" {i}")
+    answer_ids = [_answer_id(tokenizer, a, f"answer{tag(i)}") for i, a in enumerate(answers)]
+    wrong_ids = [_answer_id(tokenizer, w, f"wrong{tag(i)}") for i, w in enumerate(wrongs)]
+    for i, (a, w) in enumerate(zip(answer_ids, wrong_ids)):
+        if a == w:
+            raise PromptError(
+                f"answer and wrong of pair {i} are the same token {answers[i]!r}: the logit difference is 0"
+            )
+
+    return PromptBatch(
+        clean=clean_l,
+        corrupt=corrupt_l,
+        answer=answers,
+        wrong=wrongs,
+        clean_ids=torch.tensor(clean_ids),
+        corrupt_ids=torch.tensor(corrupt_ids),
+        answer_ids=torch.tensor(answer_ids),
+        wrong_ids=torch.tensor(wrong_ids),
+        tokens=token_strings(tokenizer, clean_ids[0]),
+    )
+
+
+def _broadcast(value: Texts, name: str, n: int) -> list[str]:
+    values = _as_list(value, name)
+    if isinstance(value, str):
+        return values * n
+    if len(values) != n:
+        raise PromptError(f"{name} has {len(values)} entries but there are {n} prompt pairs")
+    return values

@@ -1,0 +1,177 @@
+"""PatchResult: the numbers a patching sweep produced, with their names.
+
+Saved as JSON or ``.npz`` (loaded with ``allow_pickle=False``), never pickle,
+so loading a file cannot run code.
+
+Example:
+    >>> import numpy as np
+    >>> r = PatchResult(per_pair=np.zeros((1, 2, 3)), dims=("layer", "pos"),
+    ...                 coords={"layer": [0, 1], "pos": [0, 1, 2]}, tokens=["a", "b", "c"],
+    ...                 clean_baseline=np.ones(1), corrupt_baseline=np.zeros(1), settings={})
+    >>> r.values.shape
+    (2, 3)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .sites import PatchwidgetError
+
+FORMAT_VERSION = 1
+
+
+class ResultFileError(PatchwidgetError):
+    """A saved result could not be read: wrong format, truncated or altered."""
+
+
+@dataclass
+class PatchResult:
+    """Values of a metric over a grid of patched sites.
+
+    ``per_pair`` is ``(pair, *shape)``; ``values`` is its mean over pairs.
+    ``dims`` names the axes (for example ``("layer", "pos")``), ``coords``
+    gives each axis's indices, ``tokens`` the first clean prompt's tokens.
+    """
+
+    per_pair: np.ndarray
+    dims: tuple[str, ...]
+    coords: dict[str, list[int]]
+    tokens: list[str]
+    clean_baseline: np.ndarray  # (pair,)
+    corrupt_baseline: np.ndarray  # (pair,)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.per_pair = np.asarray(self.per_pair, dtype=np.float32)
+        self.dims = tuple(self.dims)
+        self.clean_baseline = np.asarray(self.clean_baseline, dtype=np.float32)
+        self.corrupt_baseline = np.asarray(self.corrupt_baseline, dtype=np.float32)
+        expected = (len(self.clean_baseline), *(len(self.coords[d]) for d in self.dims))
+        if self.per_pair.shape != expected:
+            raise ResultFileError(f"per_pair has shape {self.per_pair.shape}, expected {expected} from dims and coords")
+
+    @property
+    def values(self) -> np.ndarray:
+        """The mean over prompt pairs, shaped like the grid."""
+        return self.per_pair.mean(axis=0)
+
+    @property
+    def n_pairs(self) -> int:
+        return self.per_pair.shape[0]
+
+    def labels(self, dim: str) -> list[str]:
+        """Axis labels for display: token text for positions, ``L3``/``H2``/``N17`` otherwise."""
+        if dim == "pos":
+            return [f"{self.tokens[p]} ({p})" for p in self.coords["pos"]]
+        prefix = {"layer": "L", "head": "H", "neuron": "N"}[dim]
+        return [f"{prefix}{i}" for i in self.coords[dim]]
+
+    def normalized(self) -> PatchResult:
+        """Rescaled per pair so that the clean baseline is 1 and the corrupted 0."""
+        shape = (-1,) + (1,) * len(self.dims)
+        span = (self.clean_baseline - self.corrupt_baseline).reshape(shape)
+        per_pair = (self.per_pair - self.corrupt_baseline.reshape(shape)) / span
+        settings = {**self.settings, "metric": f"{self.settings.get('metric', 'metric')} (normalized)"}
+        ones = np.ones_like(self.clean_baseline)
+        return PatchResult(per_pair, self.dims, self.coords, self.tokens, ones, ones * 0, settings)
+
+    def to_dataframe(self, per_pair: bool = False) -> Any:
+        """Long-form pandas DataFrame: one row per cell (and pair), a ``value`` column."""
+        import pandas as pd
+
+        data = self.per_pair if per_pair else self.values[None]
+        index = np.indices(data.shape).reshape(data.ndim, -1)
+        columns: dict[str, Any] = {}
+        if per_pair:
+            columns["pair"] = index[0]
+        for axis, dim in enumerate(self.dims, start=1):
+            columns[dim] = np.asarray(self.coords[dim])[index[axis]]
+            if dim == "pos":
+                columns["token"] = [self.tokens[p] for p in columns["pos"]]
+        columns["value"] = data.reshape(-1)
+        return pd.DataFrame(columns)
+
+    def plot(self, ax: Any = None, **kwargs: Any) -> Any:
+        """A matplotlib Figure of the grid (see ``patchwidget.plot.plot_result``)."""
+        from .plot import plot_result
+
+        return plot_result(self, ax=ax, **kwargs)
+
+    # --- files -------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "patchwidget.PatchResult",
+            "version": FORMAT_VERSION,
+            "dims": list(self.dims),
+            "coords": {k: [int(i) for i in v] for k, v in self.coords.items()},
+            "tokens": list(self.tokens),
+            "per_pair": self.per_pair.tolist(),
+            "clean_baseline": self.clean_baseline.tolist(),
+            "corrupt_baseline": self.corrupt_baseline.tolist(),
+            "settings": self.settings,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PatchResult:
+        if not isinstance(data, dict) or data.get("format") != "patchwidget.PatchResult":
+            raise ResultFileError("not a patchwidget result (missing format marker)")
+        if data.get("version") != FORMAT_VERSION:
+            raise ResultFileError(f"unsupported result format version {data.get('version')!r}")
+        try:
+            return cls(
+                per_pair=np.asarray(data["per_pair"], dtype=np.float32),
+                dims=tuple(str(d) for d in data["dims"]),
+                coords={str(k): [int(i) for i in v] for k, v in data["coords"].items()},
+                tokens=[str(t) for t in data["tokens"]],
+                clean_baseline=np.asarray(data["clean_baseline"], dtype=np.float32),
+                corrupt_baseline=np.asarray(data["corrupt_baseline"], dtype=np.float32),
+                settings=dict(data["settings"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ResultFileError(f"result data is malformed: {err}") from err
+
+    def save(self, path: str | Path) -> Path:
+        """Write to ``.json`` or ``.npz`` (chosen by the suffix).
+
+        Example:
+            >>> r.save("grid.json")  # doctest: +SKIP
+        """
+        path = Path(path)
+        data = self.to_dict()
+        if path.suffix == ".json":
+            path.write_text(json.dumps(data))
+        elif path.suffix == ".npz":
+            arrays = {
+                k: np.asarray(data.pop(k), dtype=np.float32) for k in ("per_pair", "clean_baseline", "corrupt_baseline")
+            }
+            np.savez_compressed(path, meta=np.array(json.dumps(data)), **arrays)
+        else:
+            raise ResultFileError(f"cannot save to {str(path)!r}: use a .json or .npz file name")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PatchResult:
+        """Read a result written by ``save``; a damaged file raises ``ResultFileError``."""
+        path = Path(path)
+        try:
+            if path.suffix == ".json":
+                data = json.loads(path.read_text())
+            elif path.suffix == ".npz":
+                with np.load(path, allow_pickle=False) as npz:
+                    data = json.loads(str(npz["meta"]))
+                    for key in ("per_pair", "clean_baseline", "corrupt_baseline"):
+                        data[key] = npz[key]
+            else:
+                raise ResultFileError(f"cannot load {str(path)!r}: expected a .json or .npz file")
+        except ResultFileError:
+            raise
+        except Exception as err:  # zip, JSON and numpy errors all mean a damaged file
+            raise ResultFileError(f"could not read {str(path)!r}: {type(err).__name__}: {err}") from err
+        return cls.from_dict(data)

@@ -1,0 +1,253 @@
+"""What can be patched, and where it lives in each architecture.
+
+A *site* is a kind of activation (``resid_pre``, ``head_out``, ...). This
+module is the one place that knows the module names of each architecture; the
+engine asks it for a *view* of a site at one layer, shaped
+``(batch, pos, unit, width)``:
+
+- residual-stream sites have one unit: ``(batch, pos, 1, d_model)``
+- per-head sites have one unit per head: ``(batch, pos, head, d_head)``
+- ``mlp_neuron`` has one unit per neuron: ``(batch, pos, neuron, 1)``
+- ``attn_pattern`` is read as ``(batch, query_pos, head, key_pos)``
+
+The view shares storage with the model's own tensor, so writing into it inside
+an nnsight trace patches the model.
+
+Example:
+    >>> SITES["head_out"].unit
+    'head'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+class PatchwidgetError(ValueError):
+    """Bad input to patchwidget; raised before any forward pass runs."""
+
+
+class UnknownSiteError(PatchwidgetError):
+    pass
+
+
+class UnsupportedModelError(PatchwidgetError):
+    pass
+
+
+@dataclass(frozen=True)
+class Site:
+    """One kind of activation that can be patched."""
+
+    name: str
+    unit: str | None  # name of the axis inside a layer: None, "head" or "neuron"
+    by_position: bool  # default: one cell per position (True) or all positions at once
+    doc: str
+
+
+SITES: dict[str, Site] = {
+    s.name: s
+    for s in (
+        Site("resid_pre", None, True, "residual stream entering the layer"),
+        Site("resid_mid", None, True, "residual stream between attention and MLP"),
+        Site("resid_post", None, True, "residual stream leaving the layer"),
+        Site("attn_out", None, True, "output of the attention block"),
+        Site("mlp_out", None, True, "output of the MLP block"),
+        Site("head_out", "head", True, "per-head attention output, before the output projection"),
+        Site("head_q", "head", True, "per-head queries (before rotary embeddings)"),
+        Site("head_k", "head", True, "per-head keys (key-value heads under grouped-query attention)"),
+        Site("head_v", "head", True, "per-head values (key-value heads under grouped-query attention)"),
+        Site("attn_pattern", "head", False, "per-head attention pattern"),
+        Site("mlp_neuron", "neuron", False, "MLP hidden activation, after the nonlinearity"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Module paths of one architecture, relative to the wrapped model.
+
+    ``layers`` is the list of blocks; the other paths are relative to a block.
+    ``qkv`` says how queries, keys and values are produced: ``"gpt2"`` (one
+    projection, concatenated), ``"neox"`` (one projection, interleaved per
+    head) or ``"split"`` (separate ``q``/``k``/``v`` projections).
+    """
+
+    layers: str
+    final_norm: str
+    unembed: str
+    embed: str
+    attn: str
+    mlp: str
+    ln_mid: str | None  # norm whose input is resid_mid; None if there is none
+    attn_proj_out: str
+    mlp_proj_out: str
+    qkv: str
+    q: str
+    k: str = ""
+    v: str = ""
+
+
+_LLAMA = Arch(
+    layers="model.layers", final_norm="model.norm", unembed="lm_head", embed="model.embed_tokens",
+    attn="self_attn", mlp="mlp", ln_mid="post_attention_layernorm", attn_proj_out="self_attn.o_proj",
+    mlp_proj_out="mlp.down_proj", qkv="split", q="self_attn.q_proj", k="self_attn.k_proj",
+    v="self_attn.v_proj",
+)  # fmt: skip
+
+ARCHITECTURES: dict[str, Arch] = {
+    "gpt2": Arch(
+        layers="transformer.h", final_norm="transformer.ln_f", unembed="lm_head",
+        embed="transformer.wte", attn="attn", mlp="mlp", ln_mid="ln_2",
+        attn_proj_out="attn.c_proj", mlp_proj_out="mlp.c_proj", qkv="gpt2", q="attn.c_attn",
+    ),
+    "gpt_neox": Arch(
+        layers="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm", unembed="lm_head",
+        embed="gpt_neox.embed_in", attn="attention", mlp="mlp", ln_mid="post_attention_layernorm",
+        attn_proj_out="attention.dense", mlp_proj_out="mlp.dense_4h_to_h", qkv="neox",
+        q="attention.query_key_value",
+    ),
+    "llama": _LLAMA,
+    "qwen2": _LLAMA,
+    "mistral": _LLAMA,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Shapes and module paths of one model, read once from its config."""
+
+    arch: Arch
+    model_type: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    parallel_residual: bool
+
+    def n_units(self, site: str) -> int:
+        unit = SITES[site].unit
+        if unit == "neuron":
+            return self.d_mlp
+        if unit == "head":
+            return self.n_kv_heads if site in ("head_k", "head_v") else self.n_heads
+        return 1
+
+
+def model_info(model: Any) -> ModelInfo:
+    """Read the architecture and sizes of a wrapped model.
+
+    Raises ``UnsupportedModelError`` naming the model type and the supported
+    ones when the architecture is not in the table.
+    """
+    config = model.config
+    model_type = getattr(config, "model_type", type(model).__name__)
+    if model_type not in ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"model type {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    n_heads = _first_attr(config, "num_attention_heads", "n_head")
+    d_model = _first_attr(config, "hidden_size", "n_embd")
+    d_mlp = _first_attr(config, "intermediate_size", "n_inner", default=None) or 4 * d_model
+    return ModelInfo(
+        arch=ARCHITECTURES[model_type],
+        model_type=model_type,
+        n_layers=_first_attr(config, "num_hidden_layers", "n_layer"),
+        n_heads=n_heads,
+        n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+        d_model=d_model,
+        d_head=getattr(config, "head_dim", None) or d_model // n_heads,
+        d_mlp=d_mlp,
+        parallel_residual=bool(getattr(config, "use_parallel_residual", False)),
+    )
+
+
+def _first_attr(config: Any, *names: str, **default: Any) -> Any:
+    for name in names:
+        if getattr(config, name, None) is not None:
+            return getattr(config, name)
+    if "default" in default:
+        return default["default"]
+    raise UnsupportedModelError(f"model config has none of the attributes {names}")
+
+
+def module(model: Any, path: str) -> Any:
+    """The (nnsight-wrapped) submodule at a dotted path."""
+    for part in path.split("."):
+        model = getattr(model, part)
+    return model
+
+
+def layer_module(model: Any, info: ModelInfo, layer: int, path: str = "") -> Any:
+    block = module(model, info.arch.layers)[layer]
+    return module(block, path) if path else block
+
+
+def check_site_supported(site: str, info: ModelInfo) -> None:
+    if site not in SITES:
+        raise UnknownSiteError(f"unknown site {site!r}; choose one of: {', '.join(SITES)}")
+    if site == "resid_mid" and (info.parallel_residual or info.arch.ln_mid is None):
+        raise UnknownSiteError(
+            f"site 'resid_mid' does not exist in this {info.model_type} model: "
+            "attention and MLP read the same residual stream in parallel"
+        )
+
+
+def view(model: Any, info: ModelInfo, site: str, layer: int) -> torch.Tensor:
+    """The site's activation at ``layer`` as ``(batch, pos, unit, width)``.
+
+    Call inside an nnsight trace, in forward order. Writing into the returned
+    tensor patches the model. ``attn_pattern`` is read-only here (see
+    ``engine``): it is taken from the attention module's second output, which
+    needs eager attention.
+    """
+    arch = info.arch
+    at = lambda path: layer_module(model, info, layer, path)  # noqa: E731
+    if site == "resid_pre":
+        return at("").input.unsqueeze(2)
+    if site == "resid_mid":
+        return at(arch.ln_mid).input.unsqueeze(2)
+    if site == "resid_post":
+        return at("").output.unsqueeze(2)
+    if site == "attn_out":
+        return at(arch.attn).output[0].unsqueeze(2)
+    if site == "mlp_out":
+        return at(arch.mlp).output.unsqueeze(2)
+    if site == "head_out":
+        return _split_heads(at(arch.attn_proj_out).input, info.d_head)
+    if site in ("head_q", "head_k", "head_v"):
+        return qkv_view(model, info, site, layer)
+    if site == "mlp_neuron":
+        return at(arch.mlp_proj_out).input.unsqueeze(3)
+    if site == "attn_pattern":
+        return at(arch.attn).output[1].transpose(1, 2)  # (batch, q_pos, head, k_pos)
+    raise UnknownSiteError(f"unknown site {site!r}")
+
+
+def qkv_view(model: Any, info: ModelInfo, site: str, layer: int) -> torch.Tensor:
+    """Queries, keys or values at ``layer`` as ``(batch, pos, head, d_head)``."""
+    arch = info.arch
+    which = "qkv".index(site[-1])
+    if arch.qkv == "split":
+        path = (arch.q, arch.k, arch.v)[which]
+        return _split_heads(layer_module(model, info, layer, path).output, info.d_head)
+    fused = layer_module(model, info, layer, arch.q).output
+    if arch.qkv == "gpt2":  # [q | k | v], each (batch, pos, d_model)
+        d = info.n_heads * info.d_head
+        return _split_heads(fused[..., which * d : (which + 1) * d], info.d_head)
+    # neox: (batch, pos, head, [q | k | v]) interleaved per head
+    per_head = _split_heads(fused, 3 * info.d_head)
+    return per_head[..., which * info.d_head : (which + 1) * info.d_head]
+
+
+def _split_heads(x: torch.Tensor, d_head: int) -> torch.Tensor:
+    return x.view(*x.shape[:-1], x.shape[-1] // d_head, d_head)  # (batch, pos, head, d_head)
+
+
+def logits_module(model: Any, info: ModelInfo) -> Any:
+    return module(model, info.arch.unembed)

@@ -1,0 +1,51 @@
+"""Shared fixtures: the bundled model and tiny random models of other architectures."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from transformers import (
+    AutoTokenizer,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+import patchwidget as pw
+
+warnings.filterwarnings("ignore", category=UserWarning)
+
+
+@pytest.fixture(scope="session")
+def demo():
+    return pw.load_model()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(pw.DEMO_MODEL_DIR)
+
+
+def _tiny(config_cls, model_cls, tokenizer, **extra):
+    torch.manual_seed(0)
+    config = config_cls(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, initializer_range=0.15, attn_implementation="eager", **extra,
+    )  # fmt: skip
+    return pw.load_model(model_cls(config).eval(), tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tokenizer, demo):
+    """Randomly initialised models of each supported architecture family."""
+    return {
+        "gpt2-demo": demo,
+        "gpt_neox": _tiny(GPTNeoXConfig, GPTNeoXForCausalLM, tokenizer, use_parallel_residual=True),
+        "llama": _tiny(LlamaConfig, LlamaForCausalLM, tokenizer, num_key_value_heads=4),
+        "qwen2-gqa": _tiny(Qwen2Config, Qwen2ForCausalLM, tokenizer, num_key_value_heads=2),
+    }

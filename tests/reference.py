@@ -1,0 +1,182 @@
+"""A deliberately plain activation-patching implementation, for checking the engine.
+
+Plain PyTorch forward hooks on the Hugging Face model (no nnsight), one forward
+pass per cell, one prompt at a time. It shares no code with ``patchwidget``:
+module names, head splitting and the attention-pattern patch are written out
+again here, so that an error in the engine cannot hide in a shared helper.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+# Module paths, written independently of patchwidget.sites.
+NAMES = {
+    "gpt2": dict(layers="transformer.h", attn="attn", mlp="mlp", ln2="ln_2", o="attn.c_proj",
+                 down="mlp.c_proj", qkv="attn.c_attn"),
+    "gpt_neox": dict(layers="gpt_neox.layers", attn="attention", mlp="mlp", ln2="post_attention_layernorm",
+                     o="attention.dense", down="mlp.dense_4h_to_h", qkv="attention.query_key_value"),
+    "llama": dict(layers="model.layers", attn="self_attn", mlp="mlp", ln2="post_attention_layernorm",
+                  o="self_attn.o_proj", down="mlp.down_proj", q="self_attn.q_proj", k="self_attn.k_proj",
+                  v="self_attn.v_proj"),
+}  # fmt: skip
+NAMES["qwen2"] = NAMES["mistral"] = NAMES["llama"]
+
+
+def get(model, path):
+    for part in path.split("."):
+        model = getattr(model, part)
+    return model
+
+
+class Sizes:
+    def __init__(self, config):
+        self.h = config.num_attention_heads
+        self.kv = getattr(config, "num_key_value_heads", None) or self.h
+        self.d = config.hidden_size
+        self.dh = getattr(config, "head_dim", None) or self.d // self.h
+
+
+# --- the attention pattern, through a registered attention function --------
+
+PATTERN = {"layer": None, "record": None, "replace": None}  # replace: {(head, qpos): row}
+
+
+def ref_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    n_rep = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(n_rep, dim=1)
+    value = value.repeat_interleave(n_rep, dim=1)
+    scores = query @ key.transpose(-1, -2) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[-2]]
+    weights = scores.softmax(-1)  # (batch, head, q, k)
+    if module.layer_idx == PATTERN["layer"]:
+        if PATTERN["record"] is not None:
+            PATTERN["record"].append(weights[0].clone())
+        if PATTERN["replace"]:
+            weights = weights.clone()
+            for (head, q), row in PATTERN["replace"].items():
+                weights[0, head, q] = row
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
+AttentionInterface.register("ref_eager", ref_attention)
+AttentionMaskInterface.register("ref_eager", eager_mask)
+
+
+# --- hooks -------------------------------------------------------------------
+
+
+def site_hooks(model, site, layer, sizes, fn):
+    """Register a hook that calls ``fn(act)`` on the site's activation
+    ``(pos, unit, width)`` of the single prompt; ``fn`` may modify it in place."""
+    names = NAMES[model.config.model_type]
+    block = get(model, names["layers"])[layer]
+
+    def per_unit(x, unit):  # (1, pos, n*unit) -> (pos, n, unit)
+        return x[0].view(x.shape[1], -1, unit)
+
+    def pre(module_path, reshape):
+        def hook(mod, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            fn(reshape(x))
+
+        return get(block, module_path).register_forward_pre_hook(hook, with_kwargs=True) if module_path else \
+            block.register_forward_pre_hook(hook, with_kwargs=True)  # fmt: skip
+
+    def post(module_path, pick, reshape):
+        def hook(mod, args, output):
+            fn(reshape(pick(output)))
+
+        target = get(block, module_path) if module_path else block
+        return target.register_forward_hook(hook)
+
+    whole = lambda x: x[0].unsqueeze(1)  # noqa: E731  (pos, 1, d_model)
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    if site == "resid_pre":
+        return pre("", whole)
+    if site == "resid_mid":
+        return pre(names["ln2"], whole)
+    if site == "resid_post":
+        return post("", first, whole)
+    if site == "attn_out":
+        return post(names["attn"], lambda out: out[0], whole)
+    if site == "mlp_out":
+        return post(names["mlp"], first, whole)
+    if site == "head_out":
+        return pre(names["o"], lambda x: per_unit(x, sizes.dh))
+    if site == "mlp_neuron":
+        return pre(names["down"], lambda x: x[0].unsqueeze(-1))
+    if site in ("head_q", "head_k", "head_v"):
+        which = "qkv".index(site[-1])
+        if "q" in names:
+            return post(names["qkv"[which]], first, lambda x: per_unit(x, sizes.dh))
+        if model.config.model_type == "gpt2":
+            return post(
+                names["qkv"], first, lambda x: per_unit(x[..., which * sizes.d : (which + 1) * sizes.d], sizes.dh)
+            )
+        # gpt_neox: per head [q | k | v]
+        return post(
+            names["qkv"], first, lambda x: per_unit(x, 3 * sizes.dh)[..., which * sizes.dh : (which + 1) * sizes.dh]
+        )
+    raise KeyError(site)
+
+
+def run(model, ids, site=None, layer=None, fn=None):
+    """Last-position logits of one prompt, with an optional hook at (site, layer)."""
+    handle = site_hooks(model, site, layer, Sizes(model.config), fn) if site else None
+    try:
+        with torch.no_grad():
+            return model(ids[None]).logits[0, -1]
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def capture(model, ids, site, layer):
+    box = []
+    run(model, ids, site, layer, lambda act: box.append(act.clone()))
+    return box[0]
+
+
+def reference_patch(model, source_ids, target_ids, site, layers, units, positions, by_position):
+    """Logits of the target prompt with each cell patched from the source prompt.
+
+    Returns a tensor ``(layer, unit, pos_group, vocab)`` where pos_group is one
+    per position when ``by_position`` else a single group of all ``positions``.
+    """
+    groups = [[p] for p in positions] if by_position else [list(positions)]
+    out = torch.empty(len(layers), len(units), len(groups), model.config.vocab_size)
+    if site == "attn_pattern":
+        model.set_attn_implementation("ref_eager")
+        try:
+            return _reference_pattern(model, source_ids, target_ids, layers, units, groups, out)
+        finally:
+            model.set_attn_implementation("eager")
+    for i, layer in enumerate(layers):
+        src = capture(model, source_ids, site, layer)
+        for j, unit in enumerate(units):
+            for g, group in enumerate(groups):
+
+                def write(act, unit=unit, group=group, src=src):
+                    for p in group:
+                        act[p, unit] = src[p, unit]
+
+                out[i, j, g] = run(model, target_ids, site, layer, write)
+    return out
+
+
+def _reference_pattern(model, source_ids, target_ids, layers, units, groups, out):
+    for i, layer in enumerate(layers):
+        PATTERN.update(layer=layer, record=[], replace=None)
+        run(model, source_ids)
+        src = PATTERN["record"][0]  # (head, q, k)
+        PATTERN["record"] = None
+        for j, head in enumerate(units):
+            for g, group in enumerate(groups):
+                PATTERN["replace"] = {(head, q): src[head, q] for q in group}
+                out[i, j, g] = run(model, target_ids)
+        PATTERN.update(layer=None, replace=None)
+    return out

@@ -1,0 +1,67 @@
+"""Bad input raises a ValueError subclass naming the input, before any forward pass."""
+
+from __future__ import annotations
+
+import pytest
+
+import patchwidget as pw
+
+CLEAN, CORRUPT = "The capital of France is", "The capital of Japan is"
+
+
+@pytest.fixture
+def no_forward(demo, monkeypatch):
+    """Fail the test if the model runs at all."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a forward pass ran before validation failed")
+
+    monkeypatch.setattr(demo, "trace", refuse)
+    return demo
+
+
+CASES = [
+    (dict(clean="When Mary and John went to the store", corrupt="When Mary went to the store"),
+     r"different lengths \(8 vs 6\)[\s\S]*'John'"),
+    (dict(answer="Paris Tokyo"), r"answer 'Paris Tokyo' must be exactly one token.*2"),
+    (dict(wrong=""), r"wrong '' must be exactly one token"),
+    (dict(clean=""), r"clean prompt is empty"),
+    (dict(clean=" ", corrupt=" "), r"clean prompt is empty"),
+    (dict(site="resid_mid_typo"), r"unknown site 'resid_mid_typo'"),
+    (dict(layers=[4]), r"layers index 4 is out of range: the model has 4 layers"),
+    (dict(layers=[-1]), r"layers index -1 is out of range"),
+    (dict(site="head_out", heads=[9]), r"head index 9 is out of range: the model has 4 heads"),
+    (dict(heads=[0]), r"heads=\[0\] does not apply to site 'resid_pre'"),
+    (dict(positions=[5]), r"positions index 5 is out of range: the model has 5 tokens"),
+    (dict(clean=[CLEAN, CLEAN], corrupt=[CORRUPT]), r"clean has 2 prompts but corrupt has 1"),
+    (dict(clean=[CLEAN, CLEAN], corrupt=[CORRUPT, CORRUPT], answer=["Paris"]),
+     r"answer has 1 entries but there are 2 prompt pairs"),
+    (dict(clean=[CLEAN, "The capital of Peru is Lima"], corrupt=[CORRUPT, "The capital of Cuba is Lima"]),
+     r"pair 1 has 6 tokens but pair 0 has 5"),
+    (dict(answer="Tokyo"), r"answer and wrong of pair 0 are the same token 'Tokyo'"),
+    (dict(corrupt=CLEAN), r"identical .*nothing to patch"),
+    (dict(clean="The capital of Atlantis is"), r"clean prompt .*lacks: \['Atlantis'\]"),
+    (dict(direction="sideways"), r"unknown direction 'sideways'"),
+    (dict(metric="accuracy"), r"unknown metric 'accuracy'"),
+    (dict(method="magic"), r"unknown method 'magic'"),
+    (dict(clean=" ".join(["Paris"] * 65), corrupt=" ".join(["Tokyo"] * 65)), r"65 tokens, more than .* 64"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change,message", CASES)
+def test_bad_input_is_refused_before_compute(no_forward, change, message):
+    args = dict(clean=CLEAN, corrupt=CORRUPT, answer="Paris", wrong="Tokyo") | change
+    with pytest.raises(pw.PatchwidgetError, match=message) as err:
+        pw.patch(no_forward, **args)
+    assert isinstance(err.value, ValueError)
+
+
+def test_unknown_architecture_names_what_is_missing():
+    class Config:
+        model_type = "mamba"
+
+    class Fake:
+        config = Config()
+
+    with pytest.raises(pw.UnsupportedModelError, match="'mamba' is not supported; supported: gpt2, gpt_neox"):
+        pw.patch(Fake(), CLEAN, CORRUPT, answer="Paris", wrong="Tokyo")
