@@ -1,0 +1,98 @@
+import { validVmax } from "./colors.js";
+import { h } from "./dom.js";
+import { formatTick } from "./format.js";
+
+const GROUPS = [
+  ["residual", "Residual stream"],
+  ["attention", "Attention"],
+  ["mlp", "MLP"],
+];
+
+const DIRECTIONS = [
+  ["denoise", "denoise (clean into corrupt run)"],
+  ["noise", "noise (corrupt into clean run)"],
+];
+
+const METHODS = [
+  ["exact", "exact patching"],
+  ["attribution", "attribution (fast estimate)"],
+];
+
+function siteGroup(group, label, controls, onSet) {
+  const sites = (controls.sites ?? []).filter((s) => s.group === group);
+  if (sites.length === 0) return null;
+  return h("div", { class: "pw-site-group", role: "tablist", "aria-label": label }, [
+    h("span", { class: "pw-site-group-label", "aria-hidden": "true" }, label),
+    ...sites.map((site) => h("button", {
+      type: "button",
+      role: "tab",
+      class: "pw-site-tab",
+      "aria-selected": String(site.name === controls.site),
+      "data-site": site.name,
+      "data-pw-key": `site:${site.name}`,
+      onclick: () => onSet("site", site.name),
+    }, site.label)),
+  ]);
+}
+
+// Options carry typed values (pair is "mean" or an int); mapping back by
+// index avoids parsing the option's string value.
+function selectControl(key, label, options, current, onSet) {
+  const select = h("select", {
+    class: `pw-${key}`,
+    "data-pw-key": `ctl:${key}`,
+    onchange: (e) => onSet(key, options[e.target.selectedIndex][0]),
+  }, options.map(([value, text]) => h("option", { value: String(value), selected: value === current }, text)));
+  return h("label", { class: "pw-control" }, [h("span", {}, label), select]);
+}
+
+function pairOptions(nPairs) {
+  return [["mean", "mean over pairs"], ...Array.from({ length: nPairs }, (_, i) => [i, `pair ${i}`])];
+}
+
+// vmax null means each panel scales to its own max |value|; unticking "auto"
+// freezes the range at the current automatic value so colours do not jump.
+function rangeControl(vmax, autoMax, onVmax) {
+  const auto = vmax === null;
+  const input = h("input", {
+    type: "number",
+    class: "pw-vmax",
+    "data-pw-key": "ctl:vmax",
+    "aria-label": "Colour range: maximum absolute value",
+    min: "0",
+    step: "any",
+    value: formatTick(auto ? autoMax : vmax),
+    disabled: auto,
+    onchange: (e) => {
+      const value = validVmax(e.target.valueAsNumber);
+      if (value === null) e.target.value = formatTick(vmax ?? autoMax);
+      else onVmax(value);
+    },
+  });
+  const box = h("input", {
+    type: "checkbox",
+    class: "pw-vmax-auto",
+    "data-pw-key": "ctl:vmax-auto",
+    checked: auto,
+    onchange: (e) => onVmax(e.target.checked ? null : validVmax(input.valueAsNumber) ?? autoMax),
+  });
+  return h("div", { class: "pw-control pw-range", role: "group", "aria-label": "Colour range" }, [
+    h("span", {}, "Colour range ±"),
+    h("label", {}, [box, " auto"]),
+    input,
+  ]);
+}
+
+// handlers: onSet(key, value) for protocol "set" requests, onVmax(value|null).
+export function renderControls(controls, { vmax, autoMax, onSet, onVmax }) {
+  return [
+    h("div", { class: "pw-sites" }, GROUPS.map(([group, label]) => siteGroup(group, label, controls, onSet))),
+    h("div", { class: "pw-options" }, [
+      selectControl("direction", "Direction", DIRECTIONS, controls.direction, onSet),
+      selectControl("metric", "Metric", (controls.metrics ?? []).map((m) => [m, m]), controls.metric, onSet),
+      selectControl("method", "Method", METHODS, controls.method, onSet),
+      controls.n_pairs > 1 ? selectControl("pair", "Pair", pairOptions(controls.n_pairs), controls.pair, onSet) : null,
+      rangeControl(vmax, autoMax, onVmax),
+    ]),
+  ];
+}

@@ -1,0 +1,128 @@
+import { cellColors, isMissing } from "./colors.js";
+import { h } from "./dom.js";
+import { formatExact, formatValue } from "./format.js";
+import { isSelected } from "./selection.js";
+import { keyAction } from "./keyboard.js";
+
+export function cellLabel(panel, row, col) {
+  return `${panel.rows[row]}, '${panel.cols[col]}', ${panel.title}: ${formatValue(panel.values[row][col], 3)}`;
+}
+
+function tooltipLines(panel, row, col) {
+  return [`${panel.rows[row]}, '${panel.cols[col]}' · ${panel.title}`, `value: ${formatExact(panel.values[row][col])}`];
+}
+
+function renderCell(panel, row, col, { scale, focus, selection }) {
+  const value = panel.values[row][col];
+  const colors = cellColors(scale, value);
+  const selected = isSelected(selection, { panel: panel.id, row, col });
+  const classes = ["pw-cell", panel.clickable && "pw-clickable", selected && "pw-selected", isMissing(value) && "pw-nan"];
+  return h("td", {
+    role: "gridcell",
+    class: classes.filter(Boolean).join(" "),
+    "data-row": row,
+    "data-col": col,
+    "data-pw-key": `cell:${panel.id}:${row}:${col}`,
+    tabindex: row === focus.row && col === focus.col ? 0 : -1,
+    "aria-label": cellLabel(panel, row, col),
+    "aria-selected": String(selected),
+    style: colors && `background-color: ${colors.background}; color: ${colors.color}`,
+  }, formatValue(value, 2));
+}
+
+function headerRow(panel) {
+  const corner = h("td", { role: "none", class: "pw-corner", "aria-hidden": "true" }, `${panel.row_dim} \\ ${panel.col_dim}`);
+  const heads = panel.cols.map((label) => h("th", { role: "columnheader", scope: "col" }, h("span", {}, label)));
+  return h("thead", {}, h("tr", { role: "row" }, [corner, ...heads]));
+}
+
+function bodyRows(panel, opts) {
+  return h("tbody", {}, panel.rows.map((label, row) => h("tr", { role: "row" }, [
+    h("th", { role: "rowheader", scope: "row" }, label),
+    ...panel.cols.map((_, col) => renderCell(panel, row, col, opts)),
+  ])));
+}
+
+function cellAt(grid, row, col) {
+  return grid.querySelector(`.pw-cell[data-row="${row}"][data-col="${col}"]`);
+}
+
+function coords(cell) {
+  return { row: Number(cell.dataset.row), col: Number(cell.dataset.col) };
+}
+
+// Roving tabindex: exactly one cell per grid is in the tab order, so Tab
+// moves between panels rather than through every cell.
+function makeRoving(grid, cell) {
+  for (const c of grid.querySelectorAll('.pw-cell[tabindex="0"]')) c.tabIndex = -1;
+  cell.tabIndex = 0;
+}
+
+function applyKey(grid, panel, action, actions) {
+  switch (action.type) {
+    case "focus": cellAt(grid, action.row, action.col)?.focus(); return true;
+    case "drill": if (panel.clickable) actions.drill(action.row, action.col); return true;
+    case "toggle": actions.toggle(action.row, action.col); return true;
+    case "back": return actions.back();
+  }
+}
+
+// Modified keys are not grid commands and keep their browser meaning; only
+// keys the grid acts on are kept from the notebook (which listens on bubbling
+// keydown in JupyterLab).
+function onKeydown(grid, panel, actions, event) {
+  const cell = event.target.closest(".pw-cell");
+  if (!cell || event.altKey || event.ctrlKey || event.metaKey || event.shiftKey) return;
+  const { row, col } = coords(cell);
+  const action = keyAction(row, col, event.key, panel.rows.length, panel.cols.length);
+  if (action && applyKey(grid, panel, action, actions)) {
+    event.preventDefault();
+    event.stopPropagation();
+  }
+}
+
+function onClick(panel, actions, event) {
+  const cell = event.target.closest(".pw-cell");
+  if (!cell) return;
+  const { row, col } = coords(cell);
+  if (event.shiftKey) actions.toggle(row, col);
+  else if (panel.clickable) actions.drill(row, col);
+}
+
+function showTip(panel, tooltip, event) {
+  const cell = event.target.closest(".pw-cell");
+  if (!cell) return;
+  const { row, col } = coords(cell);
+  tooltip.show(cell, tooltipLines(panel, row, col));
+}
+
+function onFocusin(grid, panel, { actions, tooltip }, event) {
+  const cell = event.target.closest(".pw-cell");
+  if (!cell) return;
+  makeRoving(grid, cell);
+  const { row, col } = coords(cell);
+  actions.focus(row, col);
+  showTip(panel, tooltip, event);
+}
+
+// opts: scale (from colors.panelScale), focus {row, col}, selection (cells of
+// this panel), tooltip (tooltip.js), actions {drill, toggle, back, focus};
+// actions.back returns whether it acted, so Escape can fall through to the
+// notebook at the top level.
+export function renderGrid(panel, opts) {
+  const { actions, tooltip } = opts;
+  const grid = h("table", {
+    role: "grid",
+    class: "pw-grid",
+    "aria-label": panel.title,
+    "aria-multiselectable": "true",
+    "data-panel": panel.id,
+  }, [headerRow(panel), bodyRows(panel, opts)]);
+  grid.addEventListener("keydown", (e) => onKeydown(grid, panel, actions, e));
+  grid.addEventListener("click", (e) => onClick(panel, actions, e));
+  grid.addEventListener("focusin", (e) => onFocusin(grid, panel, opts, e));
+  grid.addEventListener("mouseover", (e) => showTip(panel, tooltip, e));
+  grid.addEventListener("mouseleave", () => tooltip.hide());
+  grid.addEventListener("focusout", () => tooltip.hide());
+  return grid;
+}

@@ -1,0 +1,156 @@
+import { renderBreadcrumb } from "./breadcrumb.js";
+import { autoVmax, validVmax } from "./colors.js";
+import { renderControls } from "./controls.js";
+import { h, replaceContent } from "./dom.js";
+import { renderPanel } from "./panel.js";
+import { renderStatus } from "./progress.js";
+import { chooseView, createRequests, currentStatus, seedRequestId } from "./requests.js";
+import { renderSelectionBar, toggleCell } from "./selection.js";
+import { createTooltip } from "./tooltip.js";
+
+// The range "auto" would use across the diverging panels, offered as the
+// starting value when the user fixes the range.
+function viewAutoMax(view) {
+  const maxima = (view?.panels ?? []).filter((p) => p.diverging).map((p) => autoVmax(p.values));
+  return maxima.length ? Math.max(...maxima) : 1;
+}
+
+function render({ model, el }) {
+  // Per view, not per model: anywidget gives initialize() and each render()
+  // different model proxies, so no state can be shared between them. Seeding
+  // from the synced ids keeps two views of one widget (or a reload) consistent.
+  const requests = createRequests((m) => model.send(m), seedRequestId(model.get("view"), model.get("status")));
+  const focus = new Map(); // panel id -> {row, col}, so the roving cell survives re-renders
+  let shown = chooseView(model.get("view"), null, requests.latest());
+
+  const header = h("div", { class: "pw-header" });
+  const controls = h("div", { class: "pw-controls" });
+  const status = h("div", { class: "pw-status" });
+  const body = h("div", { class: "pw-body" });
+  // Lumino stops its shortcut lookup here, so arrows, Enter and Escape in the
+  // grid are not taken as notebook commands.
+  const root = h("div", { class: "patchwidget", "data-lm-suppress-shortcuts": "true" }, [header, controls, status, body]);
+  const tooltip = createTooltip(root);
+  el.replaceChildren(root);
+
+  const selection = () => model.get("selection") ?? [];
+  const vmax = () => validVmax(model.get("vmax"));
+
+  function request(message) {
+    requests.send(message);
+    renderStatusSection(); // an error or progress of an older request is now stale
+  }
+
+  function setTrait(name, value) {
+    model.set(name, value);
+    model.save_changes();
+  }
+
+  function back() {
+    const level = shown?.level ?? 0;
+    if (level <= 0) return false;
+    request({ type: "back", level: level - 1 });
+    return true;
+  }
+
+  function panelActions(panel) {
+    return {
+      drill: (row, col) => request({ type: "drill", panel: panel.id, row, col }),
+      toggle: (row, col) => setTrait("selection", toggleCell(selection(), { panel: panel.id, row, col })),
+      focus: (row, col) => focus.set(panel.id, { row, col }),
+      back,
+    };
+  }
+
+  function renderHeader() {
+    replaceContent(header, [
+      shown?.title ? h("div", { class: "pw-title" }, shown.title) : null,
+      renderBreadcrumb(model.get("breadcrumb") ?? [], (level) => request({ type: "back", level })),
+    ]);
+  }
+
+  function renderControlsSection() {
+    const current = model.get("controls") ?? {};
+    replaceContent(controls, renderControls(current, {
+      vmax: vmax(),
+      autoMax: viewAutoMax(shown),
+      onSet: (key, value) => {
+        if (current[key] !== value) request({ type: "set", key, value });
+      },
+      onVmax: (value) => setTrait("vmax", value),
+    }));
+  }
+
+  function renderStatusSection() {
+    const current = currentStatus(model.get("status"), requests.latest());
+    replaceContent(status, [renderStatus(current, () => model.send({ type: "cancel" }))]);
+  }
+
+  function renderPanels() {
+    const panels = shown?.panels ?? [];
+    if (panels.length === 0) return h("div", { class: "pw-empty" }, "Nothing to show yet.");
+    const cells = selection();
+    return h("div", { class: "pw-panels" }, panels.map((panel) => renderPanel(panel, {
+      vmax: vmax(),
+      exact: shown.exact !== false,
+      focus: focus.get(panel.id),
+      selection: cells.filter((c) => c.panel === panel.id),
+      tooltip,
+      actions: panelActions(panel),
+    })));
+  }
+
+  function renderBody() {
+    tooltip.hide(); // its cell may be about to disappear
+    replaceContent(body, [
+      shown?.note ? h("div", { class: "pw-note", role: "note" }, shown.note) : null,
+      renderSelectionBar(selection(), {
+        onJoint: () => request({ type: "joint", cells: selection() }),
+        onClear: () => setTrait("selection", []),
+      }),
+      renderPanels(),
+    ]);
+  }
+
+  function onView() {
+    const view = model.get("view");
+    requests.observe(view?.request_id ?? 0);
+    const next = chooseView(view, shown, requests.latest());
+    if (next === shown) return;
+    shown = next;
+    renderHeader();
+    renderControlsSection();
+    renderBody();
+  }
+
+  function onStatus() {
+    requests.observe(model.get("status")?.request_id ?? 0);
+    renderStatusSection();
+  }
+
+  function onVmaxChange() {
+    renderControlsSection();
+    renderBody();
+  }
+
+  const listeners = [
+    ["change:view", onView],
+    ["change:breadcrumb", renderHeader],
+    ["change:controls", renderControlsSection],
+    ["change:status", onStatus],
+    ["change:vmax", onVmaxChange],
+    ["change:selection", renderBody],
+  ];
+  for (const [event, fn] of listeners) model.on(event, fn);
+
+  renderHeader();
+  renderControlsSection();
+  renderStatusSection();
+  renderBody();
+
+  return () => {
+    for (const [event, fn] of listeners) model.off(event, fn);
+  };
+}
+
+export default { render };

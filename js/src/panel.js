@@ -1,0 +1,33 @@
+import { panelScale } from "./colors.js";
+import { h } from "./dom.js";
+import { renderGrid } from "./grid.js";
+import { renderLegend } from "./legend.js";
+
+// A remembered focus may point outside a panel that has since shrunk.
+function clampFocus(focus, panel) {
+  return {
+    row: Math.min(focus?.row ?? 0, panel.rows.length - 1),
+    col: Math.min(focus?.col ?? 0, panel.cols.length - 1),
+  };
+}
+
+function estimateBadge() {
+  return h("span", {
+    class: "pw-estimate",
+    title: "Attribution-patching estimate; exact values replace it when computed",
+  }, "estimate");
+}
+
+// opts: vmax (validated, null = auto), exact, focus, selection, tooltip, actions.
+export function renderPanel(panel, opts) {
+  const scale = panelScale(panel, opts.vmax);
+  const gridOpts = { ...opts, scale, focus: clampFocus(opts.focus, panel) };
+  return h("section", { class: `pw-panel${opts.exact ? "" : " pw-panel-estimate"}`, "data-panel": panel.id }, [
+    h("div", { class: "pw-panel-header" }, [
+      h("span", { class: "pw-panel-title" }, panel.title),
+      opts.exact ? null : estimateBadge(),
+    ]),
+    renderLegend(scale),
+    h("div", { class: "pw-grid-scroll" }, renderGrid(panel, gridOpts)),
+  ]);
+}

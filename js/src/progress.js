@@ -1,0 +1,37 @@
+import { h } from "./dom.js";
+
+function renderProgress({ done, total }, onCancel) {
+  const known = total > 0;
+  return h("div", { class: "pw-progress" }, [
+    // Without a total the bar stays indeterminate rather than showing 0 %.
+    h("progress", { max: known ? total : null, value: known ? done : null, "aria-label": "Patching progress" }),
+    h("span", { class: "pw-progress-text" }, known ? `${done} / ${total}` : "starting…"),
+    h("button", {
+      type: "button",
+      class: "pw-cancel",
+      "data-pw-key": "cancel",
+      onclick: (e) => {
+        e.currentTarget.disabled = true;
+        onCancel();
+      },
+    }, "Cancel"),
+  ]);
+}
+
+function renderError(message) {
+  return h("div", { class: "pw-error", role: "alert" }, [
+    h("strong", {}, "Error"),
+    // Python messages can be multi-line (tracebacks, hints); keep their layout.
+    h("pre", { class: "pw-error-message" }, message || "Unknown error"),
+  ]);
+}
+
+// status: the synced status already filtered for staleness (null if stale).
+export function renderStatus(status, onCancel) {
+  switch (status?.state) {
+    case "running": return renderProgress(status, onCancel);
+    case "error": return renderError(status.message);
+    case "cancelled": return h("div", { class: "pw-cancelled" }, "Cancelled; showing the previous result.");
+    default: return null;
+  }
+}

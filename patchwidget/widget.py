@@ -1,0 +1,314 @@
+"""The Jupyter widget: traits and messages only; the work happens in ``Session``.
+
+Example:
+    >>> import patchwidget as pw
+    >>> w = pw.explore(pw.load_model(), "The capital of France is", "The capital of Japan is",
+    ...                answer="Paris", wrong="Tokyo")
+    >>> w.result.dims
+    ('layer', 'pos')
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import numpy as np
+import traitlets
+
+from .engine import METHODS
+from .metrics import METRICS
+from .prompts import Texts
+from .result import PatchResult
+from .session import N_TOP_NEURONS, TOP_SITES, Computed, Level, Session, Settings
+from .sites import SITES, PatchwidgetError
+
+STATIC = Path(__file__).resolve().parent / "static"
+SITE_GROUPS = {"resid_pre": "residual", "resid_mid": "residual", "resid_post": "residual",
+               "attn_out": "attention", "head_out": "attention", "mlp_out": "mlp"}  # fmt: skip
+SETTABLE = {"site", "direction", "metric", "method", "pair"}
+
+
+class MessageError(PatchwidgetError):
+    """A message from the front end that the widget cannot act on."""
+
+
+class PatchWidget(anywidget.AnyWidget):
+    """An interactive patching grid; click a cell to patch the narrower sites inside it.
+
+    ``result`` is the current level's ``PatchResult`` and ``path`` the
+    drill-down path; both are observable traits.
+    """
+
+    _esm = STATIC / "widget.js"
+    _css = STATIC / "widget.css"
+
+    view = traitlets.Dict().tag(sync=True)
+    breadcrumb = traitlets.List().tag(sync=True)
+    controls = traitlets.Dict().tag(sync=True)
+    status = traitlets.Dict().tag(sync=True)
+    vmax = traitlets.Float(None, allow_none=True).tag(sync=True)
+    selection = traitlets.List().tag(sync=True)
+    result = traitlets.Instance(PatchResult, allow_none=True)
+    path = traitlets.List()
+
+    def __init__(
+        self,
+        model: Any,
+        clean: Texts,
+        corrupt: Texts,
+        *,
+        answer: Texts,
+        wrong: Texts,
+        site: str = "resid_pre",
+        metric: str = "logit_diff_norm",
+        direction: str = "denoise",
+        batch_size: int = 64,
+    ) -> None:
+        super().__init__()
+        self.session = Session(
+            model, clean, corrupt, answer=answer, wrong=wrong, batch_size=batch_size,
+            on_progress=self._on_progress, on_result=self._on_result, on_error=self._on_error,
+        )  # fmt: skip
+        if site not in TOP_SITES:
+            raise MessageError(f"site {site!r} cannot start the explorer; choose one of {', '.join(TOP_SITES)}")
+        self._levels = [Level("top", site)]
+        self._settings = Settings(direction=direction, metric=metric)
+        self._pair: str | int = "mean"
+        self._pending: dict[int, tuple[list[Level], Settings]] = {}
+        self._computed: Computed | None = None
+        # The first grid is computed before returning, so that `result` and the
+        # static PNG are there as soon as the cell finishes.
+        first = self.session.compute(self._levels[0], self._settings)
+        self.session.cache[(self._levels[0], self._settings)] = first
+        self._show(0, first)
+        self.on_msg(self._on_msg)
+
+    # --- messages from the front end ------------------------------------------------
+
+    def _on_msg(self, _widget: Any, msg: Any, _buffers: Any) -> None:
+        try:
+            self._handle(msg)
+        except Exception as err:  # the kernel must survive any message
+            text = str(err) if isinstance(err, PatchwidgetError) else f"{type(err).__name__}: {err}"
+            request_id = msg.get("request_id") if isinstance(msg, dict) else None
+            if not isinstance(request_id, int) or isinstance(request_id, bool):
+                request_id = self.status.get("request_id", 0)
+            self.status = {"state": "error", "request_id": request_id, "done": 0, "total": 0, "message": text}
+
+    def _handle(self, msg: Any) -> None:
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            raise MessageError(f"malformed message {msg!r}")
+        kind = msg["type"]
+        if kind == "cancel":
+            self.session.cancel()
+            self.status = {**self.status, "state": "cancelled", "message": "cancelled"}
+            return
+        request_id = _int(msg, "request_id", 0, 2**53)
+        if kind == "drill":
+            child = self._drill_target(msg)
+            if child is None:
+                raise MessageError("this cell has no narrower sites to patch")
+            self._request(request_id, [*self._levels, child], self._settings)
+        elif kind == "back":
+            level = _int(msg, "level", 0, len(self._levels) - 1)
+            self._request(request_id, self._levels[: level + 1], self._settings)
+        elif kind == "set":
+            self._set(request_id, msg.get("key"), msg.get("value"))
+        else:
+            raise MessageError(f"unknown message type {kind!r}")
+
+    def _drill_target(self, msg: dict) -> Level | None:
+        panels = {p["id"]: p for p in self.view.get("panels", [])}
+        panel = msg.get("panel")
+        if panel not in panels:
+            raise MessageError(f"unknown panel {panel!r}; the view has {list(panels)}")
+        row = _int(msg, "row", 0, len(panels[panel]["rows"]) - 1)
+        col = _int(msg, "col", 0, len(panels[panel]["cols"]) - 1)
+        if not panels[panel]["clickable"]:
+            return None
+        return self.session.drill(self._levels[-1], panel, row, col)
+
+    def _set(self, request_id: int, key: Any, value: Any) -> None:
+        if key not in SETTABLE:
+            raise MessageError(f"cannot set {key!r}; settable: {', '.join(sorted(SETTABLE))}")
+        if key == "pair":
+            if value != "mean" and not (isinstance(value, int) and 0 <= value < self.session.prompts.n_pairs):
+                raise MessageError(f"pair must be 'mean' or 0..{self.session.prompts.n_pairs - 1}, got {value!r}")
+            self._pair = value
+            self._show(request_id, self._computed)
+            return
+        allowed = {"site": TOP_SITES, "direction": ("denoise", "noise"), "metric": METRICS, "method": METHODS}[key]
+        if value not in allowed:
+            raise MessageError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+        if key == "site":
+            self._request(request_id, [Level("top", value)], self._settings)
+        else:
+            self._request(request_id, self._levels, replace(self._settings, **{key: value}))
+
+    def _request(self, request_id: int, levels: list[Level], settings: Settings) -> None:
+        self._pending[request_id] = (levels, settings)
+        self.status = {"state": "running", "request_id": request_id, "done": 0, "total": 0, "message": ""}
+        cached = self.session.submit(request_id, levels[-1], settings)
+        if cached is not None:
+            self._on_result(request_id, cached)
+
+    # --- results from the session (worker thread) ---------------------------------
+
+    def _on_progress(self, request_id: int, done: int, total: int) -> None:
+        if request_id >= self.session.latest:
+            self.status = {"state": "running", "request_id": request_id, "done": done, "total": total, "message": ""}
+
+    def _on_result(self, request_id: int, computed: Computed) -> None:
+        if request_id < self.session.latest or request_id not in self._pending:
+            return  # stale: a newer request superseded this one
+        self._levels, self._settings = self._pending.pop(request_id)
+        self._pending = {k: v for k, v in self._pending.items() if k > request_id}
+        self._show(request_id, computed)
+
+    def _on_error(self, request_id: int, message: str) -> None:
+        self._pending.pop(request_id, None)
+        self.status = {"state": "error", "request_id": request_id, "done": 0, "total": 0, "message": message}
+
+    # --- drawing state --------------------------------------------------------
+
+    def _show(self, request_id: int, computed: Computed) -> None:
+        self._computed = computed
+        tokens = self.session.prompts.tokens
+        s = self._settings
+        self.view = {
+            "request_id": request_id,
+            "level": len(self._levels) - 1,
+            "title": f"{computed.level.label(tokens)} · {s.direction} · {s.metric}",
+            "note": "",
+            "exact": s.method == "exact",
+            "panels": panels(computed, self.session, self._pair),
+        }
+        self.breadcrumb = [{"label": level.label(tokens)} for level in self._levels]
+        self.controls = {
+            "site": self._levels[0].site,
+            "sites": [{"name": n, "group": SITE_GROUPS[n], "label": n} for n in TOP_SITES],
+            "direction": s.direction, "metric": s.metric, "metrics": list(METRICS), "method": s.method,
+            "pair": self._pair, "n_pairs": self.session.prompts.n_pairs,
+        }  # fmt: skip
+        self.status = {"state": "idle", "request_id": request_id, "done": 0, "total": 0, "message": ""}
+        self.path = [asdict(level) for level in self._levels]
+        self.result = next(iter(computed.results.values()))
+
+    # --- static output -----------------------------------------------------------
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        if self.result is not None:  # shown where no widget manager runs (GitHub, nbviewer)
+            data["image/png"] = _png(self.result)
+        return bundle
+
+    def close(self) -> None:
+        self.session.close()
+        super().close()
+
+
+def _int(msg: dict, key: str, low: int, high: int) -> int:
+    value = msg.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise MessageError(f"{key} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _png(result: PatchResult) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = result.plot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _table(values: np.ndarray) -> list[list[float | None]]:
+    return [[None if not math.isfinite(v) else round(float(v), 6) for v in row] for row in values]
+
+
+def panels(computed: Computed, session: Session, pair: str | int) -> list[dict]:
+    """The panels of one computed level, as the front end draws them."""
+
+    def vals(result: PatchResult) -> np.ndarray:
+        return result.values if pair == "mean" else result.per_pair[pair]
+
+    tokens = session.prompts.tokens
+    cols = [f"{t} ({i})" for i, t in enumerate(tokens)]
+    level, results = computed.level, computed.results
+    site_doc = lambda site: SITES[site].doc  # noqa: E731
+    if level.kind == "top" and level.site == "head_out":
+        r = results["head_out"]
+        return [_panel("head_out", f"head_out: {site_doc('head_out')}, all tokens at once",
+                       "layer", "head", r.labels("layer"), r.labels("head"), vals(r), True)]  # fmt: skip
+    if level.kind == "top":
+        r = results[level.site]
+        return [_panel(level.site, f"{level.site}: {site_doc(level.site)}", "layer", "pos",
+                       r.labels("layer"), cols, vals(r), True)]  # fmt: skip
+    if level.kind == "heads":
+        r = results["head_out"]
+        return [_panel("head_out", f"Heads of layer {level.layer}: output by token", "head", "pos",
+                       r.labels("head"), cols, vals(r)[0], True)]  # fmt: skip
+    if level.kind == "head":
+        rows = ["q", "k", "v", "out"]
+        table = np.stack([vals(results[s])[0, 0] for s in ("head_q", "head_k", "head_v", "head_out")])
+        effect = float(vals(results["attn_pattern"])[0, 0])
+        return [
+            _panel("components", f"L{level.layer} H{level.head}: query, key, value and output by token",
+                   "component", "pos", rows, cols, table, False),
+            _panel("pattern", f"Attention pattern (clean run); patching it restores {effect:.3f}",
+                   "query", "key", cols, cols, computed.pattern, False, diverging=False),
+        ]  # fmt: skip
+    r = results["mlp_neuron"]
+    effects = vals(r)[0]
+    top = np.argsort(-np.abs(effects))[:N_TOP_NEURONS]
+    return [_panel("neurons", f"Top {len(top)} MLP neurons of layer {level.layer} at {tokens[level.pos]!r}",
+                   "neuron", "value", [f"N{i}" for i in top], ["effect"], effects[top, None], False)]  # fmt: skip
+
+
+def _panel(pid: str, title: str, row_dim: str, col_dim: str, rows: list[str], cols: list[str],
+           values: np.ndarray, clickable: bool, diverging: bool = True) -> dict:  # fmt: skip
+    return {
+        "id": pid, "title": title, "row_dim": row_dim, "col_dim": col_dim, "rows": rows, "cols": cols,
+        "values": _table(np.asarray(values, dtype=float)), "clickable": clickable, "diverging": diverging,
+    }  # fmt: skip
+
+
+def explore(
+    model: Any,
+    clean: Texts,
+    corrupt: Texts,
+    *,
+    answer: Texts,
+    wrong: Texts,
+    site: str = "resid_pre",
+    metric: str = "logit_diff_norm",
+    direction: str = "denoise",
+    batch_size: int = 64,
+) -> PatchWidget:
+    """An interactive patching grid for the notebook.
+
+    Starts at ``site`` over layers and tokens; clicking a cell opens the heads
+    of that layer, clicking a head its query/key/value breakdown and attention
+    pattern, clicking an ``mlp_out`` cell the top neurons there.
+
+    Example:
+        >>> import patchwidget as pw
+        >>> pw.explore(pw.load_model(), "The capital of France is", "The capital of Japan is",
+        ...            answer="Paris", wrong="Tokyo")  # doctest: +SKIP
+    """
+    return PatchWidget(
+        model, clean, corrupt, answer=answer, wrong=wrong, site=site, metric=metric, direction=direction,
+        batch_size=batch_size,
+    )  # fmt: skip
