@@ -1,0 +1,173 @@
+"""The widget's Python side without a browser: messages, queue, cancellation,
+stale results and error messages."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import patchwidget as pw
+from patchwidget import demo_data
+from patchwidget.session import Level, Session, Settings
+
+PAIRS = demo_data.ioi_pairs(2, seed=3)
+TEXTS = dict(
+    clean=[p.clean for p in PAIRS], corrupt=[p.corrupt for p in PAIRS],
+    answer=[p.answer for p in PAIRS], wrong=[p.wrong for p in PAIRS],
+)  # fmt: skip
+
+
+def wait_idle(widget, request_id, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if widget.status.get("request_id") == request_id and widget.status.get("state") in ("idle", "error"):
+            return widget.status
+        time.sleep(0.01)
+    raise TimeoutError(f"request {request_id} did not finish: {widget.status}")
+
+
+@pytest.fixture
+def widget(demo):
+    w = pw.explore(demo, **TEXTS)
+    yield w
+    w.close()
+
+
+def send(widget, **msg):
+    widget._on_msg(widget, msg, [])
+
+
+def test_first_grid_is_ready_on_return(widget):
+    panel = widget.view["panels"][0]
+    assert (len(panel["rows"]), len(panel["cols"])) == (4, 14)
+    assert widget.result.dims == ("layer", "pos") and widget.result.n_pairs == 2
+    np.testing.assert_allclose(np.array(panel["values"], dtype=float), widget.result.values, atol=1e-5)
+    assert widget.breadcrumb == [{"label": "resid_pre"}]
+    assert widget.controls["n_pairs"] == 2 and widget.status["state"] == "idle"
+
+
+def test_drill_down_and_back(widget):
+    send(widget, type="drill", request_id=1, panel="resid_pre", row=2, col=9)
+    assert wait_idle(widget, 1)["state"] == "idle"
+    assert widget.view["panels"][0]["title"].startswith("Heads of layer 2")
+    assert widget.result.dims == ("layer", "head", "pos") and widget.result.coords["layer"] == [2]
+    assert [p["kind"] for p in widget.path] == ["top", "heads"]
+    send(widget, type="drill", request_id=2, panel="head_out", row=1, col=9)
+    wait_idle(widget, 2)
+    assert [p["id"] for p in widget.view["panels"]] == ["components", "pattern"]
+    assert widget.view["panels"][0]["rows"] == ["q", "k", "v", "out"]
+    pattern = np.array(widget.view["panels"][1]["values"], dtype=float)
+    np.testing.assert_allclose(pattern.sum(1), 1.0, atol=1e-4)  # each query's attention sums to 1
+    assert len(widget.breadcrumb) == 3
+    # Going back is instant: the level is cached, no worker round trip.
+    send(widget, type="back", request_id=3, level=0)
+    assert widget.status == {"state": "idle", "request_id": 3, "done": 0, "total": 0, "message": ""}
+    assert widget.view["request_id"] == 3 and len(widget.breadcrumb) == 1
+
+
+def test_mlp_cell_lists_top_neurons(widget):
+    send(widget, type="set", request_id=1, key="site", value="mlp_out")
+    wait_idle(widget, 1)
+    send(widget, type="drill", request_id=2, panel="mlp_out", row=3, col=13)
+    wait_idle(widget, 2)
+    panel = widget.view["panels"][0]
+    values = np.abs(np.array(panel["values"], dtype=float)[:, 0])
+    assert len(panel["rows"]) == 20 and panel["rows"][0].startswith("N")
+    assert np.all(np.diff(values) <= 1e-9)  # sorted by size of effect
+    full = widget.result.values[0]
+    assert values[0] == pytest.approx(np.abs(full).max(), abs=1e-5)
+
+
+def test_pair_choice_and_settings(widget):
+    mean = widget.view["panels"][0]["values"]
+    send(widget, type="set", request_id=1, key="pair", value=1)
+    assert widget.status["request_id"] == 1
+    np.testing.assert_allclose(np.array(widget.view["panels"][0]["values"], dtype=float),
+                               widget.result.per_pair[1], atol=1e-5)  # fmt: skip
+    send(widget, type="set", request_id=2, key="direction", value="noise")
+    wait_idle(widget, 2)
+    assert widget.controls["direction"] == "noise" and widget.result.settings["direction"] == "noise"
+    assert widget.view["panels"][0]["values"] != mean
+
+
+@pytest.mark.parametrize(
+    "msg,message",
+    [
+        ("hello", "malformed message"),
+        ({"type": "explode", "request_id": 1}, "unknown message type 'explode'"),
+        ({"type": "drill", "request_id": 1, "panel": "nope", "row": 0, "col": 0}, "unknown panel 'nope'"),
+        ({"type": "drill", "request_id": 1, "panel": "resid_pre", "row": 4, "col": 0}, "row must be an integer"),
+        ({"type": "drill", "request_id": 1, "panel": "resid_pre", "row": "2", "col": 0}, "row must be an integer"),
+        ({"type": "drill", "request_id": -5, "panel": "resid_pre", "row": 0, "col": 0}, "request_id must be"),
+        ({"type": "back", "request_id": 1, "level": 3}, "level must be an integer from 0 to 0"),
+        ({"type": "set", "request_id": 1, "key": "colour", "value": 1}, "cannot set 'colour'"),
+        ({"type": "set", "request_id": 1, "key": "metric", "value": "acc"}, "metric must be one of"),
+        ({"type": "set", "request_id": 1, "key": "pair", "value": 7}, "pair must be 'mean' or 0..1"),
+    ],
+)
+def test_bad_messages_show_an_error_and_leave_the_widget_working(widget, msg, message):
+    before = widget.view
+    widget._on_msg(widget, msg, [])
+    assert widget.status["state"] == "error" and message in widget.status["message"]
+    assert widget.view == before
+    send(widget, type="drill", request_id=10, panel="resid_pre", row=1, col=9)
+    assert wait_idle(widget, 10)["state"] == "idle"
+
+
+def test_backend_errors_are_shown(widget, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("the model fell over")
+
+    monkeypatch.setattr(widget.session, "compute", explode)
+    send(widget, type="drill", request_id=1, panel="resid_pre", row=0, col=0)
+    status = wait_idle(widget, 1)
+    assert status["state"] == "error" and status["message"] == "RuntimeError: the model fell over"
+
+
+def test_newer_request_supersedes_older(demo):
+    started, release = threading.Event(), threading.Event()
+    shown = []
+    session = Session(demo, **TEXTS, batch_size=8, on_result=lambda rid, c: shown.append((rid, c.level)))
+
+    def slow_progress(request_id, done, total):
+        if request_id == 1:
+            started.set()
+            release.wait(10)
+
+    session.on_progress = slow_progress
+    settings = Settings()
+    session.submit(1, Level("neurons", layer=0, pos=9), settings)
+    assert started.wait(10)
+    session.submit(2, Level("heads", layer=1), settings)  # supersedes 1 while it runs
+    release.set()
+    deadline = time.time() + 30
+    while not shown and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert shown == [(2, Level("heads", layer=1))]
+    assert (Level("neurons", layer=0, pos=9), settings) not in session.cache  # cancelled, never finished
+    session.close()
+    assert not session._worker.is_alive()
+
+
+def test_cancel_stops_at_the_next_batch(demo):
+    progress = []
+    results = []
+    session = Session(demo, **TEXTS, batch_size=16, on_result=lambda rid, c: results.append(rid))
+
+    def on_progress(request_id, done, total):
+        progress.append(done)
+        if len(progress) == 2:
+            session.cancel()
+
+    session.on_progress = on_progress
+    session.submit(1, Level("neurons", layer=0, pos=9), Settings())
+    deadline = time.time() + 30
+    while len(progress) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)  # room for a third batch, which must not be reported
+    assert len(progress) == 2 and results == []  # 2 of 64 batches ran, then it stopped
+    session.close()
