@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import attribution
 from . import metrics as M
 from .prompts import PromptBatch, Texts, prepare_prompts
 from .result import PatchResult
@@ -38,14 +39,14 @@ from .sites import (
     ModelInfo,
     PatchwidgetError,
     check_site_supported,
+    layer_module,
     logits_module,
     model_info,
-    qkv_view,
     view,
 )
 
 DIRECTIONS = ("denoise", "noise")
-METHODS = ("exact",)
+METHODS = ("exact", "attribution")
 Progress = Callable[[int, int], None]
 
 
@@ -135,17 +136,19 @@ def patch(
     )
     grid = make_grid(info, site, prompts.n_pos, layers, positions, heads, neurons, by_position)
 
-    with torch.no_grad():
-        cache, clean_logits, corrupt_logits = run_cache(model, info, grid, prompts, remote)
-        source, target_ids = _source_and_target(cache, prompts, direction)
-        fn = M.resolve(metric)
-        per_row = patched_logits_metric(
-            model, info, grid, source, target_ids, prompts, clean_logits, fn, batch_size, progress, remote
-        )
-        ids = (prompts.answer_ids, prompts.wrong_ids, clean_logits)
-        clean_base, corrupt_base = fn(clean_logits, *ids).float(), fn(corrupt_logits, *ids).float()
-
-    per_pair = per_row.view(prompts.n_pairs, *grid.shape)
+    fn = M.resolve(metric)
+    if method == "attribution":
+        per_pair, clean_logits, corrupt_logits = attribution.estimate(model, info, grid, prompts, fn, direction, remote)
+    else:
+        with torch.no_grad():
+            runs = run_cache(model, info, grid, prompts, remote)
+            per_row = patched_metric(
+                model, info, grid, runs.directed(direction), prompts, fn, batch_size, progress, remote
+            )
+        per_pair = per_row.view(prompts.n_pairs, *grid.shape)
+        clean_logits, corrupt_logits = runs.clean_logits, runs.corrupt_logits
+    ids = (prompts.answer_ids, prompts.wrong_ids, clean_logits)
+    clean_base, corrupt_base = fn(clean_logits, *ids).float(), fn(corrupt_logits, *ids).float()
     if metric == "logit_diff_norm":
         per_pair = M.normalize(per_pair, clean_base, corrupt_base)
         clean_base, corrupt_base = torch.ones_like(clean_base), torch.zeros_like(corrupt_base)
@@ -210,62 +213,118 @@ def _context_length(model: Any) -> int | None:
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
-def run_cache(
-    model: Any, info: ModelInfo, grid: Grid, prompts: PromptBatch, remote: bool | str = False
-) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """One trace over clean and corrupted prompts.
+@dataclass
+class Runs:
+    """What the clean and corrupted runs leave behind; every tensor is
+    ``(2 * pair, ...)`` with the clean rows first."""
 
-    Returns the site's activation per layer, ``(2 * pair, pos, unit, width)``
-    with the clean rows first, and the last-position logits of each run.
-    """
+    n_pairs: int
+    acts: dict[int, torch.Tensor]  # site activation per layer, (run, pos, unit, width)
+    blocks: list[torch.Tensor]  # each block's output, (run, pos, d_model), for skipping unpatched layers
+    logits: torch.Tensor  # (run, vocab), last position
+    ids: torch.Tensor  # (run, pos)
+
+    @property
+    def clean_logits(self) -> torch.Tensor:
+        return self.logits[: self.n_pairs]
+
+    @property
+    def corrupt_logits(self) -> torch.Tensor:
+        return self.logits[self.n_pairs :]
+
+    def directed(self, direction: str) -> Directed:
+        """Source and target halves: denoising patches clean into corrupt."""
+        n = self.n_pairs
+        src, tgt = (slice(0, n), slice(n, 2 * n)) if direction == "denoise" else (slice(n, 2 * n), slice(0, n))
+        return Directed(
+            source={layer: a[src] for layer, a in self.acts.items()},
+            target={layer: a[tgt] for layer, a in self.acts.items()},
+            target_blocks=[b[tgt] for b in self.blocks],
+            target_logits=self.logits[tgt],
+            target_ids=self.ids[tgt],
+            clean_logits=self.clean_logits,
+        )
+
+
+@dataclass
+class Directed:
+    source: dict[int, torch.Tensor]  # (pair, pos, unit, width)
+    target: dict[int, torch.Tensor]
+    target_blocks: list[torch.Tensor]  # (pair, pos, d_model)
+    target_logits: torch.Tensor  # (pair, vocab)
+    target_ids: torch.Tensor  # (pair, pos)
+    clean_logits: torch.Tensor  # (pair, vocab)
+
+
+def run_cache(model: Any, info: ModelInfo, grid: Grid, prompts: PromptBatch, remote: bool | str = False) -> Runs:
+    """One trace over the clean and corrupted prompts, recording what patching needs."""
     ids = torch.cat([prompts.clean_ids, prompts.corrupt_ids])
-    saved = {}
-    with model.trace(ids, remote=remote):
-        for layer in grid.layers:
-            saved[layer] = view(model, info, grid.site, layer).clone().save()
+    acts, blocks = {}, []
+    with model.trace(ids, remote=remote, logits_to_keep=1):
+        for layer in range(max(grid.layers) + 1):
+            if layer in grid.layers:
+                acts[layer] = view(model, info, grid.site, layer).clone().save()
+            if layer < max(grid.layers):
+                blocks.append(layer_module(model, info, layer).output.clone().save())
         logits = logits_module(model, info).output[:, -1].save()
-    n = prompts.n_pairs
-    return dict(saved), logits[:n], logits[n:]
+    return Runs(prompts.n_pairs, dict(acts), list(blocks), logits, ids)
 
 
-def _source_and_target(
-    cache: dict[int, torch.Tensor], prompts: PromptBatch, direction: str
-) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    n = prompts.n_pairs
-    if direction == "denoise":
-        return {layer: acts[:n] for layer, acts in cache.items()}, prompts.corrupt_ids
-    return {layer: acts[n:] for layer, acts in cache.items()}, prompts.clean_ids
-
-
-def patched_logits_metric(
+def patched_metric(
     model: Any,
     info: ModelInfo,
     grid: Grid,
-    source: dict[int, torch.Tensor],
-    target_ids: torch.Tensor,
+    runs: Directed,
     prompts: PromptBatch,
-    clean_logits: torch.Tensor,
     fn: M.MetricFn,
     batch_size: int,
     progress: Progress | None,
     remote: bool | str = False,
 ) -> torch.Tensor:
-    """The metric of every (pair, cell) row, ``(pair * cell,)``, pair-major."""
+    """The metric of every (pair, cell) row, ``(pair * cell,)``, pair-major.
+
+    Three things keep this fast and exact: a cell whose source activation
+    equals the target's is a no-op and takes the target run's value; rows are
+    sorted by layer, so a batch skips the blocks below its lowest patched
+    layer (their outputs are the cached target run's); and the unembedding
+    runs at the last position only.
+    """
     cells = grid.cells()
     rows = [(pair, cell) for pair in range(prompts.n_pairs) for cell in cells]
     out = torch.empty(len(rows))
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
+    todo = []
+    for i, (pair, (layer, unit, positions)) in enumerate(rows):
+        ps = list(positions)
+        if torch.equal(runs.source[layer][pair, ps, unit], runs.target[layer][pair, ps, unit]):
+            out[i] = float("nan")  # filled below with the target run's own value
+        else:
+            todo.append(i)
+    noop = torch.isnan(out)
+    if noop.any():
+        pairs = torch.tensor([rows[i][0] for i in range(len(rows)) if noop[i]])
+        out[noop] = fn(runs.target_logits[pairs], prompts.answer_ids[pairs], prompts.wrong_ids[pairs],
+                       runs.clean_logits[pairs]).float()  # fmt: skip
+    todo.sort(key=lambda i: rows[i][1][0])  # by layer
+    done = len(rows) - len(todo)
+    if progress is not None:
+        progress(done, len(rows))
+    for start in range(0, len(todo), batch_size):
+        index = todo[start : start + batch_size]
+        chunk = [rows[i] for i in index]
         pairs = torch.tensor([pair for pair, _ in chunk])
-        writes = _writes(chunk, source)
-        with model.trace(target_ids[pairs], remote=remote):
+        writes = _writes(chunk, runs.source)
+        lowest = min(writes)
+        with model.trace(runs.target_ids[pairs], remote=remote, logits_to_keep=1):
+            for layer in range(lowest):
+                layer_module(model, info, layer).skip(runs.target_blocks[layer][pairs])
             for layer, (r, p, u, values) in writes.items():
                 _write(model, info, grid.site, layer, r, p, u, values)
             logits = logits_module(model, info).output[:, -1].save()
-        values = fn(logits, prompts.answer_ids[pairs], prompts.wrong_ids[pairs], clean_logits[pairs])
-        out[start : start + len(chunk)] = values.float()
+        values = fn(logits, prompts.answer_ids[pairs], prompts.wrong_ids[pairs], runs.clean_logits[pairs])
+        out[torch.tensor(index)] = values.float()
+        done += len(chunk)
         if progress is not None:
-            progress(start + len(chunk), len(rows))
+            progress(done, len(rows))
     return out
 
 
@@ -291,7 +350,7 @@ def _write(
     if site == "attn_pattern":
         # The pattern is not a module's input or output, so patch what it
         # produces: head output = source pattern @ this run's values.
-        v = qkv_view(model, info, "head_v", layer)  # (batch, key_pos, kv_head, d_head)
+        v = view(model, info, "head_v", layer)  # (batch, key_pos, kv_head, d_head)
         kv = u // (info.n_heads // info.n_kv_heads)
         z = torch.einsum("wk,wkd->wd", values.to(v.dtype), v[r, :, kv])
         view(model, info, "head_out", layer)[r, p, u] = z
@@ -316,6 +375,7 @@ def _result(
         "method": method,
         "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
         "patched_positions": grid.positions,
+        "note": attribution.note(grid.site, grid.layers) if method == "attribution" else "",
         "clean": prompts.clean,
         "corrupt": prompts.corrupt,
         "answer": prompts.answer,
@@ -345,6 +405,7 @@ def attention_pattern(model: Any, prompt: str, layer: int, head: int) -> np.ndar
     _indices([layer], info.n_layers, "layers", "layers")
     _indices([head], info.n_heads, "heads", "heads")
     ids = torch.tensor([model.tokenizer(prompt)["input_ids"]])
-    with torch.no_grad(), model.trace(ids):
-        pattern = view(model, info, "attn_pattern", layer)[0, :, head].save()  # (query, key)
+    with torch.no_grad():
+        with model.trace(ids):
+            pattern = view(model, info, "attn_pattern", layer)[0, :, head].save()  # (query, key)
     return pattern.float().numpy()

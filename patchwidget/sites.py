@@ -206,42 +206,57 @@ def view(model: Any, info: ModelInfo, site: str, layer: int) -> torch.Tensor:
     ``engine``): it is taken from the attention module's second output, which
     needs eager attention.
     """
+    return reshape(info, site, raw(model, info, site, layer))
+
+
+def raw(model: Any, info: ModelInfo, site: str, layer: int) -> torch.Tensor:
+    """The model's own tensor that holds the site: a module's input or output.
+
+    Gradients are taken with respect to this tensor (``view`` is a reshaped
+    alias of it, which the forward pass never reads).
+    """
     arch = info.arch
     at = lambda path: layer_module(model, info, layer, path)  # noqa: E731
     if site == "resid_pre":
-        return at("").input.unsqueeze(2)
+        return at("").input
     if site == "resid_mid":
-        return at(arch.ln_mid).input.unsqueeze(2)
+        return at(arch.ln_mid).input
     if site == "resid_post":
-        return at("").output.unsqueeze(2)
+        return at("").output
     if site == "attn_out":
-        return at(arch.attn).output[0].unsqueeze(2)
+        return at(arch.attn).output[0]
     if site == "mlp_out":
-        return at(arch.mlp).output.unsqueeze(2)
+        return at(arch.mlp).output
     if site == "head_out":
-        return _split_heads(at(arch.attn_proj_out).input, info.d_head)
-    if site in ("head_q", "head_k", "head_v"):
-        return qkv_view(model, info, site, layer)
+        return at(arch.attn_proj_out).input
     if site == "mlp_neuron":
-        return at(arch.mlp_proj_out).input.unsqueeze(3)
+        return at(arch.mlp_proj_out).input
     if site == "attn_pattern":
-        return at(arch.attn).output[1].transpose(1, 2)  # (batch, q_pos, head, k_pos)
+        return at(arch.attn).output[1]  # (batch, head, q_pos, k_pos)
+    if site in ("head_q", "head_k", "head_v"):
+        path = (arch.q, arch.k, arch.v)["qkv".index(site[-1])] if arch.qkv == "split" else arch.q
+        return at(path).output
     raise UnknownSiteError(f"unknown site {site!r}")
 
 
-def qkv_view(model: Any, info: ModelInfo, site: str, layer: int) -> torch.Tensor:
-    """Queries, keys or values at ``layer`` as ``(batch, pos, head, d_head)``."""
-    arch = info.arch
+def reshape(info: ModelInfo, site: str, x: torch.Tensor) -> torch.Tensor:
+    """A ``(batch, pos, unit, width)`` view of the tensor ``raw`` returns."""
+    if site in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"):
+        return x.unsqueeze(2)
+    if site == "head_out":
+        return _split_heads(x, info.d_head)
+    if site == "mlp_neuron":
+        return x.unsqueeze(3)
+    if site == "attn_pattern":
+        return x.transpose(1, 2)  # (batch, q_pos, head, k_pos)
     which = "qkv".index(site[-1])
-    if arch.qkv == "split":
-        path = (arch.q, arch.k, arch.v)[which]
-        return _split_heads(layer_module(model, info, layer, path).output, info.d_head)
-    fused = layer_module(model, info, layer, arch.q).output
-    if arch.qkv == "gpt2":  # [q | k | v], each (batch, pos, d_model)
+    if info.arch.qkv == "split":
+        return _split_heads(x, info.d_head)
+    if info.arch.qkv == "gpt2":  # [q | k | v], each (batch, pos, d_model)
         d = info.n_heads * info.d_head
-        return _split_heads(fused[..., which * d : (which + 1) * d], info.d_head)
+        return _split_heads(x[..., which * d : (which + 1) * d], info.d_head)
     # neox: (batch, pos, head, [q | k | v]) interleaved per head
-    per_head = _split_heads(fused, 3 * info.d_head)
+    per_head = _split_heads(x, 3 * info.d_head)
     return per_head[..., which * info.d_head : (which + 1) * info.d_head]
 
 
