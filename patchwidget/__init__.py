@@ -11,7 +11,7 @@ Example:
 from .engine import patch
 from .metrics import METRICS
 from .models import DEMO_MODEL_DIR, load_model
-from .prompts import PromptError
+from .prompts import Noise, PromptError, noise
 from .result import PatchResult, ResultFileError
 from .sites import SITES, PatchwidgetError, UnknownSiteError, UnsupportedModelError
 from .widget import PatchWidget, explore
@@ -27,6 +27,8 @@ __all__ = [
     "UnknownSiteError",
     "UnsupportedModelError",
     "load_model",
+    "noise",
+    "Noise",
     "patch",
     "explore",
     "PatchWidget",

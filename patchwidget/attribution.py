@@ -24,7 +24,7 @@ import torch
 
 from . import metrics as M
 from .prompts import PromptBatch
-from .sites import ModelInfo, logits_module, raw, reshape
+from .sites import ModelInfo, add_noise, logits_module, raw, reshape
 
 POOR_NOTE = (
     "Attribution patching is a linear estimate; it is known to be poor for {what}, where patching "
@@ -48,13 +48,16 @@ def estimate(
     prompts: PromptBatch,
     fn: M.MetricFn,
     direction: str,
+    noise: torch.Tensor | None = None,
     remote: bool | str = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Estimated metric per (pair, cell), plus clean and corrupted last-position logits.
 
     Returns ``(per_pair, clean_logits, corrupt_logits)`` with ``per_pair``
-    shaped ``(pair, *grid.shape)``.
+    shaped ``(pair, *grid.shape)``. ``noise`` is added to the corrupted run's
+    token embeddings (see ``engine.with_noise``).
     """
+
     source_ids, target_ids = (
         (prompts.clean_ids, prompts.corrupt_ids) if direction == "denoise" else (prompts.corrupt_ids, prompts.clean_ids)
     )
@@ -62,12 +65,14 @@ def estimate(
     target: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         with model.trace(source_ids, remote=remote, logits_to_keep=1):
+            add_noise(model, info, noise if direction == "noise" else None, slice(None))
             for layer in grid.layers:
                 source[layer] = raw(model, info, grid.site, layer).clone().save()
             source_logits = logits_module(model, info).output[:, -1].save()
 
     with torch.enable_grad():
         with model.trace(target_ids, remote=remote, logits_to_keep=1):
+            add_noise(model, info, noise if direction == "denoise" else None, slice(None))
             for layer in grid.layers:
                 act = raw(model, info, grid.site, layer)
                 act.retain_grad()

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,16 +32,18 @@ import torch
 
 from . import attribution
 from . import metrics as M
-from .prompts import PromptBatch, Texts, prepare_prompts
+from .prompts import Noise, PromptBatch, Texts, prepare_prompts
 from .result import PatchResult
 from .sites import (
     SITES,
     ModelInfo,
     PatchwidgetError,
+    add_noise,
     check_site_supported,
     layer_module,
     logits_module,
     model_info,
+    module,
     view,
 )
 
@@ -86,7 +88,7 @@ class Grid:
 def patch(
     model: Any,
     clean: Texts,
-    corrupt: Texts,
+    corrupt: Texts | Noise,
     *,
     answer: Texts,
     wrong: Texts,
@@ -137,18 +139,25 @@ def patch(
     grid = make_grid(info, site, prompts.n_pos, layers, positions, heads, neurons, by_position)
 
     fn = M.resolve(metric)
+    rows, noise = with_noise(model, info, prompts)
     if method == "attribution":
-        per_pair, clean_logits, corrupt_logits = attribution.estimate(model, info, grid, prompts, fn, direction, remote)
+        per_row, clean_logits, corrupt_logits = attribution.estimate(
+            model, info, grid, rows, fn, direction, noise, remote
+        )
     else:
         with torch.no_grad():
-            runs = run_cache(model, info, grid, prompts, remote)
-            per_row = patched_metric(
-                model, info, grid, runs.directed(direction), prompts, fn, batch_size, progress, remote
-            )
-        per_pair = per_row.view(prompts.n_pairs, *grid.shape)
+            runs = run_cache(model, info, grid, rows, noise, remote)
+            directed = runs.directed(direction, noise)
+            per_row = patched_metric(model, info, grid, directed, rows, fn, batch_size, progress, remote)
+        per_row = per_row.view(rows.n_pairs, *grid.shape)
         clean_logits, corrupt_logits = runs.clean_logits, runs.corrupt_logits
-    ids = (prompts.answer_ids, prompts.wrong_ids, clean_logits)
+    ids = (rows.answer_ids, rows.wrong_ids, clean_logits)
     clean_base, corrupt_base = fn(clean_logits, *ids).float(), fn(corrupt_logits, *ids).float()
+    # Noise samples are rows of their own; every number is their mean.
+    samples = rows.n_pairs // prompts.n_pairs
+    per_pair = per_row.view(prompts.n_pairs, samples, *grid.shape).mean(1)
+    clean_base = clean_base.view(-1, samples).mean(1)
+    corrupt_base = corrupt_base.view(-1, samples).mean(1)
     if metric == "logit_diff_norm":
         per_pair = M.normalize(per_pair, clean_base, corrupt_base)
         clean_base, corrupt_base = torch.ones_like(clean_base), torch.zeros_like(corrupt_base)
@@ -232,7 +241,7 @@ class Runs:
     def corrupt_logits(self) -> torch.Tensor:
         return self.logits[self.n_pairs :]
 
-    def directed(self, direction: str) -> Directed:
+    def directed(self, direction: str, noise: torch.Tensor | None = None) -> Directed:
         """Source and target halves: denoising patches clean into corrupt."""
         n = self.n_pairs
         src, tgt = (slice(0, n), slice(n, 2 * n)) if direction == "denoise" else (slice(n, 2 * n), slice(0, n))
@@ -243,6 +252,7 @@ class Runs:
             target_logits=self.logits[tgt],
             target_ids=self.ids[tgt],
             clean_logits=self.clean_logits,
+            target_noise=noise if direction == "denoise" else None,
         )
 
 
@@ -254,13 +264,44 @@ class Directed:
     target_logits: torch.Tensor  # (pair, vocab)
     target_ids: torch.Tensor  # (pair, pos)
     clean_logits: torch.Tensor  # (pair, vocab)
+    target_noise: torch.Tensor | None = None  # (pair, pos, d_model) when the target run is the noised one
 
 
-def run_cache(model: Any, info: ModelInfo, grid: Grid, prompts: PromptBatch, remote: bool | str = False) -> Runs:
+def with_noise(model: Any, info: ModelInfo, prompts: PromptBatch) -> tuple[PromptBatch, torch.Tensor | None]:
+    """Prompts with one row per noise sample, and the noise to add to the
+    corrupted rows' token embeddings, ``(row, pos, d_model)``; ``None`` when
+    the corruption is a prompt."""
+    spec = prompts.noise
+    if spec is None:
+        return prompts, None
+    weight = module(model, info.arch.embed).weight
+    std = float(weight.detach().float().std()) * spec.scale
+    gen = torch.Generator().manual_seed(spec.seed)
+    noise = torch.zeros(prompts.n_pairs * spec.samples, prompts.n_pos, weight.shape[1], dtype=weight.dtype)
+    for pair, positions in enumerate(prompts.noise_positions or []):
+        for sample in range(spec.samples):
+            noise[pair * spec.samples + sample, positions] = (
+                torch.randn(len(positions), weight.shape[1], generator=gen).to(weight.dtype) * std
+            )
+    rows = replace(
+        prompts,
+        clean_ids=prompts.clean_ids.repeat_interleave(spec.samples, 0),
+        corrupt_ids=prompts.corrupt_ids.repeat_interleave(spec.samples, 0),
+        answer_ids=prompts.answer_ids.repeat_interleave(spec.samples, 0),
+        wrong_ids=prompts.wrong_ids.repeat_interleave(spec.samples, 0),
+    )
+    return rows, noise
+
+
+def run_cache(
+    model: Any, info: ModelInfo, grid: Grid, prompts: PromptBatch, noise: torch.Tensor | None = None,
+    remote: bool | str = False,
+) -> Runs:  # fmt: skip
     """One trace over the clean and corrupted prompts, recording what patching needs."""
     ids = torch.cat([prompts.clean_ids, prompts.corrupt_ids])
     acts, blocks = {}, []
     with model.trace(ids, remote=remote, logits_to_keep=1):
+        add_noise(model, info, noise, slice(prompts.n_pairs, None))
         for layer in range(max(grid.layers) + 1):
             if layer in grid.layers:
                 acts[layer] = view(model, info, grid.site, layer).clone().save()
@@ -315,6 +356,7 @@ def patched_metric(
         writes = _writes(chunk, runs.source)
         lowest = min(writes)
         with model.trace(runs.target_ids[pairs], remote=remote, logits_to_keep=1):
+            add_noise(model, info, None if runs.target_noise is None else runs.target_noise[pairs], slice(None))
             for layer in range(lowest):
                 layer_module(model, info, layer).skip(runs.target_blocks[layer][pairs])
             for layer, (r, p, u, values) in writes.items():

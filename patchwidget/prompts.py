@@ -39,6 +39,8 @@ class PromptBatch:
     answer_ids: torch.Tensor  # (pair,)
     wrong_ids: torch.Tensor  # (pair,)
     tokens: list[str]  # the first clean prompt's tokens, as text
+    noise: Noise | None = None  # Gaussian-noise corruption instead of corrupted prompts
+    noise_positions: list[list[int]] | None = None  # per pair, the token positions that get noise
 
     @property
     def n_pairs(self) -> int:
@@ -50,6 +52,72 @@ class PromptBatch:
 
 
 Texts = str | Sequence[str]
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Corruption by Gaussian noise on the token embeddings of some words.
+
+    Made by ``noise()``; pass it as ``corrupt=``.
+    """
+
+    tokens: tuple[str, ...] | None
+    positions: tuple[int, ...] | None
+    scale: float
+    samples: int
+    seed: int
+
+
+def noise(
+    tokens: str | Sequence[str] | None = None,
+    *,
+    positions: Sequence[int] | None = None,
+    scale: float = 3.0,
+    samples: int = 10,
+    seed: int = 0,
+) -> Noise:
+    """Corrupt the clean prompt by adding noise to the embeddings of ``tokens``.
+
+    The noise is Gaussian with ``scale`` times the standard deviation of the
+    model's token-embedding matrix (3 as in Meng et al. 2022, ROME), added to the
+    token embeddings of the words ``tokens`` (or of the token ``positions``) in
+    each clean prompt. Every number is averaged over ``samples`` noise draws.
+
+    Example:
+        >>> r = patch(model, "The capital of France is", noise("France"),
+        ...           answer="Paris", wrong="Tokyo")   # doctest: +SKIP
+    """
+    if (tokens is None) == (positions is None):
+        raise PromptError("noise() needs exactly one of tokens=... (words of the prompt) or positions=[...]")
+    if isinstance(tokens, str):
+        tokens = [tokens]
+    if samples < 1 or scale < 0:
+        raise PromptError(f"noise() needs samples >= 1 and scale >= 0, got samples={samples}, scale={scale}")
+    return Noise(tuple(tokens) if tokens is not None else None,
+                 tuple(int(p) for p in positions) if positions is not None else None,
+                 float(scale), int(samples), int(seed))  # fmt: skip
+
+
+def _noise_positions(tokenizer: Any, spec: Noise, ids: list[int], text: str, name: str) -> list[int]:
+    if spec.positions is not None:
+        bad = [p for p in spec.positions if not -len(ids) <= p < len(ids)]
+        if bad:
+            raise PromptError(f"noise positions {bad} are out of range for {name} ({len(ids)} tokens)")
+        return sorted({p % len(ids) for p in spec.positions})
+    found: list[int] = []
+    for word in spec.tokens or ():
+        for candidate in (word, " " + word.lstrip()):
+            sub = tokenizer(candidate, add_special_tokens=False)["input_ids"]
+            starts = [i for i in range(len(ids) - len(sub) + 1) if sub and ids[i : i + len(sub)] == sub]
+            if starts:
+                found += range(starts[0], starts[0] + len(sub))
+                break
+        else:
+            raise PromptError(
+                f"noise word {word!r} does not occur in {name} {text!r}, which tokenizes to "
+                f"{token_strings(tokenizer, ids)}"
+            )
+    return sorted(set(found))
 
 
 def _as_list(value: Texts, name: str) -> list[str]:
@@ -94,7 +162,7 @@ def _answer_id(tokenizer: Any, text: str, name: str) -> int:
 def prepare_prompts(
     tokenizer: Any,
     clean: Texts,
-    corrupt: Texts,
+    corrupt: Texts | Noise,
     *,
     answer: Texts,
     wrong: Texts,
@@ -107,7 +175,9 @@ def prepare_prompts(
     prompt must tokenize to as many tokens as its corrupted twin, and all
     pairs to one length, so that positions line up.
     """
-    clean_l, corrupt_l = _as_list(clean, "clean"), _as_list(corrupt, "corrupt")
+    spec = corrupt if isinstance(corrupt, Noise) else None
+    clean_l = _as_list(clean, "clean")
+    corrupt_l = list(clean_l) if spec is not None else _as_list(corrupt, "corrupt")
     n = len(clean_l)
     if n == 0:
         raise PromptError("clean is an empty list; give at least one prompt pair")
@@ -133,7 +203,7 @@ def prepare_prompts(
                 f"  corrupt: {token_strings(tokenizer, k_ids)}\n"
                 "Choose prompts that differ only in words of equal token length."
             )
-        if c_ids == k_ids:
+        if c_ids == k_ids and spec is None:
             raise PromptError(f"clean prompt{tag} and corrupt prompt{tag} are identical ({c!r}): nothing to patch")
         if clean_ids and len(c_ids) != len(clean_ids[0]):
             raise PromptError(
@@ -156,6 +226,10 @@ def prepare_prompts(
                 f"answer and wrong of pair {i} are the same token {answers[i]!r}: the logit difference is 0"
             )
 
+    positions = None
+    if spec is not None:
+        positions = [_noise_positions(tokenizer, spec, ids, c, f"clean prompt {i}") for i, (ids, c) in
+                     enumerate(zip(clean_ids, clean_l))]  # fmt: skip
     return PromptBatch(
         clean=clean_l,
         corrupt=corrupt_l,
@@ -166,6 +240,8 @@ def prepare_prompts(
         answer_ids=torch.tensor(answer_ids),
         wrong_ids=torch.tensor(wrong_ids),
         tokens=token_strings(tokenizer, clean_ids[0]),
+        noise=spec,
+        noise_positions=positions,
     )
 
 

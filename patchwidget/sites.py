@@ -266,3 +266,10 @@ def _split_heads(x: torch.Tensor, d_head: int) -> torch.Tensor:
 
 def logits_module(model: Any, info: ModelInfo) -> Any:
     return module(model, info.arch.unembed)
+
+
+def add_noise(model: Any, info: ModelInfo, noise: torch.Tensor | None, rows: slice | torch.Tensor) -> None:
+    """Inside a trace: add ``noise`` to the token embeddings of ``rows``."""
+    if noise is not None:
+        embeddings = module(model, info.arch.embed).output
+        embeddings[rows] += noise.to(embeddings.dtype)

@@ -124,24 +124,29 @@ def site_hooks(model, site, layer, sizes, fn):
     raise KeyError(site)
 
 
-def run(model, ids, site=None, layer=None, fn=None):
-    """Last-position logits of one prompt, with an optional hook at (site, layer)."""
-    handle = site_hooks(model, site, layer, Sizes(model.config), fn) if site else None
+def run(model, ids, site=None, layer=None, fn=None, noise=None):
+    """Last-position logits of one prompt, with an optional hook at (site, layer)
+    and optional ``noise`` ``(pos, d_model)`` added to the token embeddings."""
+    handles = [site_hooks(model, site, layer, Sizes(model.config), fn)] if site else []
+    if noise is not None:
+        embed = model.get_input_embeddings()
+        handles.append(embed.register_forward_hook(lambda mod, args, out: out + noise))
     try:
         with torch.no_grad():
             return model(ids[None]).logits[0, -1]
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
 
 
-def capture(model, ids, site, layer):
+def capture(model, ids, site, layer, noise=None):
     box = []
-    run(model, ids, site, layer, lambda act: box.append(act.clone()))
+    run(model, ids, site, layer, lambda act: box.append(act.clone()), noise)
     return box[0]
 
 
-def reference_patch(model, source_ids, target_ids, site, layers, units, positions, by_position):
+def reference_patch(model, source_ids, target_ids, site, layers, units, positions, by_position,
+                    source_noise=None, target_noise=None):  # fmt: skip
     """Logits of the target prompt with each cell patched from the source prompt.
 
     Returns a tensor ``(layer, unit, pos_group, vocab)`` where pos_group is one
@@ -156,7 +161,7 @@ def reference_patch(model, source_ids, target_ids, site, layers, units, position
         finally:
             model.set_attn_implementation("eager")
     for i, layer in enumerate(layers):
-        src = capture(model, source_ids, site, layer)
+        src = capture(model, source_ids, site, layer, source_noise)
         for j, unit in enumerate(units):
             for g, group in enumerate(groups):
 
@@ -164,7 +169,7 @@ def reference_patch(model, source_ids, target_ids, site, layers, units, position
                     for p in group:
                         act[p, unit] = src[p, unit]
 
-                out[i, j, g] = run(model, target_ids, site, layer, write)
+                out[i, j, g] = run(model, target_ids, site, layer, write, target_noise)
     return out
 
 
