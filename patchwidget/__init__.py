@@ -8,6 +8,8 @@ Example:
     >>> fig = result.plot()
 """
 
+from . import demo_data
+from .circuits import Cell, JointResult, patch_sites
 from .engine import patch
 from .metrics import METRICS
 from .models import DEMO_MODEL_DIR, load_model
@@ -30,6 +32,10 @@ __all__ = [
     "noise",
     "Noise",
     "patch",
+    "patch_sites",
+    "Cell",
+    "JointResult",
+    "demo_data",
     "explore",
     "PatchWidget",
 ]

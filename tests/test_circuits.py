@@ -1,0 +1,93 @@
+"""Joint patching of a set of sites, against the hook reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import patchwidget as pw
+from patchwidget import demo_data
+
+from .reference import Sizes, capture, site_hooks
+
+CELLS = [pw.Cell("head_out", 0, head=2), pw.Cell("head_out", 1, head=1), pw.Cell("head_v", 1, head=3, pos=-1),
+         pw.Cell("mlp_out", 2, pos=13), pw.Cell("attn_pattern", 1, head=0)]  # fmt: skip
+
+
+def reference_joint(hf, source, target, cells, a, w):
+    """Patch every cell at once with plain hooks (attention pattern excluded)."""
+    handles = []
+    for cell in cells:
+        src = capture(hf, source, cell.site, cell.layer)
+        unit = cell.head if cell.head is not None else 0
+        positions = range(len(source)) if cell.pos is None else [cell.pos % len(source)]
+
+        def write(act, src=src, unit=unit, positions=positions):
+            for p in positions:
+                act[p, unit] = src[p, unit]
+
+        handles.append(site_hooks(hf, cell.site, cell.layer, Sizes(hf.config), write))
+    try:
+        with torch.no_grad():
+            logits = hf(target[None]).logits[0, -1]
+    finally:
+        for h in handles:
+            h.remove()
+    return (logits[a] - logits[w]).item()
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_joint_and_single_effects_match_reference(demo, direction):
+    pairs = demo_data.ioi_pairs(2, seed=9)
+    r = pw.patch_sites(demo, [p.clean for p in pairs], [p.corrupt for p in pairs],
+                       answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], cells=CELLS[:4],
+                       metric="logit_diff", direction=direction)  # fmt: skip
+    hf, tok = demo._module, demo.tokenizer
+    for i, p in enumerate(pairs):
+        clean, corrupt = torch.tensor(tok(p.clean)["input_ids"]), torch.tensor(tok(p.corrupt)["input_ids"])
+        source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
+        a, w = tok(p.answer)["input_ids"][0], tok(p.wrong)["input_ids"][0]
+        assert r.per_pair_joint[i] == pytest.approx(reference_joint(hf, source, target, CELLS[:4], a, w), abs=1e-4)
+        for j, cell in enumerate(CELLS[:4]):
+            single = reference_joint(hf, source, target, [cell], a, w)
+            assert r.per_pair_singles[i, j] == pytest.approx(single, abs=1e-4)
+
+
+def test_singles_agree_with_patch_and_pattern_cell(demo):
+    p = demo_data.ioi_pairs(1, seed=4)[0]
+    r = pw.patch_sites(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, cells=CELLS)
+    grid = pw.patch(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, site="attn_pattern",
+                    layers=[1], heads=[0], metric="logit_diff_norm")  # fmt: skip
+    assert r.singles[4] == pytest.approx(grid.values[0, 0], abs=1e-4)
+    heads = pw.patch(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, site="head_out",
+                     by_position=False, metric="logit_diff_norm")  # fmt: skip
+    assert r.singles[0] == pytest.approx(heads.values[0, 2], abs=1e-4)
+    assert r.singles[1] == pytest.approx(heads.values[1, 1], abs=1e-4)
+    df = r.to_dataframe()
+    assert list(df["cells"])[-2:] == ["sum of singles", "all together"]
+    assert r.sum_of_singles == pytest.approx(r.singles.sum(), abs=1e-5)  # normalised: the baseline is 0
+
+
+def test_a_few_heads_carry_the_ioi_behaviour(demo):
+    pairs = demo_data.ioi_pairs(8, seed=7)
+    heads = [pw.Cell("head_out", 0, head=2)] + [pw.Cell("head_out", 1, head=h) for h in range(4)]
+    r = pw.patch_sites(demo, [p.clean for p in pairs], [p.corrupt for p in pairs],
+                       answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], cells=heads)  # fmt: skip
+    assert r.joint > 0.8 > max(r.singles)
+
+
+@pytest.mark.parametrize(
+    "cells,message",
+    [
+        ([], "cells is empty"),
+        ([pw.Cell("head_out", 0)], "needs head="),
+        ([pw.Cell("resid_pre", 0, head=1)], "has no head axis"),
+        ([pw.Cell("head_out", 9, head=0)], "layer index 9 is out of range"),
+        ([pw.Cell("mlp_neuron", 0, neuron=99999)], "neuron index 99999 is out of range"),
+        ([("head_out", 0, 1)], "must be patchwidget.Cell objects"),
+    ],
+)
+def test_bad_cells(demo, cells, message):
+    with pytest.raises(pw.PatchwidgetError, match=message):
+        pw.patch_sites(demo, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo",
+                       cells=cells)  # fmt: skip
