@@ -65,6 +65,23 @@ class PatchResult:
     def n_pairs(self) -> int:
         return self.per_pair.shape[0]
 
+    def spread(self) -> np.ndarray:
+        """Standard deviation over prompt pairs, shaped like the grid."""
+        return self.per_pair.std(axis=0)
+
+    def sign_flips(self, tolerance: float = 0.05) -> np.ndarray:
+        """Per cell, how many pairs disagree in sign with the mean.
+
+        A pair counts when its value has the opposite sign to the mean and is
+        larger than ``tolerance`` times the grid's largest absolute mean, so
+        that noise around zero is not called a flip. A cell that flips in some
+        pairs is a warning that a circuit found on one example may mislead.
+        """
+        mean = self.values
+        floor = tolerance * (float(np.abs(mean).max()) if mean.size else 0.0)
+        opposite = np.sign(self.per_pair) * np.sign(mean)[None] < 0
+        return (opposite & (np.abs(self.per_pair) > floor)).sum(axis=0)
+
     def labels(self, dim: str) -> list[str]:
         """Axis labels for display: token text for positions, ``L3``/``H2``/``N17`` otherwise."""
         if dim == "pos":

@@ -17,11 +17,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from .circuits import Cell, JointResult, patch_sites
 from .engine import attention_pattern, patch
 from .prompts import Texts, prepare_prompts
 from .result import PatchResult
@@ -49,6 +50,7 @@ class Level:
     layer: int | None = None
     head: int | None = None
     pos: int | None = None
+    cells: tuple[Cell, ...] = ()  # for kind "joint": the cells patched together
 
     def label(self, tokens: list[str]) -> str:
         if self.kind == "top":
@@ -57,6 +59,8 @@ class Level:
             return f"L{self.layer} heads"
         if self.kind == "head":
             return f"L{self.layer} H{self.head}"
+        if self.kind == "joint":
+            return f"{len(self.cells)} cells together"
         return f"L{self.layer} neurons at {tokens[self.pos]!r}"
 
 
@@ -74,6 +78,8 @@ class Computed:
     level: Level
     results: dict[str, PatchResult]
     pattern: np.ndarray | None = None  # (query, key) attention of the clean run
+    joint: JointResult | None = None
+    exact: bool = True  # False for an attribution preview that exact values will replace
 
 
 class Session:
@@ -92,6 +98,7 @@ class Session:
         answer: Texts,
         wrong: Texts,
         batch_size: int = 64,
+        preview: bool = True,
         on_progress: Callable[[int, int, int], None] | None = None,
         on_result: Callable[[int, Computed], None] | None = None,
         on_error: Callable[[int, str], None] | None = None,
@@ -101,6 +108,7 @@ class Session:
         self.prompts = prepare_prompts(model.tokenizer, clean, corrupt, answer=answer, wrong=wrong)
         self.texts = dict(clean=clean, corrupt=corrupt, answer=answer, wrong=wrong)
         self.batch_size = batch_size
+        self.preview = preview
         self.on_progress = on_progress or (lambda *a: None)
         self.on_result = on_result or (lambda *a: None)
         self.on_error = on_error or (lambda *a: None)
@@ -155,6 +163,10 @@ class Session:
                     continue  # superseded while waiting
                 cancel = self._cancel
             try:
+                if self.preview and settings.method == "exact" and level.kind in ("top", "heads"):
+                    estimate = self.compute(level, replace(settings, method="attribution"), request_id, cancel)
+                    estimate.exact = False
+                    self._publish(request_id, self.on_result, estimate)
                 computed = self.compute(level, settings, request_id, cancel)
             except Cancelled:
                 continue
@@ -201,6 +213,10 @@ class Session:
             results["attn_pattern"] = run("attn_pattern", layers=[level.layer], heads=[level.head])
             pattern = attention_pattern(self.model, self.prompts.clean[0], level.layer, level.head)
             return Computed(level, results, pattern)
+        if level.kind == "joint":
+            joint = patch_sites(self.model, **self.texts, cells=list(level.cells), metric=settings.metric,
+                                direction=settings.direction)  # fmt: skip
+            return Computed(level, {}, joint=joint)
         if level.kind == "neurons":
             return Computed(level, {"mlp_neuron": run("mlp_neuron", layers=[level.layer], positions=[level.pos])})
         raise PatchwidgetError(f"unknown level kind {level.kind!r}")
@@ -215,4 +231,21 @@ class Session:
             return Level("heads", level.site, layer=row, pos=col)
         if level.kind == "heads":
             return Level("head", level.site, layer=level.layer, head=row)
+        return None
+
+    def cell(self, level: Level, panel: str, row: int, col: int, row_labels: list[str]) -> Cell | None:
+        """The patchable site under (row, col) of ``panel``, for joint patching."""
+        if level.kind == "top" and level.site == "head_out":
+            return Cell("head_out", row, head=col)
+        if level.kind == "top":
+            return Cell(level.site, row, pos=col)
+        if level.kind == "heads":
+            return Cell("head_out", level.layer, head=row, pos=col)
+        if level.kind == "head" and panel == "components":
+            site = ("head_q", "head_k", "head_v", "head_out")[row]
+            group = self.info.n_heads // self.info.n_kv_heads
+            head = level.head // group if site in ("head_k", "head_v") else level.head
+            return Cell(site, level.layer, head=head, pos=col)
+        if level.kind == "neurons":
+            return Cell("mlp_neuron", level.layer, neuron=int(row_labels[row][1:]), pos=level.pos)
         return None

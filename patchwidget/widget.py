@@ -21,6 +21,7 @@ import anywidget
 import numpy as np
 import traitlets
 
+from .circuits import JointResult
 from .engine import METHODS
 from .metrics import METRICS
 from .prompts import Texts
@@ -56,6 +57,7 @@ class PatchWidget(anywidget.AnyWidget):
     selection = traitlets.List().tag(sync=True)
     result = traitlets.Instance(PatchResult, allow_none=True)
     path = traitlets.List()
+    joint = traitlets.Instance(JointResult, allow_none=True)
 
     def __init__(
         self,
@@ -69,10 +71,11 @@ class PatchWidget(anywidget.AnyWidget):
         metric: str = "logit_diff_norm",
         direction: str = "denoise",
         batch_size: int = 64,
+        preview: bool = True,
     ) -> None:
         super().__init__()
         self.session = Session(
-            model, clean, corrupt, answer=answer, wrong=wrong, batch_size=batch_size,
+            model, clean, corrupt, answer=answer, wrong=wrong, batch_size=batch_size, preview=preview,
             on_progress=self._on_progress, on_result=self._on_result, on_error=self._on_error,
         )  # fmt: skip
         if site not in TOP_SITES:
@@ -120,19 +123,39 @@ class PatchWidget(anywidget.AnyWidget):
             self._request(request_id, self._levels[: level + 1], self._settings)
         elif kind == "set":
             self._set(request_id, msg.get("key"), msg.get("value"))
+        elif kind == "joint":
+            cells = msg.get("cells")
+            if not isinstance(cells, list) or not cells:
+                raise MessageError(f"cells must be a non-empty list of {{panel, row, col}}, got {cells!r}")
+            chosen = tuple(self._cell_at(c) for c in cells)
+            self._request(request_id, self._levels, self._settings, Level("joint", cells=chosen))
         else:
             raise MessageError(f"unknown message type {kind!r}")
 
-    def _drill_target(self, msg: dict) -> Level | None:
+    def _locate(self, msg: Any) -> tuple[dict, int, int]:
+        """The panel, row and column a message points at, checked against the view."""
+        if not isinstance(msg, dict):
+            raise MessageError(f"a cell must be {{panel, row, col}}, got {msg!r}")
         panels = {p["id"]: p for p in self.view.get("panels", [])}
         panel = msg.get("panel")
         if panel not in panels:
             raise MessageError(f"unknown panel {panel!r}; the view has {list(panels)}")
         row = _int(msg, "row", 0, len(panels[panel]["rows"]) - 1)
         col = _int(msg, "col", 0, len(panels[panel]["cols"]) - 1)
-        if not panels[panel]["clickable"]:
+        return panels[panel], row, col
+
+    def _drill_target(self, msg: dict) -> Level | None:
+        panel, row, col = self._locate(msg)
+        if not panel["clickable"]:
             return None
-        return self.session.drill(self._levels[-1], panel, row, col)
+        return self.session.drill(self._levels[-1], panel["id"], row, col)
+
+    def _cell_at(self, msg: Any) -> Any:
+        panel, row, col = self._locate(msg)
+        cell = self.session.cell(self._levels[-1], panel["id"], row, col, panel["rows"])
+        if cell is None:
+            raise MessageError(f"cells of panel {panel['id']!r} cannot be patched together")
+        return cell
 
     def _set(self, request_id: int, key: Any, value: Any) -> None:
         if key not in SETTABLE:
@@ -151,10 +174,10 @@ class PatchWidget(anywidget.AnyWidget):
         else:
             self._request(request_id, self._levels, replace(self._settings, **{key: value}))
 
-    def _request(self, request_id: int, levels: list[Level], settings: Settings) -> None:
+    def _request(self, request_id: int, levels: list[Level], settings: Settings, level: Level | None = None) -> None:
         self._pending[request_id] = (levels, settings)
         self.status = {"state": "running", "request_id": request_id, "done": 0, "total": 0, "message": ""}
-        cached = self.session.submit(request_id, levels[-1], settings)
+        cached = self.session.submit(request_id, level or levels[-1], settings)
         if cached is not None:
             self._on_result(request_id, cached)
 
@@ -167,8 +190,15 @@ class PatchWidget(anywidget.AnyWidget):
     def _on_result(self, request_id: int, computed: Computed) -> None:
         if request_id < self.session.latest or request_id not in self._pending:
             return  # stale: a newer request superseded this one
-        self._levels, self._settings = self._pending.pop(request_id)
-        self._pending = {k: v for k, v in self._pending.items() if k > request_id}
+        if computed.joint is not None:
+            self._pending.pop(request_id)
+            self.joint = computed.joint
+            self.view = {**self.view, "request_id": request_id, "joint": _joint_box(computed.joint)}
+            self.status = {"state": "idle", "request_id": request_id, "done": 0, "total": 0, "message": ""}
+            return
+        self._levels, self._settings = self._pending[request_id]
+        if computed.exact:  # a preview keeps the request open for its exact values
+            self._pending = {k: v for k, v in self._pending.items() if k > request_id}
         self._show(request_id, computed)
 
     def _on_error(self, request_id: int, message: str) -> None:
@@ -181,12 +211,16 @@ class PatchWidget(anywidget.AnyWidget):
         self._computed = computed
         tokens = self.session.prompts.tokens
         s = self._settings
+        first = next(iter(computed.results.values()))
+        note = first.settings.get("note", "")
+        if not computed.exact:
+            note = "Attribution estimate, shown while the exact values are computed. " + note
         self.view = {
             "request_id": request_id,
             "level": len(self._levels) - 1,
             "title": f"{computed.level.label(tokens)} · {s.direction} · {s.metric}",
-            "note": "",
-            "exact": s.method == "exact",
+            "note": note,
+            "exact": computed.exact and s.method == "exact",
             "panels": panels(computed, self.session, self._pair),
         }
         self.breadcrumb = [{"label": level.label(tokens)} for level in self._levels]
@@ -196,9 +230,10 @@ class PatchWidget(anywidget.AnyWidget):
             "direction": s.direction, "metric": s.metric, "metrics": list(METRICS), "method": s.method,
             "pair": self._pair, "n_pairs": self.session.prompts.n_pairs,
         }  # fmt: skip
-        self.status = {"state": "idle", "request_id": request_id, "done": 0, "total": 0, "message": ""}
+        state = "idle" if computed.exact else "running"
+        self.status = {"state": state, "request_id": request_id, "done": 0, "total": 0, "message": ""}
         self.path = [asdict(level) for level in self._levels]
-        self.result = next(iter(computed.results.values()))
+        self.result = first
 
     # --- static output -----------------------------------------------------------
 
@@ -244,22 +279,29 @@ def panels(computed: Computed, session: Session, pair: str | int) -> list[dict]:
     def vals(result: PatchResult) -> np.ndarray:
         return result.values if pair == "mean" else result.per_pair[pair]
 
+    def consistency(result: PatchResult, pick: Any = slice(None)) -> dict:
+        """Spread and sign flips across pairs, shown when the view is the mean of several."""
+        if pair != "mean" or result.n_pairs < 2:
+            return {}
+        return {"spread": _table(result.spread()[pick]), "flips": result.sign_flips()[pick].tolist()}
+
     tokens = session.prompts.tokens
     cols = [f"{t} ({i})" for i, t in enumerate(tokens)]
     level, results = computed.level, computed.results
     site_doc = lambda site: SITES[site].doc  # noqa: E731
     if level.kind == "top" and level.site == "head_out":
         r = results["head_out"]
-        return [_panel("head_out", f"head_out: {site_doc('head_out')}, all tokens at once",
-                       "layer", "head", r.labels("layer"), r.labels("head"), vals(r), True)]  # fmt: skip
+        title = f"head_out: {site_doc('head_out')}, all tokens at once"
+        return [_panel("head_out", title, "layer", "head", r.labels("layer"), r.labels("head"), vals(r), True)
+                | consistency(r)]  # fmt: skip
     if level.kind == "top":
         r = results[level.site]
         return [_panel(level.site, f"{level.site}: {site_doc(level.site)}", "layer", "pos",
-                       r.labels("layer"), cols, vals(r), True)]  # fmt: skip
+                       r.labels("layer"), cols, vals(r), True) | consistency(r)]  # fmt: skip
     if level.kind == "heads":
         r = results["head_out"]
         return [_panel("head_out", f"Heads of layer {level.layer}: output by token", "head", "pos",
-                       r.labels("head"), cols, vals(r)[0], True)]  # fmt: skip
+                       r.labels("head"), cols, vals(r)[0], True) | consistency(r, 0)]  # fmt: skip
     if level.kind == "head":
         rows = ["q", "k", "v", "out"]
         table = np.stack([vals(results[s])[0, 0] for s in ("head_q", "head_k", "head_v", "head_out")])
@@ -275,6 +317,16 @@ def panels(computed: Computed, session: Session, pair: str | int) -> list[dict]:
     top = np.argsort(-np.abs(effects))[:N_TOP_NEURONS]
     return [_panel("neurons", f"Top {len(top)} MLP neurons of layer {level.layer} at {tokens[level.pos]!r}",
                    "neuron", "value", [f"N{i}" for i in top], ["effect"], effects[top, None], False)]  # fmt: skip
+
+
+def _joint_box(joint: JointResult) -> dict:
+    return {
+        "cells": [c.label for c in joint.cells],
+        "singles": [round(float(v), 6) for v in joint.singles],
+        "sum_of_singles": round(joint.sum_of_singles, 6),
+        "joint": round(joint.joint, 6),
+        "metric": joint.settings["metric"],
+    }
 
 
 def _panel(pid: str, title: str, row_dim: str, col_dim: str, rows: list[str], cols: list[str],
@@ -296,12 +348,16 @@ def explore(
     metric: str = "logit_diff_norm",
     direction: str = "denoise",
     batch_size: int = 64,
+    preview: bool = True,
 ) -> PatchWidget:
     """An interactive patching grid for the notebook.
 
     Starts at ``site`` over layers and tokens; clicking a cell opens the heads
     of that layer, clicking a head its query/key/value breakdown and attention
-    pattern, clicking an ``mlp_out`` cell the top neurons there.
+    pattern, clicking an ``mlp_out`` cell the top neurons there. Shift-click
+    selects cells and "Patch selected together" patches them jointly. With
+    ``preview``, an attribution estimate is drawn at once and replaced by the
+    exact values when they arrive.
 
     Example:
         >>> import patchwidget as pw
@@ -310,5 +366,5 @@ def explore(
     """
     return PatchWidget(
         model, clean, corrupt, answer=answer, wrong=wrong, site=site, metric=metric, direction=direction,
-        batch_size=batch_size,
+        batch_size=batch_size, preview=preview,
     )  # fmt: skip

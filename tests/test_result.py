@@ -86,3 +86,11 @@ def test_plot_uses_a_centred_diverging_map_and_token_labels(result):
     assert len(ax.get_yticklabels()) == 8  # 2 layers x 4 heads
     fixed = result.plot(vmax=2.0)
     assert fixed.axes[0].images[0].get_clim() == (-2.0, 2.0)
+
+
+def test_consistency_across_pairs():
+    per_pair = np.array([[[1.0, 0.5, 0.0]], [[1.0, -0.4, 0.01]], [[1.0, 0.6, -0.01]]])
+    r = pw.PatchResult(per_pair, ("layer", "pos"), {"layer": [0], "pos": [0, 1, 2]}, ["a", "b", "c"],
+                       np.ones(3), np.zeros(3))  # fmt: skip
+    np.testing.assert_allclose(r.spread()[0], per_pair.std(0)[0])
+    assert r.sign_flips().tolist() == [[0, 1, 0]]  # the third cell's flips are below the tolerance

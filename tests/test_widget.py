@@ -130,7 +130,8 @@ def test_backend_errors_are_shown(widget, monkeypatch):
 def test_newer_request_supersedes_older(demo):
     started, release = threading.Event(), threading.Event()
     shown = []
-    session = Session(demo, **TEXTS, batch_size=8, on_result=lambda rid, c: shown.append((rid, c.level)))
+    session = Session(demo, **TEXTS, batch_size=8, preview=False,
+                      on_result=lambda rid, c: shown.append((rid, c.level)))  # fmt: skip
 
     def slow_progress(request_id, done, total):
         if request_id == 1:
@@ -156,7 +157,7 @@ def test_newer_request_supersedes_older(demo):
 def test_cancel_stops_at_the_next_batch(demo):
     progress = []
     results = []
-    session = Session(demo, **TEXTS, batch_size=16, on_result=lambda rid, c: results.append(rid))
+    session = Session(demo, **TEXTS, batch_size=16, preview=False, on_result=lambda rid, c: results.append(rid))
 
     def on_progress(request_id, done, total):
         progress.append(done)
@@ -171,3 +172,40 @@ def test_cancel_stops_at_the_next_batch(demo):
     time.sleep(0.5)  # room for a third batch, which must not be reported
     assert len(progress) == 2 and results == []  # 2 of 64 batches ran, then it stopped
     session.close()
+
+
+def test_preview_estimate_is_replaced_by_exact_values(demo):
+    w = pw.explore(demo, **TEXTS)
+    views = []
+    w.observe(lambda change: views.append(change["new"]), "view")
+    send(w, type="drill", request_id=1, panel="resid_pre", row=1, col=9)
+    wait_idle(w, 1)
+    ours = [v for v in views if v["request_id"] == 1]
+    assert [v["exact"] for v in ours] == [False, True]
+    assert "Attribution estimate" in ours[0]["note"] and ours[1]["note"] == ""
+    assert w.result.settings["method"] == "exact"
+    w.close()
+
+
+def test_joint_patch_of_selected_cells(widget):
+    send(widget, type="drill", request_id=1, panel="resid_pre", row=1, col=13)
+    wait_idle(widget, 1)
+    cells = [{"panel": "head_out", "row": h, "col": 13} for h in range(4)]
+    send(widget, type="joint", request_id=2, cells=cells)
+    wait_idle(widget, 2)
+    box = widget.view["joint"]
+    assert box["cells"] == [f"head_out L1 H{h} @13" for h in range(4)]
+    assert box["joint"] == pytest.approx(widget.joint.joint, abs=1e-5)
+    np.testing.assert_allclose(box["singles"], np.array(widget.view["panels"][0]["values"], dtype=float)[:, 13],
+                               atol=1e-4)  # fmt: skip
+    assert widget.path[-1]["kind"] == "heads"  # the drill-down path is unchanged
+    send(widget, type="joint", request_id=3, cells=[{"panel": "head_out", "row": 9, "col": 0}])
+    assert widget.status["state"] == "error" and "row must be" in widget.status["message"]
+
+
+def test_consistency_is_sent_with_the_mean(widget):
+    panel = widget.view["panels"][0]
+    np.testing.assert_allclose(np.array(panel["spread"], dtype=float), widget.result.spread(), atol=1e-5)
+    assert panel["flips"] == widget.result.sign_flips().tolist()
+    send(widget, type="set", request_id=1, key="pair", value=0)
+    assert "spread" not in widget.view["panels"][0]
