@@ -15,7 +15,7 @@ from .metrics import METRICS
 from .models import DEMO_MODEL_DIR, load_model
 from .prompts import Noise, PromptError, noise
 from .result import PatchResult, ResultFileError
-from .sites import SITES, PatchwidgetError, UnknownSiteError, UnsupportedModelError
+from .sites import SITES, Arch, PatchwidgetError, UnknownSiteError, UnsupportedModelError, register_architecture
 from .widget import PatchWidget, explore
 
 __all__ = [
@@ -29,6 +29,8 @@ __all__ = [
     "UnknownSiteError",
     "UnsupportedModelError",
     "load_model",
+    "register_architecture",
+    "Arch",
     "noise",
     "Noise",
     "patch",

@@ -70,28 +70,38 @@ def estimate(
                 source[layer] = raw(model, info, grid.site, layer).clone().save()
             source_logits = logits_module(model, info).output[:, -1].save()
 
+    acts: dict[int, torch.Tensor] = {}
+    grads: dict[int, torch.Tensor] = {}
+    answer, wrong = prompts.answer_ids, prompts.wrong_ids
     with torch.enable_grad():
         with model.trace(target_ids, remote=remote, logits_to_keep=1):
             add_noise(model, info, noise if direction == "denoise" else None, slice(None))
             for layer in grid.layers:
                 act = raw(model, info, grid.site, layer)
                 act.retain_grad()
-                target[layer] = act.save()
-            target_logits = logits_module(model, info).output[:, -1].save()
-        clean_logits = source_logits if direction == "denoise" else target_logits
-        value = fn(target_logits, prompts.answer_ids, prompts.wrong_ids, clean_logits.detach())
-        value.sum().backward()  # rows are independent, so one backward gives every row's gradient
+                acts[layer] = act
+            logits = logits_module(model, info).output[:, -1]
+            clean = source_logits if direction == "denoise" else logits.detach()
+            value = fn(logits, answer, wrong, clean)
+            # The backward pass runs inside the trace, where the graph lives (also on a remote server);
+            # rows are independent, so one backward gives every row's gradient.
+            value.sum().backward()
+            for layer in grid.layers:
+                target[layer] = acts[layer].detach().save()
+                grads[layer] = acts[layer].grad.save()
+            target_logits = logits.detach().save()
+            value = value.detach().save()
 
     per_layer = []
     for layer in grid.layers:
-        delta = reshape(info, grid.site, source[layer] - target[layer].detach())  # (pair, pos, unit, width)
-        grad = reshape(info, grid.site, target[layer].grad)
+        delta = reshape(info, grid.site, source[layer] - target[layer])  # (pair, pos, unit, width)
+        grad = reshape(info, grid.site, grads[layer])
         contrib = (delta * grad).sum(-1)[:, :, grid.units]  # (pair, pos, unit)
         contrib = contrib[:, grid.positions]
         if not grid.by_position:
             contrib = contrib.sum(1, keepdim=True)
         per_layer.append(contrib.transpose(1, 2))  # (pair, unit, pos_group)
-    per_pair = torch.stack(per_layer, 1) + value.detach()[:, None, None, None]  # (pair, layer, unit, pos_group)
+    per_pair = torch.stack(per_layer, 1) + value[:, None, None, None]  # (pair, layer, unit, pos_group)
     if grid.unit is None:
         per_pair = per_pair[:, :, 0]
     if not grid.by_position:

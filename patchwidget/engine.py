@@ -39,11 +39,13 @@ from .sites import (
     ModelInfo,
     PatchwidgetError,
     add_noise,
+    block_output,
     check_site_supported,
     layer_module,
     logits_module,
     model_info,
     module,
+    skip_block,
     view,
 )
 
@@ -65,10 +67,11 @@ class Grid:
     units: list[int]  # heads or neurons; [0] for sites with one unit per layer
     positions: list[int]
     by_position: bool
+    kv_heads: bool = False  # head_k/head_v under grouped-query attention index key-value heads
 
     @property
     def unit(self) -> str | None:
-        return SITES[self.site].unit
+        return "kv_head" if self.kv_heads else SITES[self.site].unit
 
     @property
     def dims(self) -> tuple[str, ...]:
@@ -123,6 +126,7 @@ def patch(
     """
     info = model_info(model)
     check_site_supported(site, info)
+    ship_for_remote(remote)
     M.check_metric(metric)
     _check_choice(direction, DIRECTIONS, "direction")
     _check_choice(method, METHODS, "method")
@@ -164,6 +168,14 @@ def patch(
     return _result(model, grid, prompts, per_pair, clean_base, corrupt_base, metric, direction, method)
 
 
+def ship_for_remote(remote: bool | str) -> None:
+    """Remote traces run where patchwidget is not installed: send its code along."""
+    if remote:
+        import nnsight
+
+        nnsight.register("patchwidget")
+
+
 def make_grid(
     info: ModelInfo,
     site: str,
@@ -180,7 +192,8 @@ def make_grid(
         if given is not None and unit != wanted:
             raise SettingsError(f"{name}={list(given)!r} does not apply to site {site!r}, which has no {wanted} axis")
     n_units = info.n_units(site)
-    unit_label = "key-value heads" if site in ("head_k", "head_v") and info.n_kv_heads != info.n_heads else unit
+    kv_heads = site in ("head_k", "head_v") and info.n_kv_heads != info.n_heads
+    unit_label = "key-value heads" if kv_heads else unit
     return Grid(
         site=site,
         layers=_indices(layers, info.n_layers, "layers", "layers"),
@@ -189,6 +202,7 @@ def make_grid(
         else [0],
         positions=_indices(positions, n_pos, "positions", "tokens in the prompts", negative_ok=True),
         by_position=SITES[site].by_position if by_position is None else bool(by_position),
+        kv_heads=kv_heads,
     )
 
 
@@ -306,7 +320,7 @@ def run_cache(
             if layer in grid.layers:
                 acts[layer] = view(model, info, grid.site, layer).clone().save()
             if layer < max(grid.layers):
-                blocks.append(layer_module(model, info, layer).output.clone().save())
+                blocks.append(block_output(layer_module(model, info, layer), info).clone().save())
         logits = logits_module(model, info).output[:, -1].save()
     return Runs(prompts.n_pairs, dict(acts), list(blocks), logits, ids)
 
@@ -358,7 +372,7 @@ def patched_metric(
         with model.trace(runs.target_ids[pairs], remote=remote, logits_to_keep=1):
             add_noise(model, info, None if runs.target_noise is None else runs.target_noise[pairs], slice(None))
             for layer in range(lowest):
-                layer_module(model, info, layer).skip(runs.target_blocks[layer][pairs])
+                skip_block(layer_module(model, info, layer), info, runs.target_blocks[layer][pairs])
             for layer, (r, p, u, values) in writes.items():
                 _write(model, info, grid.site, layer, r, p, u, values)
             logits = logits_module(model, info).output[:, -1].save()

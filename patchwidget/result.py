@@ -83,10 +83,10 @@ class PatchResult:
         return (opposite & (np.abs(self.per_pair) > floor)).sum(axis=0)
 
     def labels(self, dim: str) -> list[str]:
-        """Axis labels for display: token text for positions, ``L3``/``H2``/``N17`` otherwise."""
+        """Axis labels for display: token text for positions, ``L3``/``H2``/``KV1``/``N17`` otherwise."""
         if dim == "pos":
             return [f"{self.tokens[p]} ({p})" for p in self.coords["pos"]]
-        prefix = {"layer": "L", "head": "H", "neuron": "N"}[dim]
+        prefix = {"layer": "L", "head": "H", "kv_head": "KV", "neuron": "N"}[dim]
         return [f"{prefix}{i}" for i in self.coords[dim]]
 
     def normalized(self) -> PatchResult:

@@ -89,6 +89,7 @@ class Arch:
     q: str
     k: str = ""
     v: str = ""
+    block_output_tuple: bool = False  # the block returns (hidden_states, ...) rather than a tensor
 
 
 _LLAMA = Arch(
@@ -110,10 +111,29 @@ ARCHITECTURES: dict[str, Arch] = {
         attn_proj_out="attention.dense", mlp_proj_out="mlp.dense_4h_to_h", qkv="neox",
         q="attention.query_key_value",
     ),
+    "gptj": Arch(
+        layers="transformer.h", final_norm="transformer.ln_f", unembed="lm_head", embed="transformer.wte",
+        attn="attn", mlp="mlp", ln_mid=None, attn_proj_out="attn.out_proj", mlp_proj_out="mlp.fc_out",
+        qkv="split", q="attn.q_proj", k="attn.k_proj", v="attn.v_proj", block_output_tuple=True,
+    ),
     "llama": _LLAMA,
     "qwen2": _LLAMA,
     "mistral": _LLAMA,
+    "gemma": _LLAMA,
 }  # fmt: skip
+
+
+def register_architecture(model_type: str, arch: Arch) -> None:
+    """Teach patchwidget the module names of another architecture.
+
+    ``model_type`` is the Hugging Face ``config.model_type``; ``arch`` names
+    the modules (see ``Arch``). The names are checked against the model when
+    it is first used, and any that are missing are listed.
+
+    Example:
+        >>> register_architecture("my_llama", ARCHITECTURES["llama"])
+    """
+    ARCHITECTURES[model_type] = arch
 
 
 @dataclass(frozen=True)
@@ -149,8 +169,10 @@ def model_info(model: Any) -> ModelInfo:
     model_type = getattr(config, "model_type", type(model).__name__)
     if model_type not in ARCHITECTURES:
         raise UnsupportedModelError(
-            f"model type {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
+            f"model type {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}. "
+            "Name its modules with patchwidget.register_architecture(model_type, patchwidget.Arch(...))"
         )
+    _check_paths(model, model_type, ARCHITECTURES[model_type])
     n_heads = _first_attr(config, "num_attention_heads", "n_head")
     d_model = _first_attr(config, "hidden_size", "n_embd")
     d_mlp = _first_attr(config, "intermediate_size", "n_inner", default=None) or 4 * d_model
@@ -165,6 +187,28 @@ def model_info(model: Any) -> ModelInfo:
         d_mlp=d_mlp,
         parallel_residual=bool(getattr(config, "use_parallel_residual", False)),
     )
+
+
+def _check_paths(model: Any, model_type: str, arch: Arch) -> None:
+    """Every module the site table names must exist; list the ones that do not."""
+    missing = [path for path in (arch.layers, arch.final_norm, arch.unembed, arch.embed) if not _has(model, path)]
+    if not missing:
+        first = module(model, arch.layers)[0]
+        block_paths = [arch.attn, arch.mlp, arch.ln_mid, arch.attn_proj_out, arch.mlp_proj_out, arch.q, arch.k, arch.v]
+        missing = [f"{arch.layers}[0].{p}" for p in block_paths if p and not _has(first, p)]
+    if missing:
+        raise UnsupportedModelError(
+            f"this {model_type!r} model lacks modules that patchwidget's site table names: {', '.join(missing)}; "
+            "name its modules with patchwidget.register_architecture(model_type, patchwidget.Arch(...))"
+        )
+
+
+def _has(model: Any, path: str) -> bool:
+    try:
+        module(model, path)
+        return True
+    except (AttributeError, IndexError, TypeError):
+        return False
 
 
 def _first_attr(config: Any, *names: str, **default: Any) -> Any:
@@ -222,7 +266,7 @@ def raw(model: Any, info: ModelInfo, site: str, layer: int) -> torch.Tensor:
     if site == "resid_mid":
         return at(arch.ln_mid).input
     if site == "resid_post":
-        return at("").output
+        return block_output(at(""), info)
     if site == "attn_out":
         return at(arch.attn).output[0]
     if site == "mlp_out":
@@ -262,6 +306,17 @@ def reshape(info: ModelInfo, site: str, x: torch.Tensor) -> torch.Tensor:
 
 def _split_heads(x: torch.Tensor, d_head: int) -> torch.Tensor:
     return x.view(*x.shape[:-1], x.shape[-1] // d_head, d_head)  # (batch, pos, head, d_head)
+
+
+def block_output(block: Any, info: ModelInfo) -> torch.Tensor:
+    """The hidden states a block returns (some architectures return a tuple)."""
+    out = block.output
+    return out[0] if info.arch.block_output_tuple else out
+
+
+def skip_block(block: Any, info: ModelInfo, hidden: torch.Tensor) -> None:
+    """Inside a trace: do not run ``block``; use ``hidden`` as its output."""
+    block.skip((hidden, None) if info.arch.block_output_tuple else hidden)
 
 
 def logits_module(model: Any, info: ModelInfo) -> Any:

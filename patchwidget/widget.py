@@ -11,7 +11,9 @@ Example:
 from __future__ import annotations
 
 import base64
+import html
 import io
+import json
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -85,6 +87,7 @@ class PatchWidget(anywidget.AnyWidget):
         self._pair: str | int = "mean"
         self._pending: dict[int, tuple[list[Level], Settings]] = {}
         self._computed: Computed | None = None
+        self._joint_box: dict | None = None
         # The first grid is computed before returning, so that `result` and the
         # static PNG are there as soon as the cell finishes.
         first = self.session.compute(self._levels[0], self._settings)
@@ -164,7 +167,10 @@ class PatchWidget(anywidget.AnyWidget):
             if value != "mean" and not (isinstance(value, int) and 0 <= value < self.session.prompts.n_pairs):
                 raise MessageError(f"pair must be 'mean' or 0..{self.session.prompts.n_pairs - 1}, got {value!r}")
             self._pair = value
-            self._show(request_id, self._computed)
+            if self._computed.exact:
+                self._show(request_id, self._computed)
+            else:  # the exact values are still coming, under the older request id: ask again under this one
+                self._request(request_id, self._levels, self._settings)
             return
         allowed = {"site": TOP_SITES, "direction": ("denoise", "noise"), "metric": METRICS, "method": METHODS}[key]
         if value not in allowed:
@@ -175,6 +181,8 @@ class PatchWidget(anywidget.AnyWidget):
             self._request(request_id, self._levels, replace(self._settings, **{key: value}))
 
     def _request(self, request_id: int, levels: list[Level], settings: Settings, level: Level | None = None) -> None:
+        if level is None:
+            self._joint_box = None  # a joint result belongs to the view it was asked on
         self._pending[request_id] = (levels, settings)
         self.status = {"state": "running", "request_id": request_id, "done": 0, "total": 0, "message": ""}
         cached = self.session.submit(request_id, level or levels[-1], settings)
@@ -193,8 +201,14 @@ class PatchWidget(anywidget.AnyWidget):
         if computed.joint is not None:
             self._pending.pop(request_id)
             self.joint = computed.joint
-            self.view = {**self.view, "request_id": request_id, "joint": _joint_box(computed.joint)}
+            self._joint_box = _joint_box(computed.joint)
+            self.view = {**self.view, "request_id": request_id, "joint": self._joint_box}
             self.status = {"state": "idle", "request_id": request_id, "done": 0, "total": 0, "message": ""}
+            if self._computed is not None and not self._computed.exact:
+                # The joint run superseded the exact values of the estimate on show: compute them again.
+                self._pending[request_id] = (self._levels, self._settings)
+                self.status = {**self.status, "state": "running"}
+                self.session.submit(request_id, self._levels[-1], self._settings)
             return
         self._levels, self._settings = self._pending[request_id]
         if computed.exact:  # a preview keeps the request open for its exact values
@@ -223,6 +237,8 @@ class PatchWidget(anywidget.AnyWidget):
             "exact": computed.exact and s.method == "exact",
             "panels": panels(computed, self.session, self._pair),
         }
+        if self._joint_box is not None:
+            self.view = {**self.view, "joint": self._joint_box}
         self.breadcrumb = [{"label": level.label(tokens)} for level in self._levels]
         self.controls = {
             "site": self._levels[0].site,
@@ -243,6 +259,54 @@ class PatchWidget(anywidget.AnyWidget):
         if self.result is not None:  # shown where no widget manager runs (GitHub, nbviewer)
             data["image/png"] = _png(self.result)
         return bundle
+
+    def save_html(self, path: str | Path) -> Path:
+        """Write a standalone page that works offline: the front end and every
+        level computed so far under the current settings, inlined.
+
+        Clicking through the page replays the computed levels; a level that was
+        never computed says so. Example:
+
+            >>> w.save_html("ioi.html")  # doctest: +SKIP
+        """
+        path = Path(path)
+        states, edges = self._computed_states()
+        data = {"start": 0, "states": states, "edges": edges, "controls": self.controls, "vmax": self.vmax}
+        page = (
+            (STATIC.parent / "templates" / "standalone.html").read_text()
+            .replace("__TITLE__", html.escape(self.view.get("title", "patchwidget")))
+            .replace("__CSS__", self._css.read_text().replace("</", "<\\/"))
+            .replace("__DATA__", json.dumps(data).replace("</", "<\\/"))
+            .replace("__BUNDLE__", self._esm.read_text().replace("</", "<\\/"))
+        )  # fmt: skip
+        path.write_text(page, encoding="utf-8")
+        return path
+
+    def _computed_states(self) -> tuple[list[dict], dict[str, int]]:
+        """Every cached level reachable from the top by clicks, as front-end states."""
+        tokens = self.session.prompts.tokens
+        states: list[dict] = []
+        edges: dict[str, int] = {}
+        todo = [([self._levels[0]], None)]
+        while todo:
+            path, parent = todo.pop(0)
+            computed = self.session.cache.get((path[-1], self._settings))
+            if computed is None:
+                continue
+            state_id = len(states)
+            if parent is not None:
+                edges[parent] = state_id
+            view = {"request_id": 0, "level": len(path) - 1, "note": "", "exact": True,
+                    "title": f"{path[-1].label(tokens)} · {self._settings.direction} · {self._settings.metric}",
+                    "panels": panels(computed, self.session, self._pair)}  # fmt: skip
+            states.append({"view": view, "breadcrumb": [{"label": lv.label(tokens)} for lv in path]})
+            for panel in view["panels"]:
+                for row in range(len(panel["rows"]) if panel["clickable"] else 0):
+                    for col in range(len(panel["cols"])):
+                        child = self.session.drill(path[-1], panel["id"], row, col)
+                        if child is not None and (child, self._settings) in self.session.cache:
+                            todo.append(([*path, child], f"{state_id}|{panel['id']}|{row}|{col}"))
+        return states, edges
 
     def close(self) -> None:
         self.session.close()

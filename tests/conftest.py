@@ -8,6 +8,10 @@ import pytest
 import torch
 from transformers import (
     AutoTokenizer,
+    GemmaConfig,
+    GemmaForCausalLM,
+    GPTJConfig,
+    GPTJForCausalLM,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
     LlamaConfig,
@@ -48,4 +52,13 @@ def tiny_models(tokenizer, demo):
         "gpt_neox": _tiny(GPTNeoXConfig, GPTNeoXForCausalLM, tokenizer, use_parallel_residual=True),
         "llama": _tiny(LlamaConfig, LlamaForCausalLM, tokenizer, num_key_value_heads=4),
         "qwen2-gqa": _tiny(Qwen2Config, Qwen2ForCausalLM, tokenizer, num_key_value_heads=2),
+        "gemma-gqa": _tiny(GemmaConfig, GemmaForCausalLM, tokenizer, num_key_value_heads=1, head_dim=8),
+        "gptj": _gptj(tokenizer),
     }
+
+
+def _gptj(tokenizer):
+    torch.manual_seed(0)
+    config = GPTJConfig(vocab_size=len(tokenizer), n_embd=64, n_layer=3, n_head=4, n_positions=64, rotary_dim=8,
+                        initializer_range=0.15, attn_implementation="eager")  # fmt: skip
+    return pw.load_model(GPTJForCausalLM(config).eval(), tokenizer=tokenizer)

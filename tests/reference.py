@@ -22,7 +22,9 @@ NAMES = {
                   o="self_attn.o_proj", down="mlp.down_proj", q="self_attn.q_proj", k="self_attn.k_proj",
                   v="self_attn.v_proj"),
 }  # fmt: skip
-NAMES["qwen2"] = NAMES["mistral"] = NAMES["llama"]
+NAMES["qwen2"] = NAMES["mistral"] = NAMES["gemma"] = NAMES["llama"]
+NAMES["gptj"] = dict(layers="transformer.h", attn="attn", mlp="mlp", ln2=None, o="attn.out_proj", down="mlp.fc_out",
+                     q="attn.q_proj", k="attn.k_proj", v="attn.v_proj")  # fmt: skip
 
 
 def get(model, path):
@@ -154,6 +156,8 @@ def reference_patch(model, source_ids, target_ids, site, layers, units, position
     """
     groups = [[p] for p in positions] if by_position else [list(positions)]
     out = torch.empty(len(layers), len(units), len(groups), model.config.vocab_size)
+    if site == "attn_pattern" and model.config.model_type == "gptj":
+        return _reference_pattern_gptj(model, source_ids, target_ids, layers, units, groups, out)
     if site == "attn_pattern":
         model.set_attn_implementation("ref_eager")
         try:
@@ -184,4 +188,35 @@ def _reference_pattern(model, source_ids, target_ids, layers, units, groups, out
                 PATTERN["replace"] = {(head, q): src[head, q] for q in group}
                 out[i, j, g] = run(model, target_ids)
         PATTERN.update(layer=None, replace=None)
+    return out
+
+
+def _reference_pattern_gptj(model, source_ids, target_ids, layers, units, groups, out):
+    """GPT-J computes attention in its own ``_attn``, so wrap that instead."""
+    for i, layer in enumerate(layers):
+        attn = model.transformer.h[layer].attn
+        original = attn._attn
+        box = {}
+
+        def wrapped(query, key, value, attention_mask=None, original=original, box=box, **kw):
+            _, weights = original(query, key, value, attention_mask, **kw)
+            if "record" in box:
+                box["src"] = weights[0].clone()
+            if "replace" in box:
+                weights = weights.clone()
+                for (head, q), row in box["replace"].items():
+                    weights[0, head, q] = row
+            return weights @ value, weights
+
+        attn._attn = wrapped
+        try:
+            box["record"] = True
+            run(model, source_ids)
+            del box["record"]
+            for j, head in enumerate(units):
+                for g, group in enumerate(groups):
+                    box["replace"] = {(head, q): box["src"][head, q] for q in group}
+                    out[i, j, g] = run(model, target_ids)
+        finally:
+            del attn._attn
     return out

@@ -63,5 +63,27 @@ def test_unknown_architecture_names_what_is_missing():
     class Fake:
         config = Config()
 
-    with pytest.raises(pw.UnsupportedModelError, match="'mamba' is not supported; supported: gpt2, gpt_neox"):
+    with pytest.raises(pw.UnsupportedModelError, match=r"'mamba' is not supported; supported: gemma, gpt2, .*register"):
         pw.patch(Fake(), CLEAN, CORRUPT, answer="Paris", wrong="Tokyo")
+
+
+def test_a_site_map_naming_missing_modules_lists_them(demo, monkeypatch):
+    from patchwidget import sites
+
+    wrong = sites.Arch(**{**sites.ARCHITECTURES["gpt2"].__dict__, "mlp_proj_out": "mlp.down", "final_norm": "ln"})
+    monkeypatch.setitem(sites.ARCHITECTURES, "gpt2", wrong)
+    with pytest.raises(pw.UnsupportedModelError, match=r"lacks modules .*: ln\b"):
+        pw.patch(demo, CLEAN, CORRUPT, answer="Paris", wrong="Tokyo")
+    monkeypatch.setitem(sites.ARCHITECTURES, "gpt2", sites.Arch(**{**wrong.__dict__, "final_norm": "transformer.ln_f"}))
+    with pytest.raises(pw.UnsupportedModelError, match=r"transformer\.h\[0\]\.mlp\.down"):
+        pw.patch(demo, CLEAN, CORRUPT, answer="Paris", wrong="Tokyo")
+
+
+def test_register_architecture_makes_a_new_model_type_work(demo, monkeypatch):
+    from patchwidget import sites
+
+    monkeypatch.setattr(demo.config, "model_type", "my_gpt")
+    with pytest.raises(pw.UnsupportedModelError, match="'my_gpt' is not supported"):
+        pw.patch(demo, CLEAN, CORRUPT, answer="Paris", wrong="Tokyo")
+    monkeypatch.setitem(sites.ARCHITECTURES, "my_gpt", sites.ARCHITECTURES["gpt2"])
+    assert pw.patch(demo, CLEAN, CORRUPT, answer="Paris", wrong="Tokyo").values.shape == (4, 5)

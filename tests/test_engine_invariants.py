@@ -9,7 +9,7 @@ import pytest
 import patchwidget as pw
 from patchwidget import demo_data
 
-MODELS = ["gpt2-demo", "gpt_neox", "llama", "qwen2-gqa"]
+MODELS = ["gpt2-demo", "gpt_neox", "llama", "qwen2-gqa", "gemma-gqa", "gptj"]
 
 
 def _differing_position(model, pair):
@@ -81,3 +81,13 @@ def test_ioi_head_grid_finds_a_few_heads(demo):
     assert r.values.shape == (4, 4)
     assert effects[:3].sum() > 0.6 * effects.sum()
     assert effects[0] > 0.3
+
+
+def test_grouped_query_keys_and_values_are_indexed_by_kv_head(tiny_models):
+    model = tiny_models["qwen2-gqa"]  # 4 query heads share 2 key-value heads
+    pair = demo_data.fact_pairs(1)[0]
+    for site, dim, n in (("head_k", "kv_head", 2), ("head_v", "kv_head", 2), ("head_q", "head", 4)):
+        r = pw.patch(model, pair.clean, pair.corrupt, answer=pair.answer, wrong=pair.wrong, site=site, layers=[0])
+        assert r.dims == ("layer", dim, "pos") and r.coords[dim] == list(range(n))
+    with pytest.raises(pw.PatchwidgetError, match="out of range: the model has 2 key-value heads"):
+        pw.patch(model, pair.clean, pair.corrupt, answer=pair.answer, wrong=pair.wrong, site="head_k", heads=[3])

@@ -13,7 +13,7 @@ from patchwidget import demo_data
 from .reference import reference_patch
 
 ALL_SITES = list(pw.SITES)
-MODELS = ["gpt2-demo", "gpt_neox", "llama", "qwen2-gqa"]
+MODELS = ["gpt2-demo", "gpt_neox", "llama", "qwen2-gqa", "gemma-gqa", "gptj"]
 
 
 def narrowing(model, site):
@@ -51,7 +51,7 @@ def reference_values(model, prompts, site, direction, grid_kwargs, by_position):
 @pytest.mark.parametrize("site", ALL_SITES)
 def test_engine_matches_reference(tiny_models, model_name, site):
     model = tiny_models[model_name]
-    if site == "resid_mid" and model_name == "gpt_neox":
+    if site == "resid_mid" and model_name in ("gpt_neox", "gptj"):
         with pytest.raises(pw.UnknownSiteError, match="parallel"):
             pw.patch(model, "a", "b", answer="Mary", wrong="John", site=site)
         return

@@ -209,3 +209,27 @@ def test_consistency_is_sent_with_the_mean(widget):
     assert panel["flips"] == widget.result.sign_flips().tolist()
     send(widget, type="set", request_id=1, key="pair", value=0)
     assert "spread" not in widget.view["panels"][0]
+
+
+def test_pair_change_and_joint_during_an_estimate_still_end_exact(demo, monkeypatch):
+    w = pw.explore(demo, **TEXTS)
+    hold = threading.Event()
+    compute = w.session.compute
+
+    def slow_exact(level, settings, request_id=0, cancel=None):
+        if settings.method == "exact" and request_id in (1, 2):
+            hold.wait(10)  # keep the estimate on show while the next message arrives
+        return compute(level, settings, request_id, cancel)
+
+    monkeypatch.setattr(w.session, "compute", slow_exact)
+    send(w, type="drill", request_id=1, panel="resid_pre", row=1, col=9)
+    deadline = time.time() + 30
+    while w.view["request_id"] != 1 and time.time() < deadline:
+        time.sleep(0.01)
+    assert w.view["exact"] is False
+    send(w, type="set", request_id=2, key="pair", value=1)
+    hold.set()
+    assert wait_idle(w, 2)["state"] == "idle" and w.view["exact"] is True
+    np.testing.assert_allclose(np.array(w.view["panels"][0]["values"], dtype=float), w.result.per_pair[1][0],
+                               atol=1e-5)  # fmt: skip
+    w.close()

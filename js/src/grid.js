@@ -1,22 +1,35 @@
 import { cellColors, isMissing } from "./colors.js";
+import { cellFlips, consistencyNotes } from "./consistency.js";
 import { h } from "./dom.js";
 import { formatExact, formatValue } from "./format.js";
 import { isSelected } from "./selection.js";
 import { keyAction } from "./keyboard.js";
 
-export function cellLabel(panel, row, col) {
-  return `${panel.rows[row]}, '${panel.cols[col]}', ${panel.title}: ${formatValue(panel.values[row][col], 3)}`;
+// nPairs (controls.n_pairs) only words the spread and flips of mean views.
+export function cellLabel(panel, row, col, nPairs) {
+  const label = `${panel.rows[row]}, '${panel.cols[col]}', ${panel.title}: ${formatValue(panel.values[row][col], 3)}`;
+  return [label, ...consistencyNotes(panel, row, col, nPairs)].join(", ");
 }
 
-function tooltipLines(panel, row, col) {
-  return [`${panel.rows[row]}, '${panel.cols[col]}' · ${panel.title}`, `value: ${formatExact(panel.values[row][col])}`];
+function tooltipLines(panel, row, col, nPairs) {
+  return [
+    `${panel.rows[row]}, '${panel.cols[col]}' · ${panel.title}`,
+    `value: ${formatExact(panel.values[row][col])}`,
+    ...consistencyNotes(panel, row, col, nPairs),
+  ];
 }
 
-function renderCell(panel, row, col, { scale, focus, selection }) {
+function renderCell(panel, row, col, { scale, focus, selection, nPairs }) {
   const value = panel.values[row][col];
   const colors = cellColors(scale, value);
   const selected = isSelected(selection, { panel: panel.id, row, col });
-  const classes = ["pw-cell", panel.clickable && "pw-clickable", selected && "pw-selected", isMissing(value) && "pw-nan"];
+  const classes = [
+    "pw-cell",
+    panel.clickable && "pw-clickable",
+    selected && "pw-selected",
+    isMissing(value) && "pw-nan",
+    cellFlips(panel, row, col) > 0 && "pw-flip",
+  ];
   return h("td", {
     role: "gridcell",
     class: classes.filter(Boolean).join(" "),
@@ -24,7 +37,7 @@ function renderCell(panel, row, col, { scale, focus, selection }) {
     "data-col": col,
     "data-pw-key": `cell:${panel.id}:${row}:${col}`,
     tabindex: row === focus.row && col === focus.col ? 0 : -1,
-    "aria-label": cellLabel(panel, row, col),
+    "aria-label": cellLabel(panel, row, col, nPairs),
     "aria-selected": String(selected),
     style: colors && `background-color: ${colors.background}; color: ${colors.color}`,
   }, formatValue(value, 2));
@@ -89,26 +102,26 @@ function onClick(panel, actions, event) {
   else if (panel.clickable) actions.drill(row, col);
 }
 
-function showTip(panel, tooltip, event) {
+function showTip(panel, { tooltip, nPairs }, event) {
   const cell = event.target.closest(".pw-cell");
   if (!cell) return;
   const { row, col } = coords(cell);
-  tooltip.show(cell, tooltipLines(panel, row, col));
+  tooltip.show(cell, tooltipLines(panel, row, col, nPairs));
 }
 
-function onFocusin(grid, panel, { actions, tooltip }, event) {
+function onFocusin(grid, panel, opts, event) {
   const cell = event.target.closest(".pw-cell");
   if (!cell) return;
   makeRoving(grid, cell);
   const { row, col } = coords(cell);
-  actions.focus(row, col);
-  showTip(panel, tooltip, event);
+  opts.actions.focus(row, col);
+  showTip(panel, opts, event);
 }
 
 // opts: scale (from colors.panelScale), focus {row, col}, selection (cells of
-// this panel), tooltip (tooltip.js), actions {drill, toggle, back, focus};
-// actions.back returns whether it acted, so Escape can fall through to the
-// notebook at the top level.
+// this panel), nPairs (controls.n_pairs), tooltip (tooltip.js), actions
+// {drill, toggle, back, focus}; actions.back returns whether it acted, so
+// Escape can fall through to the notebook at the top level.
 export function renderGrid(panel, opts) {
   const { actions, tooltip } = opts;
   const grid = h("table", {
@@ -121,7 +134,7 @@ export function renderGrid(panel, opts) {
   grid.addEventListener("keydown", (e) => onKeydown(grid, panel, actions, e));
   grid.addEventListener("click", (e) => onClick(panel, actions, e));
   grid.addEventListener("focusin", (e) => onFocusin(grid, panel, opts, e));
-  grid.addEventListener("mouseover", (e) => showTip(panel, tooltip, e));
+  grid.addEventListener("mouseover", (e) => showTip(panel, opts, e));
   grid.addEventListener("mouseleave", () => tooltip.hide());
   grid.addEventListener("focusout", () => tooltip.hide());
   return grid;

@@ -2,6 +2,7 @@ import { renderBreadcrumb } from "./breadcrumb.js";
 import { autoVmax, validVmax } from "./colors.js";
 import { renderControls } from "./controls.js";
 import { h, replaceContent } from "./dom.js";
+import { createJointBox, updateJointBox } from "./joint.js";
 import { renderPanel } from "./panel.js";
 import { renderStatus } from "./progress.js";
 import { chooseView, createRequests, currentStatus, seedRequestId } from "./requests.js";
@@ -27,9 +28,10 @@ function render({ model, el }) {
   const controls = h("div", { class: "pw-controls" });
   const status = h("div", { class: "pw-status" });
   const body = h("div", { class: "pw-body" });
+  const jointBox = createJointBox(); // under the panels but outside body, which selection changes rebuild
   // Lumino stops its shortcut lookup here, so arrows, Enter and Escape in the
   // grid are not taken as notebook commands.
-  const root = h("div", { class: "patchwidget", "data-lm-suppress-shortcuts": "true" }, [header, controls, status, body]);
+  const root = h("div", { class: "patchwidget", "data-lm-suppress-shortcuts": "true" }, [header, controls, status, body, jointBox]);
   const tooltip = createTooltip(root);
   el.replaceChildren(root);
 
@@ -95,6 +97,7 @@ function render({ model, el }) {
       exact: shown.exact !== false,
       focus: focus.get(panel.id),
       selection: cells.filter((c) => c.panel === panel.id),
+      nPairs: model.get("controls")?.n_pairs,
       tooltip,
       actions: panelActions(panel),
     })));
@@ -121,6 +124,7 @@ function render({ model, el }) {
     renderHeader();
     renderControlsSection();
     renderBody();
+    updateJointBox(jointBox, shown?.joint);
   }
 
   function onStatus() {
@@ -147,6 +151,7 @@ function render({ model, el }) {
   renderControlsSection();
   renderStatusSection();
   renderBody();
+  updateJointBox(jointBox, shown?.joint);
 
   return () => {
     for (const [event, fn] of listeners) model.off(event, fn);

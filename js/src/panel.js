@@ -1,4 +1,5 @@
 import { panelScale } from "./colors.js";
+import { panelHasFlips } from "./consistency.js";
 import { h } from "./dom.js";
 import { renderGrid } from "./grid.js";
 import { renderLegend } from "./legend.js";
@@ -18,7 +19,12 @@ function estimateBadge() {
   }, "estimate");
 }
 
-// opts: vmax (validated, null = auto), exact, focus, selection, tooltip, actions.
+// Explains the corner mark on cells; CSS draws the same triangle before it.
+function flipKey() {
+  return h("span", { class: "pw-flip-key" }, "sign flips across pairs");
+}
+
+// opts: vmax (validated, null = auto), exact, focus, selection, nPairs, tooltip, actions.
 export function renderPanel(panel, opts) {
   const scale = panelScale(panel, opts.vmax);
   const gridOpts = { ...opts, scale, focus: clampFocus(opts.focus, panel) };
@@ -26,6 +32,7 @@ export function renderPanel(panel, opts) {
     h("div", { class: "pw-panel-header" }, [
       h("span", { class: "pw-panel-title" }, panel.title),
       opts.exact ? null : estimateBadge(),
+      panelHasFlips(panel) ? flipKey() : null,
     ]),
     renderLegend(scale),
     h("div", { class: "pw-grid-scroll" }, renderGrid(panel, gridOpts)),

@@ -4,11 +4,12 @@ import { panelScale } from "../src/colors.js";
 import { renderGrid } from "../src/grid.js";
 import { panel4x5 } from "./fake-model.js";
 
-function setup(panelOverrides = {}, backResult = true) {
+function setup(panelOverrides = {}, backResult = true, nPairs = undefined) {
   const panel = panel4x5(panelOverrides);
   const actions = { drill: vi.fn(), toggle: vi.fn(), focus: vi.fn(), back: vi.fn(() => backResult) };
   const tooltip = { show: vi.fn(), hide: vi.fn() };
-  const grid = renderGrid(panel, { scale: panelScale(panel, null), focus: { row: 0, col: 0 }, selection: [], tooltip, actions });
+  const opts = { scale: panelScale(panel, null), focus: { row: 0, col: 0 }, selection: [], nPairs, tooltip, actions };
+  const grid = renderGrid(panel, opts);
   document.body.replaceChildren(grid);
   const cell = (r, c) => grid.querySelector(`[data-row="${r}"][data-col="${c}"]`);
   return { panel, actions, tooltip, grid, cell };
@@ -102,5 +103,50 @@ describe("renderGrid", () => {
     const { cell, tooltip } = setup();
     cell(3, 0).dispatchEvent(new MouseEvent("mouseover", { bubbles: true }));
     expect(tooltip.show).toHaveBeenCalledWith(cell(3, 0), ["L3, 'When' · resid_pre", "value: 0.734"]);
+  });
+});
+
+// The mean over 8 pairs: cell (3, 0) is consistent, (1, 2) flips in 2 pairs.
+const spreadAndFlips = () => ({
+  spread: [[0.1, 0.1, 0.1, null, 0.1], [0.1, 0.1, 0.4567, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1, 0.1], [0.0812, 0.1, 0.1, 0.1, 0.1]],
+  flips: [[0, 0, 0, 0, 0], [0, 0, 2, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+});
+
+describe("renderGrid with consistency across pairs", () => {
+  it("appends the spread and sign flips to the aria-label", () => {
+    const { cell } = setup(spreadAndFlips(), true, 8);
+    expect(cell(3, 0).getAttribute("aria-label")).toBe("L3, 'When', resid_pre: 0.734, ± 0.0812 across 8 pairs");
+    expect(cell(1, 2).getAttribute("aria-label")).toBe(
+      "L1, 'and', resid_pre: -1.000, ± 0.457 across 8 pairs, sign flips in 2 of 8 pairs",
+    );
+    expect(cell(0, 3).getAttribute("aria-label")).toBe("L0, 'John', resid_pre: NaN");
+  });
+
+  it("adds the same lines to the tooltip", () => {
+    const { cell, tooltip } = setup(spreadAndFlips(), true, 8);
+    cell(1, 2).dispatchEvent(new MouseEvent("mouseover", { bubbles: true }));
+    expect(tooltip.show).toHaveBeenLastCalledWith(cell(1, 2), [
+      "L1, 'and' · resid_pre",
+      "value: -1",
+      "± 0.457 across 8 pairs",
+      "sign flips in 2 of 8 pairs",
+    ]);
+    cell(3, 0).focus();
+    expect(tooltip.show).toHaveBeenLastCalledWith(cell(3, 0), ["L3, 'When' · resid_pre", "value: 0.734", "± 0.0812 across 8 pairs"]);
+  });
+
+  it("marks only cells whose sign flips, keeping their value text", () => {
+    const { grid, cell } = setup(spreadAndFlips(), true, 8);
+    expect([...grid.querySelectorAll(".pw-flip")]).toEqual([cell(1, 2)]);
+    expect(cell(1, 2).textContent).toBe("-1.00");
+    expect(cell(1, 2).style.backgroundColor).not.toBe("");
+  });
+
+  it("leaves panels without spread and flips as they were", () => {
+    const { grid, cell, tooltip } = setup({}, true, 8);
+    expect(grid.querySelector(".pw-flip")).toBeNull();
+    expect(cell(1, 2).getAttribute("aria-label")).toBe("L1, 'and', resid_pre: -1.000");
+    cell(1, 2).dispatchEvent(new MouseEvent("mouseover", { bubbles: true }));
+    expect(tooltip.show).toHaveBeenLastCalledWith(cell(1, 2), ["L1, 'and' · resid_pre", "value: -1"]);
   });
 });

@@ -44,6 +44,13 @@ describe("stale filtering", () => {
     expect(chooseView(fresh, shown, 3)).toBe(fresh);
   });
 
+  it("draws a second view with the same id (an estimate, then its exact values)", () => {
+    const estimate = { request_id: 3, exact: false };
+    const exact = { request_id: 3, exact: true };
+    expect(chooseView(estimate, { request_id: 2 }, 3)).toBe(estimate);
+    expect(chooseView(exact, estimate, 3)).toBe(exact);
+  });
+
   it("shows even a stale view when nothing is drawn yet", () => {
     const view = { request_id: 1 };
     expect(chooseView(view, null, 5)).toBe(view);

@@ -1,4 +1,6 @@
 // @vitest-environment jsdom
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { beforeEach, describe, expect, it } from "vitest";
 import widget from "../src/index.js";
 import { fakeModel, initialState, panel4x5 } from "./fake-model.js";
@@ -156,5 +158,135 @@ describe("widget", () => {
     expect(model.listenerCount()).toBe(6);
     cleanup();
     expect(model.listenerCount()).toBe(0);
+  });
+});
+
+describe("widget: consistency across pairs", () => {
+  const meanView = () => pythonView(0, {
+    panels: [panel4x5({
+      spread: [[0.1, 0.1, 0.1, null, 0.1], [0.1, 0.1, 0.25, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1, 0.1]],
+      flips: [[0, 0, 0, 0, 0], [0, 0, 2, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+    })],
+  });
+
+  beforeEach(() => mount({ controls: { ...initialState().controls, n_pairs: 8 }, view: meanView() }));
+
+  it("labels cells with the spread and flips over controls.n_pairs and marks flipping cells", () => {
+    expect(cell(1, 2).getAttribute("aria-label")).toBe(
+      "L1, 'and', resid_pre: -1.000, ± 0.25 across 8 pairs, sign flips in 2 of 8 pairs",
+    );
+    expect($$(".pw-flip")).toHaveLength(1);
+    expect(cell(1, 2).classList.contains("pw-flip")).toBe(true);
+    expect($(".pw-flip-key").textContent).toBe("sign flips across pairs");
+    cell(1, 2).dispatchEvent(new MouseEvent("mouseover", { bubbles: true }));
+    expect($(".pw-tooltip").textContent).toContain("sign flips in 2 of 8 pairs");
+  });
+
+  it("drops the marks for a view of one pair", () => {
+    model.set("view", pythonView(0, { panels: [panel4x5()] }));
+    expect($(".pw-flip")).toBeNull();
+    expect($(".pw-flip-key")).toBeNull();
+    expect(cell(1, 2).getAttribute("aria-label")).toBe("L1, 'and', resid_pre: -1.000");
+  });
+});
+
+describe("widget: joint patching result", () => {
+  const joint = {
+    cells: ["resid_pre L1 @1", "resid_pre L2 @2"],
+    singles: [0.4, 0.24],
+    sum_of_singles: 0.64,
+    joint: 0.912,
+    metric: "logit_diff_norm",
+  };
+
+  function patchTogether() {
+    shiftClick(cell(1, 1));
+    shiftClick(cell(2, 2));
+    $(".pw-joint").click(); // request 1
+    model.set("status", { state: "running", request_id: 1, done: 0, total: 0, message: "" });
+    model.set("view", { ...model.get("view"), request_id: 1, joint });
+    model.set("status", { state: "idle", request_id: 1, done: 0, total: 0, message: "" });
+  }
+
+  it("announces the result under the panels and keeps the selection", () => {
+    const live = $('[role="status"]');
+    expect($(".pw-joint-result")).toBeNull();
+    patchTogether();
+    const box = $(".pw-joint-result");
+    expect(box).toBe(live); // the live region existed before its content arrived
+    expect(box.getAttribute("role")).toBe("status");
+    expect(box.compareDocumentPosition($(".pw-panels")) & Node.DOCUMENT_POSITION_PRECEDING).toBeTruthy();
+    expect(box.textContent).toContain("Together: 0.912 (sum of singles 0.640)");
+    expect([...box.querySelectorAll("td")].map((td) => td.textContent)).toEqual(["0.400", "0.240", "0.640", "0.912"]);
+    expect(model.get("selection")).toHaveLength(2);
+    expect(cell(1, 1).getAttribute("aria-selected")).toBe("true");
+    expect($(".pw-selection-count").textContent).toBe("2 cells selected");
+    expect($(".pw-progress")).toBeNull();
+  });
+
+  it("survives selection changes and disappears with the next view", () => {
+    patchTogether();
+    $(".pw-clear-selection").click();
+    expect($(".pw-joint-result")).not.toBeNull();
+    cell(0, 0).click(); // request 2
+    model.set("view", pythonView(2));
+    expect($(".pw-joint-result")).toBeNull();
+    expect($('[role="status"]').childNodes).toHaveLength(0);
+  });
+
+  it("ignores a joint result that a newer request superseded", () => {
+    shiftClick(cell(1, 1));
+    $(".pw-joint").click(); // request 1
+    cell(0, 0).click(); // request 2
+    model.set("view", { ...model.get("view"), request_id: 1, joint });
+    expect($(".pw-joint-result")).toBeNull();
+  });
+});
+
+describe("widget: estimate, then exact values for the same request", () => {
+  const running = (done, total) => model.set("status", { state: "running", request_id: 1, done, total, message: "" });
+  const note = "Attribution estimate, shown while the exact values are computed. Attribution patching is a linear estimate.";
+
+  it("draws both views, badges only the estimate and keeps the progress bar until done", () => {
+    cell(2, 3).click(); // request 1
+    running(0, 0);
+    model.set("view", pythonView(1, { exact: false, note, panels: [panel4x5({ id: "heads", title: "estimate", values: panel4x5().values.map((r) => r.map(() => 0.5)) })] }));
+    running(0, 0);
+    expect($(".pw-grid").getAttribute("aria-label")).toBe("estimate");
+    expect($(".pw-estimate")).not.toBeNull();
+    expect($(".pw-panel-estimate")).not.toBeNull();
+    expect($(".pw-note").textContent).toBe(note);
+    expect($(".pw-progress")).not.toBeNull();
+    running(7, 20);
+    expect($(".pw-progress-text").textContent).toBe("7 / 20");
+
+    cell(1, 1).focus();
+    model.set("view", pythonView(1, { exact: true, note: "" }));
+    expect($(".pw-grid").getAttribute("aria-label")).toBe("heads");
+    expect(cell(1, 1).textContent).toBe("1.00");
+    expect($(".pw-estimate")).toBeNull();
+    expect($(".pw-panel-estimate")).toBeNull();
+    expect($(".pw-note")).toBeNull();
+    expect(document.activeElement).toBe(cell(1, 1)); // keyboard users stay on their cell
+    expect($(".pw-progress")).not.toBeNull(); // until status says otherwise
+    model.set("status", { state: "idle", request_id: 1, done: 0, total: 0, message: "" });
+    expect($(".pw-progress")).toBeNull();
+  });
+
+  it("does not let a superseded request's exact values replace a newer view", () => {
+    cell(2, 3).click(); // request 1
+    model.set("view", pythonView(1, { exact: false }));
+    cell(0, 0).click(); // request 2
+    model.set("view", pythonView(1, { exact: true, title: "late" }));
+    expect($(".pw-estimate")).not.toBeNull();
+    expect($(".pw-title").textContent).toBe("heads");
+  });
+
+  it("wraps a long note", () => {
+    // jsdom does no layout, so check the rule itself (vitest stubs CSS imports).
+    const css = readFileSync(join(import.meta.dirname, "../src/widget.css"), "utf8");
+    const rule = css.match(/\.pw-note\s*\{([^}]*)\}/)[1];
+    expect(rule).toMatch(/white-space:\s*pre-line/);
+    expect(rule).toMatch(/overflow-wrap:\s*anywhere/);
   });
 });
