@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .engine import DIRECTIONS, SettingsError, _check_choice, _indices, _write, with_noise
+from .engine import DIRECTIONS, SettingsError, _check_choice, _indices, _write, ship_for_remote, with_noise
 from .prompts import Noise, Texts, prepare_prompts
 from .sites import SITES, add_noise, check_site_supported, logits_module, model_info, view
 
@@ -116,6 +116,7 @@ def patch_sites(
     info = model_info(model)
     M.check_metric(metric)
     _check_choice(direction, DIRECTIONS, "direction")
+    ship_for_remote(remote)
     if not cells:
         raise SettingsError("cells is empty; give at least one Cell to patch")
     prompts = prepare_prompts(model.tokenizer, clean, corrupt, answer=answer, wrong=wrong)

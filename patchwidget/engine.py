@@ -448,7 +448,7 @@ def _result(
     )
 
 
-def attention_pattern(model: Any, prompt: str, layer: int, head: int) -> np.ndarray:
+def attention_pattern(model: Any, prompt: str, layer: int, head: int, remote: bool | str = False) -> np.ndarray:
     """The attention pattern of one head on one prompt, ``(query, key)``.
 
     Example:
@@ -461,7 +461,8 @@ def attention_pattern(model: Any, prompt: str, layer: int, head: int) -> np.ndar
     _indices([layer], info.n_layers, "layers", "layers")
     _indices([head], info.n_heads, "heads", "heads")
     ids = torch.tensor([model.tokenizer(prompt)["input_ids"]])
+    ship_for_remote(remote)
     with torch.no_grad():
-        with model.trace(ids):
+        with model.trace(ids, remote=remote):
             pattern = view(model, info, "attn_pattern", layer)[0, :, head].save()  # (query, key)
     return pattern.float().numpy()

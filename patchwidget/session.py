@@ -99,6 +99,7 @@ class Session:
         wrong: Texts,
         batch_size: int = 64,
         preview: bool = True,
+        remote: bool | str = False,
         on_progress: Callable[[int, int, int], None] | None = None,
         on_result: Callable[[int, Computed], None] | None = None,
         on_error: Callable[[int, str], None] | None = None,
@@ -109,6 +110,7 @@ class Session:
         self.texts = dict(clean=clean, corrupt=corrupt, answer=answer, wrong=wrong)
         self.batch_size = batch_size
         self.preview = preview
+        self.remote = remote
         self.on_progress = on_progress or (lambda *a: None)
         self.on_result = on_result or (lambda *a: None)
         self.on_error = on_error or (lambda *a: None)
@@ -196,7 +198,7 @@ class Session:
         def run(site: str, **kwargs: Any) -> PatchResult:
             return patch(
                 self.model, **self.texts, site=site, metric=settings.metric, direction=settings.direction,
-                method=settings.method, batch_size=self.batch_size, progress=progress, **kwargs,
+                method=settings.method, batch_size=self.batch_size, progress=progress, remote=self.remote, **kwargs,
             )  # fmt: skip
 
         if level.kind == "top":
@@ -211,11 +213,11 @@ class Session:
                 head = level.head // group if site in ("head_k", "head_v") else level.head
                 results[site] = run(site, layers=[level.layer], heads=[head])
             results["attn_pattern"] = run("attn_pattern", layers=[level.layer], heads=[level.head])
-            pattern = attention_pattern(self.model, self.prompts.clean[0], level.layer, level.head)
+            pattern = attention_pattern(self.model, self.prompts.clean[0], level.layer, level.head, self.remote)
             return Computed(level, results, pattern)
         if level.kind == "joint":
             joint = patch_sites(self.model, **self.texts, cells=list(level.cells), metric=settings.metric,
-                                direction=settings.direction)  # fmt: skip
+                                direction=settings.direction, remote=self.remote)  # fmt: skip
             return Computed(level, {}, joint=joint)
         if level.kind == "neurons":
             return Computed(level, {"mlp_neuron": run("mlp_neuron", layers=[level.layer], positions=[level.pos])})

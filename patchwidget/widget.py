@@ -74,10 +74,11 @@ class PatchWidget(anywidget.AnyWidget):
         direction: str = "denoise",
         batch_size: int = 64,
         preview: bool = True,
+        remote: bool | str = False,
     ) -> None:
         super().__init__()
         self.session = Session(
-            model, clean, corrupt, answer=answer, wrong=wrong, batch_size=batch_size, preview=preview,
+            model, clean, corrupt, answer=answer, wrong=wrong, batch_size=batch_size, preview=preview, remote=remote,
             on_progress=self._on_progress, on_result=self._on_result, on_error=self._on_error,
         )  # fmt: skip
         if site not in TOP_SITES:
@@ -413,6 +414,7 @@ def explore(
     direction: str = "denoise",
     batch_size: int = 64,
     preview: bool = True,
+    remote: bool | str = False,
 ) -> PatchWidget:
     """An interactive patching grid for the notebook.
 
@@ -421,7 +423,8 @@ def explore(
     pattern, clicking an ``mlp_out`` cell the top neurons there. Shift-click
     selects cells and "Patch selected together" patches them jointly. With
     ``preview``, an attribution estimate is drawn at once and replaced by the
-    exact values when they arrive.
+    exact values when they arrive. ``remote=True`` runs every trace on NDIF
+    through nnsight (``remote="local"`` simulates that path on this machine).
 
     Example:
         >>> import patchwidget as pw
@@ -430,5 +433,5 @@ def explore(
     """
     return PatchWidget(
         model, clean, corrupt, answer=answer, wrong=wrong, site=site, metric=metric, direction=direction,
-        batch_size=batch_size, preview=preview,
+        batch_size=batch_size, preview=preview, remote=remote,
     )  # fmt: skip
