@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .result import PatchResult
 
 EXAMPLES = """examples:
   patchwidget run                                   # the bundled model's IOI example, printed as a table
@@ -26,7 +30,7 @@ DEMO = dict(
     answer="Mary",
     wrong="John",
 )
-OUTPUTS = (".png", ".svg", ".pdf", ".json", ".npz")
+OUTPUTS = (".png", ".svg", ".pdf", ".json", ".npz", ".html")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=64)
     run.add_argument("--out", type=Path, help=f"write the result: {', '.join(OUTPUTS)}")
     return parser
+
+
+def format_table(result: PatchResult) -> str:
+    """The grid as text, one line per token (or per column of the grid)."""
+    from .plot import grid_2d
+
+    table, rows, cols = grid_2d(result)
+    width = max(len(c) for c in cols) + 1
+    lines = [" " * width + "".join(f"{r:>9}" for r in rows)]
+    for j, col in enumerate(cols):
+        lines.append(f"{col:<{width}}" + "".join(f"{table[i, j]:9.3f}" for i in range(len(rows))))
+    return "\n".join(lines)
 
 
 def _int_list(text: str) -> list[int]:
@@ -96,9 +112,19 @@ def main(argv: list[str] | None = None) -> int:
         except PatchwidgetError as err:
             bar.close()
             parser.error(str(err).replace("\n", " "))
-    if args.out is None:
-        print(result.to_dataframe().pivot_table(index=result.dims[0], columns=result.dims[-1], values="value")
-              .round(3).to_string())  # fmt: skip
+    if args.out is not None and args.out.suffix == ".html":
+        from .session import TOP_SITES
+        from .widget import PatchWidget
+
+        if args.site not in TOP_SITES or by_position is not None or args.layers is not None:
+            parser.error(f"--out .html draws the interactive grid, which starts from one of {', '.join(TOP_SITES)} "
+                         "over all layers; leave out --layers and --by-position")  # fmt: skip
+        widget = PatchWidget(model, **texts, site=args.site, metric=args.metric, direction=args.direction,
+                             batch_size=args.batch_size, preview=False)  # fmt: skip
+        widget.save_html(args.out)
+        widget.close()
+    elif args.out is None:
+        print(format_table(result))
     elif args.out.suffix in (".json", ".npz"):
         result.save(args.out)
     else:

@@ -276,9 +276,9 @@ class PatchWidget(anywidget.AnyWidget):
         page = (
             (STATIC.parent / "templates" / "standalone.html").read_text()
             .replace("__TITLE__", html.escape(self.view.get("title", "patchwidget")))
-            .replace("__CSS__", self._css.read_text().replace("</", "<\\/"))
+            .replace("__CSS__", (STATIC / "widget.css").read_text().replace("</", "<\\/"))
             .replace("__DATA__", json.dumps(data).replace("</", "<\\/"))
-            .replace("__BUNDLE__", self._esm.read_text().replace("</", "<\\/"))
+            .replace("__BUNDLE__", (STATIC / "widget.js").read_text().replace("</", "<\\/"))
         )  # fmt: skip
         path.write_text(page, encoding="utf-8")
         return path

@@ -1,0 +1,68 @@
+"""The patchwidget command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import patchwidget as pw
+from patchwidget.cli import main
+
+FACT = ["--clean", "The capital of France is", "--corrupt", "The capital of Japan is", "--answer", "Paris",
+        "--wrong", "Tokyo"]  # fmt: skip
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "patchwidget.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_json_output_matches_the_api(demo, tmp_path, capsys):
+    out = tmp_path / "grid.json"
+    assert main(["run", *FACT, "--site", "attn_out", "--out", str(out)]) == 0
+    saved = pw.PatchResult.load(out)
+    direct = pw.patch(demo, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo",
+                      site="attn_out", metric="logit_diff_norm")  # fmt: skip
+    np.testing.assert_allclose(saved.values, direct.values, atol=1e-6)
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_demo_table_png_and_html(tmp_path, capsys):
+    assert main(["run"]) == 0
+    table = capsys.readouterr().out
+    lines = table.splitlines()
+    assert lines[0].split() == ["L0", "L1", "L2", "L3"] and lines[-1].startswith("to (13)")  # one line per token
+    assert float(lines[-1].split()[-1]) == pytest.approx(0.988, abs=0.01)
+    png = tmp_path / "grid.png"
+    assert main(["run", "--out", str(png), "--site", "head_out", "--by-position", "no"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = tmp_path / "grid.html"
+    assert main(["run", *FACT, "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "pw-bundle" in text and "Paris" not in text.split("pw-data")[0]  # data is inlined as JSON
+    assert '"resid_pre' in text
+
+
+def test_help_has_examples():
+    result = run_cli("run", "--help")
+    assert result.returncode == 0 and "examples:" in result.stdout and "--out grid.png" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["run", "--clean", "a"], "give all of --clean, --corrupt, --answer and --wrong"),
+        (["run", "--site", "nope"], "invalid choice: 'nope'"),
+        (["run", "--out", "grid.xlsx"], "--out must end in one of"),
+        (["run", "--layers", "1,x"], "expected comma-separated integers"),
+        (["run", *FACT[:6], "--wrong", "Paris"], "answer and wrong of pair 0 are the same token"),
+        (["run", "--layers", "9"], "layers index 9 is out of range"),
+    ],
+)
+def test_wrong_arguments_give_one_line_and_status_2(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("patchwidget") and message in last
