@@ -1,7 +1,12 @@
 import { isMissing } from "./colors.js";
 
-export function formatValue(value, digits) {
-  return isMissing(value) ? "NaN" : value.toFixed(digits);
+// Cell text: enough decimals for the panel's range (``scale`` is its largest
+// absolute value), so a tinted cell never reads 0.00, and no "-0.00".
+export function formatValue(value, digits, scale = 1) {
+  if (isMissing(value)) return "NaN";
+  const extra = scale > 0 && scale < 1 ? Math.min(4, Math.max(0, -Math.floor(Math.log10(scale)) - 1)) : 0;
+  const text = value.toFixed(digits + extra);
+  return Number(text) === 0 ? (0).toFixed(digits + extra) : text;
 }
 
 // Six significant digits: exact enough to compare cells, without the float32

@@ -40,7 +40,7 @@ function renderCell(panel, row, col, { scale, focus, selection, nPairs }) {
     "aria-label": cellLabel(panel, row, col, nPairs),
     "aria-selected": String(selected),
     style: colors && `background-color: ${colors.background}; color: ${colors.color}`,
-  }, formatValue(value, 2));
+  }, formatValue(value, 2, Math.abs(scale.domain().at(-1))));
 }
 
 function headerRow(panel) {

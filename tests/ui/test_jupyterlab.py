@@ -1,0 +1,183 @@
+"""End to end: the widget in JupyterLab, driven through a real (headless) Chromium.
+
+Opens a notebook that calls ``patchwidget.explore`` on the bundled demo model
+(4 layers, 4 heads) with a 14-token IOI prompt, runs it, then checks the grid,
+a drill-down by mouse, the way back by Escape and a drill-down by Enter, both
+in the page and, through a probe cell, in the kernel. Screenshots of the
+widget go to ``test-output/ui/``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+CLEAN = "When Mary and John went to the store , John gave a drink to"
+CORRUPT = "When Mary and John went to the store , Mary gave a drink to"
+TOKENS = ["When", "Mary", "and", "John", "went", "to", "the", "store", ",", "John", "gave", "a", "drink", "to"]
+N_LAYERS = N_HEADS = 4
+
+KERNEL_TIMEOUT = 120_000  # ms: kernel start and the first cell (imports torch) on a busy 2-core machine
+ACTION_TIMEOUT = 60_000  # ms: one drill-down, one probe cell (also the page default)
+
+WIDGET = ".patchwidget"
+TOP_GRID = f'{WIDGET} .pw-grid[role=grid][aria-label^="resid_pre"]'
+CRUMBS = f"{WIDGET} .pw-breadcrumb button.pw-crumb[data-level]"
+
+PROBE = (
+    "print('PROBE', '/'.join(level['kind'] for level in w.path), w.path[-1]['layer'], w.path[-1]['pos'], "
+    "w.status['state'], len(w.breadcrumb))"
+)
+
+
+def write_notebook(folder: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import patchwidget as pw\n"
+            f"w = pw.explore(pw.load_model(), {CLEAN!r}, {CORRUPT!r}, answer='Mary', wrong='John')\n"
+            "w"
+        ),
+        nbformat.v4.new_code_cell(PROBE),
+    ]
+    path = folder / "patchwidget_e2e.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def wait_kernel_idle(page) -> None:
+    """Wait until the notebook's kernel is connected and idle.
+
+    Not ``.jp-Notebook-ExecutionIndicator[data-status='idle']``: JupyterLab
+    4.6 initialises that indicator to "idle" before any kernel exists, and a
+    cell run then is silently dropped (it stays "[ ]"). The status bar shows
+    the session's ``kernelDisplayStatus``, which is "Idle" only with a
+    connected, idle kernel.
+    """
+    from playwright.sync_api import expect
+
+    status = page.locator("#jp-main-statusbar").get_by_text(re.compile(r"^Python 3 \(ipykernel\) \| Idle$"))
+    expect(status).to_have_count(1, timeout=KERNEL_TIMEOUT)
+
+
+def run_cell(page, index: int) -> None:
+    """Put the cursor into the cell's editor and run it (Ctrl+Enter: run, stay on the cell)."""
+    cell = page.locator(".jp-Notebook .jp-CodeCell").nth(index)
+    cell.locator(".jp-InputArea-editor .cm-content").click()
+    page.keyboard.press("Control+Enter")
+
+
+def probe(page, expected: str) -> None:
+    """Run the probe cell and wait for the kernel's view of the widget: ``w.path``, ``w.status``."""
+    from playwright.sync_api import expect
+
+    run_cell(page, 1)
+    output = page.locator(".jp-Notebook .jp-CodeCell").nth(1).locator(".jp-OutputArea-output")
+    expect(output).to_have_text(f"PROBE {expected}", timeout=ACTION_TIMEOUT)
+
+
+def wait_settled(page) -> None:
+    """No request in flight (the progress bar shows only while one runs, including while an
+    attribution estimate is on show before the exact values), exact values shown, no error."""
+    from playwright.sync_api import expect
+
+    expect(page.locator(f"{WIDGET} .pw-progress")).to_have_count(0, timeout=ACTION_TIMEOUT)
+    expect(page.locator(f"{WIDGET} .pw-error")).to_have_count(0)
+    expect(page.locator(f"{WIDGET} .pw-panel-estimate")).to_have_count(0)
+
+
+def check_top_grid(page) -> None:
+    from playwright.sync_api import expect
+
+    grid = page.locator(TOP_GRID)
+    expect(grid).to_have_count(1, timeout=ACTION_TIMEOUT)
+    expect(page.locator(f"{WIDGET} .pw-grid[role=grid]")).to_have_count(1)
+    cells = grid.locator(".pw-cell[role=gridcell]")
+    expect(cells).to_have_count(N_LAYERS * len(TOKENS))
+    expect(grid.locator("th[role=rowheader]")).to_have_text([f"L{i}" for i in range(N_LAYERS)])
+    expect(grid.locator("th[role=columnheader]")).to_have_text([f"{t} ({i})" for i, t in enumerate(TOKENS)])
+    cell = grid.locator('.pw-cell[data-row="2"][data-col="9"]')
+    label = cell.get_attribute("aria-label")
+    assert label.startswith("L2, 'John (9)', resid_pre"), label
+    assert re.search(r": -?\d+\.\d{3}$", label), label
+    # Every cell is coloured (no NaN in this grid) and shows its value.
+    styles = cells.evaluate_all("cs => cs.map(c => [c.style.backgroundColor, c.textContent])")
+    assert all(bg.startswith("rgb") and re.fullmatch(r"-?\d+\.\d\d", text) for bg, text in styles), styles[:5]
+
+
+def screenshot(page, path: Path) -> None:
+    """The widget alone, without focus ring or tooltip."""
+    page.mouse.move(0, 0)
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    page.locator(WIDGET).screenshot(path=str(path), animations="disabled")
+
+
+def test_drill_down_and_back(lab_server, page, ui_output):
+    from playwright.sync_api import expect
+
+    notebook = write_notebook(lab_server.root)
+    (ui_output / "failure-page.png").unlink(missing_ok=True)  # only ever from this run
+    try:
+        page.goto(f"{lab_server.url}/lab/tree/{notebook.name}", wait_until="domcontentloaded")
+        expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(2, timeout=KERNEL_TIMEOUT)
+        wait_kernel_idle(page)
+
+        # Run the explore cell; the widget shows the resid_pre grid, layers x tokens.
+        cell = page.locator(".jp-Notebook .jp-CodeCell").first
+        cell.locator(".jp-InputArea-editor .cm-content").click()
+        page.keyboard.press("Shift+Enter")
+        # JupyterLab marks the cell [*] as soon as it sends it; "[ ]" means the run was dropped.
+        expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[(\*|\d+)\]"), timeout=10_000)
+        expect(page.locator(f"{WIDGET} [role=grid]")).to_have_count(1, timeout=KERNEL_TIMEOUT)
+        wait_settled(page)
+        check_top_grid(page)
+        expect(page.locator(CRUMBS)).to_have_text(["resid_pre"])
+        screenshot(page, ui_output / "widget-top.png")
+
+        # Click layer 2 at the second "John": the heads of layer 2, heads x tokens.
+        page.locator(f'{TOP_GRID} .pw-cell[data-row="2"][data-col="9"]').click()
+        heads = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Heads of layer 2"]')
+        expect(heads).to_have_count(1, timeout=ACTION_TIMEOUT)
+        wait_settled(page)
+        expect(page.locator(f"{WIDGET} .pw-grid[role=grid]")).to_have_count(1)
+        expect(heads.locator(".pw-cell[role=gridcell]")).to_have_count(N_HEADS * len(TOKENS))
+        expect(heads.locator("th[role=rowheader]")).to_have_text([f"H{i}" for i in range(N_HEADS)])
+        expect(page.locator(CRUMBS)).to_have_count(2)
+        expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "L2 heads"])
+        expect(page.locator(f'{CRUMBS}[aria-current="page"]')).to_have_attribute("data-level", "1")
+        probe(page, "top/heads 2 9 idle 2")
+        screenshot(page, ui_output / "widget-heads.png")
+
+        # Escape on a head cell goes back one level, and keeps the keyboard in the widget.
+        heads.locator('.pw-cell[data-row="1"][data-col="9"]').focus()
+        page.keyboard.press("Escape")
+        expect(heads).to_have_count(0, timeout=ACTION_TIMEOUT)
+        wait_settled(page)
+        check_top_grid(page)
+        expect(page.locator(CRUMBS)).to_have_count(1)
+        focused = page.evaluate("document.activeElement.closest('.pw-grid')?.getAttribute('aria-label') ?? ''")
+        assert focused.startswith("resid_pre"), f"focus left the grid after Escape: {focused!r}"
+        probe(page, "top None None idle 1")
+
+        # Enter on a focused cell drills down too.
+        page.locator(f'{TOP_GRID} .pw-cell[data-row="3"][data-col="13"]').focus()
+        page.keyboard.press("Enter")
+        expect(page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Heads of layer 3"]')).to_have_count(
+            1, timeout=ACTION_TIMEOUT
+        )
+        wait_settled(page)
+        expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "L3 heads"])
+    except BaseException:
+        try:
+            page.screenshot(path=str(ui_output / "failure-page.png"), full_page=True, timeout=10_000)
+        except Exception:
+            pass  # the original failure matters more
+        raise
+
+    assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
