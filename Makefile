@@ -8,7 +8,7 @@ JS_SRC    := $(wildcard js/src/*.js js/src/*.css) js/package.json js/package-loc
 CHROMIUM  ?= /usr/bin/chromium
 HEADLESS  ?=
 
-.PHONY: demo test test-py test-js lint browser js clean
+.PHONY: demo test test-py test-js lint browser js screenshot clean
 
 ## make demo: install, then open JupyterLab on the quickstart (HEADLESS=1: write quickstart.png instead)
 demo: $(VENV)/.installed
@@ -29,6 +29,11 @@ test-py: $(VENV)/.installed
 
 test-js: js/node_modules/.installed
 	cd js && npm test
+
+## make screenshot: refresh the README's screenshot from the end-to-end test
+screenshot: $(VENV)/.installed browser
+	$(PY) -m pytest tests/ui -q
+	mkdir -p docs && cp test-output/ui/widget-heads.png docs/widget.png
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check patchwidget tests scripts benchmarks

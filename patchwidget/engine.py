@@ -433,7 +433,7 @@ def _result(
         "patched_positions": grid.positions,
         "note": attribution.note(grid.site, grid.layers) if method == "attribution" else "",
         "clean": prompts.clean,
-        "corrupt": prompts.corrupt,
+        "corrupt": prompts.corrupt if prompts.noise is None else f"{prompts.noise}",
         "answer": prompts.answer,
         "wrong": prompts.wrong,
     }

@@ -36,7 +36,9 @@ def load_model(
     - ``None``: the small GPT-2 model bundled with patchwidget;
     - a hub name or local folder (``"openai-community/gpt2"``), loaded with
       ``from_pretrained`` through ``nnsight.TransformersModel``; extra keyword
-      arguments (``device_map="auto"``, ``dtype=...``) go to it;
+      arguments (``device_map="auto"``, ``dtype=...``) go to it, and
+      ``dispatch=False`` leaves the weights unloaded for models that only run
+      remotely (``remote=True``);
     - an already-wrapped nnsight model, returned as it is;
     - a Hugging Face model object, with its ``tokenizer``.
 
@@ -50,9 +52,8 @@ def load_model(
     if isinstance(model, Envoy):
         return model
     if isinstance(model, str | Path):
-        return TransformersModel(
-            str(model), task="text-generation", dispatch=True, attn_implementation=attn_implementation, **kwargs
-        )
+        kwargs.setdefault("dispatch", True)  # dispatch=False keeps weights unloaded, e.g. for remote=True
+        return TransformersModel(str(model), task="text-generation", attn_implementation=attn_implementation, **kwargs)
     if hasattr(model, "config") and hasattr(model, "forward"):
         if tokenizer is None:
             raise ModelLoadError(

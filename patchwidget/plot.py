@@ -43,18 +43,21 @@ def plot_result(
     compared; by default it is the largest absolute value. NaN cells are grey.
     Returns the matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib
+    from matplotlib.figure import Figure
 
     table, row_labels, col_labels = grid_2d(result)
     if ax is None:
         width = min(2 + 0.6 * table.shape[1], 16)
         height = min(1.5 + 0.35 * table.shape[0], 14)
-        fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+        # Not through pyplot: a notebook then shows the returned figure once, not twice.
+        fig = Figure(figsize=(width, height), layout="constrained")
+        ax = fig.add_subplot()
     else:
         fig = ax.figure
     finite = table[np.isfinite(table)]
     limit = vmax if vmax is not None else (float(np.abs(finite).max()) if finite.size else 1.0) or 1.0
-    colours = plt.get_cmap(cmap).copy()
+    colours = matplotlib.colormaps[cmap].copy()
     colours.set_bad("#bbbbbb")
     image = ax.imshow(np.ma.masked_invalid(table), cmap=colours, vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(len(col_labels)), col_labels, rotation=60, ha="right", fontsize=8)

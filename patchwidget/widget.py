@@ -322,15 +322,8 @@ def _int(msg: dict, key: str, low: int, high: int) -> int:
 
 
 def _png(result: PatchResult) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = result.plot()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
+    result.plot().savefig(buf, format="png", dpi=90)
     return base64.b64encode(buf.getvalue()).decode()
 
 
