@@ -189,9 +189,9 @@ def main() -> None:
     print("exact grids agree with TransformerLens" + ("" if args.skip_naive else " and the naive loop") + " to 1e-4")
     corr = np.corrcoef(attr.ravel(), grid.ravel())[0, 1]
     print(f"attribution vs exact resid_pre: Pearson r = {corr:.3f} (the residual stream, where it is known to be poor)")
-    print("\n| method | time (s) | vs TransformerLens | peak memory (MB) |\n|---|---:|---:|---:|")
+    print("\n| method | time (s) | speed-up over TransformerLens | peak memory (MB) |\n|---|---:|---:|---:|")
     for name, seconds, peak in rows:
-        print(f"| {name} | {seconds:.2f} | {t_tl / seconds:.1f}x faster | {peak / 2**20:.0f} |")
+        print(f"| {name} | {seconds:.2f} | {t_tl / seconds:.1f}x | {peak / 2**20:.0f} |")
 
 
 if __name__ == "__main__":

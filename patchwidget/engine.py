@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import attribution
+from . import attribution, memory
 from . import metrics as M
 from .prompts import Noise, PromptBatch, Texts, prepare_prompts
 from .result import PatchResult
@@ -105,6 +105,7 @@ def patch(
     neurons: Sequence[int] | None = None,
     by_position: bool | None = None,
     batch_size: int = 64,
+    memory_budget: int | None = None,
     progress: Progress | None = None,
     remote: bool | str = False,
 ) -> PatchResult:
@@ -115,7 +116,9 @@ def patch(
     ``positions``, ``heads`` and ``neurons`` narrow the grid; ``by_position``
     chooses one cell per position (the default for most sites) or all chosen
     positions patched at once (the default for ``attn_pattern`` and
-    ``mlp_neuron``). ``progress(done, total)`` is called after each batch.
+    ``mlp_neuron``). At most ``batch_size`` patched copies share a forward
+    pass, fewer if ``memory_budget`` (bytes) says so. ``progress(done, total)``
+    is called after each batch.
 
     Example:
         >>> from patchwidget import load_model, patch
@@ -144,6 +147,7 @@ def patch(
 
     fn = M.resolve(metric)
     rows, noise = with_noise(model, info, prompts)
+    batch_size = _fit_budget(model, info, grid, rows, method, batch_size, memory_budget)
     if method == "attribution":
         per_row, clean_logits, corrupt_logits = attribution.estimate(
             model, info, grid, rows, fn, direction, noise, remote
@@ -166,6 +170,21 @@ def patch(
         per_pair = M.normalize(per_pair, clean_base, corrupt_base)
         clean_base, corrupt_base = torch.ones_like(clean_base), torch.zeros_like(corrupt_base)
     return _result(model, grid, prompts, per_pair, clean_base, corrupt_base, metric, direction, method)
+
+
+def _fit_budget(
+    model: Any, info: ModelInfo, grid: Grid, rows: PromptBatch, method: str, batch_size: int, budget: int | None
+) -> int:
+    """Rows per patched forward pass under ``budget``; checked before any compute."""
+    if budget is None:
+        return batch_size
+    dtype_bytes = next(iter(model._module.parameters())).element_size()
+    width = {"mlp_neuron": info.d_mlp, "attn_pattern": info.n_heads * rows.n_pos}.get(grid.site, info.d_model)
+    runs = 2 * rows.n_pairs
+    if method == "attribution":  # the backward pass needs every layer's activations at once: no batching
+        runs *= info.n_layers + 1
+    return memory.rows_per_batch(budget, batch_size, info, rows.n_pos, model.config.vocab_size, dtype_bytes,
+                                 runs, width)  # fmt: skip
 
 
 def ship_for_remote(remote: bool | str) -> None:

@@ -24,7 +24,7 @@ def both(fn, **kwargs):
 def test_every_site_and_method_under_remote_local(demo, site, method):
     kwargs = {"neurons": [1, 2, 3]} if site == "mlp_neuron" else {}
     for direction in ("denoise", "noise"):
-        local, remote = both(lambda **kw: pw.patch(demo, **TEXTS, site=site, method=method, direction=direction,
+        local, remote = both(lambda d=direction, **kw: pw.patch(demo, **TEXTS, site=site, method=method, direction=d,
                                                    layers=[1, 3], **kwargs, **kw))  # fmt: skip
         np.testing.assert_allclose(remote.per_pair, local.per_pair, atol=1e-5)
         np.testing.assert_allclose(remote.clean_baseline, local.clean_baseline, atol=1e-5)

@@ -1,0 +1,59 @@
+"""Fitting patching runs into a memory budget.
+
+The patched runs are the part that grows with the grid, so a budget decides how
+many patched copies share one forward pass. The estimates below count the
+tensors a forward pass keeps alive at its peak, per batch row, with a margin;
+they are deliberately on the high side.
+
+Example:
+    >>> patch(model, clean, corrupt, answer="Mary", wrong="John",
+    ...       memory_budget=2 * 2**30)   # doctest: +SKIP  (at most about 2 GiB)
+"""
+
+from __future__ import annotations
+
+from .sites import ModelInfo, PatchwidgetError
+
+MARGIN = 1.5  # allocator slack and temporaries the count below misses
+
+
+class MemoryBudgetError(PatchwidgetError):
+    """The budget is too small for even one patched copy."""
+
+
+def forward_row_elements(info: ModelInfo, n_pos: int, vocab: int) -> int:
+    """Elements one batch row keeps alive at the peak of a forward pass (no gradients)."""
+    d, t = info.d_model, n_pos
+    attn = info.n_heads * info.d_head
+    block = t * (4 * d + 3 * attn + attn + 2 * info.d_mlp) + 2 * info.n_heads * t * t
+    return block + 2 * vocab
+
+
+def patched_row_bytes(info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int) -> int:
+    """Bytes per patched copy: its forward pass plus the cached block outputs fed to skipped layers."""
+    skipped = info.n_layers * n_pos * info.d_model
+    return int(MARGIN * dtype_bytes * (forward_row_elements(info, n_pos, vocab) + skipped))
+
+
+def cache_bytes(info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int, runs: int, site_width: int) -> int:
+    """Bytes the clean and corrupted runs need: their forward pass and what they keep."""
+    kept = runs * info.n_layers * n_pos * (info.d_model + site_width)
+    return int(MARGIN * dtype_bytes * (runs * forward_row_elements(info, n_pos, vocab) + kept))
+
+
+def rows_per_batch(
+    budget: int | None, batch_size: int, info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int,
+    runs: int, site_width: int,
+) -> int:  # fmt: skip
+    """How many patched copies fit in one forward pass under ``budget`` bytes."""
+    if budget is None:
+        return batch_size
+    fixed = cache_bytes(info, n_pos, vocab, dtype_bytes, runs, site_width)
+    per_row = patched_row_bytes(info, n_pos, vocab, dtype_bytes)
+    if fixed + per_row > budget:
+        raise MemoryBudgetError(
+            f"memory_budget={budget / 2**20:.2f} MB is too small: the cached clean and corrupted runs need about "
+            f"{fixed / 2**20:.2f} MB and each patched copy about {per_row / 2**20:.2f} MB more "
+            f"({n_pos} tokens); raise the budget or use fewer prompt pairs or tokens"
+        )
+    return max(1, min(batch_size, (budget - fixed) // per_row))

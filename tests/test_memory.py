@@ -1,0 +1,86 @@
+"""A memory budget bounds the batched runs: a 512-token prompt on a
+GPT-2-small-shaped model stays under it."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import patchwidget as pw
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+
+
+_LIBC = ctypes.CDLL("libc.so.6")
+_LIBC.mallinfo2.restype = _MallInfo2
+
+
+def heap_bytes() -> int:
+    """Bytes handed out by the C heap, where torch keeps CPU tensors."""
+    info = _LIBC.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+def peak_during(fn):
+    base, peak, stop = heap_bytes(), [0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], heap_bytes() - base)
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    try:
+        out = fn()
+    finally:
+        stop.set()
+        thread.join()
+    return out, peak[0]
+
+
+@pytest.fixture(scope="module")
+def gpt2_small(tokenizer):
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=len(tokenizer), attn_implementation="eager")
+    return pw.load_model(GPT2LMHeadModel(config).eval(), tokenizer=tokenizer)
+
+
+def test_512_token_prompt_stays_under_the_budget(gpt2_small):
+    words = ["apple", "river", "stone", "cloud", "window", "table", "orange", "forest"]
+    clean = " ".join(words[i % 8] for i in range(512))
+    corrupt = "tiger " + clean.split(" ", 1)[1]  # the first token differs, so no cell is a no-op
+    budget = 400 * 2**20
+    kw = dict(answer="Mary", wrong="John", layers=[6, 11], positions=list(range(488, 512)))
+    result, peak = peak_during(lambda: pw.patch(gpt2_small, clean, corrupt, memory_budget=budget, **kw))
+    assert result.values.shape == (2, 24)
+    assert peak < budget, f"peak {peak / 2**20:.0f} MB over the {budget / 2**20:.0f} MB budget"
+    unbounded, unbounded_peak = peak_during(lambda: pw.patch(gpt2_small, clean, corrupt, **kw))
+    assert unbounded_peak > budget  # the budget is what kept the first run small
+    torch.testing.assert_close(torch.tensor(result.values), torch.tensor(unbounded.values), atol=1e-4, rtol=0)
+
+
+def test_budget_too_small_fails_before_compute(demo, monkeypatch):
+    monkeypatch.setattr(demo, "trace", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    with pytest.raises(pw.PatchwidgetError, match=r"memory_budget=0.01 MB is too small: .* need about 0.\d+ MB"):
+        pw.patch(demo, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo",
+                 memory_budget=10_000)  # fmt: skip
+
+
+def test_budget_sets_rows_per_batch(demo):
+    from patchwidget import memory
+    from patchwidget.sites import model_info
+
+    info = model_info(demo)
+    per_row = memory.patched_row_bytes(info, 14, 155, 4)
+    fixed = memory.cache_bytes(info, 14, 155, 4, 2, info.d_model)
+    assert memory.rows_per_batch(fixed + 5 * per_row, 64, info, 14, 155, 4, 2, info.d_model) == 5
+    assert memory.rows_per_batch(None, 64, info, 14, 155, 4, 2, info.d_model) == 64
