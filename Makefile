@@ -21,8 +21,8 @@ endif
 
 ## make test: install with dev extras, then run every test (Python, JavaScript, browser)
 test: $(VENV)/.installed browser
-	$(PY) -m pytest
 	cd js && npm test
+	$(PY) -m pytest
 
 test-py: $(VENV)/.installed
 	$(PY) -m pytest

@@ -57,8 +57,7 @@ def plot_result(
         fig = ax.figure
     finite = table[np.isfinite(table)]
     limit = vmax if vmax is not None else (float(np.abs(finite).max()) if finite.size else 1.0) or 1.0
-    colours = matplotlib.colormaps[cmap].copy()
-    colours.set_bad("#bbbbbb")
+    colours = matplotlib.colormaps[cmap].with_extremes(bad="#bbbbbb")
     image = ax.imshow(np.ma.masked_invalid(table), cmap=colours, vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(len(col_labels)), col_labels, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
