@@ -108,6 +108,7 @@ def patch(
     memory_budget: int | None = None,
     progress: Progress | None = None,
     remote: bool | str = False,
+    runs_cache: dict | None = None,
 ) -> PatchResult:
     """Patch one site over a grid of cells and measure the metric per cell.
 
@@ -118,7 +119,9 @@ def patch(
     positions patched at once (the default for ``attn_pattern`` and
     ``mlp_neuron``). At most ``batch_size`` patched copies share a forward
     pass, fewer if ``memory_budget`` (bytes) says so. ``progress(done, total)``
-    is called after each batch.
+    is called after each batch. ``runs_cache``, a dict the caller keeps,
+    holds the clean and corrupted runs between calls, so that a call with
+    the same model, prompts, site and layers patches only its new cells.
 
     Example:
         >>> from patchwidget import load_model, patch
@@ -154,7 +157,7 @@ def patch(
         )
     else:
         with torch.no_grad():
-            runs = run_cache(model, info, grid, rows, noise, remote)
+            runs = cached_runs(runs_cache, model, info, grid, rows, noise, remote)
             directed = runs.directed(direction, noise)
             per_row = patched_metric(model, info, grid, directed, rows, fn, batch_size, progress, remote)
         per_row = per_row.view(rows.n_pairs, *grid.shape)
@@ -324,6 +327,20 @@ def with_noise(model: Any, info: ModelInfo, prompts: PromptBatch) -> tuple[Promp
         wrong_ids=prompts.wrong_ids.repeat_interleave(spec.samples, 0),
     )
     return rows, noise
+
+
+def cached_runs(
+    store: dict | None, model: Any, info: ModelInfo, grid: Grid, prompts: PromptBatch, noise: torch.Tensor | None,
+    remote: bool | str,
+) -> Runs:  # fmt: skip
+    """``run_cache``, remembered in ``store`` under everything its result depends on."""
+    if store is None:
+        return run_cache(model, info, grid, prompts, noise, remote)
+    key = (id(model), prompts.clean_ids.numpy().tobytes(), prompts.corrupt_ids.numpy().tobytes(),
+           prompts.clean_ids.shape, repr(prompts.noise), grid.site)  # fmt: skip
+    if key not in store:  # every layer, so that any later grid of this site finds its layers
+        store[key] = run_cache(model, info, replace(grid, layers=list(range(info.n_layers))), prompts, noise, remote)
+    return store[key]
 
 
 def run_cache(

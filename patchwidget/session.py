@@ -115,6 +115,7 @@ class Session:
         self.on_result = on_result or (lambda *a: None)
         self.on_error = on_error or (lambda *a: None)
         self.cache: dict[tuple[Level, Settings], Computed] = {}
+        self.runs_cache: dict = {}  # the clean and corrupted runs, shared by every request
         self._latest = 0
         self._cancel = threading.Event()
         self._queue: queue.Queue[tuple[int, Level, Settings] | None] = queue.Queue()
@@ -198,7 +199,8 @@ class Session:
         def run(site: str, **kwargs: Any) -> PatchResult:
             return patch(
                 self.model, **self.texts, site=site, metric=settings.metric, direction=settings.direction,
-                method=settings.method, batch_size=self.batch_size, progress=progress, remote=self.remote, **kwargs,
+                method=settings.method, batch_size=self.batch_size, progress=progress, remote=self.remote,
+                runs_cache=self.runs_cache, **kwargs,
             )  # fmt: skip
 
         if level.kind == "top":

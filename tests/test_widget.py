@@ -233,3 +233,27 @@ def test_pair_change_and_joint_during_an_estimate_still_end_exact(demo, monkeypa
     np.testing.assert_allclose(np.array(w.view["panels"][0]["values"], dtype=float), w.result.per_pair[1][0],
                                atol=1e-5)  # fmt: skip
     w.close()
+
+
+def test_session_reuses_the_clean_and_corrupted_runs(demo, monkeypatch):
+    w = pw.explore(demo, **TEXTS, preview=False)
+    traces = []
+    original = type(demo).trace
+
+    def counting(self, *args, **kwargs):
+        traces.append(args[0].shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(demo), "trace", counting)
+    send(w, type="drill", request_id=1, panel="resid_pre", row=1, col=9)
+    wait_idle(w, 1)
+    first = len(traces)
+    send(w, type="drill", request_id=2, panel="head_out", row=2, col=9)  # q/k/v/out of L1 H2: new sites
+    wait_idle(w, 2)
+    send(w, type="back", request_id=3, level=0)
+    send(w, type="drill", request_id=4, panel="resid_pre", row=2, col=9)  # heads of another layer
+    wait_idle(w, 4)
+    cache_runs = [n for n in traces[first:] if n == 2 * len(PAIRS)]  # a cache trace has clean + corrupt rows
+    assert len(w.session.runs_cache) == 6  # resid_pre, head_out, head_q/k/v, attn_pattern
+    assert len(cache_runs) == 4  # q, k, v and pattern once each; both heads levels share one head_out run
+    w.close()
