@@ -24,7 +24,7 @@ import torch
 
 from . import metrics as M
 from .prompts import PromptBatch
-from .sites import ModelInfo, add_noise, logits_module, raw, reshape
+from .sites import ModelInfo, add_noise, logits_module, on_input_device, raw, reshape
 
 POOR_NOTE = (
     "Attribution patching is a linear estimate; it is known to be poor for {what}, where patching "
@@ -64,7 +64,7 @@ def estimate(
     source: dict[int, torch.Tensor] = {}  # filled inside the traces; only saved values survive them
     target: dict[int, torch.Tensor] = {}
     with torch.no_grad():
-        with model.trace(source_ids, remote=remote, logits_to_keep=1):
+        with model.trace(on_input_device(model, source_ids), remote=remote, logits_to_keep=1):
             add_noise(model, info, noise if direction == "noise" else None, slice(None))
             for layer in grid.layers:
                 source[layer] = raw(model, info, grid.site, layer).clone().save()
@@ -74,7 +74,7 @@ def estimate(
     grads: dict[int, torch.Tensor] = {}
     answer, wrong = prompts.answer_ids, prompts.wrong_ids
     with torch.enable_grad():
-        with model.trace(target_ids, remote=remote, logits_to_keep=1):
+        with model.trace(on_input_device(model, target_ids), remote=remote, logits_to_keep=1):
             add_noise(model, info, noise if direction == "denoise" else None, slice(None))
             for layer in grid.layers:
                 act = raw(model, info, grid.site, layer)
@@ -107,4 +107,4 @@ def estimate(
     if not grid.by_position:
         per_pair = per_pair[..., 0]
     clean, corrupt = (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
-    return per_pair.float(), clean.detach(), corrupt.detach()
+    return per_pair.float().cpu(), clean.detach(), corrupt.detach()

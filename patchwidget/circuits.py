@@ -25,7 +25,7 @@ import torch
 from . import metrics as M
 from .engine import DIRECTIONS, SettingsError, _check_choice, _indices, _write, ship_for_remote, with_noise
 from .prompts import Noise, Texts, prepare_prompts
-from .sites import SITES, add_noise, check_site_supported, logits_module, model_info, view
+from .sites import SITES, add_noise, check_site_supported, logits_module, model_info, on_input_device, view
 
 # Where each site sits inside a layer, in forward order: nnsight needs this order. The
 # attention pattern is read from the attention module's output but written through the
@@ -127,7 +127,7 @@ def patch_sites(
     ids = torch.cat([rows_prompts.clean_ids, rows_prompts.corrupt_ids])
     cache: dict[tuple[int, str], torch.Tensor] = {}
     with torch.no_grad():
-        with model.trace(ids, remote=remote, logits_to_keep=1):
+        with model.trace(on_input_device(model, ids), remote=remote, logits_to_keep=1):
             add_noise(model, info, noise, slice(n_rows, None))
             for layer, site in sorted(keys, key=lambda k: (k[0], READ_ORDER.index(k[1]))):
                 cache[(layer, site)] = view(model, info, site, layer).clone().save()
@@ -138,7 +138,7 @@ def patch_sites(
         # Row layout: for each pair, one row per single cell, then the joint row.
         members = [[i] for i in range(n_cells)] + [list(range(n_cells))]
         batch_pairs = torch.arange(n_rows).repeat_interleave(n_cells + 1)
-        with model.trace(target_ids[batch_pairs], remote=remote, logits_to_keep=1):
+        with model.trace(on_input_device(model, target_ids[batch_pairs]), remote=remote, logits_to_keep=1):
             add_noise(model, info, noise[batch_pairs] if noise is not None and direction == "denoise" else None,
                       slice(None))  # fmt: skip
             for layer, site in keys:
@@ -156,9 +156,9 @@ def patch_sites(
     fn = M.resolve(metric)
     clean_logits, corrupt_logits = logits[:n_rows], logits[n_rows:]
     ids3 = (rows_prompts.answer_ids, rows_prompts.wrong_ids, clean_logits)
-    clean_base, corrupt_base = fn(clean_logits, *ids3).float(), fn(corrupt_logits, *ids3).float()
+    clean_base, corrupt_base = fn(clean_logits, *ids3).float().cpu(), fn(corrupt_logits, *ids3).float().cpu()
     rep = lambda t: t.repeat_interleave(n_cells + 1, 0)  # noqa: E731
-    values = fn(patched, rep(rows_prompts.answer_ids), rep(rows_prompts.wrong_ids), rep(clean_logits)).float()
+    values = fn(patched, rep(rows_prompts.answer_ids), rep(rows_prompts.wrong_ids), rep(clean_logits)).float().cpu()
     samples = n_rows // prompts.n_pairs
     values = values.view(prompts.n_pairs, samples, n_cells + 1).mean(1)
     clean_base = clean_base.view(-1, samples).mean(1)

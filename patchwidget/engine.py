@@ -45,6 +45,7 @@ from .sites import (
     logits_module,
     model_info,
     module,
+    on_input_device,
     skip_block,
     view,
 )
@@ -350,7 +351,7 @@ def run_cache(
     """One trace over the clean and corrupted prompts, recording what patching needs."""
     ids = torch.cat([prompts.clean_ids, prompts.corrupt_ids])
     acts, blocks = {}, []
-    with model.trace(ids, remote=remote, logits_to_keep=1):
+    with model.trace(on_input_device(model, ids), remote=remote, logits_to_keep=1):
         add_noise(model, info, noise, slice(prompts.n_pairs, None))
         for layer in range(max(grid.layers) + 1):
             if layer in grid.layers:
@@ -405,7 +406,7 @@ def patched_metric(
         pairs = torch.tensor([pair for pair, _ in chunk])
         writes = _writes(chunk, runs.source)
         lowest = min(writes)
-        with model.trace(runs.target_ids[pairs], remote=remote, logits_to_keep=1):
+        with model.trace(on_input_device(model, runs.target_ids[pairs]), remote=remote, logits_to_keep=1):
             add_noise(model, info, None if runs.target_noise is None else runs.target_noise[pairs], slice(None))
             for layer in range(lowest):
                 skip_block(layer_module(model, info, layer), info, runs.target_blocks[layer][pairs])
@@ -413,7 +414,7 @@ def patched_metric(
                 _write(model, info, grid.site, layer, r, p, u, values)
             logits = logits_module(model, info).output[:, -1].save()
         values = fn(logits, prompts.answer_ids[pairs], prompts.wrong_ids[pairs], runs.clean_logits[pairs])
-        out[torch.tensor(index)] = values.float()
+        out[torch.tensor(index)] = values.float().cpu()
         done += len(chunk)
         if progress is not None:
             progress(done, len(rows))
@@ -474,12 +475,12 @@ def _result(
         "wrong": prompts.wrong,
     }
     return PatchResult(
-        per_pair=per_pair.numpy(),
+        per_pair=per_pair.detach().cpu().numpy(),
         dims=grid.dims,
         coords=coords,
         tokens=prompts.tokens,
-        clean_baseline=clean_base.float().numpy(),
-        corrupt_baseline=corrupt_base.float().numpy(),
+        clean_baseline=clean_base.detach().float().cpu().numpy(),
+        corrupt_baseline=corrupt_base.detach().float().cpu().numpy(),
         settings=settings,
     )
 
@@ -499,6 +500,6 @@ def attention_pattern(model: Any, prompt: str, layer: int, head: int, remote: bo
     ids = torch.tensor([model.tokenizer(prompt)["input_ids"]])
     ship_for_remote(remote)
     with torch.no_grad():
-        with model.trace(ids, remote=remote):
+        with model.trace(on_input_device(model, ids), remote=remote):
             pattern = view(model, info, "attn_pattern", layer)[0, :, head].save()  # (query, key)
-    return pattern.float().numpy()
+    return pattern.float().cpu().numpy()

@@ -323,8 +323,15 @@ def logits_module(model: Any, info: ModelInfo) -> Any:
     return module(model, info.arch.unembed)
 
 
+def on_input_device(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    """Token ids on the device of the model's embeddings (CPU when the weights are
+    not loaded here, as for remote execution)."""
+    device = model._module.get_input_embeddings().weight.device
+    return ids if device.type == "meta" else ids.to(device)
+
+
 def add_noise(model: Any, info: ModelInfo, noise: torch.Tensor | None, rows: slice | torch.Tensor) -> None:
     """Inside a trace: add ``noise`` to the token embeddings of ``rows``."""
     if noise is not None:
         embeddings = module(model, info.arch.embed).output
-        embeddings[rows] += noise.to(embeddings.dtype)
+        embeddings[rows] += noise.to(embeddings.device, embeddings.dtype)
