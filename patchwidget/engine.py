@@ -384,18 +384,15 @@ def patched_metric(
     cells = grid.cells()
     rows = [(pair, cell) for pair in range(prompts.n_pairs) for cell in cells]
     out = torch.empty(len(rows))
-    todo = []
-    for i, (pair, (layer, unit, positions)) in enumerate(rows):
-        ps = list(positions)
-        if torch.equal(runs.source[layer][pair, ps, unit], runs.target[layer][pair, ps, unit]):
-            out[i] = float("nan")  # filled below with the target run's own value
-        else:
-            todo.append(i)
-    noop = torch.isnan(out)
-    if noop.any():
-        pairs = torch.tensor([rows[i][0] for i in range(len(rows)) if noop[i]])
+    noop = torch.tensor([
+        torch.equal(runs.source[layer][pair, list(ps), unit], runs.target[layer][pair, list(ps), unit])
+        for pair, (layer, unit, ps) in rows
+    ], dtype=torch.bool)  # fmt: skip
+    if noop.any():  # patching in an identical activation changes nothing: the target run's own value
+        pairs = torch.tensor([pair for (pair, _), same in zip(rows, noop) if same])
         out[noop] = fn(runs.target_logits[pairs], prompts.answer_ids[pairs], prompts.wrong_ids[pairs],
-                       runs.clean_logits[pairs]).float()  # fmt: skip
+                       runs.clean_logits[pairs]).float().cpu()  # fmt: skip
+    todo = [i for i in range(len(rows)) if not noop[i]]
     todo.sort(key=lambda i: rows[i][1][0])  # by layer
     done = len(rows) - len(todo)
     if progress is not None:
