@@ -16,6 +16,8 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -52,6 +54,7 @@ def tiny_models(tokenizer, demo):
         "gpt_neox": _tiny(GPTNeoXConfig, GPTNeoXForCausalLM, tokenizer, use_parallel_residual=True),
         "llama": _tiny(LlamaConfig, LlamaForCausalLM, tokenizer, num_key_value_heads=4),
         "qwen2-gqa": _tiny(Qwen2Config, Qwen2ForCausalLM, tokenizer, num_key_value_heads=2),
+        "mistral-gqa": _tiny(MistralConfig, MistralForCausalLM, tokenizer, num_key_value_heads=2),
         "gemma-gqa": _tiny(GemmaConfig, GemmaForCausalLM, tokenizer, num_key_value_heads=1, head_dim=8),
         "gptj": _gptj(tokenizer),
     }

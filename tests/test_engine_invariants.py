@@ -9,7 +9,7 @@ import pytest
 import patchwidget as pw
 from patchwidget import demo_data
 
-MODELS = ["gpt2-demo", "gpt_neox", "llama", "qwen2-gqa", "gemma-gqa", "gptj"]
+MODELS = ["gpt2-demo", "gpt_neox", "llama", "qwen2-gqa", "mistral-gqa", "gemma-gqa", "gptj"]
 
 
 def _differing_position(model, pair):

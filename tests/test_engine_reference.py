@@ -13,7 +13,7 @@ from patchwidget import demo_data
 from .reference import reference_patch
 
 ALL_SITES = list(pw.SITES)
-MODELS = ["gpt2-demo", "gpt_neox", "llama", "qwen2-gqa", "gemma-gqa", "gptj"]
+MODELS = ["gpt2-demo", "gpt_neox", "llama", "qwen2-gqa", "mistral-gqa", "gemma-gqa", "gptj"]
 
 
 def narrowing(model, site):
