@@ -14,7 +14,6 @@ HEADLESS  ?=
 demo: $(VENV)/.installed
 ifeq ($(HEADLESS),1)
 	$(VENV)/bin/patchwidget run --out quickstart.png
-	@echo "wrote quickstart.png"
 else
 	$(VENV)/bin/jupyter lab examples/quickstart.ipynb
 endif
