@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .engine import DIRECTIONS, SettingsError, _check_choice, _indices, _write, ship_for_remote, with_noise
+from .engine import DIRECTIONS, SettingsError, _check_choice, _indices, _write, ship_for_remote, summarize, with_noise
 from .prompts import Noise, Texts, prepare_prompts
 from .sites import SITES, add_noise, check_site_supported, logits_module, model_info, on_input_device, view
 
@@ -155,17 +155,10 @@ def patch_sites(
 
     fn = M.resolve(metric)
     clean_logits, corrupt_logits = logits[:n_rows], logits[n_rows:]
-    ids3 = (rows_prompts.answer_ids, rows_prompts.wrong_ids, clean_logits)
-    clean_base, corrupt_base = fn(clean_logits, *ids3).float().cpu(), fn(corrupt_logits, *ids3).float().cpu()
     rep = lambda t: t.repeat_interleave(n_cells + 1, 0)  # noqa: E731
-    values = fn(patched, rep(rows_prompts.answer_ids), rep(rows_prompts.wrong_ids), rep(clean_logits)).float().cpu()
-    samples = n_rows // prompts.n_pairs
-    values = values.view(prompts.n_pairs, samples, n_cells + 1).mean(1)
-    clean_base = clean_base.view(-1, samples).mean(1)
-    corrupt_base = corrupt_base.view(-1, samples).mean(1)
-    if metric == "logit_diff_norm":
-        values = M.normalize(values, clean_base, corrupt_base)
-        clean_base, corrupt_base = torch.ones_like(clean_base), torch.zeros_like(corrupt_base)
+    values = fn(patched, rep(rows_prompts.answer_ids), rep(rows_prompts.wrong_ids), rep(clean_logits))
+    values, clean_base, corrupt_base = summarize(values.view(n_rows, n_cells + 1), rows_prompts, prompts.n_pairs,
+                                                 fn, metric, clean_logits, corrupt_logits)  # fmt: skip
     return JointResult(
         cells=list(cells),
         per_pair_joint=values[:, -1].numpy(),

@@ -163,17 +163,30 @@ def patch(
             per_row = patched_metric(model, info, grid, directed, rows, fn, batch_size, progress, remote)
         per_row = per_row.view(rows.n_pairs, *grid.shape)
         clean_logits, corrupt_logits = runs.clean_logits, runs.corrupt_logits
-    ids = (rows.answer_ids, rows.wrong_ids, clean_logits)
-    clean_base, corrupt_base = fn(clean_logits, *ids).float(), fn(corrupt_logits, *ids).float()
-    # Noise samples are rows of their own; every number is their mean.
-    samples = rows.n_pairs // prompts.n_pairs
-    per_pair = per_row.view(prompts.n_pairs, samples, *grid.shape).mean(1)
-    clean_base = clean_base.view(-1, samples).mean(1)
-    corrupt_base = corrupt_base.view(-1, samples).mean(1)
-    if metric == "logit_diff_norm":
-        per_pair = M.normalize(per_pair, clean_base, corrupt_base)
-        clean_base, corrupt_base = torch.ones_like(clean_base), torch.zeros_like(corrupt_base)
+    per_pair, clean_base, corrupt_base = summarize(per_row, rows, prompts.n_pairs, fn, metric, clean_logits,
+                                                   corrupt_logits)  # fmt: skip
     return _result(model, grid, prompts, per_pair, clean_base, corrupt_base, metric, direction, method)
+
+
+def summarize(
+    values: torch.Tensor, rows: PromptBatch, n_pairs: int, fn: M.MetricFn, metric: M.Metric,
+    clean_logits: torch.Tensor, corrupt_logits: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Per-pair values and baselines from per-row ones, ``values`` being ``(row, ...)``.
+
+    Noise samples are rows of their own, so every number is their mean; then
+    ``logit_diff_norm`` rescales each pair so that clean is 1 and corrupt 0.
+    """
+    ids = (rows.answer_ids, rows.wrong_ids, clean_logits)
+    clean_base, corrupt_base = fn(clean_logits, *ids).float().cpu(), fn(corrupt_logits, *ids).float().cpu()
+    samples = rows.n_pairs // n_pairs
+    values = values.float().cpu().view(n_pairs, samples, *values.shape[1:]).mean(1)
+    clean_base = clean_base.view(n_pairs, samples).mean(1)
+    corrupt_base = corrupt_base.view(n_pairs, samples).mean(1)
+    if metric == "logit_diff_norm":
+        values = M.normalize(values, clean_base, corrupt_base)
+        clean_base, corrupt_base = torch.ones_like(clean_base), torch.zeros_like(corrupt_base)
+    return values, clean_base, corrupt_base
 
 
 def _fit_budget(
