@@ -23,7 +23,17 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .engine import DIRECTIONS, SettingsError, _check_choice, _indices, _write, ship_for_remote, summarize, with_noise
+from .engine import (
+    DIRECTIONS,
+    SettingsError,
+    _check_choice,
+    _indices,
+    _write,
+    one_trace_at_a_time,
+    ship_for_remote,
+    summarize,
+    with_noise,
+)
 from .prompts import Noise, Texts, prepare_prompts
 from .sites import SITES, add_noise, check_site_supported, logits_module, model_info, on_input_device, view
 
@@ -91,6 +101,7 @@ class JointResult:
         return f"JointResult({len(self.cells)} cells: joint {self.joint:.3f}, sum of singles {self.sum_of_singles:.3f})"
 
 
+@one_trace_at_a_time
 def patch_sites(
     model: Any,
     clean: Texts,

@@ -23,9 +23,11 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -53,6 +55,22 @@ from .sites import (
 DIRECTIONS = ("denoise", "noise")
 METHODS = ("exact", "attribution")
 Progress = Callable[[int, int], None]
+F = TypeVar("F", bound=Callable[..., Any])
+
+# nnsight traces are not thread-safe, and the widget's worker thread shares models with
+# the notebook: every entry point that runs a trace takes this lock.
+_TRACE_LOCK = threading.RLock()
+
+
+def one_trace_at_a_time(fn: F) -> F:
+    """Run ``fn`` under the lock that keeps traces from different threads apart."""
+
+    @functools.wraps(fn)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with _TRACE_LOCK:
+            return fn(*args, **kwargs)
+
+    return locked  # type: ignore[return-value]
 
 
 class SettingsError(PatchwidgetError):
@@ -89,6 +107,7 @@ class Grid:
         return [(layer, unit, ps) for layer in self.layers for unit in self.units for ps in pos_groups]
 
 
+@one_trace_at_a_time
 def patch(
     model: Any,
     clean: Texts,
@@ -495,6 +514,7 @@ def _result(
     )
 
 
+@one_trace_at_a_time
 def attention_pattern(model: Any, prompt: str, layer: int, head: int, remote: bool | str = False) -> np.ndarray:
     """The attention pattern of one head on one prompt, ``(query, key)``.
 

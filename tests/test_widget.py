@@ -257,3 +257,18 @@ def test_session_reuses_the_clean_and_corrupted_runs(demo, monkeypatch):
     assert len(w.session.runs_cache) == 6  # resid_pre, head_out, head_q/k/v, attn_pattern
     assert len(cache_runs) == 4  # q, k, v and pattern once each; both heads levels share one head_out run
     w.close()
+
+
+def test_patching_from_the_notebook_while_the_widget_computes(demo):
+    """nnsight traces are not thread-safe: the notebook and the widget's worker take turns."""
+    w = pw.explore(demo, **TEXTS, preview=False)
+    fact = dict(clean="The capital of France is", corrupt="The capital of Japan is", answer="Paris", wrong="Tokyo")
+    alone = pw.patch(demo, **fact).values
+    for i in range(5):
+        w.session.submit(100 + i, Level("neurons", layer=i % 4, pos=9), Settings(metric="prob"))
+        np.testing.assert_allclose(pw.patch(demo, **fact).values, alone, atol=1e-5)
+    deadline = time.time() + 60
+    while (Level("neurons", layer=0, pos=9), Settings(metric="prob")) not in w.session.cache and time.time() < deadline:
+        time.sleep(0.05)
+    w.close()
+    assert w.status["state"] != "error"
