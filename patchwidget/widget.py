@@ -76,13 +76,13 @@ class PatchWidget(anywidget.AnyWidget):
         preview: bool = True,
         remote: bool | str = False,
     ) -> None:
+        if site not in TOP_SITES:  # before the session starts its worker thread
+            raise MessageError(f"site {site!r} cannot start the explorer; choose one of {', '.join(TOP_SITES)}")
         super().__init__()
         self.session = Session(
             model, clean, corrupt, answer=answer, wrong=wrong, batch_size=batch_size, preview=preview, remote=remote,
             on_progress=self._on_progress, on_result=self._on_result, on_error=self._on_error,
         )  # fmt: skip
-        if site not in TOP_SITES:
-            raise MessageError(f"site {site!r} cannot start the explorer; choose one of {', '.join(TOP_SITES)}")
         self._levels = [Level("top", site)]
         self._settings = Settings(direction=direction, metric=metric)
         self._pair: str | int = "mean"
@@ -91,7 +91,11 @@ class PatchWidget(anywidget.AnyWidget):
         self._joint_box: dict | None = None
         # The first grid is computed before returning, so that `result` and the
         # static PNG are there as soon as the cell finishes.
-        first = self.session.compute(self._levels[0], self._settings)
+        try:
+            first = self.session.compute(self._levels[0], self._settings)
+        except Exception:
+            self.session.close()  # no worker thread left behind by a widget that never came to be
+            raise
         self.session.cache[(self._levels[0], self._settings)] = first
         self._show(0, first)
         self.on_msg(self._on_msg)

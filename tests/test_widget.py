@@ -272,3 +272,12 @@ def test_patching_from_the_notebook_while_the_widget_computes(demo):
         time.sleep(0.05)
     w.close()
     assert w.status["state"] != "error"
+
+
+@pytest.mark.parametrize("kwargs,message", [({"site": "head_q"}, "cannot start the explorer"),
+                                            ({"metric": "acc"}, "unknown metric 'acc'")])  # fmt: skip
+def test_bad_explore_arguments_leave_no_thread_behind(demo, kwargs, message):
+    threads = threading.active_count()
+    with pytest.raises(pw.PatchwidgetError, match=message):
+        pw.explore(demo, **TEXTS, **kwargs)
+    assert threading.active_count() == threads
