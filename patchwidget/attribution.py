@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import nnsight
 import torch
 
 from . import metrics as M
 from .prompts import PromptBatch
+from .remote import trace_kwargs
 from .sites import ModelInfo, add_noise, logits_module, on_input_device, raw, reshape
 
 POOR_NOTE = (
@@ -61,20 +63,19 @@ def estimate(
     source_ids, target_ids = (
         (prompts.clean_ids, prompts.corrupt_ids) if direction == "denoise" else (prompts.corrupt_ids, prompts.clean_ids)
     )
-    source: dict[int, torch.Tensor] = {}  # filled inside the traces; only saved values survive them
-    target: dict[int, torch.Tensor] = {}
+    # Containers filled in a trace are made and saved inside it: on a remote server only saved values come back.
     with torch.no_grad():
-        with model.trace(on_input_device(model, source_ids), remote=remote, logits_to_keep=1):
+        with model.trace(on_input_device(model, source_ids), **trace_kwargs(model, remote), logits_to_keep=1):
+            source = nnsight.save({})
             add_noise(model, info, noise if direction == "noise" else None, slice(None))
             for layer in grid.layers:
-                source[layer] = raw(model, info, grid.site, layer).clone().save()
-            source_logits = logits_module(model, info).output[:, -1].save()
+                source[layer] = raw(model, info, grid.site, layer).detach().clone().save()
+            source_logits = logits_module(model, info).output[:, -1].detach().save()
 
-    acts: dict[int, torch.Tensor] = {}
-    grads: dict[int, torch.Tensor] = {}
     answer, wrong = prompts.answer_ids, prompts.wrong_ids
     with torch.enable_grad():
-        with model.trace(on_input_device(model, target_ids), remote=remote, logits_to_keep=1):
+        with model.trace(on_input_device(model, target_ids), **trace_kwargs(model, remote), logits_to_keep=1):
+            acts, target, grads = {}, nnsight.save({}), nnsight.save({})
             add_noise(model, info, noise if direction == "denoise" else None, slice(None))
             for layer in grid.layers:
                 act = raw(model, info, grid.site, layer)

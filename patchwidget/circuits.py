@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import nnsight
 import numpy as np
 import torch
 
@@ -30,11 +31,11 @@ from .engine import (
     _indices,
     _write,
     one_trace_at_a_time,
-    ship_for_remote,
     summarize,
     with_noise,
 )
 from .prompts import Noise, Texts, prepare_prompts
+from .remote import prepare_remote, trace_kwargs
 from .sites import SITES, add_noise, check_site_supported, logits_module, model_info, on_input_device, view
 
 # Where each site sits inside a layer, in forward order: nnsight needs this order. The
@@ -127,7 +128,7 @@ def patch_sites(
     info = model_info(model)
     M.check_metric(metric)
     _check_choice(direction, DIRECTIONS, "direction")
-    ship_for_remote(remote)
+    prepare_remote(model, remote)
     if not cells:
         raise SettingsError("cells is empty; give at least one Cell to patch")
     prompts = prepare_prompts(model.tokenizer, clean, corrupt, answer=answer, wrong=wrong)
@@ -136,20 +137,22 @@ def patch_sites(
     n_rows = rows_prompts.n_pairs
     keys = sorted({(c.layer, c.site) for c in cells}, key=lambda k: (k[0], WRITE_ORDER.index(k[1])))
     ids = torch.cat([rows_prompts.clean_ids, rows_prompts.corrupt_ids])
-    cache: dict[tuple[int, str], torch.Tensor] = {}
     with torch.no_grad():
-        with model.trace(on_input_device(model, ids), remote=remote, logits_to_keep=1):
+        with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=1):
+            cache = nnsight.save({})  # made inside the trace: only saved values come back from a server
             add_noise(model, info, noise, slice(n_rows, None))
             for layer, site in sorted(keys, key=lambda k: (k[0], READ_ORDER.index(k[1]))):
-                cache[(layer, site)] = view(model, info, site, layer).clone().save()
-            logits = logits_module(model, info).output[:, -1].save()
+                cache[(layer, site)] = view(model, info, site, layer).detach().clone().save()
+            logits = logits_module(model, info).output[:, -1].detach().save()
         source_half = slice(0, n_rows) if direction == "denoise" else slice(n_rows, None)
         target_ids = rows_prompts.corrupt_ids if direction == "denoise" else rows_prompts.clean_ids
         n_cells = len(cells)
         # Row layout: for each pair, one row per single cell, then the joint row.
         members = [[i] for i in range(n_cells)] + [list(range(n_cells))]
         batch_pairs = torch.arange(n_rows).repeat_interleave(n_cells + 1)
-        with model.trace(on_input_device(model, target_ids[batch_pairs]), remote=remote, logits_to_keep=1):
+        with model.trace(
+            on_input_device(model, target_ids[batch_pairs]), **trace_kwargs(model, remote), logits_to_keep=1
+        ):
             add_noise(model, info, noise[batch_pairs] if noise is not None and direction == "denoise" else None,
                       slice(None))  # fmt: skip
             for layer, site in keys:
@@ -162,7 +165,7 @@ def patch_sites(
                 r_t, p_t, u_t = torch.tensor(r), torch.tensor(p), torch.tensor(u)
                 values = cache[(layer, site)][source_half][torch.tensor(pair), p_t, u_t]
                 _write(model, info, site, layer, r_t, p_t, u_t, values)
-            patched = logits_module(model, info).output[:, -1].save()
+            patched = logits_module(model, info).output[:, -1].detach().save()
 
     fn = M.resolve(metric)
     clean_logits, corrupt_logits = logits[:n_rows], logits[n_rows:]

@@ -29,12 +29,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+import nnsight
 import numpy as np
 import torch
 
 from . import attribution, memory
 from . import metrics as M
 from .prompts import Noise, PromptBatch, Texts, prepare_prompts
+from .remote import prepare_remote, trace_kwargs
 from .result import PatchResult
 from .sites import (
     SITES,
@@ -152,7 +154,7 @@ def patch(
     """
     info = model_info(model)
     check_site_supported(site, info)
-    ship_for_remote(remote)
+    prepare_remote(model, remote)
     M.check_metric(metric)
     _check_choice(direction, DIRECTIONS, "direction")
     _check_choice(method, METHODS, "method")
@@ -221,14 +223,6 @@ def _fit_budget(
         runs *= info.n_layers + 1
     return memory.rows_per_batch(budget, batch_size, info, rows.n_pos, model.config.vocab_size, dtype_bytes,
                                  runs, width)  # fmt: skip
-
-
-def ship_for_remote(remote: bool | str) -> None:
-    """Remote traces run where patchwidget is not installed: send its code along."""
-    if remote:
-        import nnsight
-
-        nnsight.register("patchwidget")
 
 
 def make_grid(
@@ -382,15 +376,15 @@ def run_cache(
 ) -> Runs:  # fmt: skip
     """One trace over the clean and corrupted prompts, recording what patching needs."""
     ids = torch.cat([prompts.clean_ids, prompts.corrupt_ids])
-    acts, blocks = {}, []
-    with model.trace(on_input_device(model, ids), remote=remote, logits_to_keep=1):
+    with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=1):
+        acts, blocks = nnsight.save({}), nnsight.save([])  # made inside: only saved values come back from a server
         add_noise(model, info, noise, slice(prompts.n_pairs, None))
         for layer in range(max(grid.layers) + 1):
             if layer in grid.layers:
-                acts[layer] = view(model, info, grid.site, layer).clone().save()
+                acts[layer] = view(model, info, grid.site, layer).detach().clone().save()
             if layer < max(grid.layers):
-                blocks.append(block_output(layer_module(model, info, layer), info).clone().save())
-        logits = logits_module(model, info).output[:, -1].save()
+                blocks.append(block_output(layer_module(model, info, layer), info).detach().clone().save())
+        logits = logits_module(model, info).output[:, -1].detach().save()
     return Runs(prompts.n_pairs, dict(acts), list(blocks), logits, ids)
 
 
@@ -435,13 +429,15 @@ def patched_metric(
         pairs = torch.tensor([pair for pair, _ in chunk])
         writes = _writes(chunk, runs.source)
         lowest = min(writes)
-        with model.trace(on_input_device(model, runs.target_ids[pairs]), remote=remote, logits_to_keep=1):
+        with model.trace(
+            on_input_device(model, runs.target_ids[pairs]), **trace_kwargs(model, remote), logits_to_keep=1
+        ):
             add_noise(model, info, None if runs.target_noise is None else runs.target_noise[pairs], slice(None))
             for layer in range(lowest):
                 skip_block(layer_module(model, info, layer), info, runs.target_blocks[layer][pairs])
             for layer, (r, p, u, values) in writes.items():
                 _write(model, info, grid.site, layer, r, p, u, values)
-            logits = logits_module(model, info).output[:, -1].save()
+            logits = logits_module(model, info).output[:, -1].detach().save()
         values = fn(logits, prompts.answer_ids[pairs], prompts.wrong_ids[pairs], runs.clean_logits[pairs])
         out[torch.tensor(index)] = values.float().cpu()
         done += len(chunk)
@@ -528,8 +524,8 @@ def attention_pattern(model: Any, prompt: str, layer: int, head: int, remote: bo
     _indices([layer], info.n_layers, "layers", "layers")
     _indices([head], info.n_heads, "heads", "heads")
     ids = torch.tensor([model.tokenizer(prompt)["input_ids"]])
-    ship_for_remote(remote)
+    prepare_remote(model, remote)
     with torch.no_grad():
-        with model.trace(on_input_device(model, ids), remote=remote):
-            pattern = view(model, info, "attn_pattern", layer)[0, :, head].save()  # (query, key)
+        with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote)):
+            pattern = view(model, info, "attn_pattern", layer)[0, :, head].detach().save()  # (query, key)
     return pattern.float().cpu().numpy()

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Callable
@@ -25,6 +26,7 @@ import numpy as np
 from .circuits import Cell, JointResult, patch_sites
 from .engine import attention_pattern, patch
 from .prompts import Texts, prepare_prompts
+from .remote import prepare_remote, reporting
 from .result import PatchResult
 from .sites import PatchwidgetError, model_info
 
@@ -85,8 +87,10 @@ class Computed:
 class Session:
     """Cached, cancellable patching for one set of prompt pairs.
 
-    ``on_progress(request_id, done, total)``, ``on_result(request_id, computed)``
-    and ``on_error(request_id, message)`` are called from the worker thread.
+    ``on_progress(request_id, done, total)``, ``on_result(request_id, computed)``,
+    ``on_error(request_id, message)`` and, for remote runs,
+    ``on_status(request_id, status, description)`` (each status the server
+    reports, such as ``"QUEUED"``) are called from the worker thread.
     """
 
     def __init__(
@@ -103,7 +107,9 @@ class Session:
         on_progress: Callable[[int, int, int], None] | None = None,
         on_result: Callable[[int, Computed], None] | None = None,
         on_error: Callable[[int, str], None] | None = None,
+        on_status: Callable[[int, str, str], None] | None = None,
     ) -> None:
+        prepare_remote(model, remote)
         self.model = model
         self.info = model_info(model)
         self.prompts = prepare_prompts(model.tokenizer, clean, corrupt, answer=answer, wrong=wrong)
@@ -114,6 +120,7 @@ class Session:
         self.on_progress = on_progress or (lambda *a: None)
         self.on_result = on_result or (lambda *a: None)
         self.on_error = on_error or (lambda *a: None)
+        self.on_status = on_status or (lambda *a: None)
         self.cache: dict[tuple[Level, Settings], Computed] = {}
         self.runs_cache: dict = {}  # the clean and corrupted runs, shared by every request
         self._latest = 0
@@ -166,11 +173,12 @@ class Session:
                     continue  # superseded while waiting
                 cancel = self._cancel
             try:
-                if self.preview and settings.method == "exact" and level.kind in ("top", "heads"):
-                    estimate = self.compute(level, replace(settings, method="attribution"), request_id, cancel)
-                    estimate.exact = False
-                    self._publish(request_id, self.on_result, estimate)
-                computed = self.compute(level, settings, request_id, cancel)
+                with reporting(functools.partial(self._server_status, request_id, cancel)):
+                    if self.preview and settings.method == "exact" and level.kind in ("top", "heads"):
+                        estimate = self.compute(level, replace(settings, method="attribution"), request_id, cancel)
+                        estimate.exact = False
+                        self._publish(request_id, self.on_result, estimate)
+                    computed = self.compute(level, settings, request_id, cancel)
             except Cancelled:
                 continue
             except PatchwidgetError as err:
@@ -182,9 +190,14 @@ class Session:
             self.cache[(level, settings)] = computed
             self._publish(request_id, self.on_result, computed)
 
-    def _publish(self, request_id: int, callback: Callable[..., None], payload: Any) -> None:
+    def _server_status(self, request_id: int, cancel: threading.Event, status: str, description: str) -> None:
+        if cancel.is_set():  # stop waiting for the server, even while the job is queued there
+            raise Cancelled
+        self._publish(request_id, self.on_status, status, description)
+
+    def _publish(self, request_id: int, callback: Callable[..., None], *payload: Any) -> None:
         if request_id >= self._latest:
-            callback(request_id, payload)
+            callback(request_id, *payload)
 
     def compute(
         self, level: Level, settings: Settings, request_id: int = 0, cancel: threading.Event | None = None

@@ -82,6 +82,7 @@ class PatchWidget(anywidget.AnyWidget):
         self.session = Session(
             model, clean, corrupt, answer=answer, wrong=wrong, batch_size=batch_size, preview=preview, remote=remote,
             on_progress=self._on_progress, on_result=self._on_result, on_error=self._on_error,
+            on_status=self._on_server_status,
         )  # fmt: skip
         self._levels = [Level("top", site)]
         self._settings = Settings(direction=direction, metric=metric)
@@ -198,7 +199,17 @@ class PatchWidget(anywidget.AnyWidget):
 
     def _on_progress(self, request_id: int, done: int, total: int) -> None:
         if request_id >= self.session.latest:
-            self.status = {"state": "running", "request_id": request_id, "done": done, "total": total, "message": ""}
+            server = self.status.get("server") if self.status.get("request_id") == request_id else None
+            self.status = {"state": "running", "request_id": request_id, "done": done, "total": total, "message": "",
+                           **({"server": server} if server else {})}  # fmt: skip
+
+    def _on_server_status(self, request_id: int, status: str, description: str) -> None:
+        if request_id >= self.session.latest and self.status.get("state") == "running":
+            self.status = {
+                **self.status,
+                "request_id": request_id,
+                "server": {"status": status, "description": description},
+            }
 
     def _on_result(self, request_id: int, computed: Computed) -> None:
         if request_id < self.session.latest or request_id not in self._pending:

@@ -50,3 +50,126 @@ def test_widget_session_under_remote_local(demo):
     local = pw.patch(demo, **TEXTS, metric="logit_diff_norm")
     np.testing.assert_allclose(w.result.values, local.values, atol=1e-5)
     w.close()
+
+
+# --- nnsight's real remote client against a stand-in NDIF server on localhost ---------------------------
+
+
+@pytest.fixture
+def ndif(demo):
+    """A FakeNDIF serving the demo model. NDIF knows models by hub name; the demo model is a local
+    folder, so its name is given here the way nnsight caches a resolved one."""
+    from nnsight.modeling import huggingface
+
+    from tests.fake_ndif import FakeNDIF
+
+    huggingface._ID_CACHE[demo.repo_id] = "patchwidget/demo-model"
+    with FakeNDIF(demo) as server:
+        yield server
+    del huggingface._ID_CACHE[demo.repo_id]
+
+
+@pytest.mark.parametrize("method", ["exact", "attribution"])
+def test_remote_server_gives_local_numbers_in_a_few_requests(demo, ndif, method):
+    local = pw.patch(demo, **TEXTS, method=method)
+    remote = pw.patch(demo, **TEXTS, method=method, remote=ndif.url)
+    np.testing.assert_allclose(remote.per_pair, local.per_pair, atol=1e-5)
+    np.testing.assert_allclose(remote.corrupt_baseline, local.corrupt_baseline, atol=1e-5)
+    cells = local.per_pair.size  # 2 pairs x 4 layers x every token
+    assert cells > 100
+    if method == "exact":  # one request caches both runs, then batches of 64 patched copies (no-op cells skipped)
+        assert 2 <= ndif.requests <= 1 + -(-cells // 64)
+    else:  # one forward for the source run, one forward and backward for the target run
+        assert ndif.requests == 2
+    assert ndif.statuses.count("COMPLETED") == ndif.requests
+
+
+@pytest.mark.parametrize("site", [s for s in pw.SITES if s != "resid_pre"])
+def test_every_site_through_a_remote_server(demo, ndif, site):
+    kwargs = {"neurons": [1, 2, 3]} if site == "mlp_neuron" else {}
+    for direction in ("denoise", "noise"):
+        local = pw.patch(demo, **TEXTS, site=site, direction=direction, layers=[1, 3], **kwargs)
+        remote = pw.patch(demo, **TEXTS, site=site, direction=direction, layers=[1, 3], remote=ndif.url, **kwargs)
+        np.testing.assert_allclose(remote.per_pair, local.per_pair, atol=1e-5)
+
+
+def test_joint_patching_and_pattern_through_a_remote_server(demo, ndif):
+    from patchwidget.engine import attention_pattern
+
+    cells = [pw.Cell("head_out", 0, head=2), pw.Cell("mlp_out", 2, pos=-1)]
+    local = pw.patch_sites(demo, **TEXTS, cells=cells)
+    remote = pw.patch_sites(demo, **TEXTS, cells=cells, remote=ndif.url)
+    assert remote.joint == pytest.approx(local.joint, abs=1e-5)
+    np.testing.assert_allclose(remote.per_pair_singles, local.per_pair_singles, atol=1e-5)
+    np.testing.assert_allclose(attention_pattern(demo, PAIRS[0].clean, 1, 2, remote=ndif.url),
+                               attention_pattern(demo, PAIRS[0].clean, 1, 2), atol=1e-6)  # fmt: skip
+    assert ndif.requests == 2 + 1
+
+
+def wait_for(predicate, timeout=60.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def test_widget_progress_shows_the_servers_queue_and_run_status(demo, ndif):
+    w = pw.explore(demo, **TEXTS, remote=ndif.url, preview=False)
+    seen = []
+    w.observe(lambda change: seen.append(change["new"].get("server")), names="status")
+    w._on_msg(w, {"type": "drill", "request_id": 1, "panel": "resid_pre", "row": 2, "col": 5}, [])
+    wait_for(lambda: w.status.get("state") == "idle" and len(w.path) == 2)
+    statuses = [s["status"] for s in seen if s]
+    assert "QUEUED" in statuses and "RUNNING" in statuses
+    assert {"status": "QUEUED", "description": "position 1"} in seen
+    assert "server" not in w.status  # done: the line goes with the progress bar
+    local = pw.patch(demo, **TEXTS, site="head_out", layers=[2], metric="logit_diff_norm")
+    np.testing.assert_allclose(w.result.values, local.values, atol=1e-5)
+    w.close()
+
+
+def test_cancel_stops_waiting_for_the_server(demo, ndif):
+    from patchwidget.session import Level, Session, Settings
+
+    results, statuses = [], []
+
+    def on_status(request_id, status, description):
+        statuses.append((request_id, status))
+        if request_id == 1 and status == "QUEUED":
+            session.cancel()
+
+    session = Session(demo, **TEXTS, remote=ndif.url, preview=False, on_status=on_status,
+                      on_result=lambda rid, computed: results.append(rid))  # fmt: skip
+    session.submit(1, Level("top", "mlp_out"), Settings())
+    wait_for(lambda: (1, "QUEUED") in statuses)
+    session.submit(2, Level("top", "attn_out"), Settings())
+    wait_for(lambda: results == [2])
+    assert (1, "RUNNING") not in statuses  # the next status after the cancel ended the wait
+    assert 1 not in results
+    session.close()
+
+
+def test_a_server_error_reaches_the_widget(demo, ndif):
+    w = pw.explore(demo, **TEXTS, remote=ndif.url, preview=False)
+    ndif.fail_with = "CUDA out of memory on the server"
+    w._on_msg(w, {"type": "drill", "request_id": 1, "panel": "resid_pre", "row": 1, "col": 3}, [])
+    wait_for(lambda: w.status.get("state") == "error")
+    assert "CUDA out of memory on the server" in w.status["message"]
+    assert len(w.path) == 1  # still showing the grid it had
+    w.close()
+
+
+@pytest.mark.parametrize("remote", [3, None, ["local"]])
+def test_a_bad_remote_setting_fails_before_compute(demo, remote):
+    with pytest.raises(pw.PatchwidgetError, match="remote must be"):
+        pw.patch(demo, **TEXTS, remote=remote)
+
+
+def test_remote_with_a_model_ndif_cannot_name_fails_clearly(demo):
+    with pytest.raises(pw.PatchwidgetError, match="hub name") as err:
+        pw.patch(demo, **TEXTS, remote=True)
+    assert demo.repo_id in str(err.value)
+    with pytest.raises(pw.PatchwidgetError, match="hub name"):
+        pw.explore(demo, **TEXTS, remote="https://ndif.example")

@@ -1,11 +1,20 @@
 import { h } from "./dom.js";
 
-function renderProgress({ done, total }, onCancel) {
+// A remote run's last server status, e.g. "server: queued (position 3)".
+export function serverText(server) {
+  if (!server?.status) return "";
+  const status = String(server.status).toLowerCase();
+  return server.description ? `server: ${status} (${server.description})` : `server: ${status}`;
+}
+
+function renderProgress({ done, total, server }, onCancel) {
   const known = total > 0;
+  const remote = serverText(server);
   return h("div", { class: "pw-progress" }, [
     // Without a total the bar stays indeterminate rather than showing 0 %.
     h("progress", { max: known ? total : null, value: known ? done : null, "aria-label": "Patching progress" }),
     h("span", { class: "pw-progress-text" }, known ? `${done} / ${total}` : "starting…"),
+    remote ? h("span", { class: "pw-server-status", role: "status" }, remote) : null,
     h("button", {
       type: "button",
       class: "pw-cancel",

@@ -93,6 +93,19 @@ describe("widget", () => {
     expect($(".pw-progress")).toBeNull();
   });
 
+  it("shows a remote server's queue and run status beside the progress bar", () => {
+    cell(0, 0).click(); // request 1
+    model.set("status", { state: "running", request_id: 1, done: 0, total: 0, message: "",
+                          server: { status: "QUEUED", description: "position 3" } });
+    expect($(".pw-server-status").textContent).toBe("server: queued (position 3)");
+    model.set("status", { state: "running", request_id: 1, done: 4, total: 20, message: "",
+                          server: { status: "RUNNING", description: "" } });
+    expect($(".pw-server-status").textContent).toBe("server: running");
+    expect($(".pw-progress-text").textContent).toBe("4 / 20");
+    model.set("status", { state: "running", request_id: 1, done: 5, total: 20, message: "" });
+    expect($(".pw-server-status")).toBeNull(); // local runs have no server line
+  });
+
   it("shows errors of the current request readably", () => {
     model.set("status", { state: "error", request_id: 0, done: 0, total: 0, message: "Unknown site 'foo'.\nValid sites: resid_pre" });
     expect($(".pw-error").textContent).toContain("Unknown site 'foo'.\nValid sites: resid_pre");
