@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import nnsight
@@ -52,6 +54,36 @@ def estimate(
     direction: str,
     noise: torch.Tensor | None = None,
     remote: bool | str = False,
+    rows_per_pass: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``estimate_rows`` over at most ``rows_per_pass`` prompt rows at a time.
+
+    Rows are independent, so splitting them changes nothing but the memory the
+    backward pass holds; ``progress(done, total)`` counts rows.
+    """
+    n = prompts.n_pairs
+    parts = []
+    for start in range(0, n, rows_per_pass):
+        rows = slice(start, min(start + rows_per_pass, n))
+        part = replace(prompts, clean_ids=prompts.clean_ids[rows], corrupt_ids=prompts.corrupt_ids[rows],
+                       answer_ids=prompts.answer_ids[rows], wrong_ids=prompts.wrong_ids[rows])  # fmt: skip
+        parts.append(estimate_rows(model, info, grid, part, fn, direction, None if noise is None else noise[rows],
+                                   remote))  # fmt: skip
+        if progress is not None:
+            progress(rows.stop, n)
+    return tuple(torch.cat(tensors) for tensors in zip(*parts))  # type: ignore[return-value]
+
+
+def estimate_rows(
+    model: Any,
+    info: ModelInfo,
+    grid: Any,
+    prompts: PromptBatch,
+    fn: M.MetricFn,
+    direction: str,
+    noise: torch.Tensor | None = None,
+    remote: bool | str = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Estimated metric per (pair, cell), plus clean and corrupted last-position logits.
 
@@ -78,18 +110,17 @@ def estimate(
             acts, target, grads = {}, nnsight.save({}), nnsight.save({})
             add_noise(model, info, noise if direction == "denoise" else None, slice(None))
             for layer in grid.layers:
-                act = raw(model, info, grid.site, layer)
-                act.retain_grad()
-                acts[layer] = act
+                acts[layer] = raw(model, info, grid.site, layer)
             logits = logits_module(model, info).output[:, -1]
             clean = source_logits if direction == "denoise" else logits.detach()
             value = fn(logits, answer, wrong, clean)
-            # The backward pass runs inside the trace, where the graph lives (also on a remote server);
-            # rows are independent, so one backward gives every row's gradient.
-            value.sum().backward()
-            for layer in grid.layers:
+            # The backward pass runs inside the trace, where the graph lives (also on a remote server).
+            # Rows are independent, so one pass gives every row's gradient; autograd.grad, unlike
+            # backward(), leaves the model's parameters without .grad.
+            layer_grads = torch.autograd.grad(value.sum(), [acts[layer] for layer in grid.layers])
+            for layer, grad in zip(grid.layers, layer_grads):
                 target[layer] = acts[layer].detach().save()
-                grads[layer] = acts[layer].grad.save()
+                grads[layer] = grad.save()
             target_logits = logits.detach().save()
             value = value.detach().save()
 

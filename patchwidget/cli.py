@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   patchwidget run --site head_out --by-position no --out heads.json
   patchwidget run --model openai-community/gpt2 --clean "..." --corrupt "..." \\
                   --answer " Mary" --wrong " John"   # a hub model (needs network)
+  patchwidget run --model meta-llama/Llama-3.1-8B --remote ndif ...   # on NDIF, no weights loaded here
 """
 
 DEMO = dict(
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--layers", type=_int_list, help="comma-separated layer indices, e.g. 0,3")
     run.add_argument("--by-position", choices=("yes", "no"), help="one cell per token, or all tokens at once")
     run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--memory-budget", type=float, metavar="MB", help="fit the batches into about this many MB")
+    run.add_argument("--remote", metavar="WHERE",
+                     help="'ndif' (needs an nnsight API key), 'local' (simulated here) or a server URL")  # fmt: skip
     run.add_argument("--out", type=Path, help=f"write the result: {', '.join(OUTPUTS)}")
     return parser
 
@@ -96,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     from . import load_model, patch
     from .sites import PatchwidgetError
 
-    model = load_model(args.model)
+    remote = {"ndif": True, None: False}.get(args.remote, args.remote)
+    on_server = remote is True or (isinstance(remote, str) and remote != "local")
+    if on_server and args.model is None:
+        parser.error("--remote runs a hub model on a server: give its name with --model")
+    model = load_model(args.model, dispatch=False) if on_server else load_model(args.model)  # no weights here
+    budget = None if args.memory_budget is None else int(args.memory_budget * 2**20)
     by_position = None if args.by_position is None else args.by_position == "yes"
     with tqdm(total=0, unit="cell", desc=args.site, file=sys.stderr) as bar:
 
@@ -107,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = patch(
                 model, **texts, site=args.site, metric=args.metric, direction=args.direction,
-                layers=args.layers, by_position=by_position, batch_size=args.batch_size, progress=progress,
+                layers=args.layers, by_position=by_position, batch_size=args.batch_size, memory_budget=budget,
+                progress=progress, remote=remote,
             )  # fmt: skip
         except PatchwidgetError as err:
             bar.close()
@@ -120,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--out .html draws the interactive grid, which starts from one of {', '.join(TOP_SITES)} "
                          "over all layers; leave out --layers and --by-position")  # fmt: skip
         widget = PatchWidget(model, **texts, site=args.site, metric=args.metric, direction=args.direction,
-                             batch_size=args.batch_size, preview=False)  # fmt: skip
+                             batch_size=args.batch_size, memory_budget=budget, preview=False,
+                             remote=remote)  # fmt: skip
         widget.save_html(args.out)
         widget.close()
     elif args.out is None:

@@ -175,7 +175,7 @@ def patch(
     batch_size = _fit_budget(model, info, grid, rows, method, batch_size, memory_budget)
     if method == "attribution":
         per_row, clean_logits, corrupt_logits = attribution.estimate(
-            model, info, grid, rows, fn, direction, noise, remote
+            model, info, grid, rows, fn, direction, noise, remote, batch_size, progress
         )
     else:
         with torch.no_grad():
@@ -213,16 +213,15 @@ def summarize(
 def _fit_budget(
     model: Any, info: ModelInfo, grid: Grid, rows: PromptBatch, method: str, batch_size: int, budget: int | None
 ) -> int:
-    """Rows per patched forward pass under ``budget``; checked before any compute."""
+    """Rows per forward pass under ``budget``; checked before any compute."""
     if budget is None:
         return batch_size
     dtype_bytes = next(iter(model._module.parameters())).element_size()
     width = {"mlp_neuron": info.d_mlp, "attn_pattern": info.n_heads * rows.n_pos}.get(grid.site, info.d_model)
-    runs = 2 * rows.n_pairs
-    if method == "attribution":  # the backward pass needs every layer's activations at once: no batching
-        runs *= info.n_layers + 1
-    return memory.rows_per_batch(budget, batch_size, info, rows.n_pos, model.config.vocab_size, dtype_bytes,
-                                 runs, width)  # fmt: skip
+    vocab = model.config.vocab_size
+    if method == "attribution":
+        return memory.attribution_rows(budget, batch_size, info, rows.n_pos, vocab, dtype_bytes, width)
+    return memory.rows_per_batch(budget, batch_size, info, rows.n_pos, vocab, dtype_bytes, 2 * rows.n_pairs, width)
 
 
 def make_grid(

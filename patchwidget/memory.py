@@ -57,3 +57,26 @@ def rows_per_batch(
             f"({n_pos} tokens); raise the budget or use fewer prompt pairs or tokens"
         )
     return max(1, min(batch_size, (budget - fixed) // per_row))
+
+
+def attribution_row_bytes(info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int, site_width: int) -> int:
+    """Bytes per prompt row of attribution patching: the target run keeps every
+    layer's activations for its backward pass, the source run one layer's, and
+    both runs' site activations and the gradients are kept to the end."""
+    graph = (info.n_layers + 2) * forward_row_elements(info, n_pos, vocab)
+    kept = 3 * info.n_layers * n_pos * site_width
+    return int(MARGIN * dtype_bytes * (graph + kept))
+
+
+def attribution_rows(
+    budget: int, batch_size: int, info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int, site_width: int
+) -> int:
+    """How many prompt rows one attribution pass (forward and backward) may take under ``budget`` bytes."""
+    per_row = attribution_row_bytes(info, n_pos, vocab, dtype_bytes, site_width)
+    if per_row > budget:
+        raise MemoryBudgetError(
+            f"memory_budget={budget / 2**20:.2f} MB is too small for method='attribution': its backward pass "
+            f"needs about {per_row / 2**20:.2f} MB for one prompt pair ({n_pos} tokens) and cannot be split "
+            "further; raise the budget, use fewer tokens, or use method='exact'"
+        )
+    return max(1, min(batch_size, budget // per_row))

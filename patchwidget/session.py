@@ -102,6 +102,7 @@ class Session:
         answer: Texts,
         wrong: Texts,
         batch_size: int = 64,
+        memory_budget: int | None = None,
         preview: bool = True,
         remote: bool | str = False,
         on_progress: Callable[[int, int, int], None] | None = None,
@@ -115,6 +116,7 @@ class Session:
         self.prompts = prepare_prompts(model.tokenizer, clean, corrupt, answer=answer, wrong=wrong)
         self.texts = dict(clean=clean, corrupt=corrupt, answer=answer, wrong=wrong)
         self.batch_size = batch_size
+        self.memory_budget = memory_budget
         self.preview = preview
         self.remote = remote
         self.on_progress = on_progress or (lambda *a: None)
@@ -212,8 +214,8 @@ class Session:
         def run(site: str, **kwargs: Any) -> PatchResult:
             return patch(
                 self.model, **self.texts, site=site, metric=settings.metric, direction=settings.direction,
-                method=settings.method, batch_size=self.batch_size, progress=progress, remote=self.remote,
-                runs_cache=self.runs_cache, **kwargs,
+                method=settings.method, batch_size=self.batch_size, memory_budget=self.memory_budget,
+                progress=progress, remote=self.remote, runs_cache=self.runs_cache, **kwargs,
             )  # fmt: skip
 
         if level.kind == "top":

@@ -73,6 +73,7 @@ class PatchWidget(anywidget.AnyWidget):
         metric: str = "logit_diff_norm",
         direction: str = "denoise",
         batch_size: int = 64,
+        memory_budget: int | None = None,
         preview: bool = True,
         remote: bool | str = False,
     ) -> None:
@@ -80,9 +81,9 @@ class PatchWidget(anywidget.AnyWidget):
             raise MessageError(f"site {site!r} cannot start the explorer; choose one of {', '.join(TOP_SITES)}")
         super().__init__()
         self.session = Session(
-            model, clean, corrupt, answer=answer, wrong=wrong, batch_size=batch_size, preview=preview, remote=remote,
-            on_progress=self._on_progress, on_result=self._on_result, on_error=self._on_error,
-            on_status=self._on_server_status,
+            model, clean, corrupt, answer=answer, wrong=wrong, batch_size=batch_size, memory_budget=memory_budget,
+            preview=preview, remote=remote, on_progress=self._on_progress, on_result=self._on_result,
+            on_error=self._on_error, on_status=self._on_server_status,
         )  # fmt: skip
         self._levels = [Level("top", site)]
         self._settings = Settings(direction=direction, metric=metric)
@@ -421,6 +422,7 @@ def explore(
     metric: str = "logit_diff_norm",
     direction: str = "denoise",
     batch_size: int = 64,
+    memory_budget: int | None = None,
     preview: bool = True,
     remote: bool | str = False,
 ) -> PatchWidget:
@@ -432,7 +434,9 @@ def explore(
     selects cells and "Patch selected together" patches them jointly. With
     ``preview``, an attribution estimate is drawn at once and replaced by the
     exact values when they arrive. ``remote=True`` runs every trace on NDIF
-    through nnsight (``remote="local"`` simulates that path on this machine).
+    through nnsight (``remote="local"`` simulates that path on this machine),
+    and the progress bar shows the server's queue and run status.
+    ``batch_size`` and ``memory_budget`` (bytes) are as in ``patch``.
 
     Example:
         >>> import patchwidget as pw
@@ -441,5 +445,5 @@ def explore(
     """
     return PatchWidget(
         model, clean, corrupt, answer=answer, wrong=wrong, site=site, metric=metric, direction=direction,
-        batch_size=batch_size, preview=preview, remote=remote,
+        batch_size=batch_size, memory_budget=memory_budget, preview=preview, remote=remote,
     )  # fmt: skip

@@ -220,3 +220,34 @@ def _reference_pattern_gptj(model, source_ids, target_ids, layers, units, groups
         finally:
             del attn._attn
     return out
+
+
+# --- attribution patching, one backward pass per cell --------------------------------------------------
+
+
+def reference_attribution(model, source_ids, target_ids, site, layer, units, positions, answer, wrong):
+    """The first-order estimate of patching each (unit, position) cell, ``(unit, pos)``.
+
+    Written as a directional derivative rather than a gradient product: the
+    target run gets ``eps * (source - target)`` added at the cell, and
+    ``d logit_diff / d eps`` at ``eps = 0`` is the estimate's correction.
+    """
+    src = capture(model, source_ids, site, layer)
+    tgt = capture(model, target_ids, site, layer)
+    out = torch.empty(len(units), len(positions))
+    for j, unit in enumerate(units):
+        for g, p in enumerate(positions):
+            eps = torch.zeros((), requires_grad=True)
+
+            def nudge(act, unit=unit, p=p, eps=eps):
+                act[p, unit] = act[p, unit] + eps * (src[p, unit] - tgt[p, unit])
+
+            handle = site_hooks(model, site, layer, Sizes(model.config), nudge)
+            try:
+                logits = model(target_ids[None]).logits[0, -1]
+            finally:
+                handle.remove()
+            diff = logits[answer] - logits[wrong]
+            (slope,) = torch.autograd.grad(diff, eps)
+            out[j, g] = diff.detach() + slope
+    return out

@@ -29,6 +29,16 @@ def test_json_output_matches_the_api(demo, tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
 
 
+def test_remote_simulation_and_memory_budget_options(demo, tmp_path):
+    out = tmp_path / "grid.json"
+    assert (
+        main(["run", *FACT, "--remote", "local", "--memory-budget", "50", "--batch-size", "3", "--out", str(out)]) == 0
+    )
+    direct = pw.patch(demo, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo",
+                      metric="logit_diff_norm")  # fmt: skip
+    np.testing.assert_allclose(pw.PatchResult.load(out).values, direct.values, atol=1e-6)
+
+
 def test_demo_table_png_and_html(tmp_path, capsys):
     assert main(["run"]) == 0
     table = capsys.readouterr().out
@@ -59,6 +69,8 @@ def test_help_has_examples():
         (["run", "--layers", "1,x"], "expected comma-separated integers"),
         (["run", *FACT[:6], "--wrong", "Paris"], "answer and wrong of pair 0 are the same token"),
         (["run", "--layers", "9"], "layers index 9 is out of range"),
+        (["run", "--remote", "ndif"], "--remote runs a hub model on a server: give its name with --model"),
+        (["run", "--memory-budget", "0.001"], "memory_budget=0.00 MB is too small"),
     ],
 )
 def test_wrong_arguments_give_one_line_and_status_2(args, message):

@@ -91,3 +91,15 @@ def test_grouped_query_keys_and_values_are_indexed_by_kv_head(tiny_models):
         assert r.dims == ("layer", dim, "pos") and r.coords[dim] == list(range(n))
     with pytest.raises(pw.PatchwidgetError, match="out of range: the model has 2 key-value heads"):
         pw.patch(model, pair.clean, pair.corrupt, answer=pair.answer, wrong=pair.wrong, site="head_k", heads=[3])
+
+
+def test_attribution_leaves_the_model_without_gradients_and_splits_exactly(demo):
+    pairs = demo_data.ioi_pairs(3, seed=2)
+    kw = dict(clean=[p.clean for p in pairs], corrupt=[p.corrupt for p in pairs], answer=[p.answer for p in pairs],
+              wrong=[p.wrong for p in pairs], site="head_out", method="attribution")  # fmt: skip
+    seen = []
+    whole = pw.patch(demo, **kw)
+    split = pw.patch(demo, **kw, batch_size=2, progress=lambda done, total: seen.append((done, total)))
+    np.testing.assert_allclose(split.per_pair, whole.per_pair, atol=1e-5)
+    assert seen == [(2, 3), (3, 3)]
+    assert all(p.grad is None for p in demo._module.parameters())

@@ -84,3 +84,23 @@ def test_budget_sets_rows_per_batch(demo):
     fixed = memory.cache_bytes(info, 14, 155, 4, 2, info.d_model)
     assert memory.rows_per_batch(fixed + 5 * per_row, 64, info, 14, 155, 4, 2, info.d_model) == 5
     assert memory.rows_per_batch(None, 64, info, 14, 155, 4, 2, info.d_model) == 64
+
+
+def test_attribution_splits_its_backward_pass_to_stay_under_the_budget(gpt2_small):
+    words = ["apple", "river", "stone", "cloud", "window", "table", "orange", "forest"]
+    clean = [" ".join(words[(i + k) % 8] for i in range(128)) for k in range(4)]
+    corrupt = ["tiger " + c.split(" ", 1)[1] for c in clean]
+    budget = 400 * 2**20
+    kw = dict(answer=["Mary"] * 4, wrong=["John"] * 4, site="head_out", method="attribution")
+    result, peak = peak_during(lambda: pw.patch(gpt2_small, clean, corrupt, memory_budget=budget, **kw))
+    assert peak < budget, f"peak {peak / 2**20:.0f} MB over the {budget / 2**20:.0f} MB budget"
+    unbounded, unbounded_peak = peak_during(lambda: pw.patch(gpt2_small, clean, corrupt, **kw))
+    assert unbounded_peak > budget  # four pairs in one backward pass do not fit
+    torch.testing.assert_close(torch.tensor(result.per_pair), torch.tensor(unbounded.per_pair), atol=1e-4, rtol=0)
+
+
+def test_attribution_budget_too_small_for_one_pair_fails_before_compute(demo, monkeypatch):
+    monkeypatch.setattr(demo, "trace", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    with pytest.raises(pw.PatchwidgetError, match=r"too small for method='attribution'.* cannot be split further"):
+        pw.patch(demo, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo",
+                 method="attribution", memory_budget=10_000)  # fmt: skip
