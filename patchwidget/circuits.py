@@ -26,10 +26,12 @@ import torch
 from . import metrics as M
 from .engine import (
     DIRECTIONS,
+    Progress,
     SettingsError,
     _check_choice,
     _indices,
     _write,
+    fit_budget,
     one_trace_at_a_time,
     summarize,
     with_noise,
@@ -113,9 +115,15 @@ def patch_sites(
     cells: Sequence[Cell],
     metric: M.Metric = "logit_diff_norm",
     direction: str = "denoise",
+    batch_size: int = 64,
+    memory_budget: int | None = None,
+    progress: Progress | None = None,
     remote: bool | str = False,
 ) -> JointResult:
-    """Patch every cell alone and all cells together, in one batched run.
+    """Patch every cell alone and all cells together, in batched runs.
+
+    Each prompt pair gives one patched copy per cell and one with every cell;
+    ``batch_size``, ``memory_budget`` and ``progress`` are as in ``patch``.
 
     Example:
         >>> import patchwidget as pw
@@ -131,9 +139,13 @@ def patch_sites(
     prepare_remote(model, remote)
     if not cells:
         raise SettingsError("cells is empty; give at least one Cell to patch")
+    if batch_size < 1:
+        raise SettingsError(f"batch_size must be at least 1, got {batch_size}")
     prompts = prepare_prompts(model.tokenizer, clean, corrupt, answer=answer, wrong=wrong)
     writes = [_cell_writes(cell, info, prompts.n_pos) for cell in cells]
     rows_prompts, noise = with_noise(model, info, prompts)
+    sites = {cell.site for cell in cells}
+    batch_size = fit_budget(model, info, sites, rows_prompts, "exact", batch_size, memory_budget)
     n_rows = rows_prompts.n_pairs
     keys = sorted({(c.layer, c.site) for c in cells}, key=lambda k: (k[0], WRITE_ORDER.index(k[1])))
     ids = torch.cat([rows_prompts.clean_ids, rows_prompts.corrupt_ids])
@@ -149,23 +161,32 @@ def patch_sites(
         n_cells = len(cells)
         # Row layout: for each pair, one row per single cell, then the joint row.
         members = [[i] for i in range(n_cells)] + [list(range(n_cells))]
-        batch_pairs = torch.arange(n_rows).repeat_interleave(n_cells + 1)
-        with model.trace(
-            on_input_device(model, target_ids[batch_pairs]), **trace_kwargs(model, remote), logits_to_keep=1
-        ):
-            add_noise(model, info, noise[batch_pairs] if noise is not None and direction == "denoise" else None,
-                      slice(None))  # fmt: skip
-            for layer, site in keys:
-                r, p, u, pair = [], [], [], []
-                for row in range(len(batch_pairs)):
-                    for i in members[row % (n_cells + 1)]:
-                        if (cells[i].layer, cells[i].site) == (layer, site):
-                            for pos, unit in writes[i]:
-                                r.append(row), p.append(pos), u.append(unit), pair.append(int(batch_pairs[row]))
-                r_t, p_t, u_t = torch.tensor(r), torch.tensor(p), torch.tensor(u)
-                values = cache[(layer, site)][source_half][torch.tensor(pair), p_t, u_t]
-                _write(model, info, site, layer, r_t, p_t, u_t, values)
-            patched = logits_module(model, info).output[:, -1].detach().save()
+        row_pairs = torch.arange(n_rows).repeat_interleave(n_cells + 1)
+        parts = []
+        for start in range(0, len(row_pairs), batch_size):
+            rows = range(start, min(start + batch_size, len(row_pairs)))
+            batch_pairs = row_pairs[start : rows.stop]
+            with model.trace(
+                on_input_device(model, target_ids[batch_pairs]), **trace_kwargs(model, remote), logits_to_keep=1
+            ):
+                add_noise(model, info, noise[batch_pairs] if noise is not None and direction == "denoise" else None,
+                          slice(None))  # fmt: skip
+                for layer, site in keys:
+                    r, p, u, pair = [], [], [], []
+                    for k, row in enumerate(rows):
+                        for i in members[row % (n_cells + 1)]:
+                            if (cells[i].layer, cells[i].site) == (layer, site):
+                                for pos, unit in writes[i]:
+                                    r.append(k), p.append(pos), u.append(unit), pair.append(int(row_pairs[row]))
+                    if r:  # this batch has rows that write here
+                        r_t, p_t, u_t = torch.tensor(r), torch.tensor(p), torch.tensor(u)
+                        values = cache[(layer, site)][source_half][torch.tensor(pair), p_t, u_t]
+                        _write(model, info, site, layer, r_t, p_t, u_t, values)
+                patched = logits_module(model, info).output[:, -1].detach().save()
+            parts.append(patched)
+            if progress is not None:
+                progress(rows.stop, len(row_pairs))
+        patched = torch.cat(parts)
 
     fn = M.resolve(metric)
     clean_logits, corrupt_logits = logits[:n_rows], logits[n_rows:]

@@ -172,7 +172,7 @@ def patch(
 
     fn = M.resolve(metric)
     rows, noise = with_noise(model, info, prompts)
-    batch_size = _fit_budget(model, info, grid, rows, method, batch_size, memory_budget)
+    batch_size = fit_budget(model, info, {grid.site}, rows, method, batch_size, memory_budget)
     if method == "attribution":
         per_row, clean_logits, corrupt_logits = attribution.estimate(
             model, info, grid, rows, fn, direction, noise, remote, batch_size, progress
@@ -210,14 +210,16 @@ def summarize(
     return values, clean_base, corrupt_base
 
 
-def _fit_budget(
-    model: Any, info: ModelInfo, grid: Grid, rows: PromptBatch, method: str, batch_size: int, budget: int | None
-) -> int:
-    """Rows per forward pass under ``budget``; checked before any compute."""
+def fit_budget(
+    model: Any, info: ModelInfo, sites: set[str], rows: PromptBatch, method: str, batch_size: int,
+    budget: int | None,
+) -> int:  # fmt: skip
+    """Rows per forward pass under ``budget`` bytes, for patching ``sites``; checked before any compute."""
     if budget is None:
         return batch_size
     dtype_bytes = next(iter(model._module.parameters())).element_size()
-    width = {"mlp_neuron": info.d_mlp, "attn_pattern": info.n_heads * rows.n_pos}.get(grid.site, info.d_model)
+    widths = {"mlp_neuron": info.d_mlp, "attn_pattern": info.n_heads * rows.n_pos}
+    width = max(widths.get(site, info.d_model) for site in sites)
     vocab = model.config.vocab_size
     if method == "attribution":
         return memory.attribution_rows(budget, batch_size, info, rows.n_pos, vocab, dtype_bytes, width)

@@ -234,7 +234,8 @@ class Session:
             return Computed(level, results, pattern)
         if level.kind == "joint":
             joint = patch_sites(self.model, **self.texts, cells=list(level.cells), metric=settings.metric,
-                                direction=settings.direction, remote=self.remote)  # fmt: skip
+                                direction=settings.direction, batch_size=self.batch_size,
+                                memory_budget=self.memory_budget, progress=progress, remote=self.remote)  # fmt: skip
             return Computed(level, {}, joint=joint)
         if level.kind == "neurons":
             return Computed(level, {"mlp_neuron": run("mlp_neuron", layers=[level.layer], positions=[level.pos])})

@@ -37,11 +37,15 @@ def reference_joint(hf, source, target, cells, a, w):
 
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
-def test_joint_and_single_effects_match_reference(demo, direction):
+@pytest.mark.parametrize("batch_size", [64, 3])  # 3: batches that split the rows of a pair, some with no writes
+def test_joint_and_single_effects_match_reference(demo, direction, batch_size):
     pairs = demo_data.ioi_pairs(2, seed=9)
+    seen = []
     r = pw.patch_sites(demo, [p.clean for p in pairs], [p.corrupt for p in pairs],
                        answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], cells=CELLS[:4],
-                       metric="logit_diff", direction=direction)  # fmt: skip
+                       metric="logit_diff", direction=direction, batch_size=batch_size,
+                       progress=lambda done, total: seen.append(done))  # fmt: skip
+    assert seen[-1] == 2 * 5 and len(seen) == -(-10 // batch_size)
     hf, tok = demo._module, demo.tokenizer
     for i, p in enumerate(pairs):
         clean, corrupt = torch.tensor(tok(p.clean)["input_ids"]), torch.tensor(tok(p.corrupt)["input_ids"])

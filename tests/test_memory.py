@@ -104,3 +104,22 @@ def test_attribution_budget_too_small_for_one_pair_fails_before_compute(demo, mo
     with pytest.raises(pw.PatchwidgetError, match=r"too small for method='attribution'.* cannot be split further"):
         pw.patch(demo, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo",
                  method="attribution", memory_budget=10_000)  # fmt: skip
+
+
+def test_joint_patching_keeps_to_the_budget(demo):
+    from patchwidget import memory
+    from patchwidget.sites import model_info
+
+    p = pw.demo_data.ioi_pairs(1, seed=4)[0]
+    cells = [pw.Cell("head_out", 0, head=2), pw.Cell("mlp_out", 2, pos=13), pw.Cell("resid_pre", 3, pos=-1)]
+    info, n_pos = model_info(demo), len(demo.tokenizer(p.clean)["input_ids"])
+    fixed = memory.cache_bytes(info, n_pos, 155, 4, 2, info.d_model)
+    budget = fixed + 2 * memory.patched_row_bytes(info, n_pos, 155, 4)  # room for two patched copies at a time
+    batches = []
+    r = pw.patch_sites(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, cells=cells, memory_budget=budget,
+                       progress=lambda done, total: batches.append(done))  # fmt: skip
+    assert batches == [2, 4]
+    whole = pw.patch_sites(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, cells=cells)
+    assert r.joint == pytest.approx(whole.joint, abs=1e-5)
+    with pytest.raises(pw.PatchwidgetError, match="too small"):
+        pw.patch_sites(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, cells=cells, memory_budget=1000)
