@@ -143,7 +143,7 @@ def patch_sites(
         raise SettingsError(f"batch_size must be at least 1, got {batch_size}")
     prompts = prepare_prompts(model.tokenizer, clean, corrupt, answer=answer, wrong=wrong)
     writes = [_cell_writes(cell, info, prompts.n_pos) for cell in cells]
-    rows_prompts, noise = with_noise(model, info, prompts)
+    rows_prompts, noise = with_noise(model, info, prompts, remote)
     sites = {cell.site for cell in cells}
     batch_size = fit_budget(model, info, sites, rows_prompts, "exact", batch_size, memory_budget)
     n_rows = rows_prompts.n_pairs

@@ -171,7 +171,7 @@ def patch(
     grid = make_grid(info, site, prompts.n_pos, layers, positions, heads, neurons, by_position)
 
     fn = M.resolve(metric)
-    rows, noise = with_noise(model, info, prompts)
+    rows, noise = with_noise(model, info, prompts, remote)
     batch_size = fit_budget(model, info, {grid.site}, rows, method, batch_size, memory_budget)
     if method == "attribution":
         per_row, clean_logits, corrupt_logits = attribution.estimate(
@@ -331,7 +331,9 @@ class Directed:
     target_noise: torch.Tensor | None = None  # (pair, pos, d_model) when the target run is the noised one
 
 
-def with_noise(model: Any, info: ModelInfo, prompts: PromptBatch) -> tuple[PromptBatch, torch.Tensor | None]:
+def with_noise(
+    model: Any, info: ModelInfo, prompts: PromptBatch, remote: bool | str = False
+) -> tuple[PromptBatch, torch.Tensor | None]:
     """Prompts with one row per noise sample, and the noise to add to the
     corrupted rows' token embeddings, ``(row, pos, d_model)``; ``None`` when
     the corruption is a prompt."""
@@ -339,7 +341,7 @@ def with_noise(model: Any, info: ModelInfo, prompts: PromptBatch) -> tuple[Promp
     if spec is None:
         return prompts, None
     weight = module(model, info.arch.embed).weight
-    std = float(weight.detach().float().std()) * spec.scale
+    std = embedding_std(model, info, remote) * spec.scale
     gen = torch.Generator().manual_seed(spec.seed)
     noise = torch.zeros(prompts.n_pairs * spec.samples, prompts.n_pos, weight.shape[1], dtype=weight.dtype)
     for pair, positions in enumerate(prompts.noise_positions or []):
@@ -355,6 +357,17 @@ def with_noise(model: Any, info: ModelInfo, prompts: PromptBatch) -> tuple[Promp
         wrong_ids=prompts.wrong_ids.repeat_interleave(spec.samples, 0),
     )
     return rows, noise
+
+
+def embedding_std(model: Any, info: ModelInfo, remote: bool | str = False) -> float:
+    """The standard deviation of the token-embedding matrix, read where the weights are."""
+    weight = module(model, info.arch.embed).weight
+    if weight.device.type != "meta":
+        return float(weight.detach().float().std())
+    with torch.no_grad():  # weights not loaded here (remote=True): one token's trace reads them on the server
+        with model.trace(torch.zeros(1, 1, dtype=torch.long), **trace_kwargs(model, remote)):
+            std = module(model, info.arch.embed).weight.detach().float().std().save()
+    return float(std)
 
 
 def cached_runs(

@@ -53,6 +53,14 @@ def load_model(
         return model
     if isinstance(model, str | Path):
         kwargs.setdefault("dispatch", True)  # dispatch=False keeps weights unloaded, e.g. for remote=True
+        if tokenizer is None and not kwargs["dispatch"] and Path(model).is_dir():
+            from transformers import AutoTokenizer
+
+            # Without weights, nnsight builds the model from its config and cannot infer a
+            # tokenizer from that alone: read it from the folder.
+            tokenizer = AutoTokenizer.from_pretrained(model)
+        if tokenizer is not None:
+            kwargs["tokenizer"] = tokenizer
         return TransformersModel(str(model), task="text-generation", attn_implementation=attn_implementation, **kwargs)
     if hasattr(model, "config") and hasattr(model, "forward"):
         if tokenizer is None:

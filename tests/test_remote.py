@@ -55,24 +55,33 @@ def test_widget_session_under_remote_local(demo):
 # --- nnsight's real remote client against a stand-in NDIF server on localhost ---------------------------
 
 
-@pytest.fixture
-def ndif(demo):
-    """A FakeNDIF serving the demo model. NDIF knows models by hub name; the demo model is a local
-    folder, so its name is given here the way nnsight caches a resolved one."""
+@pytest.fixture(scope="module")
+def client():
+    """The demo model as a remote user has it: config and tokenizer, no weights (dispatch=False).
+    NDIF knows models by hub name; the demo model is a local folder, so its name is set here the
+    way nnsight caches a resolved one."""
     from nnsight.modeling import huggingface
 
+    model = pw.load_model(dispatch=False)
+    assert next(model._module.parameters()).device.type == "meta"
+    huggingface._ID_CACHE[model.repo_id] = "patchwidget/demo-model"
+    yield model
+    del huggingface._ID_CACHE[model.repo_id]
+
+
+@pytest.fixture
+def ndif(demo):
+    """A FakeNDIF serving the demo model with its weights."""
     from tests.fake_ndif import FakeNDIF
 
-    huggingface._ID_CACHE[demo.repo_id] = "patchwidget/demo-model"
     with FakeNDIF(demo) as server:
         yield server
-    del huggingface._ID_CACHE[demo.repo_id]
 
 
 @pytest.mark.parametrize("method", ["exact", "attribution"])
-def test_remote_server_gives_local_numbers_in_a_few_requests(demo, ndif, method):
+def test_remote_server_gives_local_numbers_in_a_few_requests(demo, client, ndif, method):
     local = pw.patch(demo, **TEXTS, method=method)
-    remote = pw.patch(demo, **TEXTS, method=method, remote=ndif.url)
+    remote = pw.patch(client, **TEXTS, method=method, remote=ndif.url)
     np.testing.assert_allclose(remote.per_pair, local.per_pair, atol=1e-5)
     np.testing.assert_allclose(remote.corrupt_baseline, local.corrupt_baseline, atol=1e-5)
     cells = local.per_pair.size  # 2 pairs x 4 layers x every token
@@ -85,25 +94,34 @@ def test_remote_server_gives_local_numbers_in_a_few_requests(demo, ndif, method)
 
 
 @pytest.mark.parametrize("site", [s for s in pw.SITES if s != "resid_pre"])
-def test_every_site_through_a_remote_server(demo, ndif, site):
+def test_every_site_through_a_remote_server(demo, client, ndif, site):
     kwargs = {"neurons": [1, 2, 3]} if site == "mlp_neuron" else {}
     for direction in ("denoise", "noise"):
         local = pw.patch(demo, **TEXTS, site=site, direction=direction, layers=[1, 3], **kwargs)
-        remote = pw.patch(demo, **TEXTS, site=site, direction=direction, layers=[1, 3], remote=ndif.url, **kwargs)
+        remote = pw.patch(client, **TEXTS, site=site, direction=direction, layers=[1, 3], remote=ndif.url, **kwargs)
         np.testing.assert_allclose(remote.per_pair, local.per_pair, atol=1e-5)
 
 
-def test_joint_patching_and_pattern_through_a_remote_server(demo, ndif):
+def test_joint_patching_and_pattern_through_a_remote_server(demo, client, ndif):
     from patchwidget.engine import attention_pattern
 
     cells = [pw.Cell("head_out", 0, head=2), pw.Cell("mlp_out", 2, pos=-1)]
     local = pw.patch_sites(demo, **TEXTS, cells=cells)
-    remote = pw.patch_sites(demo, **TEXTS, cells=cells, remote=ndif.url)
+    remote = pw.patch_sites(client, **TEXTS, cells=cells, remote=ndif.url)
     assert remote.joint == pytest.approx(local.joint, abs=1e-5)
     np.testing.assert_allclose(remote.per_pair_singles, local.per_pair_singles, atol=1e-5)
-    np.testing.assert_allclose(attention_pattern(demo, PAIRS[0].clean, 1, 2, remote=ndif.url),
+    np.testing.assert_allclose(attention_pattern(client, PAIRS[0].clean, 1, 2, remote=ndif.url),
                                attention_pattern(demo, PAIRS[0].clean, 1, 2), atol=1e-6)  # fmt: skip
     assert ndif.requests == 2 + 1
+
+
+def test_noise_corruption_through_a_remote_server(demo, client, ndif):
+    noise = pw.noise("France", samples=3)
+    local = pw.patch(demo, "The capital of France is", noise, answer="Paris", wrong="Tokyo", site="mlp_out")
+    remote = pw.patch(client, "The capital of France is", noise, answer="Paris", wrong="Tokyo", site="mlp_out",
+                      remote=ndif.url)  # fmt: skip
+    np.testing.assert_allclose(remote.per_pair, local.per_pair, atol=1e-5)
+    assert ndif.requests == 3  # the embeddings' scale (the weights are on the server), the runs, the patched copies
 
 
 def wait_for(predicate, timeout=60.0):
@@ -115,8 +133,8 @@ def wait_for(predicate, timeout=60.0):
         time.sleep(0.02)
 
 
-def test_widget_progress_shows_the_servers_queue_and_run_status(demo, ndif):
-    w = pw.explore(demo, **TEXTS, remote=ndif.url, preview=False)
+def test_widget_progress_shows_the_servers_queue_and_run_status(demo, client, ndif):
+    w = pw.explore(client, **TEXTS, remote=ndif.url, preview=False)
     seen = []
     w.observe(lambda change: seen.append(change["new"].get("server")), names="status")
     w._on_msg(w, {"type": "drill", "request_id": 1, "panel": "resid_pre", "row": 2, "col": 5}, [])
@@ -130,7 +148,7 @@ def test_widget_progress_shows_the_servers_queue_and_run_status(demo, ndif):
     w.close()
 
 
-def test_cancel_stops_waiting_for_the_server(demo, ndif):
+def test_cancel_stops_waiting_for_the_server(demo, client, ndif):
     from patchwidget.session import Level, Session, Settings
 
     results, statuses = [], []
@@ -140,7 +158,7 @@ def test_cancel_stops_waiting_for_the_server(demo, ndif):
         if request_id == 1 and status == "QUEUED":
             session.cancel()
 
-    session = Session(demo, **TEXTS, remote=ndif.url, preview=False, on_status=on_status,
+    session = Session(client, **TEXTS, remote=ndif.url, preview=False, on_status=on_status,
                       on_result=lambda rid, computed: results.append(rid))  # fmt: skip
     session.submit(1, Level("top", "mlp_out"), Settings())
     wait_for(lambda: (1, "QUEUED") in statuses)
@@ -151,8 +169,8 @@ def test_cancel_stops_waiting_for_the_server(demo, ndif):
     session.close()
 
 
-def test_a_server_error_reaches_the_widget(demo, ndif):
-    w = pw.explore(demo, **TEXTS, remote=ndif.url, preview=False)
+def test_a_server_error_reaches_the_widget(demo, client, ndif):
+    w = pw.explore(client, **TEXTS, remote=ndif.url, preview=False)
     ndif.fail_with = "CUDA out of memory on the server"
     w._on_msg(w, {"type": "drill", "request_id": 1, "panel": "resid_pre", "row": 1, "col": 3}, [])
     wait_for(lambda: w.status.get("state") == "error")
@@ -167,7 +185,10 @@ def test_a_bad_remote_setting_fails_before_compute(demo, remote):
         pw.patch(demo, **TEXTS, remote=remote)
 
 
-def test_remote_with_a_model_ndif_cannot_name_fails_clearly(demo):
+def test_remote_with_a_model_ndif_cannot_name_fails_clearly(demo, monkeypatch):
+    from nnsight.modeling import huggingface
+
+    monkeypatch.delitem(huggingface._ID_CACHE, demo.repo_id, raising=False)  # as the client fixture names it
     with pytest.raises(pw.PatchwidgetError, match="hub name") as err:
         pw.patch(demo, **TEXTS, remote=True)
     assert demo.repo_id in str(err.value)
