@@ -29,9 +29,10 @@ from tornado import httpserver, netutil, web, websocket
 class FakeNDIF:
     """``with FakeNDIF(model) as server: model.trace(..., remote=server.url)``."""
 
-    def __init__(self, model: Any, fail_with: str | None = None) -> None:
+    def __init__(self, model: Any, fail_with: str | None = None, queue_seconds: float = 0.0) -> None:
         self.model = model
         self.fail_with = fail_with  # report ERROR with this description instead of running
+        self.queue_seconds = queue_seconds  # how long each job waits in the queue, to watch it there
         self.requests = 0
         self.statuses: list[str] = []
         self._sockets: dict[str, websocket.WebSocketHandler] = {}
@@ -71,6 +72,7 @@ class FakeNDIF:
                 await self.finish()
                 socket = server_._sockets[envelope.session_id]
                 await server_._send(socket, ResponseModel(id=job, status=Status.QUEUED, description="position 1"))
+                await asyncio.sleep(server_.queue_seconds)
                 await server_._send(socket, ResponseModel(id=job, status=Status.RUNNING))
                 if server_.fail_with:
                     await server_._send(socket, ResponseModel(id=job, status=Status.ERROR,

@@ -181,3 +181,54 @@ def test_drill_down_and_back(lab_server, page, ui_output):
         raise
 
     assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
+
+
+def test_remote_queue_status_shows_in_the_progress_bar(lab_server, page, ui_output):
+    """The widget on a weightless model served by the stand-in NDIF server (tests/fake_ndif.py),
+    which keeps each job queued for a few seconds: the progress bar says so, then the grid comes."""
+    from playwright.sync_api import expect
+
+    repo = Path(__file__).resolve().parents[2]
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(
+        f"import sys; sys.path.insert(0, {str(repo)!r})\n"
+        "import patchwidget as pw\n"
+        "from nnsight.modeling import huggingface\n"
+        "from tests.fake_ndif import FakeNDIF\n"
+        "server = FakeNDIF(pw.load_model()).__enter__()\n"
+        "client = pw.load_model(dispatch=False)  # no weights here, as with NDIF\n"
+        "huggingface._ID_CACHE[client.repo_id] = 'patchwidget/demo-model'\n"
+        f"w = pw.explore(client, {CLEAN!r}, {CORRUPT!r}, answer='Mary', wrong='John', remote=server.url, "
+        "preview=False)\n"
+        "server.queue_seconds = 3\n"
+        "w"
+    )]  # fmt: skip
+    notebook = lab_server.root / "patchwidget_remote.ipynb"
+    nbformat.write(nb, notebook)
+    try:
+        # ?reset: a fresh workspace, without the notebook an earlier test left open
+        page.goto(f"{lab_server.url}/lab/tree/{notebook.name}?reset", wait_until="domcontentloaded")
+        expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(1, timeout=KERNEL_TIMEOUT)
+        wait_kernel_idle(page)
+        run_cell(page, 0)
+        expect(page.locator(f"{WIDGET} [role=grid]")).to_have_count(1, timeout=KERNEL_TIMEOUT)
+        wait_settled(page)
+        check_top_grid(page)
+
+        page.locator(f'{TOP_GRID} .pw-cell[data-row="2"][data-col="9"]').click()
+        status = page.locator(f"{WIDGET} .pw-progress .pw-server-status")
+        expect(status).to_have_text("server: queued (position 1)", timeout=ACTION_TIMEOUT)
+        screenshot(page, ui_output / "widget-remote-queued.png")
+        heads = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Heads of layer 2"]')
+        expect(heads).to_have_count(1, timeout=ACTION_TIMEOUT)
+        wait_settled(page)
+        expect(heads.locator(".pw-cell[role=gridcell]")).to_have_count(N_HEADS * len(TOKENS))
+    except BaseException:
+        try:
+            page.screenshot(path=str(ui_output / "failure-remote.png"), full_page=True, timeout=10_000)
+        except Exception:
+            pass
+        raise
+
+    assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
