@@ -31,6 +31,7 @@ from .engine import (
     _check_choice,
     _indices,
     _write,
+    check_batching,
     fit_budget,
     one_trace_at_a_time,
     summarize,
@@ -139,8 +140,7 @@ def patch_sites(
     prepare_remote(model, remote)
     if not cells:
         raise SettingsError("cells is empty; give at least one Cell to patch")
-    if batch_size < 1:
-        raise SettingsError(f"batch_size must be at least 1, got {batch_size}")
+    check_batching(batch_size, memory_budget)
     prompts = prepare_prompts(model.tokenizer, clean, corrupt, answer=answer, wrong=wrong)
     writes = [_cell_writes(cell, info, prompts.n_pos) for cell in cells]
     rows_prompts, noise = with_noise(model, info, prompts, remote)

@@ -158,8 +158,7 @@ def patch(
     M.check_metric(metric)
     _check_choice(direction, DIRECTIONS, "direction")
     _check_choice(method, METHODS, "method")
-    if batch_size < 1:
-        raise SettingsError(f"batch_size must be at least 1, got {batch_size}")
+    check_batching(batch_size, memory_budget)
     if site == "attn_pattern" and model.config._attn_implementation != "eager":
         raise SettingsError(
             "site 'attn_pattern' reads attention weights, which needs eager attention: load the model "
@@ -208,6 +207,16 @@ def summarize(
         values = M.normalize(values, clean_base, corrupt_base)
         clean_base, corrupt_base = torch.ones_like(clean_base), torch.zeros_like(corrupt_base)
     return values, clean_base, corrupt_base
+
+
+def check_batching(batch_size: Any, memory_budget: Any) -> None:
+    """``batch_size`` a positive integer, ``memory_budget`` None or a positive number of bytes."""
+    if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool) or batch_size < 1:
+        raise SettingsError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
+    if memory_budget is not None and (
+        not isinstance(memory_budget, int | float | np.number) or isinstance(memory_budget, bool) or memory_budget <= 0
+    ):
+        raise SettingsError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
 
 
 def fit_budget(

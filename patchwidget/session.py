@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .circuits import Cell, JointResult, patch_sites
-from .engine import attention_pattern, patch
+from .engine import attention_pattern, check_batching, patch
 from .prompts import Texts, prepare_prompts
 from .remote import prepare_remote, reporting
 from .result import PatchResult
@@ -111,6 +111,7 @@ class Session:
         on_status: Callable[[int, str, str], None] | None = None,
     ) -> None:
         prepare_remote(model, remote)
+        check_batching(batch_size, memory_budget)
         self.model = model
         self.info = model_info(model)
         self.prompts = prepare_prompts(model.tokenizer, clean, corrupt, answer=answer, wrong=wrong)

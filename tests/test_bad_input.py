@@ -45,6 +45,11 @@ CASES = [
     (dict(metric="accuracy"), r"unknown metric 'accuracy'"),
     (dict(method="magic"), r"unknown method 'magic'"),
     (dict(clean=" ".join(["Paris"] * 65), corrupt=" ".join(["Tokyo"] * 65)), r"65 tokens, more than .* 64"),
+    (dict(batch_size=0), r"batch_size must be an integer of at least 1, got 0"),
+    (dict(batch_size="64"), r"batch_size must be an integer of at least 1, got '64'"),
+    (dict(memory_budget="2GB"), r"memory_budget must be a positive number of bytes or None, got '2GB'"),
+    (dict(memory_budget=-1), r"memory_budget must be a positive number of bytes"),
+    (dict(remote=1.5), r"remote must be False, True, 'local' or a server URL, got 1.5"),
 ]  # fmt: skip
 
 
