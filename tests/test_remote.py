@@ -94,11 +94,13 @@ def test_remote_server_gives_local_numbers_in_a_few_requests(demo, client, ndif,
 
 
 @pytest.mark.parametrize("site", [s for s in pw.SITES if s != "resid_pre"])
-def test_every_site_through_a_remote_server(demo, client, ndif, site):
+@pytest.mark.parametrize("method", ["exact", "attribution"])
+def test_every_site_through_a_remote_server(demo, client, ndif, site, method):
     kwargs = {"neurons": [1, 2, 3]} if site == "mlp_neuron" else {}
     for direction in ("denoise", "noise"):
-        local = pw.patch(demo, **TEXTS, site=site, direction=direction, layers=[1, 3], **kwargs)
-        remote = pw.patch(client, **TEXTS, site=site, direction=direction, layers=[1, 3], remote=ndif.url, **kwargs)
+        local = pw.patch(demo, **TEXTS, site=site, direction=direction, method=method, layers=[1, 3], **kwargs)
+        remote = pw.patch(client, **TEXTS, site=site, direction=direction, method=method, layers=[1, 3],
+                          remote=ndif.url, **kwargs)  # fmt: skip
         np.testing.assert_allclose(remote.per_pair, local.per_pair, atol=1e-5)
 
 
