@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import nnsight
@@ -57,7 +56,7 @@ def estimate(
     rows_per_pass: int = 64,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``estimate_rows`` over at most ``rows_per_pass`` prompt rows at a time.
+    """``_estimate_rows`` over at most ``rows_per_pass`` prompt rows at a time.
 
     Rows are independent, so splitting them changes nothing but the memory the
     backward pass holds; ``progress(done, total)`` counts rows.
@@ -66,25 +65,17 @@ def estimate(
     parts = []
     for start in range(0, n, rows_per_pass):
         rows = slice(start, min(start + rows_per_pass, n))
-        part = replace(prompts, clean_ids=prompts.clean_ids[rows], corrupt_ids=prompts.corrupt_ids[rows],
-                       answer_ids=prompts.answer_ids[rows], wrong_ids=prompts.wrong_ids[rows])  # fmt: skip
-        parts.append(estimate_rows(model, info, grid, part, fn, direction, None if noise is None else noise[rows],
-                                   remote))  # fmt: skip
+        row_noise = None if noise is None else noise[rows]
+        parts.append(_estimate_rows(model, info, grid, prompts.rows(rows), fn, direction, row_noise, remote))
         if progress is not None:
             progress(rows.stop, n)
     return tuple(torch.cat(tensors) for tensors in zip(*parts))  # type: ignore[return-value]
 
 
-def estimate_rows(
-    model: Any,
-    info: ModelInfo,
-    grid: Any,
-    prompts: PromptBatch,
-    fn: M.MetricFn,
-    direction: str,
-    noise: torch.Tensor | None = None,
-    remote: bool | str = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _estimate_rows(
+    model: Any, info: ModelInfo, grid: Any, prompts: PromptBatch, fn: M.MetricFn, direction: str,
+    noise: torch.Tensor | None, remote: bool | str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Estimated metric per (pair, cell), plus clean and corrupted last-position logits.
 
     Returns ``(per_pair, clean_logits, corrupt_logits)`` with ``per_pair``

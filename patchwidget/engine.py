@@ -358,14 +358,7 @@ def with_noise(
             noise[pair * spec.samples + sample, positions] = (
                 torch.randn(len(positions), weight.shape[1], generator=gen).to(weight.dtype) * std
             )
-    rows = replace(
-        prompts,
-        clean_ids=prompts.clean_ids.repeat_interleave(spec.samples, 0),
-        corrupt_ids=prompts.corrupt_ids.repeat_interleave(spec.samples, 0),
-        answer_ids=prompts.answer_ids.repeat_interleave(spec.samples, 0),
-        wrong_ids=prompts.wrong_ids.repeat_interleave(spec.samples, 0),
-    )
-    return rows, noise
+    return prompts.rows(torch.arange(prompts.n_pairs).repeat_interleave(spec.samples)), noise
 
 
 def embedding_std(model: Any, info: ModelInfo, remote: bool | str = False) -> float:

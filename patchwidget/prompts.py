@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -49,6 +49,11 @@ class PromptBatch:
     @property
     def n_pos(self) -> int:
         return self.clean_ids.shape[1]
+
+    def rows(self, index: slice | torch.Tensor) -> PromptBatch:
+        """These rows of the token ids (for noise samples or a split into passes); the texts stay the pairs'."""
+        return replace(self, clean_ids=self.clean_ids[index], corrupt_ids=self.corrupt_ids[index],
+                       answer_ids=self.answer_ids[index], wrong_ids=self.wrong_ids[index])  # fmt: skip
 
 
 Texts = str | Sequence[str]

@@ -18,6 +18,10 @@ import contextvars
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import nnsight
+from nnsight.intervention.backends.remote import RemoteBackend
+from nnsight.schema.response import Status
+
 from .sites import PatchwidgetError
 
 StatusListener = Callable[[str, str], None]  # (status, description), e.g. ("QUEUED", "position 3")
@@ -39,8 +43,6 @@ def prepare_remote(model: Any, remote: bool | str) -> None:
         raise RemoteSettingError(f"remote must be False, True, 'local' or a server URL, got {remote!r}")
     if not remote:
         return
-    import nnsight
-
     nnsight.register("patchwidget")
     if remote == "local":
         return
@@ -60,7 +62,7 @@ def trace_kwargs(model: Any, remote: bool | str) -> dict[str, Any]:
     listener = _listener.get()
     if not remote or remote == "local" or listener is None:
         return {"remote": remote}
-    return {"backend": _reporting_backend(model, remote, listener)}
+    return {"backend": ReportingBackend(model, remote, listener)}
 
 
 @contextlib.contextmanager
@@ -78,20 +80,19 @@ def reporting(listener: StatusListener) -> Iterator[None]:
         _listener.reset(token)
 
 
-def _reporting_backend(model: Any, remote: bool | str, listener: StatusListener) -> Any:
-    from nnsight.intervention.backends.remote import RemoteBackend
-    from nnsight.schema.response import Status
+class ReportingBackend(RemoteBackend):
+    """nnsight's remote backend, also telling ``listener`` each status the server sends."""
 
-    class ReportingBackend(RemoteBackend):
-        def note(self, response: Any) -> bool:
-            if response.status is not Status.LOG:
-                listener(response.status.value, response.description or "")
-            return super().note(response)
+    def __init__(self, model: Any, remote: bool | str, listener: StatusListener) -> None:
+        super().__init__(
+            model.to_model_key(),
+            host=remote if isinstance(remote, str) else None,
+            env=model._remoteable_get_env(),  # e.g. a PEFT adapter, as nnsight's own remote path sends it
+        )
+        self.listener = listener
+        self.display.enabled = False  # the listener shows the status instead
 
-    backend = ReportingBackend(
-        model.to_model_key(),
-        host=remote if isinstance(remote, str) else None,
-        env=model._remoteable_get_env(),  # e.g. a PEFT adapter, as nnsight's own remote path sends it
-    )
-    backend.display.enabled = False
-    return backend
+    def note(self, response: Any) -> bool:
+        if response.status is not Status.LOG:
+            self.listener(response.status.value, response.description or "")
+        return super().note(response)
