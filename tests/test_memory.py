@@ -54,18 +54,29 @@ def gpt2_small(tokenizer):
     return pw.load_model(GPT2LMHeadModel(config).eval(), tokenizer=tokenizer)
 
 
-def test_512_token_prompt_stays_under_the_budget(gpt2_small):
+def word_prompts(n_tokens: int, n_pairs: int) -> tuple[list[str], list[str]]:
+    """Long prompts from the demo vocabulary; the first token differs, so no cell is a no-op."""
     words = ["apple", "river", "stone", "cloud", "window", "table", "orange", "forest"]
-    clean = " ".join(words[i % 8] for i in range(512))
-    corrupt = "tiger " + clean.split(" ", 1)[1]  # the first token differs, so no cell is a no-op
-    budget = 400 * 2**20
-    kw = dict(answer="Mary", wrong="John", layers=[6, 11], positions=list(range(488, 512)))
-    result, peak = peak_during(lambda: pw.patch(gpt2_small, clean, corrupt, memory_budget=budget, **kw))
-    assert result.values.shape == (2, 24)
+    clean = [" ".join(words[(i + k) % 8] for i in range(n_tokens)) for k in range(n_pairs)]
+    return clean, ["tiger " + c.split(" ", 1)[1] for c in clean]
+
+
+def check_budget_bounds(patch_with, budget: int):
+    """``patch_with(budget)`` stays under ``budget``, goes over it without one, and gives the same numbers."""
+    result, peak = peak_during(lambda: patch_with(budget))
     assert peak < budget, f"peak {peak / 2**20:.0f} MB over the {budget / 2**20:.0f} MB budget"
-    unbounded, unbounded_peak = peak_during(lambda: pw.patch(gpt2_small, clean, corrupt, **kw))
+    unbounded, unbounded_peak = peak_during(lambda: patch_with(None))
     assert unbounded_peak > budget  # the budget is what kept the first run small
-    torch.testing.assert_close(torch.tensor(result.values), torch.tensor(unbounded.values), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.tensor(result.per_pair), torch.tensor(unbounded.per_pair), atol=1e-4, rtol=0)
+    return result
+
+
+def test_512_token_prompt_stays_under_the_budget(gpt2_small):
+    clean, corrupt = word_prompts(512, 1)
+    kw = dict(answer="Mary", wrong="John", layers=[6, 11], positions=list(range(488, 512)))
+    result = check_budget_bounds(lambda budget: pw.patch(gpt2_small, clean, corrupt, memory_budget=budget, **kw),
+                                 400 * 2**20)  # fmt: skip
+    assert result.values.shape == (2, 24)
 
 
 def test_budget_too_small_fails_before_compute(demo, monkeypatch):
@@ -87,16 +98,9 @@ def test_budget_sets_rows_per_batch(demo):
 
 
 def test_attribution_splits_its_backward_pass_to_stay_under_the_budget(gpt2_small):
-    words = ["apple", "river", "stone", "cloud", "window", "table", "orange", "forest"]
-    clean = [" ".join(words[(i + k) % 8] for i in range(128)) for k in range(4)]
-    corrupt = ["tiger " + c.split(" ", 1)[1] for c in clean]
-    budget = 400 * 2**20
+    clean, corrupt = word_prompts(128, 4)  # four pairs in one backward pass do not fit the budget
     kw = dict(answer=["Mary"] * 4, wrong=["John"] * 4, site="head_out", method="attribution")
-    result, peak = peak_during(lambda: pw.patch(gpt2_small, clean, corrupt, memory_budget=budget, **kw))
-    assert peak < budget, f"peak {peak / 2**20:.0f} MB over the {budget / 2**20:.0f} MB budget"
-    unbounded, unbounded_peak = peak_during(lambda: pw.patch(gpt2_small, clean, corrupt, **kw))
-    assert unbounded_peak > budget  # four pairs in one backward pass do not fit
-    torch.testing.assert_close(torch.tensor(result.per_pair), torch.tensor(unbounded.per_pair), atol=1e-4, rtol=0)
+    check_budget_bounds(lambda budget: pw.patch(gpt2_small, clean, corrupt, memory_budget=budget, **kw), 400 * 2**20)
 
 
 def test_attribution_budget_too_small_for_one_pair_fails_before_compute(demo, monkeypatch):
