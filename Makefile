@@ -2,13 +2,17 @@
 VENV      ?= .venv
 PYTHON    ?= python3
 PY        := $(VENV)/bin/python
-PIP       := $(PY) -m pip install --quiet --constraint constraints.txt
+# Every direct and transitive dependency at the version the tests passed with (make lock refreshes it);
+# make test-latest installs with LOCK=constraints.txt instead: the newest releases pyproject.toml allows.
+LOCK      ?= requirements/lock.txt
+PIP       := $(PY) -m pip install --quiet --constraint $(LOCK)
+PIP_PIN   := pip==26.3
 BUNDLE    := patchwidget/static/widget.js
 JS_SRC    := $(wildcard js/src/*.js js/src/*.css) js/package.json js/package-lock.json
 CHROMIUM  ?= /usr/bin/chromium
 HEADLESS  ?=
 
-.PHONY: demo test test-py test-js lint browser js screenshot clean
+.PHONY: demo test test-latest test-py test-js lint lock browser js screenshot clean
 
 ## make demo: install, then open JupyterLab on the quickstart (HEADLESS=1: write quickstart.png instead)
 demo: $(VENV)/.installed
@@ -22,6 +26,18 @@ endif
 test: $(VENV)/.installed browser
 	cd js && npm test
 	$(PY) -m pytest
+
+## make test-latest: the same tests in .venv-latest, on the newest releases pyproject.toml's ranges allow
+test-latest:
+	rm -rf .venv-latest
+	$(MAKE) test VENV=.venv-latest LOCK=constraints.txt PIP_PIN=pip
+
+## make lock: resolve pyproject.toml (with dev extras) and the build requirements again into requirements/lock.txt
+lock: $(VENV)/.installed
+	$(PY) -m pip install --quiet uv
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --extra dev --constraint constraints.txt \
+		--find-links /opt/wheels --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--annotation-style line --output-file requirements/lock.txt
 
 test-py: $(VENV)/.installed
 	$(PY) -m pytest
@@ -38,13 +54,14 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check patchwidget tests scripts benchmarks
 	$(VENV)/bin/ruff format --check patchwidget tests scripts benchmarks
 
-# The CPU build of torch first, pinned through constraints.txt, so pip never
-# pulls a CUDA build; users with a GPU install their own torch before this.
-$(VENV)/.installed: pyproject.toml constraints.txt $(BUNDLE)
+# The CPU build of torch first, pinned through the lock (and constraints.txt), so pip never
+# pulls a CUDA build; users with a GPU install their own torch before this. The build
+# requirements come from the lock too, hence --no-build-isolation.
+$(VENV)/.installed: pyproject.toml constraints.txt $(LOCK) requirements/build.in $(BUNDLE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip
-	$(PIP) torch
-	SKIP_JUPYTER_BUILDER=1 $(PIP) -e ".[dev]"
+	$(PIP) --upgrade "$(PIP_PIN)"
+	$(PIP) torch -r requirements/build.in
+	SKIP_JUPYTER_BUILDER=1 $(PIP) --no-build-isolation -e ".[dev]"
 	touch $@
 
 js: $(BUNDLE)

@@ -43,13 +43,14 @@ from .sites import (
     ModelInfo,
     PatchwidgetError,
     add_noise,
-    block_output,
     check_site_supported,
+    hidden_states,
     layer_module,
     logits_module,
     model_info,
     module,
     on_input_device,
+    output_form,
     skip_block,
     view,
 )
@@ -305,6 +306,7 @@ class Runs:
     blocks: list[torch.Tensor]  # each block's output, (run, pos, d_model), for skipping unpatched layers
     logits: torch.Tensor  # (run, vocab), last position
     ids: torch.Tensor  # (run, pos)
+    block_form: int = 0  # how the blocks returned their output in these runs (sites.output_form)
 
     @property
     def clean_logits(self) -> torch.Tensor:
@@ -322,6 +324,7 @@ class Runs:
             source={layer: a[src] for layer, a in self.acts.items()},
             target={layer: a[tgt] for layer, a in self.acts.items()},
             target_blocks=[b[tgt] for b in self.blocks],
+            block_form=self.block_form,
             target_logits=self.logits[tgt],
             target_ids=self.ids[tgt],
             clean_logits=self.clean_logits,
@@ -334,6 +337,7 @@ class Directed:
     source: dict[int, torch.Tensor]  # (pair, pos, unit, width)
     target: dict[int, torch.Tensor]
     target_blocks: list[torch.Tensor]  # (pair, pos, d_model)
+    block_form: int  # how the blocks returned their output in the target run (sites.output_form)
     target_logits: torch.Tensor  # (pair, vocab)
     target_ids: torch.Tensor  # (pair, pos)
     clean_logits: torch.Tensor  # (pair, vocab)
@@ -394,14 +398,17 @@ def run_cache(
     ids = torch.cat([prompts.clean_ids, prompts.corrupt_ids])
     with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=1):
         acts, blocks = nnsight.save({}), nnsight.save([])  # made inside: only saved values come back from a server
+        form = nnsight.save([0])
         add_noise(model, info, noise, slice(prompts.n_pairs, None))
         for layer in range(max(grid.layers) + 1):
             if layer in grid.layers:
                 acts[layer] = view(model, info, grid.site, layer).detach().clone().save()
             if layer < max(grid.layers):
-                blocks.append(block_output(layer_module(model, info, layer), info).detach().clone().save())
+                out = layer_module(model, info, layer).output
+                form[0] = output_form(out)  # observed, to skip blocks in the patched runs in the same form
+                blocks.append(hidden_states(out).detach().clone().save())
         logits = logits_module(model, info).output[:, -1].detach().save()
-    return Runs(prompts.n_pairs, dict(acts), list(blocks), logits, ids)
+    return Runs(prompts.n_pairs, dict(acts), list(blocks), logits, ids, form[0])
 
 
 def patched_metric(
@@ -450,7 +457,7 @@ def patched_metric(
         ):
             add_noise(model, info, None if runs.target_noise is None else runs.target_noise[pairs], slice(None))
             for layer in range(lowest):
-                skip_block(layer_module(model, info, layer), info, runs.target_blocks[layer][pairs])
+                skip_block(layer_module(model, info, layer), runs.block_form, runs.target_blocks[layer][pairs])
             for layer, (r, p, u, values) in writes.items():
                 _write(model, info, grid.site, layer, r, p, u, values)
             logits = logits_module(model, info).output[:, -1].detach().save()

@@ -89,7 +89,6 @@ class Arch:
     q: str
     k: str = ""
     v: str = ""
-    block_output_tuple: bool = False  # the block returns (hidden_states, ...) rather than a tensor
 
 
 _LLAMA = Arch(
@@ -114,7 +113,7 @@ ARCHITECTURES: dict[str, Arch] = {
     "gptj": Arch(
         layers="transformer.h", final_norm="transformer.ln_f", unembed="lm_head", embed="transformer.wte",
         attn="attn", mlp="mlp", ln_mid=None, attn_proj_out="attn.out_proj", mlp_proj_out="mlp.fc_out",
-        qkv="split", q="attn.q_proj", k="attn.k_proj", v="attn.v_proj", block_output_tuple=True,
+        qkv="split", q="attn.q_proj", k="attn.k_proj", v="attn.v_proj",
     ),
     "llama": _LLAMA,
     "qwen2": _LLAMA,
@@ -266,17 +265,17 @@ def raw(model: Any, info: ModelInfo, site: str, layer: int) -> torch.Tensor:
     if site == "resid_mid":
         return at(arch.ln_mid).input
     if site == "resid_post":
-        return block_output(at(""), info)
+        return block_output(at(""))
     if site == "attn_out":
-        return at(arch.attn).output[0]
+        return hidden_states(at(arch.attn).output)
     if site == "mlp_out":
-        return at(arch.mlp).output
+        return hidden_states(at(arch.mlp).output)
     if site == "head_out":
         return at(arch.attn_proj_out).input
     if site == "mlp_neuron":
         return at(arch.mlp_proj_out).input
     if site == "attn_pattern":
-        return at(arch.attn).output[1]  # (batch, head, q_pos, k_pos)
+        return attention_weights(at(arch.attn).output)  # (batch, head, q_pos, k_pos)
     if site in ("head_q", "head_k", "head_v"):
         path = (arch.q, arch.k, arch.v)["qkv".index(site[-1])] if arch.qkv == "split" else arch.q
         return at(path).output
@@ -308,15 +307,43 @@ def _split_heads(x: torch.Tensor, d_head: int) -> torch.Tensor:
     return x.view(*x.shape[:-1], x.shape[-1] // d_head, d_head)  # (batch, pos, head, d_head)
 
 
-def block_output(block: Any, info: ModelInfo) -> torch.Tensor:
-    """The hidden states a block returns (some architectures return a tuple)."""
-    out = block.output
-    return out[0] if info.arch.block_output_tuple else out
+# Whether a module returns a tensor or a tuple is an internal of transformers that changes between
+# releases (GPT-J's blocks returned tuples until 5.24, tensors since), so nothing below declares it:
+# every read looks at what the module returned in this very run.
 
 
-def skip_block(block: Any, info: ModelInfo, hidden: torch.Tensor) -> None:
-    """Inside a trace: do not run ``block``; use ``hidden`` as its output."""
-    block.skip((hidden, None) if info.arch.block_output_tuple else hidden)
+def hidden_states(out: Any) -> torch.Tensor:
+    """The hidden states in a module's output: the output itself, or its first element if it is a tuple."""
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+def output_form(out: Any) -> int:
+    """How a module returned its output: 0 for a bare tensor, else the length of its tuple."""
+    return len(out) if isinstance(out, tuple | list) else 0
+
+
+def attention_weights(out: Any) -> torch.Tensor:
+    """The attention weights an attention module returns beside its output, ``(batch, head, q, k)``."""
+    if not isinstance(out, tuple | list) or len(out) < 2 or not isinstance(out[1], torch.Tensor):
+        raise UnsupportedModelError(
+            "this model's attention module does not return its attention weights, so 'attn_pattern' cannot be "
+            "read; load it with attn_implementation='eager'"
+        )
+    return out[1]
+
+
+def block_output(block: Any) -> torch.Tensor:
+    """Inside a trace: the hidden states ``block`` returned, whatever form it returned them in."""
+    return hidden_states(block.output)
+
+
+def skip_block(block: Any, form: int, hidden: torch.Tensor) -> None:
+    """Inside a trace: do not run ``block``; use ``hidden`` as its output.
+
+    ``form`` is what ``output_form`` saw the same model's blocks return (a tuple's
+    trailing entries, caches or attention weights, are not used by the next block).
+    """
+    block.skip((hidden,) + (None,) * (form - 1) if form else hidden)
 
 
 def logits_module(model: Any, info: ModelInfo) -> Any:

@@ -40,28 +40,46 @@ def tokenizer():
 def _tiny(config_cls, model_cls, tokenizer, **extra):
     torch.manual_seed(0)
     config = config_cls(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-        num_attention_heads=4, initializer_range=0.15, attn_implementation="eager", **extra,
-    )  # fmt: skip
-    return pw.load_model(model_cls(config).eval(), tokenizer=tokenizer)
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tokenizer, demo):
-    """Randomly initialised models of each supported architecture family."""
-    return {
-        "gpt2-demo": demo,
-        "gpt_neox": _tiny(GPTNeoXConfig, GPTNeoXForCausalLM, tokenizer, use_parallel_residual=True),
-        "llama": _tiny(LlamaConfig, LlamaForCausalLM, tokenizer, num_key_value_heads=4),
-        "qwen2-gqa": _tiny(Qwen2Config, Qwen2ForCausalLM, tokenizer, num_key_value_heads=2),
-        "mistral-gqa": _tiny(MistralConfig, MistralForCausalLM, tokenizer, num_key_value_heads=2),
-        "gemma-gqa": _tiny(GemmaConfig, GemmaForCausalLM, tokenizer, num_key_value_heads=1, head_dim=8),
-        "gptj": _gptj(tokenizer),
-    }
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        initializer_range=0.15,
+        attn_implementation="eager",
+        **extra,
+    )
+    return model_cls(config).eval()
 
 
 def _gptj(tokenizer):
     torch.manual_seed(0)
-    config = GPTJConfig(vocab_size=len(tokenizer), n_embd=64, n_layer=3, n_head=4, n_positions=64, rotary_dim=8,
-                        initializer_range=0.15, attn_implementation="eager")  # fmt: skip
-    return pw.load_model(GPTJForCausalLM(config).eval(), tokenizer=tokenizer)
+    config = GPTJConfig(
+        vocab_size=len(tokenizer),
+        n_embd=64,
+        n_layer=3,
+        n_head=4,
+        n_positions=64,
+        rotary_dim=8,
+        initializer_range=0.15,
+        attn_implementation="eager",
+    )
+    return GPTJForCausalLM(config).eval()
+
+
+# Randomly initialised Hugging Face models of each supported architecture family, built the same way on each call.
+TINY = {
+    "gpt_neox": lambda tok: _tiny(GPTNeoXConfig, GPTNeoXForCausalLM, tok, use_parallel_residual=True),
+    "llama": lambda tok: _tiny(LlamaConfig, LlamaForCausalLM, tok, num_key_value_heads=4),
+    "qwen2-gqa": lambda tok: _tiny(Qwen2Config, Qwen2ForCausalLM, tok, num_key_value_heads=2),
+    "mistral-gqa": lambda tok: _tiny(MistralConfig, MistralForCausalLM, tok, num_key_value_heads=2),
+    "gemma-gqa": lambda tok: _tiny(GemmaConfig, GemmaForCausalLM, tok, num_key_value_heads=1, head_dim=8),
+    "gptj": _gptj,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tokenizer, demo):
+    """Wrapped tiny models of every architecture family, and the bundled GPT-2 demo model."""
+    models = {name: pw.load_model(build(tokenizer), tokenizer=tokenizer) for name, build in TINY.items()}
+    return {"gpt2-demo": demo, **models}

@@ -156,7 +156,8 @@ def reference_patch(model, source_ids, target_ids, site, layers, units, position
     """
     groups = [[p] for p in positions] if by_position else [list(positions)]
     out = torch.empty(len(layers), len(units), len(groups), model.config.vocab_size)
-    if site == "attn_pattern" and model.config.model_type == "gptj":
+    if site == "attn_pattern" and model.config.model_type == "gptj" and hasattr(model.transformer.h[0].attn, "_attn"):
+        # GPT-J before transformers 5.24 computed attention in its own _attn, not through the interface
         return _reference_pattern_gptj(model, source_ids, target_ids, layers, units, groups, out)
     if site == "attn_pattern":
         model.set_attn_implementation("ref_eager")
