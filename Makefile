@@ -22,8 +22,8 @@ else
 	$(VENV)/bin/jupyter lab examples/quickstart.ipynb
 endif
 
-## make test: install with dev extras, then run every test (Python, JavaScript, browser)
-test: $(VENV)/.installed browser
+## make test: install with dev extras, then lint and run every test (Python, JavaScript, browser)
+test: $(VENV)/.installed browser lint
 	cd js && npm test
 	$(PY) -m pytest
 
@@ -50,9 +50,11 @@ screenshot: $(VENV)/.installed browser
 	$(PY) -m pytest tests/ui -q
 	mkdir -p docs && cp test-output/ui/widget-heads.png docs/widget.png
 
-lint: $(VENV)/.installed
+## make lint: ruff (lint and format check) on the Python, biome on js/
+lint: $(VENV)/.installed js/node_modules/.installed
 	$(VENV)/bin/ruff check patchwidget tests scripts benchmarks
 	$(VENV)/bin/ruff format --check patchwidget tests scripts benchmarks
+	cd js && npm run lint
 
 # The CPU build of torch first, pinned through the lock (and constraints.txt), so pip never
 # pulls a CUDA build; users with a GPU install their own torch before this. The build

@@ -38,13 +38,18 @@ def ranks(x: np.ndarray) -> np.ndarray:
 def main() -> None:
     model = pw.load_model()
     pairs = demo_data.ioi_pairs(8, seed=7)
-    texts = dict(clean=[p.clean for p in pairs], corrupt=[p.corrupt for p in pairs],
-                 answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs])  # fmt: skip
+    texts = dict(
+        clean=[p.clean for p in pairs],
+        corrupt=[p.corrupt for p in pairs],
+        answer=[p.answer for p in pairs],
+        wrong=[p.wrong for p in pairs],
+    )
     print("| site | cells | Spearman | Pearson | exact top-5 recovered |\n|---|---:|---:|---:|---:|")
     for site, extra in SITES:
         exact = pw.patch(model, **texts, site=site, metric="logit_diff_norm", **extra).values.ravel()
-        estimate = pw.patch(model, **texts, site=site, metric="logit_diff_norm", method="attribution",
-                            **extra).values.ravel()  # fmt: skip
+        estimate = pw.patch(
+            model, **texts, site=site, metric="logit_diff_norm", method="attribution", **extra
+        ).values.ravel()
         spearman = np.corrcoef(ranks(exact), ranks(estimate))[0, 1]
         pearson = np.corrcoef(exact, estimate)[0, 1]
         top = set(np.argsort(-np.abs(exact))[:5]) & set(np.argsort(-np.abs(estimate))[:5])

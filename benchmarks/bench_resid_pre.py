@@ -71,9 +71,21 @@ def heap_bytes() -> int:
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]  # fmt: skip
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 _LIBC = ctypes.CDLL("libc.so.6")
@@ -149,8 +161,9 @@ def transformer_lens(folder, hf, tokenizer, clean_ids, corrupt_ids):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corrupt", choices=("one", "all"), default="one",
-                        help="one token differs (like IOI) or every token differs")  # fmt: skip
+    parser.add_argument(
+        "--corrupt", choices=("one", "all"), default="one", help="one token differs (like IOI) or every token differs"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-naive", action="store_true", help="leave out the slow naive loop")
     args = parser.parse_args()
@@ -183,9 +196,11 @@ def main() -> None:
     )
     rows.append(("patchwidget head_out grid of one layer (12 x 15)", t, mem))
 
-    print(f"\nGPT-2-small shape (12 layers, d_model 768, vocab 50257, random weights), {N_POS} tokens, "
-          f"corrupted tokens: {args.corrupt}; {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")  # fmt: skip
+    print(
+        f"\nGPT-2-small shape (12 layers, d_model 768, vocab 50257, random weights), {N_POS} tokens, "
+        f"corrupted tokens: {args.corrupt}; {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
     print("exact grids agree with TransformerLens" + ("" if args.skip_naive else " and the naive loop") + " to 1e-4")
     corr = np.corrcoef(attr.ravel(), grid.ravel())[0, 1]
     print(f"attribution vs exact resid_pre: Pearson r = {corr:.3f} (the residual stream, where it is known to be poor)")

@@ -9,36 +9,61 @@ Example:
 """
 
 from . import demo_data
-from .circuits import Cell, JointResult, patch_sites
-from .engine import patch
+from .circuits import JointResult, patch_sites
+from .engine import DIRECTIONS, METHODS, patch
+from .errors import (
+    MemoryBudgetError,
+    MessageError,
+    MetricError,
+    ModelLoadError,
+    PatchwidgetError,
+    PromptError,
+    RemoteSettingError,
+    ResultFileError,
+    SettingsError,
+    UnknownMetricError,
+    UnknownSiteError,
+    UnsupportedModelError,
+)
+from .grid import Cell
 from .metrics import METRICS
 from .models import DEMO_MODEL_DIR, load_model
-from .prompts import Noise, PromptError, noise
-from .result import PatchResult, ResultFileError
-from .sites import SITES, Arch, PatchwidgetError, UnknownSiteError, UnsupportedModelError, register_architecture
+from .prompts import Noise, noise
+from .result import PatchResult
+from .sites import SITES, Arch, register_architecture
 from .widget import PatchWidget, explore
 
+# The public names, sorted: classes and constants, then functions and modules.
 __all__ = [
     "DEMO_MODEL_DIR",
+    "DIRECTIONS",
+    "METHODS",
     "METRICS",
     "SITES",
-    "PatchResult",
-    "PatchwidgetError",
-    "PromptError",
-    "ResultFileError",
-    "UnknownSiteError",
-    "UnsupportedModelError",
-    "load_model",
-    "register_architecture",
     "Arch",
-    "noise",
-    "Noise",
-    "patch",
-    "patch_sites",
     "Cell",
     "JointResult",
+    "MemoryBudgetError",
+    "MessageError",
+    "MetricError",
+    "ModelLoadError",
+    "Noise",
+    "PatchResult",
+    "PatchWidget",
+    "PatchwidgetError",
+    "PromptError",
+    "RemoteSettingError",
+    "ResultFileError",
+    "SettingsError",
+    "UnknownMetricError",
+    "UnknownSiteError",
+    "UnsupportedModelError",
     "demo_data",
     "explore",
-    "PatchWidget",
+    "load_model",
+    "noise",
+    "patch",
+    "patch_sites",
+    "register_architecture",
 ]
 __version__ = "0.1.0"

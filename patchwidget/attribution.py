@@ -25,6 +25,7 @@ import nnsight
 import torch
 
 from . import metrics as M
+from .grid import Grid
 from .prompts import PromptBatch
 from .remote import trace_kwargs
 from .sites import ModelInfo, add_noise, logits_module, on_input_device, raw, reshape
@@ -47,7 +48,7 @@ def note(site: str, layers: list[int]) -> str:
 def estimate(
     model: Any,
     info: ModelInfo,
-    grid: Any,
+    grid: Grid,
     prompts: PromptBatch,
     fn: M.MetricFn,
     direction: str,
@@ -73,9 +74,15 @@ def estimate(
 
 
 def _estimate_rows(
-    model: Any, info: ModelInfo, grid: Any, prompts: PromptBatch, fn: M.MetricFn, direction: str,
-    noise: torch.Tensor | None, remote: bool | str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    model: Any,
+    info: ModelInfo,
+    grid: Grid,
+    prompts: PromptBatch,
+    fn: M.MetricFn,
+    direction: str,
+    noise: torch.Tensor | None,
+    remote: bool | str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Estimated metric per (pair, cell), plus clean and corrupted last-position logits.
 
     Returns ``(per_pair, clean_logits, corrupt_logits)`` with ``per_pair``
@@ -102,6 +109,10 @@ def _estimate_rows(
             add_noise(model, info, noise if direction == "denoise" else None, slice(None))
             for layer in grid.layers:
                 acts[layer] = raw(model, info, grid.site, layer)
+                if not acts[layer].requires_grad:
+                    # Frozen weights (requires_grad_(False), as large models are loaded) leave the
+                    # activations out of the graph: the gradient is wanted with respect to them only.
+                    acts[layer].requires_grad_(True)
             logits = logits_module(model, info).output[:, -1]
             clean = source_logits if direction == "denoise" else logits.detach()
             value = fn(logits, answer, wrong, clean)

@@ -35,19 +35,24 @@ OUTPUTS = (".png", ".svg", ".pdf", ".json", ".npz", ".html")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``patchwidget`` command."""
     from .engine import DIRECTIONS
     from .metrics import METRICS
     from .sites import SITES
 
     parser = argparse.ArgumentParser(
-        prog="patchwidget", description="Activation patching of language models.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        prog="patchwidget",
+        description="Activation patching of language models.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
-        "run", help="patch one site over a grid and show or save the result",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        "run",
+        help="patch one site over a grid and show or save the result",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("--clean", help="the clean prompt (default: the bundled IOI example)")
     run.add_argument("--corrupt", help="the corrupted prompt, same number of tokens")
     run.add_argument("--answer", help="the token the clean prompt should predict")
@@ -60,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--by-position", choices=("yes", "no"), help="one cell per token, or all tokens at once")
     run.add_argument("--batch-size", type=int, default=64)
     run.add_argument("--memory-budget", type=float, metavar="MB", help="fit the batches into about this many MB")
-    run.add_argument("--remote", metavar="WHERE",
-                     help="'ndif' (needs an nnsight API key), 'local' (simulated here) or a server URL")  # fmt: skip
+    run.add_argument(
+        "--remote", metavar="WHERE", help="'ndif' (needs an nnsight API key), 'local' (simulated here) or a server URL"
+    )
     run.add_argument("--out", type=Path, help=f"write the result: {', '.join(OUTPUTS)}")
     return parser
 
@@ -86,6 +92,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for bad input, with one line saying why)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     prompts = [args.clean, args.corrupt, args.answer, args.wrong]
@@ -98,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from . import load_model, patch
-    from .sites import PatchwidgetError
+    from .errors import PatchwidgetError
 
     remote = {"ndif": True, None: False}.get(args.remote, args.remote)
     on_server = remote is True or (isinstance(remote, str) and remote != "local")
@@ -115,23 +122,41 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             result = patch(
-                model, **texts, site=args.site, metric=args.metric, direction=args.direction,
-                layers=args.layers, by_position=by_position, batch_size=args.batch_size, memory_budget=budget,
-                progress=progress, remote=remote,
-            )  # fmt: skip
+                model,
+                **texts,
+                site=args.site,
+                metric=args.metric,
+                direction=args.direction,
+                layers=args.layers,
+                by_position=by_position,
+                batch_size=args.batch_size,
+                memory_budget=budget,
+                progress=progress,
+                remote=remote,
+            )
         except PatchwidgetError as err:
             bar.close()
             parser.error(str(err).replace("\n", " "))
     if args.out is not None and args.out.suffix == ".html":
-        from .session import TOP_SITES
+        from .levels import TOP_SITES
         from .widget import PatchWidget
 
         if args.site not in TOP_SITES or by_position is not None or args.layers is not None:
-            parser.error(f"--out .html draws the interactive grid, which starts from one of {', '.join(TOP_SITES)} "
-                         "over all layers; leave out --layers and --by-position")  # fmt: skip
-        widget = PatchWidget(model, **texts, site=args.site, metric=args.metric, direction=args.direction,
-                             batch_size=args.batch_size, memory_budget=budget, preview=False,
-                             remote=remote)  # fmt: skip
+            parser.error(
+                f"--out .html draws the interactive grid, which starts from one of {', '.join(TOP_SITES)} "
+                "over all layers; leave out --layers and --by-position"
+            )
+        widget = PatchWidget(
+            model,
+            **texts,
+            site=args.site,
+            metric=args.metric,
+            direction=args.direction,
+            batch_size=args.batch_size,
+            memory_budget=budget,
+            preview=False,
+            remote=remote,
+        )
         widget.save_html(args.out)
         widget.close()
     elif args.out is None:

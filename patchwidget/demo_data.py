@@ -32,13 +32,31 @@ PLACES = "store park school office garden station market beach".split()
 OBJECTS = "drink book ring ball letter gift key flower".split()
 VERBS = "gave handed passed sent".split()
 COUNTRIES = {
-    "France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid",
-    "Germany": "Berlin", "Egypt": "Cairo", "Russia": "Moscow", "China": "Beijing",
-    "India": "Delhi", "Kenya": "Nairobi", "Peru": "Lima", "Greece": "Athens",
-    "Norway": "Oslo", "Cuba": "Havana", "Canada": "Ottawa", "Ireland": "Dublin",
-    "Poland": "Warsaw", "Austria": "Vienna", "Portugal": "Lisbon", "Chile": "Santiago",
-    "Sweden": "Stockholm", "Turkey": "Ankara", "Thailand": "Bangkok", "Cyprus": "Nicosia",
-}  # fmt: skip
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Germany": "Berlin",
+    "Egypt": "Cairo",
+    "Russia": "Moscow",
+    "China": "Beijing",
+    "India": "Delhi",
+    "Kenya": "Nairobi",
+    "Peru": "Lima",
+    "Greece": "Athens",
+    "Norway": "Oslo",
+    "Cuba": "Havana",
+    "Canada": "Ottawa",
+    "Ireland": "Dublin",
+    "Poland": "Warsaw",
+    "Austria": "Vienna",
+    "Portugal": "Lisbon",
+    "Chile": "Santiago",
+    "Sweden": "Stockholm",
+    "Turkey": "Ankara",
+    "Thailand": "Bangkok",
+    "Cyprus": "Nicosia",
+}
 FACT_PREFIXES = (
     "The capital of",
     "As everyone knows , the capital of",
@@ -87,10 +105,12 @@ def vocabulary() -> list[str]:
 
 # Held-out splits: fixed combinations never shown in training.
 def is_held_out_ioi(a: str, b: str) -> bool:
+    """Whether the IOI name pair (a, b) is one that training never saw."""
     return (NAMES.index(a) * 7 + NAMES.index(b) * 3) % 10 == 0
 
 
 def is_held_out_fact(prefix: str, country: str) -> bool:
+    """Whether the factual-recall prompt (prefix, country) is one that training never saw."""
     return (FACT_PREFIXES.index(prefix) + list(COUNTRIES).index(country)) % 5 == 0
 
 
@@ -182,9 +202,8 @@ def fact_pairs(n: int, seed: int = 0) -> list[PromptPair]:
     for _ in range(n):
         c1, c2 = rng.sample(list(COUNTRIES), 2)
         pairs.append(
-            PromptPair(f"The capital of {c1} is", f"The capital of {c2} is",
-                       answer=COUNTRIES[c1], wrong=COUNTRIES[c2])
-        )  # fmt: skip
+            PromptPair(f"The capital of {c1} is", f"The capital of {c2} is", answer=COUNTRIES[c1], wrong=COUNTRIES[c2])
+        )
     return pairs
 
 

@@ -2,15 +2,19 @@
 
 The whole algorithm, in three steps:
 
-1. **Cache.** One trace over the clean and corrupted prompts records the site's
-   activation at every requested layer, and the metric's baselines.
-2. **Patch.** Every cell of the grid (a layer, maybe a head or neuron, maybe a
-   position) becomes one row of a batch: a copy of the *target* prompt (the
-   corrupted one when denoising) whose activation at that cell is overwritten
-   with the *source* run's cached value. Many rows run in one forward pass,
-   ``batch_size`` rows at a time.
+1. **Cache.** Traces over the clean and corrupted prompts record the activations
+   every patched copy will need, each block's output, and the metric's baselines.
+2. **Patch.** Every patched copy becomes one row of a batch: a copy of the
+   *target* prompt (the corrupted one when denoising) whose activations at its
+   cells are overwritten with the *source* run's cached values. Many rows run in
+   one forward pass, ``batch_size`` rows at a time.
 3. **Measure.** The metric reads each row's logits at the last position; the
    per-pair values and their mean go into a ``PatchResult``.
+
+``patch`` (one site over a grid, one cell per row) and ``circuits.patch_sites``
+(chosen cells alone and together) are clients of the same pieces: ``prepare``
+(the one validation preamble), ``cached_runs`` (step 1) and ``patched_metric``
+(steps 2 and 3).
 
 Example:
     >>> from patchwidget import load_model, patch
@@ -24,9 +28,10 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nnsight
@@ -35,13 +40,13 @@ import torch
 
 from . import attribution, memory
 from . import metrics as M
+from .errors import SettingsError
+from .grid import READ_ORDER, WRITE_ORDER, Grid, Write, check_choice, indices, make_grid
 from .prompts import Noise, PromptBatch, Texts, prepare_prompts
 from .remote import prepare_remote, trace_kwargs
 from .result import PatchResult
 from .sites import (
-    SITES,
     ModelInfo,
-    PatchwidgetError,
     add_noise,
     check_site_supported,
     hidden_states,
@@ -65,52 +70,128 @@ F = TypeVar("F", bound=Callable[..., Any])
 _TRACE_LOCK = threading.RLock()
 
 
-def one_trace_at_a_time(fn: F) -> F:
-    """Run ``fn`` under the lock that keeps traces from different threads apart."""
+def entry_point(fn: F) -> F:
+    """Run ``fn(model, ...)`` under the trace lock, with the model in eval mode.
+
+    Dropout in ``train()`` mode would make every patched copy differ at random;
+    the model's own mode is put back afterwards, even after an error.
+    """
 
     @functools.wraps(fn)
-    def locked(*args: Any, **kwargs: Any) -> Any:
+    def locked(model: Any, *args: Any, **kwargs: Any) -> Any:
         with _TRACE_LOCK:
-            return fn(*args, **kwargs)
+            torch_module = getattr(model, "_module", None)
+            modes = [(m, m.training) for m in torch_module.modules()] if torch_module is not None else []
+            if torch_module is not None:
+                torch_module.eval()
+            try:
+                return fn(model, *args, **kwargs)
+            finally:
+                for m, training in modes:
+                    m.training = training
 
     return locked  # type: ignore[return-value]
 
 
-class SettingsError(PatchwidgetError):
-    """A setting (direction, method, layers, heads, ...) is not valid."""
+# --- the one validation preamble ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Grid:
-    """The cells to patch: every combination of layer, unit and position."""
+class Request:
+    """A validated request: the model's shapes, the tokenized pairs and the settings."""
 
-    site: str
-    layers: list[int]
-    units: list[int]  # heads or neurons; [0] for sites with one unit per layer
-    positions: list[int]
-    by_position: bool
-    kv_heads: bool = False  # head_k/head_v under grouped-query attention index key-value heads
-
-    @property
-    def unit(self) -> str | None:
-        return "kv_head" if self.kv_heads else SITES[self.site].unit
-
-    @property
-    def dims(self) -> tuple[str, ...]:
-        return ("layer",) + ((self.unit,) if self.unit else ()) + (("pos",) if self.by_position else ())
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        sizes = {"layer": len(self.layers), "pos": len(self.positions)}
-        return tuple(sizes.get(d, len(self.units)) for d in self.dims)
-
-    def cells(self) -> list[tuple[int, int, tuple[int, ...]]]:
-        """(layer, unit, positions) per cell, in the order of ``shape``."""
-        pos_groups = [(p,) for p in self.positions] if self.by_position else [tuple(self.positions)]
-        return [(layer, unit, ps) for layer in self.layers for unit in self.units for ps in pos_groups]
+    info: ModelInfo
+    prompts: PromptBatch
+    fn: M.MetricFn
+    metric: M.Metric
+    direction: str
+    method: str
+    batch_size: int
+    memory_budget: float | None
+    remote: bool | str
 
 
-@one_trace_at_a_time
+def prepare(
+    model: Any,
+    clean: Texts,
+    corrupt: Texts | Noise,
+    *,
+    answer: Texts,
+    wrong: Texts,
+    sites: Iterable[str],
+    metric: M.Metric,
+    direction: str,
+    method: str = "exact",
+    batch_size: int = 64,
+    memory_budget: float | None = None,
+    remote: bool | str = False,
+) -> Request:
+    """Check everything a patching request depends on, before any forward pass.
+
+    Every entry point (``patch``, ``patch_sites``) starts here, so a check added
+    here protects all of them.
+    """
+    info = model_info(model)
+    for site in sites:
+        check_site_supported(site, info)
+        if site == "attn_pattern" and model.config._attn_implementation != "eager":
+            raise SettingsError(
+                "site 'attn_pattern' reads attention weights, which needs eager attention: load the model "
+                "with attn_implementation='eager' (patchwidget.load_model does this by default)"
+            )
+    prepare_remote(model, remote)
+    fn = M.resolve(metric, vocab=model.config.vocab_size)
+    check_choice(direction, DIRECTIONS, "direction")
+    check_choice(method, METHODS, "method")
+    check_batching(batch_size, memory_budget)
+    if method == "attribution" and torch.is_inference_mode_enabled():
+        raise SettingsError(
+            "method='attribution' takes gradients, which torch.inference_mode() forbids: call patch outside "
+            "that block, or use method='exact'"
+        )
+    prompts = prepare_prompts(
+        model.tokenizer, clean, corrupt, answer=answer, wrong=wrong, max_len=context_length(model)
+    )
+    return Request(info, prompts, fn, metric, direction, method, int(batch_size), memory_budget, remote)
+
+
+def check_batching(batch_size: Any, memory_budget: Any) -> None:
+    """``batch_size`` a positive integer, ``memory_budget`` None or a positive, finite number of bytes."""
+    if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool) or batch_size < 1:
+        raise SettingsError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
+    if memory_budget is not None and (
+        not isinstance(memory_budget, int | float | np.number)
+        or isinstance(memory_budget, bool)
+        or not math.isfinite(memory_budget)
+        or memory_budget <= 0
+    ):
+        raise SettingsError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
+
+
+def context_length(model: Any) -> int | None:
+    """The model's context length from its config, or None where the config does not say."""
+    config = model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def fit_budget(model: Any, request: Request, sites: Iterable[str], rows: PromptBatch) -> int:
+    """Rows per forward pass under the request's memory budget, for patching ``sites``; checked before compute."""
+    budget, batch_size, info = request.memory_budget, request.batch_size, request.info
+    if budget is None:
+        return batch_size
+    dtype_bytes = next(iter(model._module.parameters())).element_size()
+    widths = {"mlp_neuron": info.d_mlp, "attn_pattern": info.n_heads * rows.n_pos}
+    width = max(widths.get(site, info.d_model) for site in sites)
+    vocab = model.config.vocab_size
+    if request.method == "attribution":
+        return memory.attribution_rows(budget, batch_size, info, rows.n_pos, vocab, dtype_bytes, width)
+    return memory.rows_per_batch(budget, batch_size, info, rows.n_pos, vocab, dtype_bytes, 2 * rows.n_pairs, width)
+
+
+# --- patch: one site over a grid -----------------------------------------------------------------
+
+
+@entry_point
 def patch(
     model: Any,
     clean: Texts,
@@ -153,46 +234,51 @@ def patch(
         >>> r.dims
         ('layer', 'head')
     """
-    info = model_info(model)
-    check_site_supported(site, info)
-    prepare_remote(model, remote)
-    M.check_metric(metric)
-    _check_choice(direction, DIRECTIONS, "direction")
-    _check_choice(method, METHODS, "method")
-    check_batching(batch_size, memory_budget)
-    if site == "attn_pattern" and model.config._attn_implementation != "eager":
-        raise SettingsError(
-            "site 'attn_pattern' reads attention weights, which needs eager attention: load the model "
-            "with attn_implementation='eager' (patchwidget.load_model does this by default)"
-        )
-    prompts = prepare_prompts(
-        model.tokenizer, clean, corrupt, answer=answer, wrong=wrong, max_len=_context_length(model)
+    request = prepare(
+        model,
+        clean,
+        corrupt,
+        answer=answer,
+        wrong=wrong,
+        sites=[site],
+        metric=metric,
+        direction=direction,
+        method=method,
+        batch_size=batch_size,
+        memory_budget=memory_budget,
+        remote=remote,
     )
+    info, prompts = request.info, request.prompts
     grid = make_grid(info, site, prompts.n_pos, layers, positions, heads, neurons, by_position)
-
-    fn = M.resolve(metric)
     rows, noise = with_noise(model, info, prompts, remote)
-    batch_size = fit_budget(model, info, {grid.site}, rows, method, batch_size, memory_budget)
+    per_pass = fit_budget(model, request, {grid.site}, rows)
     if method == "attribution":
         per_row, clean_logits, corrupt_logits = attribution.estimate(
-            model, info, grid, rows, fn, direction, noise, remote, batch_size, progress
+            model, info, grid, rows, request.fn, direction, noise, remote, per_pass, progress
         )
     else:
         with torch.no_grad():
-            runs = cached_runs(runs_cache, model, info, grid, rows, noise, remote)
+            runs = cached_runs(runs_cache, model, info, {grid.site: grid.layers}, rows, noise, remote, per_pass)
+            copies = [(pair, (cell,)) for pair in range(rows.n_pairs) for cell in grid.cells()]
             directed = runs.directed(direction, noise)
-            per_row = patched_metric(model, info, grid, directed, rows, fn, batch_size, progress, remote)
+            per_row = patched_metric(model, info, directed, copies, rows, request.fn, per_pass, progress, remote)
         per_row = per_row.view(rows.n_pairs, *grid.shape)
         clean_logits, corrupt_logits = runs.clean_logits, runs.corrupt_logits
-    per_pair, clean_base, corrupt_base = summarize(per_row, rows, prompts.n_pairs, fn, metric, clean_logits,
-                                                   corrupt_logits)  # fmt: skip
-    return _result(model, grid, prompts, per_pair, clean_base, corrupt_base, metric, direction, method)
+    per_pair, clean_base, corrupt_base = summarize(
+        per_row, rows, prompts.n_pairs, request.fn, metric, clean_logits, corrupt_logits
+    )
+    return _result(model, grid, prompts, per_pair, clean_base, corrupt_base, request)
 
 
 def summarize(
-    values: torch.Tensor, rows: PromptBatch, n_pairs: int, fn: M.MetricFn, metric: M.Metric,
-    clean_logits: torch.Tensor, corrupt_logits: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    values: torch.Tensor,
+    rows: PromptBatch,
+    n_pairs: int,
+    fn: M.MetricFn,
+    metric: M.Metric,
+    clean_logits: torch.Tensor,
+    corrupt_logits: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair values and baselines from per-row ones, ``values`` being ``(row, ...)``.
 
     Noise samples are rows of their own, so every number is their mean; then
@@ -210,138 +296,7 @@ def summarize(
     return values, clean_base, corrupt_base
 
 
-def check_batching(batch_size: Any, memory_budget: Any) -> None:
-    """``batch_size`` a positive integer, ``memory_budget`` None or a positive number of bytes."""
-    if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool) or batch_size < 1:
-        raise SettingsError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
-    if memory_budget is not None and (
-        not isinstance(memory_budget, int | float | np.number) or isinstance(memory_budget, bool) or memory_budget <= 0
-    ):
-        raise SettingsError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
-
-
-def fit_budget(
-    model: Any, info: ModelInfo, sites: set[str], rows: PromptBatch, method: str, batch_size: int,
-    budget: int | None,
-) -> int:  # fmt: skip
-    """Rows per forward pass under ``budget`` bytes, for patching ``sites``; checked before any compute."""
-    if budget is None:
-        return batch_size
-    dtype_bytes = next(iter(model._module.parameters())).element_size()
-    widths = {"mlp_neuron": info.d_mlp, "attn_pattern": info.n_heads * rows.n_pos}
-    width = max(widths.get(site, info.d_model) for site in sites)
-    vocab = model.config.vocab_size
-    if method == "attribution":
-        return memory.attribution_rows(budget, batch_size, info, rows.n_pos, vocab, dtype_bytes, width)
-    return memory.rows_per_batch(budget, batch_size, info, rows.n_pos, vocab, dtype_bytes, 2 * rows.n_pairs, width)
-
-
-def make_grid(
-    info: ModelInfo,
-    site: str,
-    n_pos: int,
-    layers: Sequence[int] | None,
-    positions: Sequence[int] | None,
-    heads: Sequence[int] | None,
-    neurons: Sequence[int] | None,
-    by_position: bool | None,
-) -> Grid:
-    """Check the narrowing arguments and build the grid of cells."""
-    unit = SITES[site].unit
-    for name, given, wanted in (("heads", heads, "head"), ("neurons", neurons, "neuron")):
-        if given is not None and unit != wanted:
-            raise SettingsError(f"{name}={list(given)!r} does not apply to site {site!r}, which has no {wanted} axis")
-    n_units = info.n_units(site)
-    kv_heads = site in ("head_k", "head_v") and info.n_kv_heads != info.n_heads
-    unit_label = "key-value heads" if kv_heads else unit
-    return Grid(
-        site=site,
-        layers=_indices(layers, info.n_layers, "layers", "layers"),
-        units=_indices(heads if unit == "head" else neurons, n_units, unit or "unit", f"{unit_label}s")
-        if unit
-        else [0],
-        positions=_indices(positions, n_pos, "positions", "tokens in the prompts", negative_ok=True),
-        by_position=SITES[site].by_position if by_position is None else bool(by_position),
-        kv_heads=kv_heads,
-    )
-
-
-def _indices(given: Sequence[int] | None, size: int, name: str, what: str, negative_ok: bool = False) -> list[int]:
-    if given is None:
-        return list(range(size))
-    if isinstance(given, int | np.integer):
-        given = [int(given)]
-    out = []
-    for i in given:
-        if not isinstance(i, int | np.integer) or isinstance(i, bool):
-            raise SettingsError(f"{name} must be integers, got {i!r}")
-        j = int(i) + size if negative_ok and i < 0 else int(i)
-        if not 0 <= j < size:
-            raise SettingsError(f"{name} index {i} is out of range: the model has {size} {what} (0 to {size - 1})")
-        out.append(j)
-    if not out:
-        raise SettingsError(f"{name} is empty; give at least one index or None for all")
-    if len(set(out)) != len(out):
-        raise SettingsError(f"{name} has repeated indices: {list(given)!r}")
-    return out
-
-
-def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
-    if value not in choices:
-        raise SettingsError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
-
-
-def _context_length(model: Any) -> int | None:
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-
-
-@dataclass
-class Runs:
-    """What the clean and corrupted runs leave behind; every tensor is
-    ``(2 * pair, ...)`` with the clean rows first."""
-
-    n_pairs: int
-    acts: dict[int, torch.Tensor]  # site activation per layer, (run, pos, unit, width)
-    blocks: list[torch.Tensor]  # each block's output, (run, pos, d_model), for skipping unpatched layers
-    logits: torch.Tensor  # (run, vocab), last position
-    ids: torch.Tensor  # (run, pos)
-    block_form: int = 0  # how the blocks returned their output in these runs (sites.output_form)
-
-    @property
-    def clean_logits(self) -> torch.Tensor:
-        return self.logits[: self.n_pairs]
-
-    @property
-    def corrupt_logits(self) -> torch.Tensor:
-        return self.logits[self.n_pairs :]
-
-    def directed(self, direction: str, noise: torch.Tensor | None = None) -> Directed:
-        """Source and target halves: denoising patches clean into corrupt."""
-        n = self.n_pairs
-        src, tgt = (slice(0, n), slice(n, 2 * n)) if direction == "denoise" else (slice(n, 2 * n), slice(0, n))
-        return Directed(
-            source={layer: a[src] for layer, a in self.acts.items()},
-            target={layer: a[tgt] for layer, a in self.acts.items()},
-            target_blocks=[b[tgt] for b in self.blocks],
-            block_form=self.block_form,
-            target_logits=self.logits[tgt],
-            target_ids=self.ids[tgt],
-            clean_logits=self.clean_logits,
-            target_noise=noise if direction == "denoise" else None,
-        )
-
-
-@dataclass
-class Directed:
-    source: dict[int, torch.Tensor]  # (pair, pos, unit, width)
-    target: dict[int, torch.Tensor]
-    target_blocks: list[torch.Tensor]  # (pair, pos, d_model)
-    block_form: int  # how the blocks returned their output in the target run (sites.output_form)
-    target_logits: torch.Tensor  # (pair, vocab)
-    target_ids: torch.Tensor  # (pair, pos)
-    clean_logits: torch.Tensor  # (pair, vocab)
-    target_noise: torch.Tensor | None = None  # (pair, pos, d_model) when the target run is the noised one
+# --- noise as the corruption ---------------------------------------------------------------------
 
 
 def with_noise(
@@ -376,117 +331,239 @@ def embedding_std(model: Any, info: ModelInfo, remote: bool | str = False) -> fl
     return float(std)
 
 
+# --- step 1: the clean and corrupted runs --------------------------------------------------------
+
+Key = tuple[int, str]  # (layer, site)
+
+
+@dataclass
+class Runs:
+    """What the clean and corrupted runs leave behind; every tensor is
+    ``(2 * pair, ...)`` with the clean rows first."""
+
+    n_pairs: int
+    acts: dict[Key, torch.Tensor]  # site activation per (layer, site), (run, pos, unit, width)
+    blocks: list[torch.Tensor]  # each block's output, (run, pos, d_model), for skipping unpatched layers
+    logits: torch.Tensor  # (run, vocab), last position
+    ids: torch.Tensor  # (run, pos)
+    block_form: int = 0  # how the blocks returned their output in these runs (sites.output_form)
+
+    @property
+    def clean_logits(self) -> torch.Tensor:
+        return self.logits[: self.n_pairs]
+
+    @property
+    def corrupt_logits(self) -> torch.Tensor:
+        return self.logits[self.n_pairs :]
+
+    def directed(self, direction: str, noise: torch.Tensor | None = None) -> Directed:
+        """Source and target halves: denoising patches clean into corrupt."""
+        n = self.n_pairs
+        src, tgt = (slice(0, n), slice(n, 2 * n)) if direction == "denoise" else (slice(n, 2 * n), slice(0, n))
+        return Directed(
+            source={key: a[src] for key, a in self.acts.items()},
+            target={key: a[tgt] for key, a in self.acts.items()},
+            target_blocks=[b[tgt] for b in self.blocks],
+            block_form=self.block_form,
+            target_logits=self.logits[tgt],
+            target_ids=self.ids[tgt],
+            clean_logits=self.clean_logits,
+            target_noise=noise if direction == "denoise" else None,
+        )
+
+
+@dataclass
+class Directed:
+    """The runs seen from one direction: the source activations copied into patched copies of the target prompt."""
+
+    source: dict[Key, torch.Tensor]  # (pair, pos, unit, width)
+    target: dict[Key, torch.Tensor]
+    target_blocks: list[torch.Tensor]  # (pair, pos, d_model)
+    block_form: int  # how the blocks returned their output in the target run (sites.output_form)
+    target_logits: torch.Tensor  # (pair, vocab)
+    target_ids: torch.Tensor  # (pair, pos)
+    clean_logits: torch.Tensor  # (pair, vocab)
+    target_noise: torch.Tensor | None = None  # (pair, pos, d_model) when the target run is the noised one
+
+
 def cached_runs(
-    store: dict | None, model: Any, info: ModelInfo, grid: Grid, prompts: PromptBatch, noise: torch.Tensor | None,
+    store: dict | None,
+    model: Any,
+    info: ModelInfo,
+    reads: dict[str, list[int]],
+    prompts: PromptBatch,
+    noise: torch.Tensor | None,
     remote: bool | str,
-) -> Runs:  # fmt: skip
+    rows_per_pass: int,
+    progress: Progress | None = None,
+) -> Runs:
     """``run_cache``, remembered in ``store`` under everything its result depends on."""
     if store is None:
-        return run_cache(model, info, grid, prompts, noise, remote)
-    key = (id(model), prompts.clean_ids.numpy().tobytes(), prompts.corrupt_ids.numpy().tobytes(),
-           prompts.clean_ids.shape, repr(prompts.noise), grid.site)  # fmt: skip
-    if key not in store:  # every layer, so that any later grid of this site finds its layers
-        store[key] = run_cache(model, info, replace(grid, layers=list(range(info.n_layers))), prompts, noise, remote)
+        return run_cache(model, info, reads, prompts, noise, remote, rows_per_pass, progress)
+    key = (
+        id(model),
+        prompts.clean_ids.numpy().tobytes(),
+        prompts.corrupt_ids.numpy().tobytes(),
+        prompts.clean_ids.shape,
+        repr(prompts.noise),
+        tuple(sorted(reads)),
+    )
+    if key not in store:  # every layer, so that any later grid of these sites finds its layers
+        every_layer = {site: list(range(info.n_layers)) for site in reads}
+        store[key] = run_cache(model, info, every_layer, prompts, noise, remote, rows_per_pass, progress)
     return store[key]
 
 
 def run_cache(
-    model: Any, info: ModelInfo, grid: Grid, prompts: PromptBatch, noise: torch.Tensor | None = None,
+    model: Any,
+    info: ModelInfo,
+    reads: dict[str, list[int]],
+    prompts: PromptBatch,
+    noise: torch.Tensor | None = None,
     remote: bool | str = False,
-) -> Runs:  # fmt: skip
-    """One trace over the clean and corrupted prompts, recording what patching needs."""
-    ids = torch.cat([prompts.clean_ids, prompts.corrupt_ids])
+    rows_per_pass: int = 64,
+    progress: Progress | None = None,
+) -> Runs:
+    """Traces over the clean and corrupted prompts, recording ``reads`` (site -> layers) and what patching needs.
+
+    The runs take at most ``rows_per_pass`` prompts a pass (clean and corrupted
+    ones alike), so that many prompt pairs fit the same memory as the patched
+    copies; when they take several passes, each reports ``progress``.
+    """
+    ids = torch.cat([prompts.clean_ids, prompts.corrupt_ids])  # (run, pos)
+    noise_all = None if noise is None else torch.cat([torch.zeros_like(noise), noise])
+    parts = []
+    for start in range(0, len(ids), rows_per_pass):
+        rows = slice(start, min(start + rows_per_pass, len(ids)))
+        parts.append(_run_pass(model, info, reads, ids[rows], None if noise_all is None else noise_all[rows], remote))
+        if progress is not None and rows_per_pass < len(ids):
+            progress(rows.stop, len(ids))
+    acts = {key: torch.cat([p[0][key] for p in parts]) for key in parts[0][0]}
+    blocks = [torch.cat([p[1][i] for p in parts]) for i in range(len(parts[0][1]))]
+    logits = torch.cat([p[2] for p in parts])
+    return Runs(prompts.n_pairs, acts, blocks, logits, ids, parts[0][3])
+
+
+def _run_pass(
+    model: Any,
+    info: ModelInfo,
+    reads: dict[str, list[int]],
+    ids: torch.Tensor,
+    noise: torch.Tensor | None,
+    remote: bool | str,
+) -> tuple[dict[Key, torch.Tensor], list[torch.Tensor], torch.Tensor, int]:
+    """One trace over some rows of the runs."""
+    keys = sorted(
+        {(layer, site) for site, layers in reads.items() for layer in layers},
+        key=lambda k: (k[0], READ_ORDER.index(k[1])),
+    )
+    top = max(layer for layer, _ in keys)
     with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=1):
         acts, blocks = nnsight.save({}), nnsight.save([])  # made inside: only saved values come back from a server
         form = nnsight.save([0])
-        add_noise(model, info, noise, slice(prompts.n_pairs, None))
-        for layer in range(max(grid.layers) + 1):
-            if layer in grid.layers:
-                acts[layer] = view(model, info, grid.site, layer).detach().clone().save()
-            if layer < max(grid.layers):
+        add_noise(model, info, noise, slice(None))
+        for layer in range(top + 1):
+            for key in (k for k in keys if k[0] == layer):
+                acts[key] = view(model, info, key[1], layer).detach().clone().save()
+            if layer < top:
                 out = layer_module(model, info, layer).output
                 form[0] = output_form(out)  # observed, to skip blocks in the patched runs in the same form
                 blocks.append(hidden_states(out).detach().clone().save())
         logits = logits_module(model, info).output[:, -1].detach().save()
-    return Runs(prompts.n_pairs, dict(acts), list(blocks), logits, ids, form[0])
+    return dict(acts), list(blocks), logits, form[0]
+
+
+# --- steps 2 and 3: the patched copies ------------------------------------------------------------
+
+Copy = tuple[int, tuple[Write, ...]]  # (pair, the writes of one patched copy of that pair's target prompt)
 
 
 def patched_metric(
     model: Any,
     info: ModelInfo,
-    grid: Grid,
     runs: Directed,
+    copies: list[Copy],
     prompts: PromptBatch,
     fn: M.MetricFn,
     batch_size: int,
     progress: Progress | None,
     remote: bool | str = False,
 ) -> torch.Tensor:
-    """The metric of every (pair, cell) row, ``(pair * cell,)``, pair-major.
+    """The metric of every patched copy, ``(copy,)``.
 
-    Three things keep this fast and exact: a cell whose source activation
-    equals the target's is a no-op and takes the target run's value; rows are
-    sorted by layer, so a batch skips the blocks below its lowest patched
-    layer (their outputs are the cached target run's); and the unembedding
-    runs at the last position only.
+    Three things keep this fast and exact: a copy whose source activations
+    equal the target's is a no-op and takes the target run's value; copies are
+    sorted by their lowest patched layer, so a batch skips the blocks below
+    its lowest one (their outputs are the cached target run's); and the
+    unembedding runs at the last position only.
     """
-    cells = grid.cells()
-    rows = [(pair, cell) for pair in range(prompts.n_pairs) for cell in cells]
-    out = torch.empty(len(rows))
-    noop = torch.tensor([
-        torch.equal(runs.source[layer][pair, list(ps), unit], runs.target[layer][pair, list(ps), unit])
-        for pair, (layer, unit, ps) in rows
-    ], dtype=torch.bool)  # fmt: skip
+    out = torch.empty(len(copies))
+    noop = torch.tensor([_is_noop(runs, pair, writes) for pair, writes in copies], dtype=torch.bool)
     if noop.any():  # patching in an identical activation changes nothing: the target run's own value
-        pairs = torch.tensor([pair for (pair, _), same in zip(rows, noop) if same])
-        out[noop] = fn(runs.target_logits[pairs], prompts.answer_ids[pairs], prompts.wrong_ids[pairs],
-                       runs.clean_logits[pairs]).float().cpu()  # fmt: skip
-    todo = [i for i in range(len(rows)) if not noop[i]]
-    todo.sort(key=lambda i: rows[i][1][0])  # by layer
-    done = len(rows) - len(todo)
-    if progress is not None:
-        progress(done, len(rows))
+        pairs = torch.tensor([pair for (pair, _), same in zip(copies, noop) if same])
+        out[noop] = (
+            fn(runs.target_logits[pairs], prompts.answer_ids[pairs], prompts.wrong_ids[pairs], runs.clean_logits[pairs])
+            .float()
+            .cpu()
+        )
+    todo = [i for i in range(len(copies)) if not noop[i]]
+    todo.sort(key=lambda i: min(layer for layer, *_ in copies[i][1]))
+    done = len(copies) - len(todo)
+    if progress is not None and done:
+        progress(done, len(copies))
     for start in range(0, len(todo), batch_size):
         index = todo[start : start + batch_size]
-        chunk = [rows[i] for i in index]
+        chunk = [copies[i] for i in index]
         pairs = torch.tensor([pair for pair, _ in chunk])
-        writes = _writes(chunk, runs.source)
-        lowest = min(writes)
+        writes = _batch_writes(chunk, runs.source)
+        lowest = min(layer for layer, _ in writes)
         with model.trace(
             on_input_device(model, runs.target_ids[pairs]), **trace_kwargs(model, remote), logits_to_keep=1
         ):
             add_noise(model, info, None if runs.target_noise is None else runs.target_noise[pairs], slice(None))
             for layer in range(lowest):
                 skip_block(layer_module(model, info, layer), runs.block_form, runs.target_blocks[layer][pairs])
-            for layer, (r, p, u, values) in writes.items():
-                _write(model, info, grid.site, layer, r, p, u, values)
+            for (layer, site), (r, p, u, values) in writes.items():
+                write(model, info, site, layer, r, p, u, values)
             logits = logits_module(model, info).output[:, -1].detach().save()
         values = fn(logits, prompts.answer_ids[pairs], prompts.wrong_ids[pairs], runs.clean_logits[pairs])
         out[torch.tensor(index)] = values.float().cpu()
         done += len(chunk)
         if progress is not None:
-            progress(done, len(rows))
+            progress(done, len(copies))
     return out
 
 
-def _writes(
-    chunk: list[tuple[int, tuple[int, int, tuple[int, ...]]]], source: dict[int, torch.Tensor]
-) -> dict[int, tuple[torch.Tensor, ...]]:
-    """Per layer, in forward order: rows, positions, units and source values to write."""
-    by_layer: dict[int, list[tuple[int, int, int, int]]] = {}
-    for row, (pair, (layer, unit, positions)) in enumerate(chunk):
-        by_layer.setdefault(layer, []).extend((row, p, unit, pair) for p in positions)
-    writes = {}
-    for layer in sorted(by_layer):
-        r, p, u, pair = torch.tensor(by_layer[layer]).T
-        writes[layer] = (r, p, u, source[layer][pair, p, u])  # values: (write, width)
-    return writes
+def _is_noop(runs: Directed, pair: int, writes: tuple[Write, ...]) -> bool:
+    return all(
+        torch.equal(runs.source[(layer, site)][pair, list(ps), unit], runs.target[(layer, site)][pair, list(ps), unit])
+        for layer, site, unit, ps in writes
+    )
 
 
-def _write(
-    model: Any, info: ModelInfo, site: str, layer: int,
-    r: torch.Tensor, p: torch.Tensor, u: torch.Tensor, values: torch.Tensor,
-) -> None:  # fmt: skip
+def _batch_writes(chunk: list[Copy], source: dict[Key, torch.Tensor]) -> dict[Key, tuple[torch.Tensor, ...]]:
+    """Per (layer, site), in forward order: batch rows, positions, units and source values to write."""
+    by_key: dict[Key, list[tuple[int, int, int, int]]] = {}
+    for row, (pair, writes) in enumerate(chunk):
+        for layer, site, unit, positions in writes:
+            by_key.setdefault((layer, site), []).extend((row, p, unit, pair) for p in positions)
+    out = {}
+    for key in sorted(by_key, key=lambda k: (k[0], WRITE_ORDER.index(k[1]))):
+        r, p, u, pair = torch.tensor(by_key[key]).T
+        out[key] = (r, p, u, source[key][pair, p, u])  # values: (write, width)
+    return out
+
+
+def write(
+    model: Any,
+    info: ModelInfo,
+    site: str,
+    layer: int,
+    r: torch.Tensor,
+    p: torch.Tensor,
+    u: torch.Tensor,
+    values: torch.Tensor,
+) -> None:
     """Inside a trace: overwrite the site at (row, pos, unit) with ``values``."""
     if site == "attn_pattern":
         # The pattern is not a module's input or output, so patch what it
@@ -501,9 +578,14 @@ def _write(
 
 
 def _result(
-    model: Any, grid: Grid, prompts: PromptBatch, per_pair: torch.Tensor,
-    clean_base: torch.Tensor, corrupt_base: torch.Tensor, metric: M.Metric, direction: str, method: str,
-) -> PatchResult:  # fmt: skip
+    model: Any,
+    grid: Grid,
+    prompts: PromptBatch,
+    per_pair: torch.Tensor,
+    clean_base: torch.Tensor,
+    corrupt_base: torch.Tensor,
+    request: Request,
+) -> PatchResult:
     coords: dict[str, list] = {"layer": grid.layers}
     if grid.unit:
         coords[grid.unit] = grid.units
@@ -511,12 +593,12 @@ def _result(
         coords["pos"] = grid.positions
     settings = {
         "site": grid.site,
-        "metric": M.metric_name(metric),
-        "direction": direction,
-        "method": method,
+        "metric": M.metric_name(request.metric),
+        "direction": request.direction,
+        "method": request.method,
         "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
         "patched_positions": grid.positions,
-        "note": attribution.note(grid.site, grid.layers) if method == "attribution" else "",
+        "note": attribution.note(grid.site, grid.layers) if request.method == "attribution" else "",
         "clean": prompts.clean,
         "corrupt": prompts.corrupt if prompts.noise is None else f"{prompts.noise}",
         "answer": prompts.answer,
@@ -533,7 +615,7 @@ def _result(
     )
 
 
-@one_trace_at_a_time
+@entry_point
 def attention_pattern(model: Any, prompt: str, layer: int, head: int, remote: bool | str = False) -> np.ndarray:
     """The attention pattern of one head on one prompt, ``(query, key)``.
 
@@ -544,8 +626,8 @@ def attention_pattern(model: Any, prompt: str, layer: int, head: int, remote: bo
     info = model_info(model)
     if model.config._attn_implementation != "eager":
         raise SettingsError("attention patterns need eager attention: load with attn_implementation='eager'")
-    _indices([layer], info.n_layers, "layers", "layers")
-    _indices([head], info.n_heads, "heads", "heads")
+    indices([layer], info.n_layers, "layers", "layers")
+    indices([head], info.n_heads, "heads", "heads")
     ids = torch.tensor([model.tokenizer(prompt)["input_ids"]])
     prepare_remote(model, remote)
     with torch.no_grad():

@@ -12,13 +12,10 @@ Example:
 
 from __future__ import annotations
 
-from .sites import ModelInfo, PatchwidgetError
+from .errors import MemoryBudgetError
+from .sites import ModelInfo
 
 MARGIN = 1.5  # allocator slack and temporaries the count below misses
-
-
-class MemoryBudgetError(PatchwidgetError):
-    """The budget is too small for even one patched copy."""
 
 
 def forward_row_elements(info: ModelInfo, n_pos: int, vocab: int) -> int:
@@ -36,15 +33,25 @@ def patched_row_bytes(info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int)
 
 
 def cache_bytes(info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int, runs: int, site_width: int) -> int:
-    """Bytes the clean and corrupted runs need: their forward pass and what they keep."""
+    """Bytes the clean and corrupted runs keep: block outputs and site activations of every run.
+
+    Their forward passes take as many rows at a time as the patched copies, each
+    row costing less than a patched copy, so ``patched_row_bytes`` covers them.
+    """
     kept = runs * info.n_layers * n_pos * (info.d_model + site_width)
-    return int(MARGIN * dtype_bytes * (runs * forward_row_elements(info, n_pos, vocab) + kept))
+    return int(MARGIN * dtype_bytes * kept)
 
 
 def rows_per_batch(
-    budget: int | None, batch_size: int, info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int,
-    runs: int, site_width: int,
-) -> int:  # fmt: skip
+    budget: int | None,
+    batch_size: int,
+    info: ModelInfo,
+    n_pos: int,
+    vocab: int,
+    dtype_bytes: int,
+    runs: int,
+    site_width: int,
+) -> int:
     """How many patched copies fit in one forward pass under ``budget`` bytes."""
     if budget is None:
         return batch_size

@@ -13,13 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .sites import PatchwidgetError
+from .errors import ModelLoadError
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
-
-
-class ModelLoadError(PatchwidgetError):
-    pass
 
 
 def load_model(

@@ -7,11 +7,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+import io
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from .result import PatchResult
+if TYPE_CHECKING:  # plot draws results; result imports plot only when asked to draw
+    from .result import PatchResult
 
 
 def grid_2d(result: PatchResult) -> tuple[np.ndarray, list[str], list[str]]:
@@ -36,22 +39,31 @@ def plot_result(
     vmax: float | None = None,
     cmap: str = "RdBu",
     title: str | None = None,
+    show: bool | None = None,
 ) -> Any:
     """Draw the grid as a heat map with a diverging colour map centred at 0.
 
     ``vmax`` fixes the colour range to ``[-vmax, vmax]`` so that figures can be
-    compared; by default it is the largest absolute value. NaN cells are grey.
-    Returns the matplotlib Figure.
+    compared; by default it is the largest absolute value. NaN cells (no value)
+    are grey. Returns the matplotlib Figure.
+
+    In a notebook the figure is shown where ``plot()`` is called, even as
+    ``result.plot();`` (the semicolon hides a cell's value, and the figure is not
+    made through pyplot, which would show it). ``show=False`` does not show it;
+    a figure drawn into your own ``ax`` is yours to show.
+
+    Example:
+        >>> fig = plot_result(result, vmax=1.0, show=False)  # doctest: +SKIP
+        >>> fig.savefig("grid.png")                          # doctest: +SKIP
     """
     import matplotlib
-    from matplotlib.figure import Figure
 
     table, row_labels, col_labels = grid_2d(result)
     if ax is None:
         width = min(2 + 0.6 * table.shape[1], 16)
         height = min(1.5 + 0.35 * table.shape[0], 14)
         # Not through pyplot: a notebook then shows the returned figure once, not twice.
-        fig = Figure(figsize=(width, height), layout="constrained")
+        fig = NotebookFigure(figsize=(width, height), layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -64,4 +76,39 @@ def plot_result(
     s = result.settings
     ax.set_title(title or f"{s.get('site', '')} · {s.get('metric', '')} · {s.get('direction', '')}", fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.8, label=s.get("metric", "value"))
+    if isinstance(fig, NotebookFigure) and show is not False:
+        fig.show_in_notebook()
     return fig
+
+
+class NotebookFigure(Figure):
+    """A Figure that a notebook shows once, where it was made, and again only when asked in a later cell."""
+
+    _shown_in: int | None = None  # the notebook cell (execution count) that showed it
+
+    def show_in_notebook(self) -> None:
+        shell = _kernel_shell()
+        if shell is None:
+            return
+        from IPython.display import Image, display
+
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=100)
+        display(Image(buf.getvalue(), format="png"))
+        self._shown_in = shell.execution_count
+
+    def _ipython_display_(self) -> None:
+        """IPython shows a cell's value through this: not again in the cell that already showed it."""
+        shell = _kernel_shell()
+        if shell is not None and self._shown_in != shell.execution_count:
+            self.show_in_notebook()
+
+
+def _kernel_shell() -> Any:
+    """The running IPython kernel's shell, or None outside a notebook (scripts, the CLI, tests)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return shell if shell is not None and getattr(shell, "kernel", None) is not None else None

@@ -19,11 +19,7 @@ from typing import Any
 
 import torch
 
-from .sites import PatchwidgetError
-
-
-class PromptError(PatchwidgetError):
-    """A prompt, answer or their combination cannot be patched."""
+from .errors import PromptError
 
 
 @dataclass(frozen=True)
@@ -52,8 +48,13 @@ class PromptBatch:
 
     def rows(self, index: slice | torch.Tensor) -> PromptBatch:
         """These rows of the token ids (for noise samples or a split into passes); the texts stay the pairs'."""
-        return replace(self, clean_ids=self.clean_ids[index], corrupt_ids=self.corrupt_ids[index],
-                       answer_ids=self.answer_ids[index], wrong_ids=self.wrong_ids[index])  # fmt: skip
+        return replace(
+            self,
+            clean_ids=self.clean_ids[index],
+            corrupt_ids=self.corrupt_ids[index],
+            answer_ids=self.answer_ids[index],
+            wrong_ids=self.wrong_ids[index],
+        )
 
 
 Texts = str | Sequence[str]
@@ -98,9 +99,13 @@ def noise(
         tokens = [tokens]
     if samples < 1 or scale < 0:
         raise PromptError(f"noise() needs samples >= 1 and scale >= 0, got samples={samples}, scale={scale}")
-    return Noise(tuple(tokens) if tokens is not None else None,
-                 tuple(int(p) for p in positions) if positions is not None else None,
-                 float(scale), int(samples), int(seed))  # fmt: skip
+    return Noise(
+        tuple(tokens) if tokens is not None else None,
+        tuple(int(p) for p in positions) if positions is not None else None,
+        float(scale),
+        int(samples),
+        int(seed),
+    )
 
 
 def _noise_positions(tokenizer: Any, spec: Noise, ids: list[int], text: str, name: str) -> list[int]:
@@ -233,8 +238,10 @@ def prepare_prompts(
 
     positions = None
     if spec is not None:
-        positions = [_noise_positions(tokenizer, spec, ids, c, f"clean prompt {i}") for i, (ids, c) in
-                     enumerate(zip(clean_ids, clean_l))]  # fmt: skip
+        positions = [
+            _noise_positions(tokenizer, spec, ids, c, f"clean prompt {i}")
+            for i, (ids, c) in enumerate(zip(clean_ids, clean_l))
+        ]
     return PromptBatch(
         clean=clean_l,
         corrupt=corrupt_l,

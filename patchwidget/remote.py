@@ -22,15 +22,11 @@ import nnsight
 from nnsight.intervention.backends.remote import RemoteBackend
 from nnsight.schema.response import Status
 
-from .sites import PatchwidgetError
+from .errors import RemoteSettingError
 
 StatusListener = Callable[[str, str], None]  # (status, description), e.g. ("QUEUED", "position 3")
 
 _listener: contextvars.ContextVar[StatusListener | None] = contextvars.ContextVar("patchwidget_status", default=None)
-
-
-class RemoteSettingError(PatchwidgetError):
-    """``remote=`` is not a value nnsight understands, or the model cannot run remotely."""
 
 
 def prepare_remote(model: Any, remote: bool | str) -> None:

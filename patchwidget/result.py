@@ -21,13 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .sites import PatchwidgetError
+from .errors import ResultFileError
 
 FORMAT_VERSION = 1
-
-
-class ResultFileError(PatchwidgetError):
-    """A saved result could not be read: wrong format, truncated or altered."""
 
 
 @dataclass

@@ -23,15 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from .circuits import Cell, JointResult, patch_sites
+from .circuits import JointResult, patch_sites
 from .engine import attention_pattern, check_batching, patch
+from .errors import PatchwidgetError
+from .grid import Cell
+from .levels import LEVELS, Computed, Level
 from .prompts import Texts, prepare_prompts
 from .remote import prepare_remote, reporting
 from .result import PatchResult
-from .sites import PatchwidgetError, model_info
+from .sites import ModelInfo, model_info
 
-TOP_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out")
-N_TOP_NEURONS = 20
+__all__ = ["Cancelled", "Computed", "Level", "Session", "Settings"]
 
 
 class Cancelled(Exception):
@@ -39,49 +41,12 @@ class Cancelled(Exception):
 
 
 @dataclass(frozen=True)
-class Level:
-    """One level of the drill-down path: what to compute.
-
-    ``kind`` is ``"top"`` (a site over layers and tokens), ``"heads"`` (the
-    heads of one layer by token), ``"head"`` (one head's q/k/v/output and its
-    attention pattern) or ``"neurons"`` (the top MLP neurons at one token).
-    """
-
-    kind: str
-    site: str = "resid_pre"
-    layer: int | None = None
-    head: int | None = None
-    pos: int | None = None
-    cells: tuple[Cell, ...] = ()  # for kind "joint": the cells patched together
-
-    def label(self, tokens: list[str]) -> str:
-        if self.kind == "top":
-            return self.site
-        if self.kind == "heads":
-            return f"L{self.layer} heads"
-        if self.kind == "head":
-            return f"L{self.layer} H{self.head}"
-        if self.kind == "joint":
-            return f"{len(self.cells)} cells together"
-        return f"L{self.layer} neurons at {tokens[self.pos]!r}"
-
-
-@dataclass(frozen=True)
 class Settings:
+    """The choices that apply to every level: direction, metric and method."""
+
     direction: str = "denoise"
     metric: str = "logit_diff_norm"
     method: str = "exact"
-
-
-@dataclass
-class Computed:
-    """The results of one level: named panels, each a PatchResult or a pattern."""
-
-    level: Level
-    results: dict[str, PatchResult]
-    pattern: np.ndarray | None = None  # (query, key) attention of the clean run
-    joint: JointResult | None = None
-    exact: bool = True  # False for an attribution preview that exact values will replace
 
 
 class Session:
@@ -177,7 +142,7 @@ class Session:
                 cancel = self._cancel
             try:
                 with reporting(functools.partial(self._server_status, request_id, cancel)):
-                    if self.preview and settings.method == "exact" and level.kind in ("top", "heads"):
+                    if self.preview and settings.method == "exact" and LEVELS[level.kind].preview:
                         estimate = self.compute(level, replace(settings, method="attribution"), request_id, cancel)
                         estimate.exact = False
                         self._publish(request_id, self.on_result, estimate)
@@ -206,67 +171,58 @@ class Session:
         self, level: Level, settings: Settings, request_id: int = 0, cancel: threading.Event | None = None
     ) -> Computed:
         """Compute one level synchronously (the worker calls this)."""
+        if level.kind not in LEVELS:
+            raise PatchwidgetError(f"unknown level kind {level.kind!r}; known: {', '.join(LEVELS)}")
 
         def progress(done: int, total: int) -> None:
             if cancel is not None and cancel.is_set():
                 raise Cancelled
             self.on_progress(request_id, done, total)
 
-        def run(site: str, **kwargs: Any) -> PatchResult:
-            return patch(
-                self.model, **self.texts, site=site, metric=settings.metric, direction=settings.direction,
-                method=settings.method, batch_size=self.batch_size, memory_budget=self.memory_budget,
-                progress=progress, remote=self.remote, runs_cache=self.runs_cache, **kwargs,
-            )  # fmt: skip
-
-        if level.kind == "top":
-            by_position = False if level.site == "head_out" else None
-            return Computed(level, {level.site: run(level.site, by_position=by_position)})
-        if level.kind == "heads":
-            return Computed(level, {"head_out": run("head_out", layers=[level.layer])})
-        if level.kind == "head":
-            group = self.info.n_heads // self.info.n_kv_heads
-            results = {}
-            for site in ("head_q", "head_k", "head_v", "head_out"):
-                head = level.head // group if site in ("head_k", "head_v") else level.head
-                results[site] = run(site, layers=[level.layer], heads=[head])
-            results["attn_pattern"] = run("attn_pattern", layers=[level.layer], heads=[level.head])
-            pattern = attention_pattern(self.model, self.prompts.clean[0], level.layer, level.head, self.remote)
-            return Computed(level, results, pattern)
-        if level.kind == "joint":
-            joint = patch_sites(self.model, **self.texts, cells=list(level.cells), metric=settings.metric,
-                                direction=settings.direction, batch_size=self.batch_size,
-                                memory_budget=self.memory_budget, progress=progress, remote=self.remote)  # fmt: skip
-            return Computed(level, {}, joint=joint)
-        if level.kind == "neurons":
-            return Computed(level, {"mlp_neuron": run("mlp_neuron", layers=[level.layer], positions=[level.pos])})
-        raise PatchwidgetError(f"unknown level kind {level.kind!r}")
+        return LEVELS[level.kind].compute(level, _Patcher(self, settings, progress))
 
     def drill(self, level: Level, panel: str, row: int, col: int) -> Level | None:
         """The level a click on (row, col) of ``panel`` opens, or None if it opens nothing."""
-        if level.kind == "top":
-            if level.site == "head_out":
-                return Level("head", level.site, layer=row, head=col)
-            if level.site == "mlp_out":
-                return Level("neurons", level.site, layer=row, pos=col)
-            return Level("heads", level.site, layer=row, pos=col)
-        if level.kind == "heads":
-            return Level("head", level.site, layer=level.layer, head=row)
-        return None
+        return LEVELS[level.kind].opens(level, panel, row, col)
 
-    def cell(self, level: Level, panel: str, row: int, col: int, row_labels: list[str]) -> Cell | None:
-        """The patchable site under (row, col) of ``panel``, for joint patching."""
-        if level.kind == "top" and level.site == "head_out":
-            return Cell("head_out", row, head=col)
-        if level.kind == "top":
-            return Cell(level.site, row, pos=col)
-        if level.kind == "heads":
-            return Cell("head_out", level.layer, head=row, pos=col)
-        if level.kind == "head" and panel == "components":
-            site = ("head_q", "head_k", "head_v", "head_out")[row]
-            group = self.info.n_heads // self.info.n_kv_heads
-            head = level.head // group if site in ("head_k", "head_v") else level.head
-            return Cell(site, level.layer, head=head, pos=col)
-        if level.kind == "neurons":
-            return Cell("mlp_neuron", level.layer, neuron=int(row_labels[row][1:]), pos=level.pos)
-        return None
+    def cell(self, level: Level, panel: dict, row: int, col: int) -> Cell | None:
+        """The patchable site under (row, col) of ``panel`` (a panel of the view), for joint patching."""
+        return LEVELS[level.kind].cell(level, panel, row, col, self.info)
+
+
+@dataclass
+class _Patcher:
+    """The session's model, prompts and settings, as a level's ``compute`` uses them (``levels.Patcher``)."""
+
+    session: Session
+    settings: Settings
+    progress: Callable[[int, int], None]
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.session.info
+
+    def _common(self) -> dict[str, Any]:
+        s = self.session
+        return dict(
+            **s.texts,
+            metric=self.settings.metric,
+            direction=self.settings.direction,
+            batch_size=s.batch_size,
+            memory_budget=s.memory_budget,
+            progress=self.progress,
+            remote=s.remote,
+        )
+
+    def run(self, site: str, **kwargs: Any) -> PatchResult:
+        s = self.session
+        return patch(
+            s.model, site=site, method=self.settings.method, runs_cache=s.runs_cache, **self._common(), **kwargs
+        )
+
+    def joint(self, cells: list[Cell]) -> JointResult:
+        return patch_sites(self.session.model, cells=cells, **self._common())
+
+    def pattern(self, layer: int, head: int) -> np.ndarray:
+        s = self.session
+        return attention_pattern(s.model, s.prompts.clean[0], layer, head, s.remote)

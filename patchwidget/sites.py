@@ -25,17 +25,7 @@ from typing import Any
 
 import torch
 
-
-class PatchwidgetError(ValueError):
-    """Bad input to patchwidget; raised before any forward pass runs."""
-
-
-class UnknownSiteError(PatchwidgetError):
-    pass
-
-
-class UnsupportedModelError(PatchwidgetError):
-    pass
+from .errors import UnknownSiteError, UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -92,34 +82,68 @@ class Arch:
 
 
 _LLAMA = Arch(
-    layers="model.layers", final_norm="model.norm", unembed="lm_head", embed="model.embed_tokens",
-    attn="self_attn", mlp="mlp", ln_mid="post_attention_layernorm", attn_proj_out="self_attn.o_proj",
-    mlp_proj_out="mlp.down_proj", qkv="split", q="self_attn.q_proj", k="self_attn.k_proj",
+    layers="model.layers",
+    final_norm="model.norm",
+    unembed="lm_head",
+    embed="model.embed_tokens",
+    attn="self_attn",
+    mlp="mlp",
+    ln_mid="post_attention_layernorm",
+    attn_proj_out="self_attn.o_proj",
+    mlp_proj_out="mlp.down_proj",
+    qkv="split",
+    q="self_attn.q_proj",
+    k="self_attn.k_proj",
     v="self_attn.v_proj",
-)  # fmt: skip
+)
 
 ARCHITECTURES: dict[str, Arch] = {
     "gpt2": Arch(
-        layers="transformer.h", final_norm="transformer.ln_f", unembed="lm_head",
-        embed="transformer.wte", attn="attn", mlp="mlp", ln_mid="ln_2",
-        attn_proj_out="attn.c_proj", mlp_proj_out="mlp.c_proj", qkv="gpt2", q="attn.c_attn",
+        layers="transformer.h",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+        embed="transformer.wte",
+        attn="attn",
+        mlp="mlp",
+        ln_mid="ln_2",
+        attn_proj_out="attn.c_proj",
+        mlp_proj_out="mlp.c_proj",
+        qkv="gpt2",
+        q="attn.c_attn",
     ),
     "gpt_neox": Arch(
-        layers="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm", unembed="lm_head",
-        embed="gpt_neox.embed_in", attn="attention", mlp="mlp", ln_mid="post_attention_layernorm",
-        attn_proj_out="attention.dense", mlp_proj_out="mlp.dense_4h_to_h", qkv="neox",
+        layers="gpt_neox.layers",
+        final_norm="gpt_neox.final_layer_norm",
+        unembed="lm_head",
+        embed="gpt_neox.embed_in",
+        attn="attention",
+        mlp="mlp",
+        ln_mid="post_attention_layernorm",
+        attn_proj_out="attention.dense",
+        mlp_proj_out="mlp.dense_4h_to_h",
+        qkv="neox",
         q="attention.query_key_value",
     ),
     "gptj": Arch(
-        layers="transformer.h", final_norm="transformer.ln_f", unembed="lm_head", embed="transformer.wte",
-        attn="attn", mlp="mlp", ln_mid=None, attn_proj_out="attn.out_proj", mlp_proj_out="mlp.fc_out",
-        qkv="split", q="attn.q_proj", k="attn.k_proj", v="attn.v_proj",
+        layers="transformer.h",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+        embed="transformer.wte",
+        attn="attn",
+        mlp="mlp",
+        ln_mid=None,
+        attn_proj_out="attn.out_proj",
+        mlp_proj_out="mlp.fc_out",
+        qkv="split",
+        q="attn.q_proj",
+        k="attn.k_proj",
+        v="attn.v_proj",
     ),
     "llama": _LLAMA,
     "qwen2": _LLAMA,
     "mistral": _LLAMA,
     "gemma": _LLAMA,
-}  # fmt: skip
+}
 
 
 def register_architecture(model_type: str, arch: Arch) -> None:
@@ -227,11 +251,13 @@ def module(model: Any, path: str) -> Any:
 
 
 def layer_module(model: Any, info: ModelInfo, layer: int, path: str = "") -> Any:
+    """The block at ``layer``, or its submodule at ``path``."""
     block = module(model, info.arch.layers)[layer]
     return module(block, path) if path else block
 
 
 def check_site_supported(site: str, info: ModelInfo) -> None:
+    """Refuse a site name that is unknown, or that this model does not have."""
     if site not in SITES:
         raise UnknownSiteError(f"unknown site {site!r}; choose one of: {', '.join(SITES)}")
     if site == "resid_mid" and (info.parallel_residual or info.arch.ln_mid is None):
@@ -347,6 +373,7 @@ def skip_block(block: Any, form: int, hidden: torch.Tensor) -> None:
 
 
 def logits_module(model: Any, info: ModelInfo) -> Any:
+    """The unembedding, whose output is the logits."""
     return module(model, info.arch.unembed)
 
 

@@ -10,11 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import base64
-import html
-import io
-import json
-import math
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -23,22 +18,20 @@ import anywidget
 import numpy as np
 import traitlets
 
+from . import view as V
 from .circuits import JointResult
-from .engine import METHODS
+from .engine import DIRECTIONS, METHODS
+from .errors import MessageError, PatchwidgetError
+from .export import STATIC, standalone_html
+from .files import write_atomic
+from .grid import Cell
+from .levels import TOP_SITES, Computed, Level
 from .metrics import METRICS
 from .prompts import Texts
 from .result import PatchResult
-from .session import N_TOP_NEURONS, TOP_SITES, Computed, Level, Session, Settings
-from .sites import SITES, PatchwidgetError
+from .session import Session, Settings
 
-STATIC = Path(__file__).resolve().parent / "static"
-SITE_GROUPS = {"resid_pre": "residual", "resid_mid": "residual", "resid_post": "residual",
-               "attn_out": "attention", "head_out": "attention", "mlp_out": "mlp"}  # fmt: skip
 SETTABLE = {"site", "direction", "metric", "method", "pair"}
-
-
-class MessageError(PatchwidgetError):
-    """A message from the front end that the widget cannot act on."""
 
 
 class PatchWidget(anywidget.AnyWidget):
@@ -61,6 +54,13 @@ class PatchWidget(anywidget.AnyWidget):
     path = traitlets.List()
     joint = traitlets.Instance(JointResult, allow_none=True)
 
+    @traitlets.validate("vmax")
+    def _check_vmax(self, proposal: Any) -> float | None:
+        value = proposal["value"]
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise traitlets.TraitError(f"vmax must be a positive, finite number or None, got {value!r}")
+        return value
+
     def __init__(
         self,
         model: Any,
@@ -81,10 +81,20 @@ class PatchWidget(anywidget.AnyWidget):
             raise MessageError(f"site {site!r} cannot start the explorer; choose one of {', '.join(TOP_SITES)}")
         super().__init__()
         self.session = Session(
-            model, clean, corrupt, answer=answer, wrong=wrong, batch_size=batch_size, memory_budget=memory_budget,
-            preview=preview, remote=remote, on_progress=self._on_progress, on_result=self._on_result,
-            on_error=self._on_error, on_status=self._on_server_status,
-        )  # fmt: skip
+            model,
+            clean,
+            corrupt,
+            answer=answer,
+            wrong=wrong,
+            batch_size=batch_size,
+            memory_budget=memory_budget,
+            preview=preview,
+            remote=remote,
+            on_progress=self._on_progress,
+            on_result=self._on_result,
+            on_error=self._on_error,
+            on_status=self._on_server_status,
+        )
         self._levels = [Level("top", site)]
         self._settings = Settings(direction=direction, metric=metric)
         self._pair: str | int = "mean"
@@ -112,17 +122,22 @@ class PatchWidget(anywidget.AnyWidget):
             request_id = msg.get("request_id") if isinstance(msg, dict) else None
             if not isinstance(request_id, int) or isinstance(request_id, bool):
                 request_id = self.status.get("request_id", 0)
-            self.status = {"state": "error", "request_id": request_id, "done": 0, "total": 0, "message": text}
+            self._pending.pop(request_id, None)
+            self.status = V.status("error", request_id, message=text)
 
     def _handle(self, msg: Any) -> None:
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             raise MessageError(f"malformed message {msg!r}")
         kind = msg["type"]
-        if kind == "cancel":
-            self.session.cancel()
-            self.status = {**self.status, "state": "cancelled", "message": "cancelled"}
-            return
         request_id = _int(msg, "request_id", 0, 2**53)
+        if kind == "cancel":
+            if request_id >= self.session.latest:  # a cancel of an older request has nothing left to stop
+                self.session.cancel()
+                self._pending.pop(request_id, None)
+                self.status = {**self.status, "state": "cancelled", "message": "cancelled"}
+            return
+        if request_id < self.session.latest:
+            raise MessageError(f"request {request_id} is older than request {self.session.latest}; it was dropped")
         if kind == "drill":
             child = self._drill_target(msg)
             if child is None:
@@ -160,9 +175,9 @@ class PatchWidget(anywidget.AnyWidget):
             return None
         return self.session.drill(self._levels[-1], panel["id"], row, col)
 
-    def _cell_at(self, msg: Any) -> Any:
+    def _cell_at(self, msg: Any) -> Cell:
         panel, row, col = self._locate(msg)
-        cell = self.session.cell(self._levels[-1], panel["id"], row, col, panel["rows"])
+        cell = self.session.cell(self._levels[-1], panel, row, col)
         if cell is None:
             raise MessageError(f"cells of panel {panel['id']!r} cannot be patched together")
         return cell
@@ -179,8 +194,8 @@ class PatchWidget(anywidget.AnyWidget):
             else:  # the exact values are still coming, under the older request id: ask again under this one
                 self._request(request_id, self._levels, self._settings)
             return
-        allowed = {"site": TOP_SITES, "direction": ("denoise", "noise"), "metric": METRICS, "method": METHODS}[key]
-        if value not in allowed:
+        allowed = {"site": TOP_SITES, "direction": DIRECTIONS, "metric": METRICS, "method": METHODS}[key]
+        if not isinstance(value, str) or value not in allowed:
             raise MessageError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
         if key == "site":
             self._request(request_id, [Level("top", value)], self._settings)
@@ -191,7 +206,7 @@ class PatchWidget(anywidget.AnyWidget):
         if level is None:
             self._joint_box = None  # a joint result belongs to the view it was asked on
         self._pending[request_id] = (levels, settings)
-        self.status = {"state": "running", "request_id": request_id, "done": 0, "total": 0, "message": ""}
+        self.status = V.status("running", request_id)
         cached = self.session.submit(request_id, level or levels[-1], settings)
         if cached is not None:
             self._on_result(request_id, cached)
@@ -201,8 +216,7 @@ class PatchWidget(anywidget.AnyWidget):
     def _on_progress(self, request_id: int, done: int, total: int) -> None:
         if request_id >= self.session.latest:
             server = self.status.get("server") if self.status.get("request_id") == request_id else None
-            self.status = {"state": "running", "request_id": request_id, "done": done, "total": total, "message": "",
-                           **({"server": server} if server else {})}  # fmt: skip
+            self.status = V.status("running", request_id, done, total, server=server)
 
     def _on_server_status(self, request_id: int, status: str, description: str) -> None:
         if request_id >= self.session.latest and self.status.get("state") == "running":
@@ -218,9 +232,9 @@ class PatchWidget(anywidget.AnyWidget):
         if computed.joint is not None:
             self._pending.pop(request_id)
             self.joint = computed.joint
-            self._joint_box = _joint_box(computed.joint)
+            self._joint_box = V.joint_box(computed.joint)
             self.view = {**self.view, "request_id": request_id, "joint": self._joint_box}
-            self.status = {"state": "idle", "request_id": request_id, "done": 0, "total": 0, "message": ""}
+            self.status = V.status("idle", request_id)
             if self._computed is not None and not self._computed.exact:
                 # The joint run superseded the exact values of the estimate on show: compute them again.
                 self._pending[request_id] = (self._levels, self._settings)
@@ -234,39 +248,20 @@ class PatchWidget(anywidget.AnyWidget):
 
     def _on_error(self, request_id: int, message: str) -> None:
         self._pending.pop(request_id, None)
-        self.status = {"state": "error", "request_id": request_id, "done": 0, "total": 0, "message": message}
+        self.status = V.status("error", request_id, message=message)
 
     # --- drawing state --------------------------------------------------------
 
     def _show(self, request_id: int, computed: Computed) -> None:
         self._computed = computed
         tokens = self.session.prompts.tokens
-        s = self._settings
-        first = next(iter(computed.results.values()))
-        note = first.settings.get("note", "")
-        if not computed.exact:
-            note = "Attribution estimate, shown while the exact values are computed. " + note
-        self.view = {
-            "request_id": request_id,
-            "level": len(self._levels) - 1,
-            "title": f"{computed.level.label(tokens)} · {s.direction} · {s.metric}",
-            "note": note,
-            "exact": computed.exact and s.method == "exact",
-            "panels": panels(computed, self.session, self._pair),
-        }
-        if self._joint_box is not None:
-            self.view = {**self.view, "joint": self._joint_box}
-        self.breadcrumb = [{"label": level.label(tokens)} for level in self._levels]
-        self.controls = {
-            "site": self._levels[0].site,
-            "sites": [{"name": n, "group": SITE_GROUPS[n], "label": n} for n in TOP_SITES],
-            "direction": s.direction, "metric": s.metric, "metrics": list(METRICS), "method": s.method,
-            "pair": self._pair, "n_pairs": self.session.prompts.n_pairs,
-        }  # fmt: skip
-        state = "idle" if computed.exact else "running"
-        self.status = {"state": state, "request_id": request_id, "done": 0, "total": 0, "message": ""}
+        view = V.level_view(request_id, self._levels, computed, self._settings, tokens, self._pair)
+        self.view = {**view, "joint": self._joint_box} if self._joint_box is not None else view
+        self.breadcrumb = V.breadcrumb(self._levels, tokens)
+        self.controls = V.controls(self._levels[0].site, self._settings, self._pair, self.session.prompts.n_pairs)
+        self.status = V.status("idle" if computed.exact else "running", request_id)
         self.path = [asdict(level) for level in self._levels]
-        self.result = first
+        self.result = next(iter(computed.results.values()))
 
     # --- static output -----------------------------------------------------------
 
@@ -274,7 +269,7 @@ class PatchWidget(anywidget.AnyWidget):
         bundle = super()._repr_mimebundle_(**kwargs)
         data = bundle[0] if isinstance(bundle, tuple) else bundle
         if self.result is not None:  # shown where no widget manager runs (GitHub, nbviewer)
-            data["image/png"] = _png(self.result)
+            data["image/png"] = V.png(self.result)
         return bundle
 
     def save_html(self, path: str | Path) -> Path:
@@ -282,48 +277,14 @@ class PatchWidget(anywidget.AnyWidget):
         level computed so far under the current settings, inlined.
 
         Clicking through the page replays the computed levels; a level that was
-        never computed says so. Example:
+        never computed says so. The file is written whole or not at all.
 
+        Example:
             >>> w.save_html("ioi.html")  # doctest: +SKIP
         """
-        path = Path(path)
-        states, edges = self._computed_states()
+        states, edges = V.computed_states(self.session, self._levels[0], self._settings, self._pair)
         data = {"start": 0, "states": states, "edges": edges, "controls": self.controls, "vmax": self.vmax}
-        page = (
-            (STATIC.parent / "templates" / "standalone.html").read_text()
-            .replace("__TITLE__", html.escape(self.view.get("title", "patchwidget")))
-            .replace("__CSS__", (STATIC / "widget.css").read_text().replace("</", "<\\/"))
-            .replace("__DATA__", json.dumps(data).replace("</", "<\\/"))
-            .replace("__BUNDLE__", (STATIC / "widget.js").read_text().replace("</", "<\\/"))
-        )  # fmt: skip
-        path.write_text(page, encoding="utf-8")
-        return path
-
-    def _computed_states(self) -> tuple[list[dict], dict[str, int]]:
-        """Every cached level reachable from the top by clicks, as front-end states."""
-        tokens = self.session.prompts.tokens
-        states: list[dict] = []
-        edges: dict[str, int] = {}
-        todo = [([self._levels[0]], None)]
-        while todo:
-            path, parent = todo.pop(0)
-            computed = self.session.cache.get((path[-1], self._settings))
-            if computed is None:
-                continue
-            state_id = len(states)
-            if parent is not None:
-                edges[parent] = state_id
-            view = {"request_id": 0, "level": len(path) - 1, "note": "", "exact": True,
-                    "title": f"{path[-1].label(tokens)} · {self._settings.direction} · {self._settings.metric}",
-                    "panels": panels(computed, self.session, self._pair)}  # fmt: skip
-            states.append({"view": view, "breadcrumb": [{"label": lv.label(tokens)} for lv in path]})
-            for panel in view["panels"]:
-                for row in range(len(panel["rows"]) if panel["clickable"] else 0):
-                    for col in range(len(panel["cols"])):
-                        child = self.session.drill(path[-1], panel["id"], row, col)
-                        if child is not None and (child, self._settings) in self.session.cache:
-                            todo.append(([*path, child], f"{state_id}|{panel['id']}|{row}|{col}"))
-        return states, edges
+        return write_atomic(path, standalone_html(data, self.view.get("title", "patchwidget")))
 
     def close(self) -> None:
         self.session.close()
@@ -335,80 +296,6 @@ def _int(msg: dict, key: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise MessageError(f"{key} must be an integer from {low} to {high}, got {value!r}")
     return value
-
-
-def _png(result: PatchResult) -> str:
-    buf = io.BytesIO()
-    result.plot().savefig(buf, format="png", dpi=90)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _table(values: np.ndarray) -> list[list[float | None]]:
-    return [[None if not math.isfinite(v) else round(float(v), 6) for v in row] for row in values]
-
-
-def panels(computed: Computed, session: Session, pair: str | int) -> list[dict]:
-    """The panels of one computed level, as the front end draws them."""
-
-    def vals(result: PatchResult) -> np.ndarray:
-        return result.values if pair == "mean" else result.per_pair[pair]
-
-    def consistency(result: PatchResult, pick: Any = slice(None)) -> dict:
-        """Spread and sign flips across pairs, shown when the view is the mean of several."""
-        if pair != "mean" or result.n_pairs < 2:
-            return {}
-        return {"spread": _table(result.spread()[pick]), "flips": result.sign_flips()[pick].tolist()}
-
-    tokens = session.prompts.tokens
-    cols = [f"{t} ({i})" for i, t in enumerate(tokens)]
-    level, results = computed.level, computed.results
-    site_doc = lambda site: SITES[site].doc  # noqa: E731
-    if level.kind == "top" and level.site == "head_out":
-        r = results["head_out"]
-        title = f"head_out: {site_doc('head_out')}, all tokens at once"
-        return [_panel("head_out", title, "layer", "head", r.labels("layer"), r.labels("head"), vals(r), True)
-                | consistency(r)]  # fmt: skip
-    if level.kind == "top":
-        r = results[level.site]
-        return [_panel(level.site, f"{level.site}: {site_doc(level.site)}", "layer", "pos",
-                       r.labels("layer"), cols, vals(r), True) | consistency(r)]  # fmt: skip
-    if level.kind == "heads":
-        r = results["head_out"]
-        return [_panel("head_out", f"Heads of layer {level.layer}: output by token", "head", "pos",
-                       r.labels("head"), cols, vals(r)[0], True) | consistency(r, 0)]  # fmt: skip
-    if level.kind == "head":
-        rows = ["q", "k", "v", "out"]
-        table = np.stack([vals(results[s])[0, 0] for s in ("head_q", "head_k", "head_v", "head_out")])
-        effect = float(vals(results["attn_pattern"])[0, 0])
-        return [
-            _panel("components", f"L{level.layer} H{level.head}: query, key, value and output by token",
-                   "component", "pos", rows, cols, table, False),
-            _panel("pattern", f"Attention pattern (clean run); patching it restores {effect:.3f}",
-                   "query", "key", cols, cols, computed.pattern, False, diverging=False),
-        ]  # fmt: skip
-    r = results["mlp_neuron"]
-    effects = vals(r)[0]
-    top = np.argsort(-np.abs(effects))[:N_TOP_NEURONS]
-    return [_panel("neurons", f"Top {len(top)} MLP neurons of layer {level.layer} at {tokens[level.pos]!r}",
-                   "neuron", "value", [f"N{i}" for i in top], ["effect"], effects[top, None], False)]  # fmt: skip
-
-
-def _joint_box(joint: JointResult) -> dict:
-    return {
-        "cells": [c.label for c in joint.cells],
-        "singles": [round(float(v), 6) for v in joint.singles],
-        "sum_of_singles": round(joint.sum_of_singles, 6),
-        "joint": round(joint.joint, 6),
-        "metric": joint.settings["metric"],
-    }
-
-
-def _panel(pid: str, title: str, row_dim: str, col_dim: str, rows: list[str], cols: list[str],
-           values: np.ndarray, clickable: bool, diverging: bool = True) -> dict:  # fmt: skip
-    return {
-        "id": pid, "title": title, "row_dim": row_dim, "col_dim": col_dim, "rows": rows, "cols": cols,
-        "values": _table(np.asarray(values, dtype=float)), "clickable": clickable, "diverging": diverging,
-    }  # fmt: skip
 
 
 def explore(
@@ -444,6 +331,16 @@ def explore(
         ...            answer="Paris", wrong="Tokyo")  # doctest: +SKIP
     """
     return PatchWidget(
-        model, clean, corrupt, answer=answer, wrong=wrong, site=site, metric=metric, direction=direction,
-        batch_size=batch_size, memory_budget=memory_budget, preview=preview, remote=remote,
-    )  # fmt: skip
+        model,
+        clean,
+        corrupt,
+        answer=answer,
+        wrong=wrong,
+        site=site,
+        metric=metric,
+        direction=direction,
+        batch_size=batch_size,
+        memory_budget=memory_budget,
+        preview=preview,
+        remote=remote,
+    )

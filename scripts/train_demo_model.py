@@ -35,10 +35,20 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_model(vocab_size: int) -> GPT2LMHeadModel:
     config = GPT2Config(
-        vocab_size=vocab_size, n_positions=64, n_embd=128, n_layer=4, n_head=4, n_inner=512,
-        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=0, eos_token_id=0, pad_token_id=0,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        n_positions=64,
+        n_embd=128,
+        n_layer=4,
+        n_head=4,
+        n_inner=512,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     return GPT2LMHeadModel(config)
 
 

@@ -75,8 +75,9 @@ class FakeNDIF:
                 await asyncio.sleep(server_.queue_seconds)
                 await server_._send(socket, ResponseModel(id=job, status=Status.RUNNING))
                 if server_.fail_with:
-                    await server_._send(socket, ResponseModel(id=job, status=Status.ERROR,
-                                                              description=server_.fail_with))  # fmt: skip
+                    await server_._send(
+                        socket, ResponseModel(id=job, status=Status.ERROR, description=server_.fail_with)
+                    )
                     return
                 result = await asyncio.to_thread(server_._execute, blob, envelope.compress)
                 done = ResponseModel(id=job, status=Status.COMPLETED, data=result)

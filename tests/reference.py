@@ -14,17 +14,48 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 # Module paths, written independently of patchwidget.sites.
 NAMES = {
-    "gpt2": dict(layers="transformer.h", attn="attn", mlp="mlp", ln2="ln_2", o="attn.c_proj",
-                 down="mlp.c_proj", qkv="attn.c_attn"),
-    "gpt_neox": dict(layers="gpt_neox.layers", attn="attention", mlp="mlp", ln2="post_attention_layernorm",
-                     o="attention.dense", down="mlp.dense_4h_to_h", qkv="attention.query_key_value"),
-    "llama": dict(layers="model.layers", attn="self_attn", mlp="mlp", ln2="post_attention_layernorm",
-                  o="self_attn.o_proj", down="mlp.down_proj", q="self_attn.q_proj", k="self_attn.k_proj",
-                  v="self_attn.v_proj"),
-}  # fmt: skip
+    "gpt2": dict(
+        layers="transformer.h",
+        attn="attn",
+        mlp="mlp",
+        ln2="ln_2",
+        o="attn.c_proj",
+        down="mlp.c_proj",
+        qkv="attn.c_attn",
+    ),
+    "gpt_neox": dict(
+        layers="gpt_neox.layers",
+        attn="attention",
+        mlp="mlp",
+        ln2="post_attention_layernorm",
+        o="attention.dense",
+        down="mlp.dense_4h_to_h",
+        qkv="attention.query_key_value",
+    ),
+    "llama": dict(
+        layers="model.layers",
+        attn="self_attn",
+        mlp="mlp",
+        ln2="post_attention_layernorm",
+        o="self_attn.o_proj",
+        down="mlp.down_proj",
+        q="self_attn.q_proj",
+        k="self_attn.k_proj",
+        v="self_attn.v_proj",
+    ),
+}
 NAMES["qwen2"] = NAMES["mistral"] = NAMES["gemma"] = NAMES["llama"]
-NAMES["gptj"] = dict(layers="transformer.h", attn="attn", mlp="mlp", ln2=None, o="attn.out_proj", down="mlp.fc_out",
-                     q="attn.q_proj", k="attn.k_proj", v="attn.v_proj")  # fmt: skip
+NAMES["gptj"] = dict(
+    layers="transformer.h",
+    attn="attn",
+    mlp="mlp",
+    ln2=None,
+    o="attn.out_proj",
+    down="mlp.fc_out",
+    q="attn.q_proj",
+    k="attn.k_proj",
+    v="attn.v_proj",
+)
 
 
 def get(model, path):
@@ -85,8 +116,11 @@ def site_hooks(model, site, layer, sizes, fn):
             x = args[0] if args else kwargs["hidden_states"]
             fn(reshape(x))
 
-        return get(block, module_path).register_forward_pre_hook(hook, with_kwargs=True) if module_path else \
-            block.register_forward_pre_hook(hook, with_kwargs=True)  # fmt: skip
+        return (
+            get(block, module_path).register_forward_pre_hook(hook, with_kwargs=True)
+            if module_path
+            else block.register_forward_pre_hook(hook, with_kwargs=True)
+        )
 
     def post(module_path, pick, reshape):
         def hook(mod, args, output):
@@ -147,8 +181,9 @@ def capture(model, ids, site, layer, noise=None):
     return box[0]
 
 
-def reference_patch(model, source_ids, target_ids, site, layers, units, positions, by_position,
-                    source_noise=None, target_noise=None):  # fmt: skip
+def reference_patch(
+    model, source_ids, target_ids, site, layers, units, positions, by_position, source_noise=None, target_noise=None
+):
     """Logits of the target prompt with each cell patched from the source prompt.
 
     Returns a tensor ``(layer, unit, pos_group, vocab)`` where pos_group is one

@@ -21,8 +21,10 @@ def no_forward(demo, monkeypatch):
 
 
 CASES = [
-    (dict(clean="When Mary and John went to the store", corrupt="When Mary went to the store"),
-     r"different lengths \(8 vs 6\)[\s\S]*'John'"),
+    (
+        dict(clean="When Mary and John went to the store", corrupt="When Mary went to the store"),
+        r"different lengths \(8 vs 6\)[\s\S]*'John'",
+    ),
     (dict(answer="Paris Tokyo"), r"answer 'Paris Tokyo' must be exactly one token.*2"),
     (dict(wrong=""), r"wrong '' must be exactly one token"),
     (dict(clean=""), r"clean prompt is empty"),
@@ -34,10 +36,14 @@ CASES = [
     (dict(heads=[0]), r"heads=\[0\] does not apply to site 'resid_pre'"),
     (dict(positions=[5]), r"positions index 5 is out of range: the model has 5 tokens"),
     (dict(clean=[CLEAN, CLEAN], corrupt=[CORRUPT]), r"clean has 2 prompts but corrupt has 1"),
-    (dict(clean=[CLEAN, CLEAN], corrupt=[CORRUPT, CORRUPT], answer=["Paris"]),
-     r"answer has 1 entries but there are 2 prompt pairs"),
-    (dict(clean=[CLEAN, "The capital of Peru is Lima"], corrupt=[CORRUPT, "The capital of Cuba is Lima"]),
-     r"pair 1 has 6 tokens but pair 0 has 5"),
+    (
+        dict(clean=[CLEAN, CLEAN], corrupt=[CORRUPT, CORRUPT], answer=["Paris"]),
+        r"answer has 1 entries but there are 2 prompt pairs",
+    ),
+    (
+        dict(clean=[CLEAN, "The capital of Peru is Lima"], corrupt=[CORRUPT, "The capital of Cuba is Lima"]),
+        r"pair 1 has 6 tokens but pair 0 has 5",
+    ),
     (dict(answer="Tokyo"), r"answer and wrong of pair 0 are the same token 'Tokyo'"),
     (dict(corrupt=CLEAN), r"identical .*nothing to patch"),
     (dict(clean="The capital of Atlantis is"), r"clean prompt .*lacks: \['Atlantis'\]"),
@@ -50,7 +56,7 @@ CASES = [
     (dict(memory_budget="2GB"), r"memory_budget must be a positive number of bytes or None, got '2GB'"),
     (dict(memory_budget=-1), r"memory_budget must be a positive number of bytes"),
     (dict(remote=1.5), r"remote must be False, True, 'local' or a server URL, got 1.5"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("change,message", CASES)

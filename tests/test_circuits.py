@@ -10,8 +10,13 @@ from patchwidget import demo_data
 
 from .reference import Sizes, capture, site_hooks
 
-CELLS = [pw.Cell("head_out", 0, head=2), pw.Cell("head_out", 1, head=1), pw.Cell("head_v", 1, head=3, pos=-1),
-         pw.Cell("mlp_out", 2, pos=13), pw.Cell("attn_pattern", 1, head=0)]  # fmt: skip
+CELLS = [
+    pw.Cell("head_out", 0, head=2),
+    pw.Cell("head_out", 1, head=1),
+    pw.Cell("head_v", 1, head=3, pos=-1),
+    pw.Cell("mlp_out", 2, pos=13),
+    pw.Cell("attn_pattern", 1, head=0),
+]
 
 
 def reference_joint(hf, source, target, cells, a, w):
@@ -41,10 +46,18 @@ def reference_joint(hf, source, target, cells, a, w):
 def test_joint_and_single_effects_match_reference(demo, direction, batch_size):
     pairs = demo_data.ioi_pairs(2, seed=9)
     seen = []
-    r = pw.patch_sites(demo, [p.clean for p in pairs], [p.corrupt for p in pairs],
-                       answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], cells=CELLS[:4],
-                       metric="logit_diff", direction=direction, batch_size=batch_size,
-                       progress=lambda done, total: seen.append(done))  # fmt: skip
+    r = pw.patch_sites(
+        demo,
+        [p.clean for p in pairs],
+        [p.corrupt for p in pairs],
+        answer=[p.answer for p in pairs],
+        wrong=[p.wrong for p in pairs],
+        cells=CELLS[:4],
+        metric="logit_diff",
+        direction=direction,
+        batch_size=batch_size,
+        progress=lambda done, total: seen.append(done),
+    )
     assert seen[-1] == 2 * 5 and len(seen) == -(-10 // batch_size)
     hf, tok = demo._module, demo.tokenizer
     for i, p in enumerate(pairs):
@@ -60,11 +73,28 @@ def test_joint_and_single_effects_match_reference(demo, direction, batch_size):
 def test_singles_agree_with_patch_and_pattern_cell(demo):
     p = demo_data.ioi_pairs(1, seed=4)[0]
     r = pw.patch_sites(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, cells=CELLS)
-    grid = pw.patch(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, site="attn_pattern",
-                    layers=[1], heads=[0], metric="logit_diff_norm")  # fmt: skip
+    grid = pw.patch(
+        demo,
+        p.clean,
+        p.corrupt,
+        answer=p.answer,
+        wrong=p.wrong,
+        site="attn_pattern",
+        layers=[1],
+        heads=[0],
+        metric="logit_diff_norm",
+    )
     assert r.singles[4] == pytest.approx(grid.values[0, 0], abs=1e-4)
-    heads = pw.patch(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, site="head_out",
-                     by_position=False, metric="logit_diff_norm")  # fmt: skip
+    heads = pw.patch(
+        demo,
+        p.clean,
+        p.corrupt,
+        answer=p.answer,
+        wrong=p.wrong,
+        site="head_out",
+        by_position=False,
+        metric="logit_diff_norm",
+    )
     assert r.singles[0] == pytest.approx(heads.values[0, 2], abs=1e-4)
     assert r.singles[1] == pytest.approx(heads.values[1, 1], abs=1e-4)
     df = r.to_dataframe()
@@ -75,8 +105,14 @@ def test_singles_agree_with_patch_and_pattern_cell(demo):
 def test_a_few_heads_carry_the_ioi_behaviour(demo):
     pairs = demo_data.ioi_pairs(8, seed=7)
     heads = [pw.Cell("head_out", 0, head=2)] + [pw.Cell("head_out", 1, head=h) for h in range(4)]
-    r = pw.patch_sites(demo, [p.clean for p in pairs], [p.corrupt for p in pairs],
-                       answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], cells=heads)  # fmt: skip
+    r = pw.patch_sites(
+        demo,
+        [p.clean for p in pairs],
+        [p.corrupt for p in pairs],
+        answer=[p.answer for p in pairs],
+        wrong=[p.wrong for p in pairs],
+        cells=heads,
+    )
     assert r.joint > 0.8 > max(r.singles)
 
 
@@ -93,5 +129,6 @@ def test_a_few_heads_carry_the_ioi_behaviour(demo):
 )
 def test_bad_cells(demo, cells, message):
     with pytest.raises(pw.PatchwidgetError, match=message):
-        pw.patch_sites(demo, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo",
-                       cells=cells)  # fmt: skip
+        pw.patch_sites(
+            demo, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo", cells=cells
+        )

@@ -11,8 +11,16 @@ import pytest
 import patchwidget as pw
 from patchwidget.cli import main
 
-FACT = ["--clean", "The capital of France is", "--corrupt", "The capital of Japan is", "--answer", "Paris",
-        "--wrong", "Tokyo"]  # fmt: skip
+FACT = [
+    "--clean",
+    "The capital of France is",
+    "--corrupt",
+    "The capital of Japan is",
+    "--answer",
+    "Paris",
+    "--wrong",
+    "Tokyo",
+]
 
 
 def run_cli(*args):
@@ -23,8 +31,15 @@ def test_json_output_matches_the_api(demo, tmp_path, capsys):
     out = tmp_path / "grid.json"
     assert main(["run", *FACT, "--site", "attn_out", "--out", str(out)]) == 0
     saved = pw.PatchResult.load(out)
-    direct = pw.patch(demo, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo",
-                      site="attn_out", metric="logit_diff_norm")  # fmt: skip
+    direct = pw.patch(
+        demo,
+        "The capital of France is",
+        "The capital of Japan is",
+        answer="Paris",
+        wrong="Tokyo",
+        site="attn_out",
+        metric="logit_diff_norm",
+    )
     np.testing.assert_allclose(saved.values, direct.values, atol=1e-6)
     assert f"wrote {out}" in capsys.readouterr().out
 
@@ -34,8 +49,14 @@ def test_remote_simulation_and_memory_budget_options(demo, tmp_path):
     assert (
         main(["run", *FACT, "--remote", "local", "--memory-budget", "50", "--batch-size", "3", "--out", str(out)]) == 0
     )
-    direct = pw.patch(demo, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo",
-                      metric="logit_diff_norm")  # fmt: skip
+    direct = pw.patch(
+        demo,
+        "The capital of France is",
+        "The capital of Japan is",
+        answer="Paris",
+        wrong="Tokyo",
+        metric="logit_diff_norm",
+    )
     np.testing.assert_allclose(pw.PatchResult.load(out).values, direct.values, atol=1e-6)
 
 

@@ -15,15 +15,26 @@ import patchwidget as pw
 from patchwidget import demo_data
 
 PAIRS = demo_data.ioi_pairs(2, seed=6)
-TEXTS = dict(clean=[p.clean for p in PAIRS], corrupt=[p.corrupt for p in PAIRS],
-             answer=[p.answer for p in PAIRS], wrong=[p.wrong for p in PAIRS])  # fmt: skip
+TEXTS = dict(
+    clean=[p.clean for p in PAIRS],
+    corrupt=[p.corrupt for p in PAIRS],
+    answer=[p.answer for p in PAIRS],
+    wrong=[p.wrong for p in PAIRS],
+)
 
 
 @pytest.fixture(scope="module")
 def offloaded(tmp_path_factory):
-    device_map = {"transformer.wte": "cpu", "transformer.wpe": "cpu", "transformer.h.0": "cpu",
-                  "transformer.h.1": "disk", "transformer.h.2": "cpu", "transformer.h.3": "disk",
-                  "transformer.ln_f": "cpu", "lm_head": "cpu"}  # fmt: skip
+    device_map = {
+        "transformer.wte": "cpu",
+        "transformer.wpe": "cpu",
+        "transformer.h.0": "cpu",
+        "transformer.h.1": "disk",
+        "transformer.h.2": "cpu",
+        "transformer.h.3": "disk",
+        "transformer.ln_f": "cpu",
+        "lm_head": "cpu",
+    }
     model = pw.load_model(pw.DEMO_MODEL_DIR, device_map=device_map, offload_folder=tmp_path_factory.mktemp("off"))
     assert type(model._module.transformer.h[1]._hf_hook).__name__ == "AlignDevicesHook"
     assert next(model._module.transformer.h[1].parameters()).device.type == "meta"

@@ -25,8 +25,9 @@ def test_layer0_resid_pre_restores_exactly_at_the_differing_token(tiny_models, m
     model = tiny_models[model_name]
     pair = demo_data.ioi_pairs(1, seed=4)[0]
     pos, n = _differing_position(model, pair)
-    r = pw.patch(model, pair.clean, pair.corrupt, answer=pair.answer, wrong=pair.wrong,
-                 metric="logit_diff_norm", layers=[0])  # fmt: skip
+    r = pw.patch(
+        model, pair.clean, pair.corrupt, answer=pair.answer, wrong=pair.wrong, metric="logit_diff_norm", layers=[0]
+    )
     expected = np.zeros(n)
     expected[pos] = 1.0
     np.testing.assert_allclose(r.values[0], expected, atol=1e-4)
@@ -38,9 +39,18 @@ def test_last_layer_resid_post_at_last_position_restores_exactly(tiny_models, mo
     pair = demo_data.fact_pairs(1, seed=1)[0]
     last = model.config.num_hidden_layers - 1
     for direction in ("denoise", "noise"):
-        r = pw.patch(model, pair.clean, pair.corrupt, answer=pair.answer, wrong=pair.wrong,
-                     metric="logit_diff_norm", site="resid_post", layers=[last], positions=[-1],
-                     direction=direction)  # fmt: skip
+        r = pw.patch(
+            model,
+            pair.clean,
+            pair.corrupt,
+            answer=pair.answer,
+            wrong=pair.wrong,
+            metric="logit_diff_norm",
+            site="resid_post",
+            layers=[last],
+            positions=[-1],
+            direction=direction,
+        )
         # Denoising restores the clean run (1); noising reproduces the corrupted run (0).
         assert r.values.shape == (1, 1)
         assert r.values[0, 0] == pytest.approx(1.0 if direction == "denoise" else 0.0, abs=1e-4)
@@ -74,9 +84,16 @@ def test_ioi_resid_stream_moves_from_second_subject_to_final_token(demo):
 
 def test_ioi_head_grid_finds_a_few_heads(demo):
     pairs = demo_data.ioi_pairs(8, seed=7)
-    r = pw.patch(demo, [p.clean for p in pairs], [p.corrupt for p in pairs],
-                 answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], metric="logit_diff_norm",
-                 site="head_out", by_position=False)  # fmt: skip
+    r = pw.patch(
+        demo,
+        [p.clean for p in pairs],
+        [p.corrupt for p in pairs],
+        answer=[p.answer for p in pairs],
+        wrong=[p.wrong for p in pairs],
+        metric="logit_diff_norm",
+        site="head_out",
+        by_position=False,
+    )
     effects = np.sort(np.abs(r.values).ravel())[::-1]  # 16 heads
     assert r.values.shape == (4, 4)
     assert effects[:3].sum() > 0.6 * effects.sum()
@@ -95,8 +112,14 @@ def test_grouped_query_keys_and_values_are_indexed_by_kv_head(tiny_models):
 
 def test_attribution_leaves_the_model_without_gradients_and_splits_exactly(demo):
     pairs = demo_data.ioi_pairs(3, seed=2)
-    kw = dict(clean=[p.clean for p in pairs], corrupt=[p.corrupt for p in pairs], answer=[p.answer for p in pairs],
-              wrong=[p.wrong for p in pairs], site="head_out", method="attribution")  # fmt: skip
+    kw = dict(
+        clean=[p.clean for p in pairs],
+        corrupt=[p.corrupt for p in pairs],
+        answer=[p.answer for p in pairs],
+        wrong=[p.wrong for p in pairs],
+        site="head_out",
+        method="attribution",
+    )
     seen = []
     whole = pw.patch(demo, **kw)
     split = pw.patch(demo, **kw, batch_size=2, progress=lambda done, total: seen.append((done, total)))

@@ -24,10 +24,18 @@ def narrowing(model, site):
 def reference_values(model, prompts, site, direction, grid_kwargs, by_position):
     hf = model._module
     config = hf.config
-    units = grid_kwargs.get("neurons") or list(range(
-        (getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
-        if site in ("head_k", "head_v") else config.num_attention_heads
-    )) if pw.SITES[site].unit else [0]  # fmt: skip
+    units = (
+        grid_kwargs.get("neurons")
+        or list(
+            range(
+                (getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+                if site in ("head_k", "head_v")
+                else config.num_attention_heads
+            )
+        )
+        if pw.SITES[site].unit
+        else [0]
+    )
     n_layers = config.num_hidden_layers
     per_pair = []
     for p in prompts:
@@ -36,8 +44,9 @@ def reference_values(model, prompts, site, direction, grid_kwargs, by_position):
         source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
         a = model.tokenizer(p.answer, add_special_tokens=False)["input_ids"][0]
         w = model.tokenizer(p.wrong, add_special_tokens=False)["input_ids"][0]
-        logits = reference_patch(hf, source, target, site, list(range(n_layers)), units,
-                                 list(range(len(clean))), by_position)  # fmt: skip
+        logits = reference_patch(
+            hf, source, target, site, list(range(n_layers)), units, list(range(len(clean))), by_position
+        )
         diff = (logits[..., a] - logits[..., w]).numpy()  # (layer, unit, group)
         if not pw.SITES[site].unit:
             diff = diff[:, 0]
@@ -89,8 +98,16 @@ def test_single_pair_and_joint_positions_match_reference(tiny_models, model_name
     model = tiny_models[model_name]
     p = demo_data.fact_pairs(1, seed=2)[0]
     for site, by_position in (("resid_pre", True), ("head_out", False), ("head_v", False)):
-        result = pw.patch(model, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, site=site,
-                          by_position=by_position, direction="noise")  # fmt: skip
+        result = pw.patch(
+            model,
+            p.clean,
+            p.corrupt,
+            answer=p.answer,
+            wrong=p.wrong,
+            site=site,
+            by_position=by_position,
+            direction="noise",
+        )
         expected = reference_values(model, [p], site, "noise", {}, by_position)
         np.testing.assert_allclose(result.per_pair, expected, atol=1e-4, rtol=0)
 
@@ -133,10 +150,24 @@ def test_attribution_matches_reference(tiny_models, model_name, site):
     units = [0, 7, 100] if site == "mlp_neuron" else [0, 1] if pw.SITES[site].unit else [0]
     kw = {"neurons": units} if site == "mlp_neuron" else {"heads": units} if pw.SITES[site].unit else {}
     for direction, (source, target) in (("denoise", (clean, corrupt)), ("noise", (corrupt, clean))):
-        got = pw.patch(model, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, site=site, direction=direction,
-                       method="attribution", layers=[layer], by_position=True, **kw).per_pair[0, 0]  # fmt: skip
-        expected = reference_attribution(model._module, source, target, site, layer, units, list(range(len(clean))),
-                                         a, w).detach().numpy()  # fmt: skip
+        got = pw.patch(
+            model,
+            p.clean,
+            p.corrupt,
+            answer=p.answer,
+            wrong=p.wrong,
+            site=site,
+            direction=direction,
+            method="attribution",
+            layers=[layer],
+            by_position=True,
+            **kw,
+        ).per_pair[0, 0]
+        expected = (
+            reference_attribution(model._module, source, target, site, layer, units, list(range(len(clean))), a, w)
+            .detach()
+            .numpy()
+        )
         if not pw.SITES[site].unit:
             expected = expected[0]
         np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=f"{site} {direction}")

@@ -15,8 +15,21 @@ import patchwidget as pw
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+    _fields_ = [
+        (n, ctypes.c_size_t)
+        for n in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 _LIBC = ctypes.CDLL("libc.so.6")
@@ -74,16 +87,23 @@ def check_budget_bounds(patch_with, budget: int):
 def test_512_token_prompt_stays_under_the_budget(gpt2_small):
     clean, corrupt = word_prompts(512, 1)
     kw = dict(answer="Mary", wrong="John", layers=[6, 11], positions=list(range(488, 512)))
-    result = check_budget_bounds(lambda budget: pw.patch(gpt2_small, clean, corrupt, memory_budget=budget, **kw),
-                                 400 * 2**20)  # fmt: skip
+    result = check_budget_bounds(
+        lambda budget: pw.patch(gpt2_small, clean, corrupt, memory_budget=budget, **kw), 400 * 2**20
+    )
     assert result.values.shape == (2, 24)
 
 
 def test_budget_too_small_fails_before_compute(demo, monkeypatch):
     monkeypatch.setattr(demo, "trace", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
     with pytest.raises(pw.PatchwidgetError, match=r"memory_budget=0.01 MB is too small: .* need about 0.\d+ MB"):
-        pw.patch(demo, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo",
-                 memory_budget=10_000)  # fmt: skip
+        pw.patch(
+            demo,
+            "The capital of France is",
+            "The capital of Japan is",
+            answer="Paris",
+            wrong="Tokyo",
+            memory_budget=10_000,
+        )
 
 
 def test_budget_sets_rows_per_batch(demo):
@@ -106,8 +126,15 @@ def test_attribution_splits_its_backward_pass_to_stay_under_the_budget(gpt2_smal
 def test_attribution_budget_too_small_for_one_pair_fails_before_compute(demo, monkeypatch):
     monkeypatch.setattr(demo, "trace", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
     with pytest.raises(pw.PatchwidgetError, match=r"too small for method='attribution'.* cannot be split further"):
-        pw.patch(demo, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo",
-                 method="attribution", memory_budget=10_000)  # fmt: skip
+        pw.patch(
+            demo,
+            "The capital of France is",
+            "The capital of Japan is",
+            answer="Paris",
+            wrong="Tokyo",
+            method="attribution",
+            memory_budget=10_000,
+        )
 
 
 def test_joint_patching_keeps_to_the_budget(demo):
@@ -120,8 +147,16 @@ def test_joint_patching_keeps_to_the_budget(demo):
     fixed = memory.cache_bytes(info, n_pos, 155, 4, 2, info.d_model)
     budget = fixed + 2 * memory.patched_row_bytes(info, n_pos, 155, 4)  # room for two patched copies at a time
     batches = []
-    r = pw.patch_sites(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, cells=cells, memory_budget=budget,
-                       progress=lambda done, total: batches.append(done))  # fmt: skip
+    r = pw.patch_sites(
+        demo,
+        p.clean,
+        p.corrupt,
+        answer=p.answer,
+        wrong=p.wrong,
+        cells=cells,
+        memory_budget=budget,
+        progress=lambda done, total: batches.append(done),
+    )
     assert batches == [2, 4]
     whole = pw.patch_sites(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, cells=cells)
     assert r.joint == pytest.approx(whole.joint, abs=1e-5)

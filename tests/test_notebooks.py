@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import py_compile
+import re
 import subprocess
 import sys
 import time
@@ -54,8 +55,13 @@ def _execute(nb, timeout: int = 300) -> float:
 
 def test_examples_are_all_there():
     names = {p.name for p in NOTEBOOKS}
-    assert {"quickstart.ipynb", "ioi_workshop.ipynb", "factual_recall.ipynb", "induction.ipynb",
-            "real_models.ipynb"} <= names  # fmt: skip
+    assert {
+        "quickstart.ipynb",
+        "ioi_workshop.ipynb",
+        "factual_recall.ipynb",
+        "induction.ipynb",
+        "real_models.ipynb",
+    } <= names
     assert MARIMO.exists()
 
 
@@ -74,6 +80,10 @@ def test_notebook_runs(path, record_property):
     record_property("seconds", round(elapsed, 1))
     errors = [o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, f"{path.name}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
+    for i, cell in enumerate(nb.cells):  # a plot cell shows its plot, also as `result.plot();`
+        if cell.cell_type == "code" and re.search(r"\.plot(_curve)?\(", cell.source):
+            images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+            assert images, f"{path.name} cell {i} plots but shows no image:\n{cell.source}"
     if elapsed > TARGET_S:
         warnings.warn(
             f"{path.name} took {elapsed:.0f} s, over the {TARGET_S} s target", SlowNotebookWarning, stacklevel=1
@@ -175,12 +185,20 @@ def test_factual_recall_claims(demo, one_thread):
     mlp = pw.patch(demo, **kw, site="mlp_out").values
     assert np.argmax(mlp[:, 4]) == 3 and np.abs(mlp[:, 3]).max() < 0.15
     noisy = pw.noise("France", scale=3.0, samples=10, seed=0)
-    traced = pw.patch(demo, "The capital of France is", noisy, answer="Paris", wrong="Tokyo", site="mlp_out",
-                      metric="logit_diff_norm").values  # fmt: skip
+    traced = pw.patch(
+        demo, "The capital of France is", noisy, answer="Paris", wrong="Tokyo", site="mlp_out", metric="logit_diff_norm"
+    ).values
     assert np.argmax(traced[:, 4]) == 3 and np.abs(traced[:, 3]).max() < 0.1
     for kwargs in (dict(seed=1), dict(scale=1.0)):  # exercise 2: the layer-3 MLP is robust to the noise draw
-        other = pw.patch(demo, "The capital of France is", pw.noise("France", **kwargs), answer="Paris", wrong="Tokyo",
-                         site="mlp_out", metric="logit_diff_norm").values  # fmt: skip
+        other = pw.patch(
+            demo,
+            "The capital of France is",
+            pw.noise("France", **kwargs),
+            answer="Paris",
+            wrong="Tokyo",
+            site="mlp_out",
+            metric="logit_diff_norm",
+        ).values
         assert abs(other[3, 4] - traced[3, 4]) < 0.05
 
 
@@ -198,8 +216,10 @@ def test_induction_claims(demo, one_thread):
 
     def accuracy(k: int) -> float:
         rng, pairs = random.Random(0), demo_data.induction_pairs(50, seed=1)
-        texts = [" ".join(rng.sample([w for w in demo_data.INDUCTION_WORDS if w not in p.clean.split()], k) + [p.clean])
-                 for p in pairs]  # fmt: skip
+        texts = [
+            " ".join(rng.sample([w for w in demo_data.INDUCTION_WORDS if w not in p.clean.split()], k) + [p.clean])
+            for p in pairs
+        ]
         ids = torch.tensor([demo.tokenizer(t)["input_ids"] for t in texts])
         with torch.no_grad():
             with demo.trace(ids):

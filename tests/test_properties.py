@@ -11,11 +11,21 @@ import patchwidget as pw
 from patchwidget import demo_data
 
 PAIRS = demo_data.ioi_pairs(2, seed=3)
-TEXTS = dict(clean=[p.clean for p in PAIRS], corrupt=[p.corrupt for p in PAIRS],
-             answer=[p.answer for p in PAIRS], wrong=[p.wrong for p in PAIRS])  # fmt: skip
+TEXTS = dict(
+    clean=[p.clean for p in PAIRS],
+    corrupt=[p.corrupt for p in PAIRS],
+    answer=[p.answer for p in PAIRS],
+    wrong=[p.wrong for p in PAIRS],
+)
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 20), st.floats(allow_nan=True),
-                    st.text(max_size=8), st.sampled_from(["resid_pre", "head_out", "mean", "noise", "kl"]))  # fmt: skip
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 20),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.sampled_from(["resid_pre", "head_out", "mean", "noise", "kl"]),
+)
 messages = st.one_of(
     scalars,
     st.lists(scalars, max_size=3),
@@ -29,12 +39,22 @@ messages = st.one_of(
             "level": st.one_of(st.integers(-2, 4), scalars),
             "key": st.one_of(st.sampled_from(["site", "direction", "metric", "pair", "method"]), scalars),
             "value": scalars,
-            "cells": st.one_of(scalars, st.lists(st.fixed_dictionaries(
-                {"panel": st.sampled_from(["resid_pre", "head_out"]), "row": st.integers(-1, 5),
-                 "col": st.integers(-1, 15)}), max_size=3)),
+            "cells": st.one_of(
+                scalars,
+                st.lists(
+                    st.fixed_dictionaries(
+                        {
+                            "panel": st.sampled_from(["resid_pre", "head_out"]),
+                            "row": st.integers(-1, 5),
+                            "col": st.integers(-1, 15),
+                        }
+                    ),
+                    max_size=3,
+                ),
+            ),
         },
     ),
-)  # fmt: skip
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,12 @@ import patchwidget as pw
 from patchwidget import demo_data
 
 PAIRS = demo_data.ioi_pairs(2, seed=6)
-TEXTS = dict(clean=[p.clean for p in PAIRS], corrupt=[p.corrupt for p in PAIRS],
-             answer=[p.answer for p in PAIRS], wrong=[p.wrong for p in PAIRS])  # fmt: skip
+TEXTS = dict(
+    clean=[p.clean for p in PAIRS],
+    corrupt=[p.corrupt for p in PAIRS],
+    answer=[p.answer for p in PAIRS],
+    wrong=[p.wrong for p in PAIRS],
+)
 
 
 def both(fn, **kwargs):
@@ -24,16 +28,20 @@ def both(fn, **kwargs):
 def test_every_site_and_method_under_remote_local(demo, site, method):
     kwargs = {"neurons": [1, 2, 3]} if site == "mlp_neuron" else {}
     for direction in ("denoise", "noise"):
-        local, remote = both(lambda d=direction, **kw: pw.patch(demo, **TEXTS, site=site, method=method, direction=d,
-                                                   layers=[1, 3], **kwargs, **kw))  # fmt: skip
+        local, remote = both(
+            lambda d=direction, **kw: pw.patch(
+                demo, **TEXTS, site=site, method=method, direction=d, layers=[1, 3], **kwargs, **kw
+            )
+        )
         np.testing.assert_allclose(remote.per_pair, local.per_pair, atol=1e-5)
         np.testing.assert_allclose(remote.clean_baseline, local.clean_baseline, atol=1e-5)
 
 
 def test_noise_joint_and_pattern_under_remote_local(demo):
     noise = pw.noise("France", samples=2)
-    local, remote = both(lambda **kw: pw.patch(demo, "The capital of France is", noise, answer="Paris",
-                                               wrong="Tokyo", **kw))  # fmt: skip
+    local, remote = both(
+        lambda **kw: pw.patch(demo, "The capital of France is", noise, answer="Paris", wrong="Tokyo", **kw)
+    )
     np.testing.assert_allclose(remote.values, local.values, atol=1e-5)
     cells = [pw.Cell("head_out", 0, head=2), pw.Cell("attn_pattern", 1, head=1), pw.Cell("mlp_out", 2, pos=-1)]
     local, remote = both(lambda **kw: pw.patch_sites(demo, **TEXTS, cells=cells, **kw))
@@ -99,8 +107,9 @@ def test_every_site_through_a_remote_server(demo, client, ndif, site, method):
     kwargs = {"neurons": [1, 2, 3]} if site == "mlp_neuron" else {}
     for direction in ("denoise", "noise"):
         local = pw.patch(demo, **TEXTS, site=site, direction=direction, method=method, layers=[1, 3], **kwargs)
-        remote = pw.patch(client, **TEXTS, site=site, direction=direction, method=method, layers=[1, 3],
-                          remote=ndif.url, **kwargs)  # fmt: skip
+        remote = pw.patch(
+            client, **TEXTS, site=site, direction=direction, method=method, layers=[1, 3], remote=ndif.url, **kwargs
+        )
         np.testing.assert_allclose(remote.per_pair, local.per_pair, atol=1e-5)
 
 
@@ -112,16 +121,20 @@ def test_joint_patching_and_pattern_through_a_remote_server(demo, client, ndif):
     remote = pw.patch_sites(client, **TEXTS, cells=cells, remote=ndif.url)
     assert remote.joint == pytest.approx(local.joint, abs=1e-5)
     np.testing.assert_allclose(remote.per_pair_singles, local.per_pair_singles, atol=1e-5)
-    np.testing.assert_allclose(attention_pattern(client, PAIRS[0].clean, 1, 2, remote=ndif.url),
-                               attention_pattern(demo, PAIRS[0].clean, 1, 2), atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        attention_pattern(client, PAIRS[0].clean, 1, 2, remote=ndif.url),
+        attention_pattern(demo, PAIRS[0].clean, 1, 2),
+        atol=1e-6,
+    )
     assert ndif.requests == 2 + 1
 
 
 def test_noise_corruption_through_a_remote_server(demo, client, ndif):
     noise = pw.noise("France", samples=3)
     local = pw.patch(demo, "The capital of France is", noise, answer="Paris", wrong="Tokyo", site="mlp_out")
-    remote = pw.patch(client, "The capital of France is", noise, answer="Paris", wrong="Tokyo", site="mlp_out",
-                      remote=ndif.url)  # fmt: skip
+    remote = pw.patch(
+        client, "The capital of France is", noise, answer="Paris", wrong="Tokyo", site="mlp_out", remote=ndif.url
+    )
     np.testing.assert_allclose(remote.per_pair, local.per_pair, atol=1e-5)
     assert ndif.requests == 3  # the embeddings' scale (the weights are on the server), the runs, the patched copies
 
@@ -160,8 +173,14 @@ def test_cancel_stops_waiting_for_the_server(demo, client, ndif):
         if request_id == 1 and status == "QUEUED":
             session.cancel()
 
-    session = Session(client, **TEXTS, remote=ndif.url, preview=False, on_status=on_status,
-                      on_result=lambda rid, computed: results.append(rid))  # fmt: skip
+    session = Session(
+        client,
+        **TEXTS,
+        remote=ndif.url,
+        preview=False,
+        on_status=on_status,
+        on_result=lambda rid, computed: results.append(rid),
+    )
     session.submit(1, Level("top", "mlp_out"), Settings())
     wait_for(lambda: (1, "QUEUED") in statuses)
     session.submit(2, Level("top", "attn_out"), Settings())

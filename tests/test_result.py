@@ -17,9 +17,16 @@ matplotlib.use("Agg")
 @pytest.fixture(scope="module")
 def result(demo):
     pairs = demo_data.ioi_pairs(2, seed=1)
-    return pw.patch(demo, [p.clean for p in pairs], [p.corrupt for p in pairs],
-                    answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs],
-                    site="head_out", layers=[2, 3], metric="logit_diff_norm")  # fmt: skip
+    return pw.patch(
+        demo,
+        [p.clean for p in pairs],
+        [p.corrupt for p in pairs],
+        answer=[p.answer for p in pairs],
+        wrong=[p.wrong for p in pairs],
+        site="head_out",
+        layers=[2, 3],
+        metric="logit_diff_norm",
+    )
 
 
 def test_result_describes_itself(result):
@@ -90,7 +97,8 @@ def test_plot_uses_a_centred_diverging_map_and_token_labels(result):
 
 def test_consistency_across_pairs():
     per_pair = np.array([[[1.0, 0.5, 0.0]], [[1.0, -0.4, 0.01]], [[1.0, 0.6, -0.01]]])
-    r = pw.PatchResult(per_pair, ("layer", "pos"), {"layer": [0], "pos": [0, 1, 2]}, ["a", "b", "c"],
-                       np.ones(3), np.zeros(3))  # fmt: skip
+    r = pw.PatchResult(
+        per_pair, ("layer", "pos"), {"layer": [0], "pos": [0, 1, 2]}, ["a", "b", "c"], np.ones(3), np.zeros(3)
+    )
     np.testing.assert_allclose(r.spread()[0], per_pair.std(0)[0])
     assert r.sign_flips().tolist() == [[0, 1, 0]]  # the third cell's flips are below the tolerance

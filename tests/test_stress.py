@@ -27,8 +27,14 @@ def test_a_hundred_quick_clicks_end_on_the_last_request(demo):
     handler_time = time.perf_counter() - start
     send(w, type="drill", request_id=101, panel="resid_pre", row=2, col=13)
     assert wait_idle(w, 101)["state"] == "idle"
-    assert w.view["request_id"] == 101 and w.path[-1] == {"kind": "heads", "site": "resid_pre", "layer": 2,
-                                                           "head": None, "pos": 13, "cells": ()}  # fmt: skip
+    assert w.view["request_id"] == 101 and w.path[-1] == {
+        "kind": "heads",
+        "site": "resid_pre",
+        "layer": 2,
+        "head": None,
+        "pos": 13,
+        "cells": (),
+    }
     assert handler_time < 30  # handlers return at once; only a broken queue could take this long
     time.sleep(0.3)
     assert w.view["request_id"] == 101  # nothing stale arrived afterwards
@@ -42,8 +48,9 @@ def test_no_thread_or_memory_leak_after_a_thousand_requests(demo):
 
     def burst(first):
         for i in range(first, first + 500):
-            send(w, type="drill", request_id=i, panel="resid_pre", row=i % 4, col=3) if i % 2 else \
-                send(w, type="back", request_id=i, level=0)  # fmt: skip
+            send(w, type="drill", request_id=i, panel="resid_pre", row=i % 4, col=3) if i % 2 else send(
+                w, type="back", request_id=i, level=0
+            )
         wait_idle(w, first + 499)
 
     burst(1)  # warms the level cache

@@ -15,9 +15,11 @@ from patchwidget.session import Level, Session, Settings
 
 PAIRS = demo_data.ioi_pairs(2, seed=3)
 TEXTS = dict(
-    clean=[p.clean for p in PAIRS], corrupt=[p.corrupt for p in PAIRS],
-    answer=[p.answer for p in PAIRS], wrong=[p.wrong for p in PAIRS],
-)  # fmt: skip
+    clean=[p.clean for p in PAIRS],
+    corrupt=[p.corrupt for p in PAIRS],
+    answer=[p.answer for p in PAIRS],
+    wrong=[p.wrong for p in PAIRS],
+)
 
 
 def wait_idle(widget, request_id, timeout=60):
@@ -85,8 +87,9 @@ def test_pair_choice_and_settings(widget):
     mean = widget.view["panels"][0]["values"]
     send(widget, type="set", request_id=1, key="pair", value=1)
     assert widget.status["request_id"] == 1
-    np.testing.assert_allclose(np.array(widget.view["panels"][0]["values"], dtype=float),
-                               widget.result.per_pair[1], atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        np.array(widget.view["panels"][0]["values"], dtype=float), widget.result.per_pair[1], atol=1e-5
+    )
     send(widget, type="set", request_id=2, key="direction", value="noise")
     wait_idle(widget, 2)
     assert widget.controls["direction"] == "noise" and widget.result.settings["direction"] == "noise"
@@ -130,8 +133,7 @@ def test_backend_errors_are_shown(widget, monkeypatch):
 def test_newer_request_supersedes_older(demo):
     started, release = threading.Event(), threading.Event()
     shown = []
-    session = Session(demo, **TEXTS, batch_size=8, preview=False,
-                      on_result=lambda rid, c: shown.append((rid, c.level)))  # fmt: skip
+    session = Session(demo, **TEXTS, batch_size=8, preview=False, on_result=lambda rid, c: shown.append((rid, c.level)))
 
     def slow_progress(request_id, done, total):
         if request_id == 1:
@@ -196,8 +198,9 @@ def test_joint_patch_of_selected_cells(widget):
     box = widget.view["joint"]
     assert box["cells"] == [f"head_out L1 H{h} @13" for h in range(4)]
     assert box["joint"] == pytest.approx(widget.joint.joint, abs=1e-5)
-    np.testing.assert_allclose(box["singles"], np.array(widget.view["panels"][0]["values"], dtype=float)[:, 13],
-                               atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        box["singles"], np.array(widget.view["panels"][0]["values"], dtype=float)[:, 13], atol=1e-4
+    )
     assert widget.path[-1]["kind"] == "heads"  # the drill-down path is unchanged
     send(widget, type="joint", request_id=3, cells=[{"panel": "head_out", "row": 9, "col": 0}])
     assert widget.status["state"] == "error" and "row must be" in widget.status["message"]
@@ -230,8 +233,7 @@ def test_pair_change_and_joint_during_an_estimate_still_end_exact(demo, monkeypa
     send(w, type="set", request_id=2, key="pair", value=1)
     hold.set()
     assert wait_idle(w, 2)["state"] == "idle" and w.view["exact"] is True
-    np.testing.assert_allclose(np.array(w.view["panels"][0]["values"], dtype=float), w.result.per_pair[1][0],
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(np.array(w.view["panels"][0]["values"], dtype=float), w.result.per_pair[1][0], atol=1e-5)
     w.close()
 
 
@@ -274,8 +276,9 @@ def test_patching_from_the_notebook_while_the_widget_computes(demo):
     assert w.status["state"] != "error"
 
 
-@pytest.mark.parametrize("kwargs,message", [({"site": "head_q"}, "cannot start the explorer"),
-                                            ({"metric": "acc"}, "unknown metric 'acc'")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs,message", [({"site": "head_q"}, "cannot start the explorer"), ({"metric": "acc"}, "unknown metric 'acc'")]
+)
 def test_bad_explore_arguments_leave_no_thread_behind(demo, kwargs, message):
     threads = threading.active_count()
     with pytest.raises(pw.PatchwidgetError, match=message):

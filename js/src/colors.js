@@ -1,6 +1,6 @@
 import { rgb } from "d3-color";
 import { scaleDiverging, scaleSequential } from "d3-scale";
-import { interpolateRdBu, interpolateGreens } from "d3-scale-chromatic";
+import { interpolateGreens, interpolateRdBu } from "d3-scale-chromatic";
 
 // Python sends NaN as null (JSON has no NaN); a stray non-finite number is
 // treated the same so it can never be coloured as if it were a value.

@@ -8,42 +8,47 @@ const GROUPS = [
   ["mlp", "MLP"],
 ];
 
-const DIRECTIONS = [
-  ["denoise", "denoise (clean into corrupt run)"],
-  ["noise", "noise (corrupt into clean run)"],
-];
-
-const METHODS = [
-  ["exact", "exact patching"],
-  ["attribution", "attribution (fast estimate)"],
-];
-
 function siteGroup(group, label, controls, onSet) {
   const sites = (controls.sites ?? []).filter((s) => s.group === group);
   if (sites.length === 0) return null;
   return h("div", { class: "pw-site-group", role: "tablist", "aria-label": label }, [
     h("span", { class: "pw-site-group-label", "aria-hidden": "true" }, label),
-    ...sites.map((site) => h("button", {
-      type: "button",
-      role: "tab",
-      class: "pw-site-tab",
-      "aria-selected": String(site.name === controls.site),
-      "data-site": site.name,
-      "data-pw-key": `site:${site.name}`,
-      onclick: () => onSet("site", site.name),
-    }, site.label)),
+    ...sites.map((site) =>
+      h(
+        "button",
+        {
+          type: "button",
+          role: "tab",
+          class: "pw-site-tab",
+          "aria-selected": String(site.name === controls.site),
+          "data-site": site.name,
+          "data-pw-key": `site:${site.name}`,
+          onclick: () => onSet("site", site.name),
+        },
+        site.label,
+      ),
+    ),
   ]);
 }
 
 // Options carry typed values (pair is "mean" or an int); mapping back by
 // index avoids parsing the option's string value.
 function selectControl(key, label, options, current, onSet) {
-  const select = h("select", {
-    class: `pw-${key}`,
-    "data-pw-key": `ctl:${key}`,
-    onchange: (e) => onSet(key, options[e.target.selectedIndex][0]),
-  }, options.map(([value, text]) => h("option", { value: String(value), selected: value === current }, text)));
+  const select = h(
+    "select",
+    {
+      class: `pw-${key}`,
+      "data-pw-key": `ctl:${key}`,
+      onchange: (e) => onSet(key, options[e.target.selectedIndex][0]),
+    },
+    options.map(([value, text]) => h("option", { value: String(value), selected: value === current }, text)),
+  );
   return h("label", { class: "pw-control" }, [h("span", {}, label), select]);
+}
+
+// Every choice comes from Python (controls.directions, .metrics, .methods: [{value, label}]).
+function choices(list) {
+  return (list ?? []).map((c) => [c.value, c.label]);
 }
 
 function pairOptions(nPairs) {
@@ -74,7 +79,7 @@ function rangeControl(vmax, autoMax, onVmax) {
     class: "pw-vmax-auto",
     "data-pw-key": "ctl:vmax-auto",
     checked: auto,
-    onchange: (e) => onVmax(e.target.checked ? null : validVmax(input.valueAsNumber) ?? autoMax),
+    onchange: (e) => onVmax(e.target.checked ? null : (validVmax(input.valueAsNumber) ?? autoMax)),
   });
   return h("div", { class: "pw-control pw-range", role: "group", "aria-label": "Colour range" }, [
     h("span", {}, "Colour range ±"),
@@ -86,11 +91,15 @@ function rangeControl(vmax, autoMax, onVmax) {
 // handlers: onSet(key, value) for protocol "set" requests, onVmax(value|null).
 export function renderControls(controls, { vmax, autoMax, onSet, onVmax }) {
   return [
-    h("div", { class: "pw-sites" }, GROUPS.map(([group, label]) => siteGroup(group, label, controls, onSet))),
+    h(
+      "div",
+      { class: "pw-sites" },
+      GROUPS.map(([group, label]) => siteGroup(group, label, controls, onSet)),
+    ),
     h("div", { class: "pw-options" }, [
-      selectControl("direction", "Direction", DIRECTIONS, controls.direction, onSet),
-      selectControl("metric", "Metric", (controls.metrics ?? []).map((m) => [m, m]), controls.metric, onSet),
-      selectControl("method", "Method", METHODS, controls.method, onSet),
+      selectControl("direction", "Direction", choices(controls.directions), controls.direction, onSet),
+      selectControl("metric", "Metric", choices(controls.metrics), controls.metric, onSet),
+      selectControl("method", "Method", choices(controls.methods), controls.method, onSet),
       controls.n_pairs > 1 ? selectControl("pair", "Pair", pairOptions(controls.n_pairs), controls.pair, onSet) : null,
       rangeControl(vmax, autoMax, onVmax),
     ]),

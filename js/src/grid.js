@@ -2,8 +2,8 @@ import { cellColors, isMissing } from "./colors.js";
 import { cellFlips, consistencyNotes } from "./consistency.js";
 import { h } from "./dom.js";
 import { formatExact, formatValue } from "./format.js";
-import { isSelected } from "./selection.js";
 import { keyAction } from "./keyboard.js";
+import { isSelected } from "./selection.js";
 
 // nPairs (controls.n_pairs) only words the spread and flips of mean views.
 export function cellLabel(panel, row, col, nPairs) {
@@ -30,30 +30,44 @@ function renderCell(panel, row, col, { scale, focus, selection, nPairs }) {
     isMissing(value) && "pw-nan",
     cellFlips(panel, row, col) > 0 && "pw-flip",
   ];
-  return h("td", {
-    role: "gridcell",
-    class: classes.filter(Boolean).join(" "),
-    "data-row": row,
-    "data-col": col,
-    "data-pw-key": `cell:${panel.id}:${row}:${col}`,
-    tabindex: row === focus.row && col === focus.col ? 0 : -1,
-    "aria-label": cellLabel(panel, row, col, nPairs),
-    "aria-selected": String(selected),
-    style: colors && `background-color: ${colors.background}; color: ${colors.color}`,
-  }, formatValue(value, 2, Math.abs(scale.domain().at(-1))));
+  return h(
+    "td",
+    {
+      role: "gridcell",
+      class: classes.filter(Boolean).join(" "),
+      "data-row": row,
+      "data-col": col,
+      "data-pw-key": `cell:${panel.id}:${row}:${col}`,
+      tabindex: row === focus.row && col === focus.col ? 0 : -1,
+      "aria-label": cellLabel(panel, row, col, nPairs),
+      "aria-selected": String(selected),
+      style: colors && `background-color: ${colors.background}; color: ${colors.color}`,
+    },
+    formatValue(value, 2, Math.abs(scale.domain().at(-1))),
+  );
 }
 
 function headerRow(panel) {
-  const corner = h("td", { role: "none", class: "pw-corner", "aria-hidden": "true" }, `${panel.row_dim} \\ ${panel.col_dim}`);
+  const corner = h(
+    "td",
+    { role: "none", class: "pw-corner", "aria-hidden": "true" },
+    `${panel.row_dim} \\ ${panel.col_dim}`,
+  );
   const heads = panel.cols.map((label) => h("th", { role: "columnheader", scope: "col" }, h("span", {}, label)));
   return h("thead", {}, h("tr", { role: "row" }, [corner, ...heads]));
 }
 
 function bodyRows(panel, opts) {
-  return h("tbody", {}, panel.rows.map((label, row) => h("tr", { role: "row" }, [
-    h("th", { role: "rowheader", scope: "row" }, label),
-    ...panel.cols.map((_, col) => renderCell(panel, row, col, opts)),
-  ])));
+  return h(
+    "tbody",
+    {},
+    panel.rows.map((label, row) =>
+      h("tr", { role: "row" }, [
+        h("th", { role: "rowheader", scope: "row" }, label),
+        ...panel.cols.map((_, col) => renderCell(panel, row, col, opts)),
+      ]),
+    ),
+  );
 }
 
 function cellAt(grid, row, col) {
@@ -73,10 +87,17 @@ function makeRoving(grid, cell) {
 
 function applyKey(grid, panel, action, actions) {
   switch (action.type) {
-    case "focus": cellAt(grid, action.row, action.col)?.focus(); return true;
-    case "drill": if (panel.clickable) actions.drill(action.row, action.col); return true;
-    case "toggle": actions.toggle(action.row, action.col); return true;
-    case "back": return actions.back();
+    case "focus":
+      cellAt(grid, action.row, action.col)?.focus();
+      return true;
+    case "drill":
+      if (panel.clickable) actions.drill(action.row, action.col);
+      return true;
+    case "toggle":
+      actions.toggle(action.row, action.col);
+      return true;
+    case "back":
+      return actions.back();
   }
 }
 
@@ -124,13 +145,17 @@ function onFocusin(grid, panel, opts, event) {
 // Escape can fall through to the notebook at the top level.
 export function renderGrid(panel, opts) {
   const { actions, tooltip } = opts;
-  const grid = h("table", {
-    role: "grid",
-    class: "pw-grid",
-    "aria-label": panel.title,
-    "aria-multiselectable": "true",
-    "data-panel": panel.id,
-  }, [headerRow(panel), bodyRows(panel, opts)]);
+  const grid = h(
+    "table",
+    {
+      role: "grid",
+      class: "pw-grid",
+      "aria-label": panel.title,
+      "aria-multiselectable": "true",
+      "data-panel": panel.id,
+    },
+    [headerRow(panel), bodyRows(panel, opts)],
+  );
   grid.addEventListener("keydown", (e) => onKeydown(grid, panel, actions, e));
   grid.addEventListener("click", (e) => onClick(panel, actions, e));
   grid.addEventListener("focusin", (e) => onFocusin(grid, panel, opts, e));

@@ -31,7 +31,13 @@ function render({ model, el }) {
   const jointBox = createJointBox(); // under the panels but outside body, which selection changes rebuild
   // Lumino stops its shortcut lookup here, so arrows, Enter and Escape in the
   // grid are not taken as notebook commands.
-  const root = h("div", { class: "patchwidget", "data-lm-suppress-shortcuts": "true" }, [header, controls, status, body, jointBox]);
+  const root = h("div", { class: "patchwidget", "data-lm-suppress-shortcuts": "true" }, [
+    header,
+    controls,
+    status,
+    body,
+    jointBox,
+  ]);
   const tooltip = createTooltip(root);
   el.replaceChildren(root);
 
@@ -73,34 +79,45 @@ function render({ model, el }) {
 
   function renderControlsSection() {
     const current = model.get("controls") ?? {};
-    replaceContent(controls, renderControls(current, {
-      vmax: vmax(),
-      autoMax: viewAutoMax(shown),
-      onSet: (key, value) => {
-        if (current[key] !== value) request({ type: "set", key, value });
-      },
-      onVmax: (value) => setTrait("vmax", value),
-    }));
+    replaceContent(
+      controls,
+      renderControls(current, {
+        vmax: vmax(),
+        autoMax: viewAutoMax(shown),
+        onSet: (key, value) => {
+          if (current[key] !== value) request({ type: "set", key, value });
+        },
+        onVmax: (value) => setTrait("vmax", value),
+      }),
+    );
   }
 
   function renderStatusSection() {
     const current = currentStatus(model.get("status"), requests.latest());
-    replaceContent(status, [renderStatus(current, () => model.send({ type: "cancel" }))]);
+    replaceContent(status, [
+      renderStatus(current, () => model.send({ type: "cancel", request_id: requests.latest() })),
+    ]);
   }
 
   function renderPanels() {
     const panels = shown?.panels ?? [];
     if (panels.length === 0) return h("div", { class: "pw-empty" }, "Nothing to show yet.");
     const cells = selection();
-    return h("div", { class: "pw-panels" }, panels.map((panel) => renderPanel(panel, {
-      vmax: vmax(),
-      exact: shown.exact !== false,
-      focus: focus.get(panel.id),
-      selection: cells.filter((c) => c.panel === panel.id),
-      nPairs: model.get("controls")?.n_pairs,
-      tooltip,
-      actions: panelActions(panel),
-    })));
+    return h(
+      "div",
+      { class: "pw-panels" },
+      panels.map((panel) =>
+        renderPanel(panel, {
+          vmax: vmax(),
+          exact: shown.exact !== false,
+          focus: focus.get(panel.id),
+          selection: cells.filter((c) => c.panel === panel.id),
+          nPairs: model.get("controls")?.n_pairs,
+          tooltip,
+          actions: panelActions(panel),
+        }),
+      ),
+    );
   }
 
   function renderBody() {

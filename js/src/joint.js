@@ -19,7 +19,11 @@ export function renderJointTable(joint) {
     // The metric heads the value column; a caption would wrap to the narrow table.
     h("table", { class: "pw-joint-table", "aria-label": "Joint patching" }, [
       h("thead", {}, h("tr", {}, [h("th", { scope: "col" }, "cell"), h("th", { scope: "col" }, joint.metric)])),
-      h("tbody", {}, cells.map((label, i) => row(label, joint.singles?.[i]))),
+      h(
+        "tbody",
+        {},
+        cells.map((label, i) => row(label, joint.singles?.[i])),
+      ),
       h("tfoot", {}, [row("sum of singles", joint.sum_of_singles), row("all together", joint.joint)]),
     ]),
   ];

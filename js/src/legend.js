@@ -11,8 +11,16 @@ export function renderLegend(scale) {
   const lo = domain[0];
   const hi = domain[domain.length - 1];
   const colors = Array.from({ length: STOPS }, (_, i) => scale(lo + ((hi - lo) * i) / (STOPS - 1)));
-  return h("div", { class: "pw-legend", role: "img", "aria-label": `Colour scale from ${formatTick(lo)} to ${formatTick(hi)}` }, [
-    h("div", { class: "pw-legend-bar", style: `background: linear-gradient(to right, ${colors.join(", ")})` }),
-    h("div", { class: "pw-legend-ticks", "aria-hidden": "true" }, domain.map((v) => h("span", {}, formatTick(v)))),
-  ]);
+  return h(
+    "div",
+    { class: "pw-legend", role: "img", "aria-label": `Colour scale from ${formatTick(lo)} to ${formatTick(hi)}` },
+    [
+      h("div", { class: "pw-legend-bar", style: `background: linear-gradient(to right, ${colors.join(", ")})` }),
+      h(
+        "div",
+        { class: "pw-legend-ticks", "aria-hidden": "true" },
+        domain.map((v) => h("span", {}, formatTick(v))),
+      ),
+    ],
+  );
 }

@@ -13,10 +13,14 @@ function clampFocus(focus, panel) {
 }
 
 function estimateBadge() {
-  return h("span", {
-    class: "pw-estimate",
-    title: "Attribution-patching estimate; exact values replace it when computed",
-  }, "estimate");
+  return h(
+    "span",
+    {
+      class: "pw-estimate",
+      title: "Attribution-patching estimate; exact values replace it when computed",
+    },
+    "estimate",
+  );
 }
 
 // Explains the corner mark on cells; CSS draws the same triangle before it.

@@ -15,15 +15,19 @@ function renderProgress({ done, total, server }, onCancel) {
     h("progress", { max: known ? total : null, value: known ? done : null, "aria-label": "Patching progress" }),
     h("span", { class: "pw-progress-text" }, known ? `${done} / ${total}` : "starting…"),
     remote ? h("span", { class: "pw-server-status", role: "status" }, remote) : null,
-    h("button", {
-      type: "button",
-      class: "pw-cancel",
-      "data-pw-key": "cancel",
-      onclick: (e) => {
-        e.currentTarget.disabled = true;
-        onCancel();
+    h(
+      "button",
+      {
+        type: "button",
+        class: "pw-cancel",
+        "data-pw-key": "cancel",
+        onclick: (e) => {
+          e.currentTarget.disabled = true;
+          onCancel();
+        },
       },
-    }, "Cancel"),
+      "Cancel",
+    ),
   ]);
 }
 
@@ -38,9 +42,13 @@ function renderError(message) {
 // status: the synced status already filtered for staleness (null if stale).
 export function renderStatus(status, onCancel) {
   switch (status?.state) {
-    case "running": return renderProgress(status, onCancel);
-    case "error": return renderError(status.message);
-    case "cancelled": return h("div", { class: "pw-cancelled" }, "Cancelled; showing the previous result.");
-    default: return null;
+    case "running":
+      return renderProgress(status, onCancel);
+    case "error":
+      return renderError(status.message);
+    case "cancelled":
+      return h("div", { class: "pw-cancelled" }, "Cancelled; showing the previous result.");
+    default:
+      return null;
   }
 }

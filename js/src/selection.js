@@ -17,7 +17,11 @@ export function renderSelectionBar(selection, { onJoint, onClear }) {
   const count = `${selection.length} cell${selection.length === 1 ? "" : "s"} selected`;
   return h("div", { class: "pw-selection", role: "group", "aria-label": "Selection" }, [
     h("span", { class: "pw-selection-count" }, count),
-    h("button", { type: "button", class: "pw-joint", "data-pw-key": "joint", onclick: onJoint }, "Patch selected together"),
+    h(
+      "button",
+      { type: "button", class: "pw-joint", "data-pw-key": "joint", onclick: onJoint },
+      "Patch selected together",
+    ),
     h("button", { type: "button", class: "pw-clear-selection", "data-pw-key": "clear", onclick: onClear }, "Clear"),
   ]);
 }

@@ -34,7 +34,12 @@ describe("panelScale", () => {
 
 describe("autoVmax", () => {
   it("takes the largest absolute value and skips NaN", () => {
-    expect(autoVmax([[null, -3], [2, NaN]])).toBe(3);
+    expect(
+      autoVmax([
+        [null, -3],
+        [2, NaN],
+      ]),
+    ).toBe(3);
   });
 
   it("never returns a degenerate range", () => {

@@ -3,8 +3,18 @@ import { cellFlips, consistencyNotes, panelHasFlips } from "../src/consistency.j
 import { panel4x5 } from "./fake-model.js";
 
 const mean = panel4x5({
-  spread: [[0.1234, 0, 0.5, null, 0.2], [0, 0, 0, 0, 0], [0.00012345, 0, 0, 0, 0], [12.345, 0, 0, 0, 0]],
-  flips: [[2, 0, 1, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+  spread: [
+    [0.1234, 0, 0.5, null, 0.2],
+    [0, 0, 0, 0, 0],
+    [0.00012345, 0, 0, 0, 0],
+    [12.345, 0, 0, 0, 0],
+  ],
+  flips: [
+    [2, 0, 1, 0, 0],
+    [0, 0, 0, 0, 0],
+    [0, 0, 0, 0, 0],
+    [0, 0, 0, 0, 0],
+  ],
 });
 
 describe("consistency across pairs", () => {
@@ -33,6 +43,14 @@ describe("consistency across pairs", () => {
     expect(cellFlips(plain, 0, 0)).toBe(0);
     expect(panelHasFlips(plain)).toBe(false);
     expect(panelHasFlips(mean)).toBe(true);
-    expect(panelHasFlips({ ...mean, flips: [[0, 0], [0, 0]] })).toBe(false);
+    expect(
+      panelHasFlips({
+        ...mean,
+        flips: [
+          [0, 0],
+          [0, 0],
+        ],
+      }),
+    ).toBe(false);
   });
 });

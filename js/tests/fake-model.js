@@ -50,7 +50,14 @@ export function panel4x5(overrides = {}) {
 
 export function initialState(overrides = {}) {
   return {
-    view: { request_id: 0, level: 0, title: "resid_pre · denoise · logit_diff_norm", note: "", exact: true, panels: [panel4x5()] },
+    view: {
+      request_id: 0,
+      level: 0,
+      title: "resid_pre · denoise · logit_diff_norm",
+      note: "",
+      exact: true,
+      panels: [panel4x5()],
+    },
     breadcrumb: [{ label: "resid_pre" }],
     controls: {
       site: "resid_pre",
@@ -62,7 +69,15 @@ export function initialState(overrides = {}) {
       ],
       direction: "denoise",
       metric: "logit_diff_norm",
-      metrics: ["logit_diff_norm", "logit_diff", "prob"],
+      directions: [
+        { value: "denoise", label: "denoise (clean into corrupt run)" },
+        { value: "noise", label: "noise (corrupt into clean run)" },
+      ],
+      metrics: ["logit_diff_norm", "logit_diff", "prob"].map((m) => ({ value: m, label: m })),
+      methods: [
+        { value: "exact", label: "exact patching" },
+        { value: "attribution", label: "attribution (fast estimate)" },
+      ],
       pair: "mean",
       n_pairs: 1,
       method: "exact",

@@ -87,9 +87,9 @@ describe("renderGrid", () => {
     const { cell, actions } = setup({}, false);
     key(cell(3, 2), "Enter");
     expect(actions.drill).toHaveBeenCalledWith(3, 2);
-    const escape = key(cell(3, 2), "Escape");
+    const escapeEvent = key(cell(3, 2), "Escape");
     expect(actions.back).toHaveBeenCalled();
-    expect(escape.defaultPrevented).toBe(false);
+    expect(escapeEvent.defaultPrevented).toBe(false);
   });
 
   it("leaves modified keys to the notebook", () => {
@@ -108,8 +108,18 @@ describe("renderGrid", () => {
 
 // The mean over 8 pairs: cell (3, 0) is consistent, (1, 2) flips in 2 pairs.
 const spreadAndFlips = () => ({
-  spread: [[0.1, 0.1, 0.1, null, 0.1], [0.1, 0.1, 0.4567, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1, 0.1], [0.0812, 0.1, 0.1, 0.1, 0.1]],
-  flips: [[0, 0, 0, 0, 0], [0, 0, 2, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+  spread: [
+    [0.1, 0.1, 0.1, null, 0.1],
+    [0.1, 0.1, 0.4567, 0.1, 0.1],
+    [0.1, 0.1, 0.1, 0.1, 0.1],
+    [0.0812, 0.1, 0.1, 0.1, 0.1],
+  ],
+  flips: [
+    [0, 0, 0, 0, 0],
+    [0, 0, 2, 0, 0],
+    [0, 0, 0, 0, 0],
+    [0, 0, 0, 0, 0],
+  ],
 });
 
 describe("renderGrid with consistency across pairs", () => {
@@ -132,7 +142,11 @@ describe("renderGrid with consistency across pairs", () => {
       "sign flips in 2 of 8 pairs",
     ]);
     cell(3, 0).focus();
-    expect(tooltip.show).toHaveBeenLastCalledWith(cell(3, 0), ["L3, 'When' · resid_pre", "value: 0.734", "± 0.0812 across 8 pairs"]);
+    expect(tooltip.show).toHaveBeenLastCalledWith(cell(3, 0), [
+      "L3, 'When' · resid_pre",
+      "value: 0.734",
+      "± 0.0812 across 8 pairs",
+    ]);
   });
 
   it("marks only cells whose sign flips, keeping their value text", () => {

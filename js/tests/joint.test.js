@@ -25,9 +25,16 @@ describe("joint result box", () => {
     expect(box.getAttribute("role")).toBe("status");
     expect(box.firstChild.textContent).toBe("Together: 0.912 (sum of singles 0.640)");
     expect(texts(box, "thead th")).toEqual(["cell", "logit_diff_norm"]);
-    expect(texts(box, "tbody th, tfoot th")).toEqual(["head_out L1 H2 @13", "head_out L3 H0 @13", "sum of singles", "all together"]);
+    expect(texts(box, "tbody th, tfoot th")).toEqual([
+      "head_out L1 H2 @13",
+      "head_out L3 H0 @13",
+      "sum of singles",
+      "all together",
+    ]);
     expect(texts(box, "td")).toEqual(["0.400", "0.240", "0.640", "0.912"]);
-    expect([...box.querySelectorAll("tbody th, tfoot th")].every((th) => th.getAttribute("scope") === "row")).toBe(true);
+    expect([...box.querySelectorAll("tbody th, tfoot th")].every((th) => th.getAttribute("scope") === "row")).toBe(
+      true,
+    );
   });
 
   it("empties the same element, so the live region outlives each result", () => {

@@ -22,7 +22,15 @@ const cell = (r, c) => $(`.pw-cell[data-row="${r}"][data-col="${c}"]`);
 const shiftClick = (target) => target.dispatchEvent(new MouseEvent("click", { bubbles: true, shiftKey: true }));
 
 function pythonView(requestId, extra = {}) {
-  return { request_id: requestId, level: 1, title: "heads", note: "", exact: true, panels: [panel4x5({ id: "heads", title: "heads" })], ...extra };
+  return {
+    request_id: requestId,
+    level: 1,
+    title: "heads",
+    note: "",
+    exact: true,
+    panels: [panel4x5({ id: "heads", title: "heads" })],
+    ...extra,
+  };
 }
 
 beforeEach(() => mount());
@@ -57,7 +65,10 @@ describe("widget", () => {
     expect(model.sent.at(-1)).toEqual({
       type: "joint",
       request_id: 1,
-      cells: [{ panel: "resid_pre", row: 1, col: 1 }, { panel: "resid_pre", row: 2, col: 2 }],
+      cells: [
+        { panel: "resid_pre", row: 1, col: 1 },
+        { panel: "resid_pre", row: 2, col: 2 },
+      ],
     });
     $(".pw-clear-selection").click();
     expect(model.get("selection")).toEqual([]);
@@ -88,18 +99,30 @@ describe("widget", () => {
     expect($(".pw-progress")).toBeNull();
     model.set("status", { state: "running", request_id: 2, done: 0, total: 20, message: "" });
     $(".pw-cancel").click();
-    expect(model.sent.at(-1)).toEqual({ type: "cancel" });
+    expect(model.sent.at(-1)).toEqual({ type: "cancel", request_id: 2 }); // the request it cancels
     model.set("status", { state: "idle", request_id: 2, done: 20, total: 20, message: "" });
     expect($(".pw-progress")).toBeNull();
   });
 
   it("shows a remote server's queue and run status beside the progress bar", () => {
     cell(0, 0).click(); // request 1
-    model.set("status", { state: "running", request_id: 1, done: 0, total: 0, message: "",
-                          server: { status: "QUEUED", description: "position 3" } });
+    model.set("status", {
+      state: "running",
+      request_id: 1,
+      done: 0,
+      total: 0,
+      message: "",
+      server: { status: "QUEUED", description: "position 3" },
+    });
     expect($(".pw-server-status").textContent).toBe("server: queued (position 3)");
-    model.set("status", { state: "running", request_id: 1, done: 4, total: 20, message: "",
-                          server: { status: "RUNNING", description: "" } });
+    model.set("status", {
+      state: "running",
+      request_id: 1,
+      done: 4,
+      total: 20,
+      message: "",
+      server: { status: "RUNNING", description: "" },
+    });
     expect($(".pw-server-status").textContent).toBe("server: running");
     expect($(".pw-progress-text").textContent).toBe("4 / 20");
     model.set("status", { state: "running", request_id: 1, done: 5, total: 20, message: "" });
@@ -107,7 +130,13 @@ describe("widget", () => {
   });
 
   it("shows errors of the current request readably", () => {
-    model.set("status", { state: "error", request_id: 0, done: 0, total: 0, message: "Unknown site 'foo'.\nValid sites: resid_pre" });
+    model.set("status", {
+      state: "error",
+      request_id: 0,
+      done: 0,
+      total: 0,
+      message: "Unknown site 'foo'.\nValid sites: resid_pre",
+    });
     expect($(".pw-error").textContent).toContain("Unknown site 'foo'.\nValid sites: resid_pre");
     cell(0, 0).click();
     expect($(".pw-error")).toBeNull();
@@ -175,12 +204,25 @@ describe("widget", () => {
 });
 
 describe("widget: consistency across pairs", () => {
-  const meanView = () => pythonView(0, {
-    panels: [panel4x5({
-      spread: [[0.1, 0.1, 0.1, null, 0.1], [0.1, 0.1, 0.25, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1, 0.1]],
-      flips: [[0, 0, 0, 0, 0], [0, 0, 2, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
-    })],
-  });
+  const meanView = () =>
+    pythonView(0, {
+      panels: [
+        panel4x5({
+          spread: [
+            [0.1, 0.1, 0.1, null, 0.1],
+            [0.1, 0.1, 0.25, 0.1, 0.1],
+            [0.1, 0.1, 0.1, 0.1, 0.1],
+            [0.1, 0.1, 0.1, 0.1, 0.1],
+          ],
+          flips: [
+            [0, 0, 0, 0, 0],
+            [0, 0, 2, 0, 0],
+            [0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0],
+          ],
+        }),
+      ],
+    });
 
   beforeEach(() => mount({ controls: { ...initialState().controls, n_pairs: 8 }, view: meanView() }));
 
@@ -258,12 +300,20 @@ describe("widget: joint patching result", () => {
 
 describe("widget: estimate, then exact values for the same request", () => {
   const running = (done, total) => model.set("status", { state: "running", request_id: 1, done, total, message: "" });
-  const note = "Attribution estimate, shown while the exact values are computed. Attribution patching is a linear estimate.";
+  const note =
+    "Attribution estimate, shown while the exact values are computed. Attribution patching is a linear estimate.";
 
   it("draws both views, badges only the estimate and keeps the progress bar until done", () => {
     cell(2, 3).click(); // request 1
     running(0, 0);
-    model.set("view", pythonView(1, { exact: false, note, panels: [panel4x5({ id: "heads", title: "estimate", values: panel4x5().values.map((r) => r.map(() => 0.5)) })] }));
+    model.set(
+      "view",
+      pythonView(1, {
+        exact: false,
+        note,
+        panels: [panel4x5({ id: "heads", title: "estimate", values: panel4x5().values.map((r) => r.map(() => 0.5)) })],
+      }),
+    );
     running(0, 0);
     expect($(".pw-grid").getAttribute("aria-label")).toBe("estimate");
     expect($(".pw-estimate")).not.toBeNull();

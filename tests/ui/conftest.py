@@ -32,9 +32,14 @@ OUTPUT = REPO / "test-output" / "ui"
 BUNDLE = REPO / "patchwidget" / "static" / "widget.js"
 CHROMIUM = Path(os.environ.get("PATCHWIDGET_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 SERVER_START_TIMEOUT = 120  # seconds; the machine may be busy with other tests
 ACTION_TIMEOUT = 60_000  # ms: Playwright's default wait for one step
 
@@ -129,16 +134,32 @@ def lab_server(request, tmp_path_factory, ui_output) -> LabServer:
         "PYTHONUNBUFFERED": "1",
     }
     command = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-        "--port-retries=0", "--IdentityProvider.token=", "--ServerApp.password=",
-        f"--ServerApp.root_dir={root}", "--allow-root",
-        f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={private / 'workspaces'}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--port-retries=0",
+        "--IdentityProvider.token=",
+        "--ServerApp.password=",
+        f"--ServerApp.root_dir={root}",
+        "--allow-root",
+        f"--LabApp.user_settings_dir={settings}",
+        f"--LabApp.workspaces_dir={private / 'workspaces'}",
+    ]
     with open(log, "w") as log_file:
         process = subprocess.Popen(
-            command, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )  # fmt: skip
+            command,
+            cwd=root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
     request.addfinalizer(lambda: _stop(process))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + SERVER_START_TIMEOUT

@@ -191,19 +191,21 @@ def test_remote_queue_status_shows_in_the_progress_bar(lab_server, page, ui_outp
     repo = Path(__file__).resolve().parents[2]
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(
-        f"import sys; sys.path.insert(0, {str(repo)!r})\n"
-        "import patchwidget as pw\n"
-        "from nnsight.modeling import huggingface\n"
-        "from tests.fake_ndif import FakeNDIF\n"
-        "server = FakeNDIF(pw.load_model()).__enter__()\n"
-        "client = pw.load_model(dispatch=False)  # no weights here, as with NDIF\n"
-        "huggingface._ID_CACHE[client.repo_id] = 'patchwidget/demo-model'\n"
-        f"w = pw.explore(client, {CLEAN!r}, {CORRUPT!r}, answer='Mary', wrong='John', remote=server.url, "
-        "preview=False)\n"
-        "server.queue_seconds = 3\n"
-        "w"
-    )]  # fmt: skip
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            f"import sys; sys.path.insert(0, {str(repo)!r})\n"
+            "import patchwidget as pw\n"
+            "from nnsight.modeling import huggingface\n"
+            "from tests.fake_ndif import FakeNDIF\n"
+            "server = FakeNDIF(pw.load_model()).__enter__()\n"
+            "client = pw.load_model(dispatch=False)  # no weights here, as with NDIF\n"
+            "huggingface._ID_CACHE[client.repo_id] = 'patchwidget/demo-model'\n"
+            f"w = pw.explore(client, {CLEAN!r}, {CORRUPT!r}, answer='Mary', wrong='John', remote=server.url, "
+            "preview=False)\n"
+            "server.queue_seconds = 3\n"
+            "w"
+        )
+    ]
     notebook = lab_server.root / "patchwidget_remote.ipynb"
     nbformat.write(nb, notebook)
     try:

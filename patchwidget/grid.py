@@ -1,0 +1,191 @@
+"""What is patched: cells, grids of cells, and the checks on the indices that name them.
+
+A ``Cell`` is one site to patch (a layer, maybe a head or neuron, maybe a
+position); a ``Grid`` is every combination of layers, units and positions of
+one site. Both are plain data: the engine turns them into writes.
+
+Example:
+    >>> from patchwidget.grid import Cell
+    >>> Cell("head_out", 3, head=1, pos=-1).label
+    'head_out L3 H1 @-1'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import SettingsError
+from .sites import SITES, ModelInfo, check_site_supported
+
+# Where each site sits inside a layer, in forward order: nnsight reads and writes a module's values
+# in the order the model computes them. The attention pattern is read from the attention module's
+# output but written through the head outputs (see engine.write), so it moves between the two lists.
+WRITE_ORDER = (
+    "resid_pre",
+    "head_q",
+    "head_k",
+    "head_v",
+    "attn_pattern",
+    "head_out",
+    "attn_out",
+    "resid_mid",
+    "mlp_neuron",
+    "mlp_out",
+    "resid_post",
+)
+READ_ORDER = (
+    "resid_pre",
+    "head_q",
+    "head_k",
+    "head_v",
+    "head_out",
+    "attn_pattern",
+    "attn_out",
+    "resid_mid",
+    "mlp_neuron",
+    "mlp_out",
+    "resid_post",
+)
+
+# One write of a patched copy: (layer, site, unit, positions).
+Write = tuple[int, str, int, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One site to patch: a layer, a head or neuron where the site has them,
+    and a position (``None`` patches every position).
+
+    Example:
+        >>> Cell("mlp_neuron", 2, neuron=17).label
+        'mlp_neuron L2 N17'
+    """
+
+    site: str
+    layer: int
+    head: int | None = None
+    neuron: int | None = None
+    pos: int | None = None
+
+    @property
+    def label(self) -> str:
+        unit = f" H{self.head}" if self.head is not None else f" N{self.neuron}" if self.neuron is not None else ""
+        where = "" if self.pos is None else f" @{self.pos}"
+        return f"{self.site} L{self.layer}{unit}{where}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The cells to patch: every combination of layer, unit and position of one site."""
+
+    site: str
+    layers: list[int]
+    units: list[int]  # heads or neurons; [0] for sites with one unit per layer
+    positions: list[int]
+    by_position: bool
+    kv_heads: bool = False  # head_k/head_v under grouped-query attention index key-value heads
+
+    @property
+    def unit(self) -> str | None:
+        return "kv_head" if self.kv_heads else SITES[self.site].unit
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return ("layer",) + ((self.unit,) if self.unit else ()) + (("pos",) if self.by_position else ())
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        sizes = {"layer": len(self.layers), "pos": len(self.positions)}
+        return tuple(sizes.get(d, len(self.units)) for d in self.dims)
+
+    def cells(self) -> list[Write]:
+        """One write per cell, in the order of ``shape``."""
+        pos_groups = [(p,) for p in self.positions] if self.by_position else [tuple(self.positions)]
+        return [(layer, self.site, unit, ps) for layer in self.layers for unit in self.units for ps in pos_groups]
+
+
+def make_grid(
+    info: ModelInfo,
+    site: str,
+    n_pos: int,
+    layers: Sequence[int] | None,
+    positions: Sequence[int] | None,
+    heads: Sequence[int] | None,
+    neurons: Sequence[int] | None,
+    by_position: bool | None,
+) -> Grid:
+    """Check the narrowing arguments and build the grid of cells."""
+    unit = SITES[site].unit
+    for name, given, wanted in (("heads", heads, "head"), ("neurons", neurons, "neuron")):
+        if given is not None and unit != wanted:
+            raise SettingsError(f"{name}={list(given)!r} does not apply to site {site!r}, which has no {wanted} axis")
+    if by_position is not None and not isinstance(by_position, bool | np.bool_):
+        raise SettingsError(f"by_position must be True, False or None, got {by_position!r}")
+    n_units = info.n_units(site)
+    kv_heads = site in ("head_k", "head_v") and info.n_kv_heads != info.n_heads
+    unit_label = "key-value heads" if kv_heads else unit
+    units = indices(heads if unit == "head" else neurons, n_units, unit or "unit", f"{unit_label}s") if unit else [0]
+    return Grid(
+        site=site,
+        layers=indices(layers, info.n_layers, "layers", "layers"),
+        units=units,
+        positions=indices(positions, n_pos, "positions", "tokens in the prompts", negative_ok=True),
+        by_position=SITES[site].by_position if by_position is None else bool(by_position),
+        kv_heads=kv_heads,
+    )
+
+
+def cell_write(cell: Cell, info: ModelInfo, n_pos: int) -> Write:
+    """Check a cell against the model and the prompts, and turn it into one write."""
+    if not isinstance(cell, Cell):
+        raise SettingsError(f"cells must be patchwidget.Cell objects, got {cell!r}")
+    check_site_supported(cell.site, info)
+    indices([cell.layer], info.n_layers, "layer", "layers")
+    unit = SITES[cell.site].unit
+    given = {"head": cell.head, "neuron": cell.neuron}
+    for name, value in given.items():
+        if value is not None and unit != name:
+            raise SettingsError(f"{cell.label}: site {cell.site!r} has no {name} axis")
+    if unit is not None and given[unit] is None:
+        raise SettingsError(f"{cell.label}: site {cell.site!r} needs {unit}=...")
+    units = [0] if unit is None else indices([given[unit]], info.n_units(cell.site), unit, f"{unit}s")
+    if cell.pos is None:
+        positions = list(range(n_pos))
+    else:
+        positions = indices([cell.pos], n_pos, "pos", "tokens", negative_ok=True)
+    return (cell.layer, cell.site, units[0], tuple(positions))
+
+
+def indices(given: Sequence[int] | None, size: int, name: str, what: str, negative_ok: bool = False) -> list[int]:
+    """``given`` checked as distinct indices into ``size`` things (all of them for ``None``).
+
+    Example:
+        >>> indices([0, -1], 5, "positions", "tokens", negative_ok=True)
+        [0, 4]
+    """
+    if given is None:
+        return list(range(size))
+    if isinstance(given, int | np.integer):
+        given = [int(given)]
+    out = []
+    for i in given:
+        if not isinstance(i, int | np.integer) or isinstance(i, bool):
+            raise SettingsError(f"{name} must be integers, got {i!r}")
+        j = int(i) + size if negative_ok and i < 0 else int(i)
+        if not 0 <= j < size:
+            raise SettingsError(f"{name} index {i} is out of range: the model has {size} {what} (0 to {size - 1})")
+        out.append(j)
+    if not out:
+        raise SettingsError(f"{name} is empty; give at least one index or None for all")
+    if len(set(out)) != len(out):
+        raise SettingsError(f"{name} has repeated indices: {list(given)!r}")
+    return out
+
+
+def check_choice(value: object, choices: Sequence[str], name: str) -> None:
+    """``value`` must be one of ``choices``; the error names ``name`` and lists them."""
+    if not isinstance(value, str) or value not in choices:
+        raise SettingsError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")

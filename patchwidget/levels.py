@@ -1,0 +1,289 @@
+"""The drill-down levels, as one table.
+
+Each kind of level (the layer grid, one layer's heads, one head's breakdown,
+one MLP's top neurons, cells patched together) is one ``LevelKind`` entry of
+``LEVELS``. An entry says how its level is labelled, computed, drawn as panels,
+what a click on a panel cell opens, and which patchable cell sits under a panel
+cell. The session and the widget only look levels up here, and entries receive
+indices (never labels to parse). A new level is one entry plus its test.
+
+Example:
+    >>> Level("top", site="resid_pre").label(["When", "Mary"])
+    'resid_pre'
+    >>> LEVELS["heads"].opens(Level("heads", layer=2), "head_out", 1, 3)
+    Level(kind='head', site='resid_pre', layer=2, head=1, pos=None, cells=())
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .circuits import JointResult
+from .grid import Cell
+from .result import PatchResult
+from .sites import SITES, ModelInfo
+
+TOP_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out")
+N_TOP_NEURONS = 20
+HEAD_PARTS = ("head_q", "head_k", "head_v", "head_out")
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of the drill-down path: what to compute (``kind`` is a key of ``LEVELS``)."""
+
+    kind: str
+    site: str = "resid_pre"
+    layer: int | None = None
+    head: int | None = None
+    pos: int | None = None
+    cells: tuple[Cell, ...] = ()  # for kind "joint": the cells patched together
+
+    def label(self, tokens: list[str]) -> str:
+        return LEVELS[self.kind].label(self, tokens)
+
+
+@dataclass
+class Computed:
+    """The results of one level: named panels, each a PatchResult or a pattern."""
+
+    level: Level
+    results: dict[str, PatchResult]
+    pattern: np.ndarray | None = None  # (query, key) attention of the clean run
+    joint: JointResult | None = None
+    exact: bool = True  # False for an attribution preview that exact values will replace
+
+
+class Patcher(Protocol):
+    """What a level's ``compute`` may ask of the session."""
+
+    info: ModelInfo
+
+    def run(self, site: str, **kwargs: Any) -> PatchResult: ...
+
+    def joint(self, cells: list[Cell]) -> JointResult: ...
+
+    def pattern(self, layer: int, head: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class View:
+    """What drawing a level's panels needs: the prompt's tokens and the pair on show."""
+
+    tokens: list[str]
+    pair: str | int = "mean"
+
+    @property
+    def cols(self) -> list[str]:
+        return [f"{t} ({i})" for i, t in enumerate(self.tokens)]
+
+    def values(self, result: PatchResult) -> np.ndarray:
+        return result.values if self.pair == "mean" else result.per_pair[self.pair]
+
+    def consistency(self, result: PatchResult, pick: Any = slice(None)) -> dict:
+        """Spread and sign flips across pairs, shown when the view is the mean of several."""
+        if self.pair != "mean" or result.n_pairs < 2:
+            return {}
+        return {"spread": table(result.spread()[pick]), "flips": result.sign_flips()[pick].tolist()}
+
+
+@dataclass(frozen=True)
+class LevelKind:
+    """One row of the table of drill-down levels."""
+
+    label: Callable[[Level, list[str]], str]
+    compute: Callable[[Level, Patcher], Computed]
+    panels: Callable[[Computed, View], list[dict]]
+    opens: Callable[[Level, str, int, int], Level | None] = lambda level, panel, row, col: None
+    cell: Callable[[Level, dict, int, int, ModelInfo], Cell | None] = lambda level, panel, row, col, info: None
+    preview: bool = False  # an attribution estimate is drawn first while the exact values are computed
+
+
+# --- the layer grid of one site -----------------------------------------------------------------
+
+
+def _top_compute(level: Level, p: Patcher) -> Computed:
+    by_position = False if level.site == "head_out" else None  # head_out starts as (layer, head)
+    return Computed(level, {level.site: p.run(level.site, by_position=by_position)})
+
+
+def _top_panels(computed: Computed, v: View) -> list[dict]:
+    site = computed.level.site
+    r = computed.results[site]
+    if site == "head_out":
+        title = f"head_out: {SITES['head_out'].doc}, all tokens at once"
+        return [
+            panel("head_out", title, "layer", "head", r.labels("layer"), r.labels("head"), v.values(r), True)
+            | v.consistency(r)
+        ]
+    title = f"{site}: {SITES[site].doc}"
+    return [panel(site, title, "layer", "pos", r.labels("layer"), v.cols, v.values(r), True) | v.consistency(r)]
+
+
+def _top_opens(level: Level, panel: str, row: int, col: int) -> Level:
+    if level.site == "head_out":
+        return Level("head", level.site, layer=row, head=col)
+    if level.site == "mlp_out":
+        return Level("neurons", level.site, layer=row, pos=col)
+    return Level("heads", level.site, layer=row, pos=col)
+
+
+def _top_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Cell:
+    if level.site == "head_out":
+        return Cell("head_out", row, head=col)
+    return Cell(level.site, row, pos=col)
+
+
+# --- one layer's heads by token, and one head's breakdown ----------------------------------------
+
+
+def _heads_panels(computed: Computed, v: View) -> list[dict]:
+    r, layer = computed.results["head_out"], computed.level.layer
+    title = f"Heads of layer {layer}: output by token"
+    return [
+        panel("head_out", title, "head", "pos", r.labels("head"), v.cols, v.values(r)[0], True) | v.consistency(r, 0)
+    ]
+
+
+def _kv(info: ModelInfo, site: str, head: int) -> int:
+    """The head index a site uses: under grouped-query attention, keys and values have fewer heads."""
+    return head // (info.n_heads // info.n_kv_heads) if site in ("head_k", "head_v") else head
+
+
+def _head_compute(level: Level, p: Patcher) -> Computed:
+    results = {s: p.run(s, layers=[level.layer], heads=[_kv(p.info, s, level.head)]) for s in HEAD_PARTS}
+    results["attn_pattern"] = p.run("attn_pattern", layers=[level.layer], heads=[level.head])
+    return Computed(level, results, p.pattern(level.layer, level.head))
+
+
+def _head_panels(computed: Computed, v: View) -> list[dict]:
+    level, results = computed.level, computed.results
+    rows = ["q", "k", "v", "out"]
+    values = np.stack([v.values(results[s])[0, 0] for s in HEAD_PARTS])
+    effect = float(v.values(results["attn_pattern"])[0, 0])
+    return [
+        panel(
+            "components",
+            f"L{level.layer} H{level.head}: query, key, value and output by token",
+            "component",
+            "pos",
+            rows,
+            v.cols,
+            values,
+            False,
+        ),
+        panel(
+            "pattern",
+            f"Attention pattern (clean run); patching it restores {effect:.3f}",
+            "query",
+            "key",
+            v.cols,
+            v.cols,
+            computed.pattern,
+            False,
+            diverging=False,
+        ),
+    ]
+
+
+def _head_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Cell | None:
+    if panel["id"] != "components":
+        return None
+    site = HEAD_PARTS[row]
+    return Cell(site, level.layer, head=_kv(info, site, level.head), pos=col)
+
+
+# --- one MLP's top neurons at one token ----------------------------------------------------------
+
+
+def _neurons_panels(computed: Computed, v: View) -> list[dict]:
+    level = computed.level
+    effects = v.values(computed.results["mlp_neuron"])[0]
+    top = np.argsort(-np.abs(effects))[:N_TOP_NEURONS]
+    title = f"Top {len(top)} MLP neurons of layer {level.layer} at {v.tokens[level.pos]!r}"
+    rows = [f"N{i}" for i in top]
+    return [
+        panel("neurons", title, "neuron", "value", rows, ["effect"], effects[top, None], False)
+        | {"keys": [int(i) for i in top]}
+    ]
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+LEVELS: dict[str, LevelKind] = {
+    "top": LevelKind(
+        label=lambda level, tokens: level.site,
+        compute=_top_compute,
+        panels=_top_panels,
+        opens=_top_opens,
+        cell=_top_cell,
+        preview=True,
+    ),
+    "heads": LevelKind(
+        label=lambda level, tokens: f"L{level.layer} heads",
+        compute=lambda level, p: Computed(level, {"head_out": p.run("head_out", layers=[level.layer])}),
+        panels=_heads_panels,
+        opens=lambda level, panel, row, col: Level("head", level.site, layer=level.layer, head=row),
+        cell=lambda level, panel, row, col, info: Cell("head_out", level.layer, head=row, pos=col),
+        preview=True,
+    ),
+    "head": LevelKind(
+        label=lambda level, tokens: f"L{level.layer} H{level.head}",
+        compute=_head_compute,
+        panels=_head_panels,
+        cell=_head_cell,
+    ),
+    "neurons": LevelKind(
+        label=lambda level, tokens: f"L{level.layer} neurons at {tokens[level.pos]!r}",
+        compute=lambda level, p: Computed(
+            level, {"mlp_neuron": p.run("mlp_neuron", layers=[level.layer], positions=[level.pos])}
+        ),
+        panels=_neurons_panels,
+        cell=lambda level, panel, row, col, info: Cell(
+            "mlp_neuron", level.layer, neuron=panel["keys"][row], pos=level.pos
+        ),
+    ),
+    "joint": LevelKind(
+        label=lambda level, tokens: f"{len(level.cells)} cells together",
+        compute=lambda level, p: Computed(level, {}, joint=p.joint(list(level.cells))),
+        panels=lambda computed, v: [],
+    ),
+}
+
+
+# --- panels as the front end draws them -----------------------------------------------------------
+
+
+def table(values: np.ndarray) -> list[list[float | None]]:
+    """Rows of numbers for JSON: 6 decimals, ``None`` where a value is NaN or infinite ("no value")."""
+    return [[None if not math.isfinite(v) else round(float(v), 6) for v in row] for row in values]
+
+
+def panel(
+    pid: str,
+    title: str,
+    row_dim: str,
+    col_dim: str,
+    rows: list[str],
+    cols: list[str],
+    values: np.ndarray,
+    clickable: bool,
+    diverging: bool = True,
+) -> dict:
+    """One panel of a view (see ``protocol.Panel``)."""
+    return {
+        "id": pid,
+        "title": title,
+        "row_dim": row_dim,
+        "col_dim": col_dim,
+        "rows": rows,
+        "cols": cols,
+        "values": table(np.asarray(values, dtype=float)),
+        "clickable": clickable,
+        "diverging": diverging,
+    }

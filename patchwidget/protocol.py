@@ -1,0 +1,125 @@
+"""The widget protocol: the synced traits and the messages between Python and the front end.
+
+Written down once, here, as typed dicts; ``js/README.md`` describes the same
+protocol for the JavaScript side, and ``tests/test_protocol.py`` checks that
+what Python really sends has these keys and that the fixture the JavaScript
+tests load (``js/tests/contract.json``) is what Python produces today.
+
+Traits (Python -> front end): ``view``, ``controls``, ``status``,
+``breadcrumb``, ``vmax``; ``selection`` is written by the front end.
+Messages (front end -> Python): ``drill``, ``back``, ``set``, ``joint``,
+``cancel``; each carries the ``request_id`` of the request it makes (or, for
+``cancel``, the request it cancels), and every reply in ``view`` and
+``status`` echoes it.
+
+Example:
+    >>> sorted(MESSAGES)
+    ['back', 'cancel', 'drill', 'joint', 'set']
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypedDict
+
+
+class Panel(TypedDict, total=False):
+    """One grid of a view."""
+
+    id: str
+    title: str
+    row_dim: str
+    col_dim: str
+    rows: list[str]
+    cols: list[str]
+    values: list[list[float | None]]  # None: no value (NaN or infinite)
+    clickable: bool
+    diverging: bool
+    spread: list[list[float | None]]  # only for the mean of several pairs
+    flips: list[list[int]]
+    keys: list[int]  # the unit index of each row, where rows are not in index order (top neurons)
+
+
+class JointBox(TypedDict):
+    """Cells patched together: their single effects, the sum of those, and the joint effect."""
+
+    cells: list[str]
+    singles: list[float]
+    sum_of_singles: float
+    joint: float
+    metric: str
+
+
+class View(TypedDict, total=False):
+    """The ``view`` trait: the level on show."""
+
+    request_id: int
+    level: int  # depth in the drill-down path, 0 at the top
+    title: str
+    note: str
+    exact: bool  # False while an attribution preview is on show
+    panels: list[Panel]
+    joint: JointBox
+
+
+class Choice(TypedDict):
+    """One option of a control: the value sent back, the label shown."""
+
+    value: str
+    label: str
+
+
+class SiteChoice(TypedDict):
+    """One site tab."""
+
+    name: str
+    group: Literal["residual", "attention", "mlp"]
+    label: str
+
+
+class Controls(TypedDict):
+    """The ``controls`` trait: every choice the page offers, and the current ones."""
+
+    site: str
+    sites: list[SiteChoice]
+    direction: str
+    directions: list[Choice]
+    metric: str
+    metrics: list[Choice]
+    method: str
+    methods: list[Choice]
+    pair: str | int  # "mean" or a pair index
+    n_pairs: int
+
+
+class Server(TypedDict):
+    """A remote job's status, as NDIF reports it."""
+
+    status: str  # as NDIF reports it: RECEIVED, QUEUED, RUNNING, ...
+    description: str
+
+
+class Status(TypedDict, total=False):
+    """The ``status`` trait: what the kernel is doing for which request."""
+
+    state: Literal["idle", "running", "error", "cancelled"]
+    request_id: int
+    done: int
+    total: int
+    message: str
+    server: Server
+
+
+class Crumb(TypedDict):
+    """One level of the breadcrumb."""
+
+    label: str
+
+
+# Messages from the front end: type -> the keys it carries besides "type" and "request_id".
+MESSAGES: dict[str, tuple[str, ...]] = {
+    "drill": ("panel", "row", "col"),  # open the narrower sites under a cell
+    "back": ("level",),  # return to a level of the breadcrumb
+    "set": ("key", "value"),  # change site, direction, metric, method or pair
+    "joint": ("cells",),  # patch these {panel, row, col} cells together
+    "cancel": (),  # stop the request with this request_id
+}

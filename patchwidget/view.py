@@ -1,0 +1,132 @@
+"""The view model: what the front end is sent, built from a session's computed levels.
+
+Plain functions from computed results to the dicts of ``protocol``; the widget
+assigns them to its traits, and the offline page (``export``) replays them.
+
+Example:
+    >>> status("running", 3, done=2, total=8)
+    {'state': 'running', 'request_id': 3, 'done': 2, 'total': 8, 'message': ''}
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import TYPE_CHECKING
+
+from .circuits import JointResult
+from .engine import DIRECTIONS, METHODS
+from .levels import LEVELS, TOP_SITES, Computed, Level
+from .levels import View as PanelView
+from .metrics import METRICS
+from .protocol import Controls, Crumb, JointBox, Server, Status, View
+from .result import PatchResult
+
+if TYPE_CHECKING:
+    from .session import Session, Settings
+
+SITE_GROUPS = {
+    "resid_pre": "residual",
+    "resid_mid": "residual",
+    "resid_post": "residual",
+    "attn_out": "attention",
+    "head_out": "attention",
+    "mlp_out": "mlp",
+}
+DIRECTION_LABELS = {"denoise": "denoise (clean into corrupt run)", "noise": "noise (corrupt into clean run)"}
+METHOD_LABELS = {"exact": "exact patching", "attribution": "attribution (fast estimate)"}
+
+
+def status(
+    state: str, request_id: int, done: int = 0, total: int = 0, message: str = "", server: Server | None = None
+) -> Status:
+    """The ``status`` trait: what the kernel is doing for which request."""
+    out: Status = {"state": state, "request_id": request_id, "done": done, "total": total, "message": message}  # type: ignore[typeddict-item]
+    if server:
+        out["server"] = server
+    return out
+
+
+def controls(site: str, settings: Settings, pair: str | int, n_pairs: int) -> Controls:
+    """The ``controls`` trait: every choice the front end offers, and the current ones."""
+    return {
+        "site": site,
+        "sites": [{"name": n, "group": SITE_GROUPS[n], "label": n} for n in TOP_SITES],  # type: ignore[typeddict-item]
+        "direction": settings.direction,
+        "directions": [{"value": d, "label": DIRECTION_LABELS[d]} for d in DIRECTIONS],
+        "metric": settings.metric,
+        "metrics": [{"value": m, "label": m} for m in METRICS],
+        "method": settings.method,
+        "methods": [{"value": m, "label": METHOD_LABELS[m]} for m in METHODS],
+        "pair": pair,
+        "n_pairs": n_pairs,
+    }
+
+
+def level_view(
+    request_id: int, levels: list[Level], computed: Computed, settings: Settings, tokens: list[str], pair: str | int
+) -> View:
+    """The ``view`` trait for the last of ``levels``."""
+    first = next(iter(computed.results.values()), None)
+    note = first.settings.get("note", "") if first is not None else ""
+    if not computed.exact:
+        note = "Attribution estimate, shown while the exact values are computed. " + note
+    return {
+        "request_id": request_id,
+        "level": len(levels) - 1,
+        "title": f"{computed.level.label(tokens)} · {settings.direction} · {settings.metric}",
+        "note": note,
+        "exact": computed.exact and settings.method == "exact",
+        "panels": LEVELS[computed.level.kind].panels(computed, PanelView(tokens, pair)),  # type: ignore[typeddict-item]
+    }
+
+
+def breadcrumb(levels: list[Level], tokens: list[str]) -> list[Crumb]:
+    """The ``breadcrumb`` trait: one label per level of the path."""
+    return [{"label": level.label(tokens)} for level in levels]
+
+
+def joint_box(joint: JointResult) -> JointBox:
+    """The joint patch of selected cells, as the view shows it beside the grid."""
+    return {
+        "cells": [c.label for c in joint.cells],
+        "singles": [round(float(v), 6) for v in joint.singles],
+        "sum_of_singles": round(joint.sum_of_singles, 6),
+        "joint": round(joint.joint, 6),
+        "metric": joint.settings["metric"],
+    }
+
+
+def png(result: PatchResult) -> str:
+    """The result's figure as base64 PNG, for where no widget manager runs (GitHub, nbviewer)."""
+    buf = io.BytesIO()
+    result.plot(show=False).savefig(buf, format="png", dpi=90)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def computed_states(session: Session, top: Level, settings: Settings, pair: str | int) -> tuple[list[dict], dict]:
+    """Every cached level reachable from ``top`` by clicks, as front-end states, and the clicks between them.
+
+    ``edges`` maps ``"state|panel|row|col"`` to the state that click opens.
+    """
+    tokens = session.prompts.tokens
+    states: list[dict] = []
+    edges: dict[str, int] = {}
+    todo: list[tuple[list[Level], str | None]] = [([top], None)]
+    while todo:
+        path, parent = todo.pop(0)
+        computed = session.cache.get((path[-1], settings))
+        if computed is None:
+            continue
+        state_id = len(states)
+        if parent is not None:
+            edges[parent] = state_id
+        view = {**level_view(0, path, computed, settings, tokens, pair), "note": "", "exact": True}
+        states.append({"view": view, "breadcrumb": breadcrumb(path, tokens)})
+        for panel in view["panels"]:
+            for row in range(len(panel["rows"]) if panel["clickable"] else 0):
+                for col in range(len(panel["cols"])):
+                    child = session.drill(path[-1], panel["id"], row, col)
+                    if child is not None and (child, settings) in session.cache:
+                        todo.append(([*path, child], f"{state_id}|{panel['id']}|{row}|{col}"))
+    return states, edges

@@ -1,0 +1,104 @@
+"""The widget protocol: what Python really sends has the keys ``protocol`` names, and the
+JavaScript tests run on exactly that (``js/tests/fixtures/contract.json``).
+
+Refresh the fixture after a deliberate protocol change with
+``.venv/bin/python -m tests.test_protocol``; the JavaScript contract test
+(``js/tests/contract.test.js``) then runs on the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from pathlib import Path
+
+import pytest
+
+import patchwidget as pw
+from patchwidget import protocol
+
+FIXTURE = Path(__file__).resolve().parent.parent / "js" / "tests" / "fixtures" / "contract.json"
+TRAITS = ("view", "controls", "status", "breadcrumb", "vmax", "selection")
+
+
+def produce() -> dict:
+    """The traits of a real widget at the top level and after a drill-down, and the message kinds."""
+    model = pw.load_model()
+    widget = pw.explore(model, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo")
+    top = {name: getattr(widget, name) for name in TRAITS}
+    child = widget.session.drill(widget._levels[-1], "resid_pre", 2, 4)
+    computed = widget.session.compute(child, widget._settings)
+    widget.session.cache[(child, widget._settings)] = computed
+    widget._levels = [*widget._levels, child]
+    widget._show(1, computed)
+    drilled = {name: getattr(widget, name) for name in TRAITS}
+    widget.close()
+    return {"top": top, "drilled": drilled, "messages": {k: list(v) for k, v in protocol.MESSAGES.items()}}
+
+
+def _required(typed: type) -> set[str]:
+    return set(typed.__required_keys__)
+
+
+def _check(value: dict, typed: type) -> None:
+    hints = typing.get_type_hints(typed)
+    assert _required(typed) <= set(value), f"{typed.__name__} lacks {_required(typed) - set(value)}"
+    assert set(value) <= set(hints), f"{typed.__name__} has keys the protocol does not name: {set(value) - set(hints)}"
+
+
+@pytest.fixture(scope="module")
+def produced():
+    return produce()
+
+
+def test_traits_have_the_keys_the_protocol_names(produced):
+    for state in (produced["top"], produced["drilled"]):
+        _check(state["view"], protocol.View)
+        for panel in state["view"]["panels"]:
+            _check(panel, protocol.Panel)
+        _check(state["controls"], protocol.Controls)
+        for choice in state["controls"]["directions"] + state["controls"]["metrics"] + state["controls"]["methods"]:
+            _check(choice, protocol.Choice)
+        _check(state["status"], protocol.Status)
+        for crumb in state["breadcrumb"]:
+            _check(crumb, protocol.Crumb)
+    assert produced["drilled"]["view"]["level"] == 1
+
+
+def test_the_javascript_tests_run_on_what_python_sends(produced):
+    """Fails when the protocol changed and the JavaScript fixture was not refreshed with it."""
+    saved = json.loads(FIXTURE.read_text())
+    assert saved.keys() == produced.keys()
+    assert _same(saved, json.loads(json.dumps(produced))), f"{FIXTURE} is stale: see this module's docstring"
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-4
+    return a == b
+
+
+def test_every_message_the_front_end_sends_is_accepted(demo):
+    widget = pw.explore(demo, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo")
+    examples = {
+        "drill": {"panel": "resid_pre", "row": 1, "col": 4},
+        "back": {"level": 0},
+        "set": {"key": "direction", "value": "noise"},
+        "joint": {"cells": [{"panel": "resid_pre", "row": 0, "col": 3}]},
+        "cancel": {},
+    }
+    assert examples.keys() == protocol.MESSAGES.keys()
+    for request_id, (kind, body) in enumerate(examples.items(), start=1):
+        assert set(body) == set(protocol.MESSAGES[kind])
+        widget._handle({"type": kind, "request_id": request_id, **body})
+        assert widget.status["state"] != "error", (kind, widget.status)
+    widget.close()
+
+
+if __name__ == "__main__":
+    FIXTURE.write_text(json.dumps(produce(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {FIXTURE}")
