@@ -23,7 +23,17 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .engine import Progress, cached_runs, entry_point, fit_budget, patched_metric, prepare, summarize, with_noise
+from .engine import (
+    Progress,
+    cached_runs,
+    entry_point,
+    fit_budget,
+    patched_metric,
+    prepare,
+    summarize,
+    warn_non_finite,
+    with_noise,
+)
 from .errors import SettingsError
 from .grid import Cell, cell_write
 from .prompts import Noise, Texts
@@ -129,7 +139,7 @@ def patch_sites(
     # One patched copy per pair and cell, then one per pair with every cell.
     copies = [(pair, members) for pair in range(rows.n_pairs) for members in [(w,) for w in writes] + [tuple(writes)]]
     with torch.no_grad():
-        runs = cached_runs(None, model, info, reads, rows, noise, remote, per_pass)
+        runs = cached_runs(None, model, info, reads, rows, noise, remote, per_pass, progress)
         directed = runs.directed(direction, noise)
         values = patched_metric(model, info, directed, copies, rows, request.fn, per_pass, progress, remote)
     values, clean_base, corrupt_base = summarize(
@@ -141,6 +151,8 @@ def patch_sites(
         runs.clean_logits,
         runs.corrupt_logits,
     )
+    labels = [c.label for c in cells] + ["all together"]
+    warn_non_finite([labels[i] for i in np.flatnonzero(~np.isfinite(values.numpy()).all(0))], metric)
     return JointResult(
         cells=list(cells),
         per_pair_joint=values[:, -1].numpy(),

@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,18 +101,34 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give all of --clean, --corrupt, --answer and --wrong, or none for the demo example")
     if args.out is not None and args.out.suffix not in OUTPUTS:
         parser.error(f"--out must end in one of {', '.join(OUTPUTS)}, got {str(args.out)!r}")
+    # Everything that can be checked is checked before the model loads and the grid is computed.
+    if args.out is not None and args.out.is_dir():
+        parser.error(f"--out {str(args.out)!r} is a folder; give a file name such as {str(args.out / 'grid.png')!r}")
+    if args.out is not None and not args.out.resolve().parent.is_dir():
+        parser.error(f"--out {str(args.out)!r}: the folder {str(args.out.parent)!r} does not exist")
+    if args.memory_budget is not None and not (math.isfinite(args.memory_budget) and args.memory_budget > 0):
+        parser.error(f"--memory-budget must be a positive number of MB, got {args.memory_budget}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     texts = DEMO if args.clean is None else dict(zip(("clean", "corrupt", "answer", "wrong"), prompts))
 
     from tqdm.auto import tqdm
 
     from . import load_model, patch
     from .errors import PatchwidgetError
+    from .files import write_atomic
 
     remote = {"ndif": True, None: False}.get(args.remote, args.remote)
     on_server = remote is True or (isinstance(remote, str) and remote != "local")
     if on_server and args.model is None:
         parser.error("--remote runs a hub model on a server: give its name with --model")
-    model = load_model(args.model, dispatch=False) if on_server else load_model(args.model)  # no weights here
+    try:
+        model = load_model(args.model, dispatch=False) if on_server else load_model(args.model)  # no weights here
+    except PatchwidgetError as err:
+        parser.error(str(err).replace("\n", " "))
+    except (OSError, ValueError) as err:  # what transformers raises for a name or folder that holds no model
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        parser.error(f"--model {args.model!r} could not be loaded: {first}")
     budget = None if args.memory_budget is None else int(args.memory_budget * 2**20)
     by_position = None if args.by_position is None else args.by_position == "yes"
     with tqdm(total=0, unit="cell", desc=args.site, file=sys.stderr) as bar:
@@ -164,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.out.suffix in (".json", ".npz"):
         result.save(args.out)
     else:
-        result.plot().savefig(args.out, dpi=150)
+        figure = result.plot()
+        write_atomic(args.out, lambda f: figure.savefig(f, format=args.out.suffix[1:], dpi=150))
     if args.out is not None:
         print(f"wrote {args.out}")
     return 0

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -40,7 +41,7 @@ import torch
 
 from . import attribution, memory
 from . import metrics as M
-from .errors import SettingsError
+from .errors import NonFiniteWarning, SettingsError
 from .grid import READ_ORDER, WRITE_ORDER, Grid, Write, check_choice, indices, make_grid
 from .prompts import Noise, PromptBatch, Texts, prepare_prompts
 from .remote import prepare_remote, trace_kwargs
@@ -258,7 +259,9 @@ def patch(
         )
     else:
         with torch.no_grad():
-            runs = cached_runs(runs_cache, model, info, {grid.site: grid.layers}, rows, noise, remote, per_pass)
+            runs = cached_runs(
+                runs_cache, model, info, {grid.site: grid.layers}, rows, noise, remote, per_pass, progress
+            )
             copies = [(pair, (cell,)) for pair in range(rows.n_pairs) for cell in grid.cells()]
             directed = runs.directed(direction, noise)
             per_row = patched_metric(model, info, directed, copies, rows, request.fn, per_pass, progress, remote)
@@ -267,7 +270,21 @@ def patch(
     per_pair, clean_base, corrupt_base = summarize(
         per_row, rows, prompts.n_pairs, request.fn, metric, clean_logits, corrupt_logits
     )
-    return _result(model, grid, prompts, per_pair, clean_base, corrupt_base, request)
+    result = _result(model, grid, prompts, per_pair, clean_base, corrupt_base, request)
+    warn_non_finite(result.non_finite_cells(), request.metric)
+    return result
+
+
+def warn_non_finite(cells: list[str], metric: M.Metric) -> None:
+    """Say which cells have no value (NaN or infinite metric), rather than drawing them silently."""
+    if cells:
+        shown = ", ".join(cells[:10]) + (f" and {len(cells) - 10} more" if len(cells) > 10 else "")
+        warnings.warn(
+            f"metric {M.metric_name(metric)!r} gave NaN or an infinite value at {len(cells)} cell(s): {shown}; "
+            "they are drawn as 'no value'",
+            NonFiniteWarning,
+            stacklevel=3,
+        )
 
 
 def summarize(

@@ -61,3 +61,7 @@ class ResultFileError(PatchwidgetError):
 
 class MessageError(PatchwidgetError):
     """A message from the front end that the widget cannot act on."""
+
+
+class NonFiniteWarning(UserWarning):
+    """The metric gave NaN or an infinity for some cells; they are drawn as "no value"."""

@@ -13,10 +13,12 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import PromptError
@@ -97,8 +99,18 @@ def noise(
         raise PromptError("noise() needs exactly one of tokens=... (words of the prompt) or positions=[...]")
     if isinstance(tokens, str):
         tokens = [tokens]
-    if samples < 1 or scale < 0:
-        raise PromptError(f"noise() needs samples >= 1 and scale >= 0, got samples={samples}, scale={scale}")
+    if tokens is not None and (not tokens or not all(isinstance(t, str) and t.strip() for t in tokens)):
+        raise PromptError(f"noise() tokens must be non-empty words of the prompt, got {tokens!r}")
+    if positions is not None and (
+        isinstance(positions, str) or not positions or not all(_is_int(p) for p in positions)
+    ):
+        raise PromptError(f"noise() positions must be a non-empty list of token indices, got {positions!r}")
+    if not _is_int(samples) or samples < 1:
+        raise PromptError(f"noise() needs samples to be an integer of at least 1, got samples={samples!r}")
+    if not isinstance(scale, int | float) or isinstance(scale, bool) or not math.isfinite(scale) or scale < 0:
+        raise PromptError(f"noise() needs scale to be a finite number >= 0, got scale={scale!r}")
+    if not _is_int(seed):
+        raise PromptError(f"noise() needs seed to be an integer, got seed={seed!r}")
     return Noise(
         tuple(tokens) if tokens is not None else None,
         tuple(int(p) for p in positions) if positions is not None else None,
@@ -106,6 +118,10 @@ def noise(
         int(samples),
         int(seed),
     )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _noise_positions(tokenizer: Any, spec: Noise, ids: list[int], text: str, name: str) -> list[int]:

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,12 @@ from typing import Any
 import numpy as np
 
 from .errors import ResultFileError
+from .files import write_atomic
 
 FORMAT_VERSION = 1
+ARRAYS = ("per_pair", "clean_baseline", "corrupt_baseline")
+MAX_ELEMENTS = 2**28  # 1 GiB of float32: far above any grid, far below what a crafted file could inflate to
+MAX_META_BYTES = 2**26
 
 
 @dataclass
@@ -48,9 +53,19 @@ class PatchResult:
         self.dims = tuple(self.dims)
         self.clean_baseline = np.asarray(self.clean_baseline, dtype=np.float32)
         self.corrupt_baseline = np.asarray(self.corrupt_baseline, dtype=np.float32)
+        missing = [d for d in self.dims if d not in self.coords]
+        if missing:
+            raise ResultFileError(f"coords lack the dims {missing}")
         expected = (len(self.clean_baseline), *(len(self.coords[d]) for d in self.dims))
         if self.per_pair.shape != expected:
             raise ResultFileError(f"per_pair has shape {self.per_pair.shape}, expected {expected} from dims and coords")
+        if self.corrupt_baseline.shape != self.clean_baseline.shape:
+            raise ResultFileError(
+                f"corrupt_baseline has shape {self.corrupt_baseline.shape}, clean_baseline {self.clean_baseline.shape}"
+            )
+        bad = [p for p in self.coords.get("pos", []) if not 0 <= p < len(self.tokens)]
+        if bad:  # plot() and to_dataframe() label positions with tokens
+            raise ResultFileError(f"positions {bad[:5]} have no token: the result has {len(self.tokens)} tokens")
 
     @property
     def values(self) -> np.ndarray:
@@ -77,6 +92,12 @@ class PatchResult:
         floor = tolerance * (float(np.abs(mean).max()) if mean.size else 0.0)
         opposite = np.sign(self.per_pair) * np.sign(mean)[None] < 0
         return (opposite & (np.abs(self.per_pair) > floor)).sum(axis=0)
+
+    def non_finite_cells(self) -> list[str]:
+        """Labels of the cells where some pair's value is NaN or infinite (``"L0 H2 John (3)"``)."""
+        bad = np.argwhere(~np.isfinite(self.per_pair).all(axis=0)) if self.per_pair.size else []
+        names = [self.labels(d) for d in self.dims]
+        return [" ".join(names[axis][i] for axis, i in enumerate(index)) for index in bad]
 
     def labels(self, dim: str) -> list[str]:
         """Axis labels for display: token text for positions, ``L3``/``H2``/``KV1``/``N17`` otherwise."""
@@ -159,15 +180,11 @@ class PatchResult:
         path = Path(path)
         data = self.to_dict()
         if path.suffix == ".json":
-            path.write_text(json.dumps(data))
-        elif path.suffix == ".npz":
-            arrays = {
-                k: np.asarray(data.pop(k), dtype=np.float32) for k in ("per_pair", "clean_baseline", "corrupt_baseline")
-            }
-            np.savez_compressed(path, meta=np.array(json.dumps(data)), **arrays)
-        else:
-            raise ResultFileError(f"cannot save to {str(path)!r}: use a .json or .npz file name")
-        return path
+            return write_atomic(path, json.dumps(data))
+        if path.suffix == ".npz":
+            arrays = {k: np.asarray(data.pop(k), dtype=np.float32) for k in ARRAYS}
+            return write_atomic(path, lambda f: np.savez_compressed(f, meta=np.array(json.dumps(data)), **arrays))
+        raise ResultFileError(f"cannot save to {str(path)!r}: use a .json or .npz file name")
 
     @classmethod
     def load(cls, path: str | Path) -> PatchResult:
@@ -177,10 +194,7 @@ class PatchResult:
             if path.suffix == ".json":
                 data = json.loads(path.read_text())
             elif path.suffix == ".npz":
-                with np.load(path, allow_pickle=False) as npz:
-                    data = json.loads(str(npz["meta"]))
-                    for key in ("per_pair", "clean_baseline", "corrupt_baseline"):
-                        data[key] = npz[key]
+                data = _read_npz(path)
             else:
                 raise ResultFileError(f"cannot load {str(path)!r}: expected a .json or .npz file")
         except ResultFileError:
@@ -188,3 +202,37 @@ class PatchResult:
         except Exception as err:  # zip, JSON and numpy errors all mean a damaged file
             raise ResultFileError(f"could not read {str(path)!r}: {type(err).__name__}: {err}") from err
         return cls.from_dict(data)
+
+
+def _read_npz(path: Path) -> dict[str, Any]:
+    """The metadata and arrays of a saved ``.npz``, each array's declared shape and type checked before it is read.
+
+    A compressed file can declare arrays far larger than itself; nothing is
+    inflated before its header says it is what the metadata describes.
+    """
+    with zipfile.ZipFile(path) as archive, np.load(path, allow_pickle=False) as npz:
+        headers = {}
+        for key in ("meta", *ARRAYS):
+            with archive.open(f"{key}.npy") as member:
+                major, _ = np.lib.format.read_magic(member)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(member)
+            headers[key] = (shape, dtype)
+        meta_shape, meta_dtype = headers["meta"]
+        if meta_shape != () or meta_dtype.kind != "U" or meta_dtype.itemsize > MAX_META_BYTES:
+            raise ResultFileError(f"its metadata is not one string of at most {MAX_META_BYTES} bytes")
+        data = json.loads(str(npz["meta"]))
+        if not isinstance(data, dict) or not isinstance(data.get("coords"), dict):
+            raise ResultFileError("its metadata lacks coords")
+        sizes = [len(data["coords"].get(d, [])) for d in data.get("dims", [])]
+        n_pairs = headers["clean_baseline"][0][:1]
+        expected = {"per_pair": (*n_pairs, *sizes), "clean_baseline": n_pairs, "corrupt_baseline": n_pairs}
+        for key in ARRAYS:
+            shape, dtype = headers[key]
+            if dtype != np.float32 or tuple(shape) != expected[key] or int(np.prod(shape)) > MAX_ELEMENTS:
+                raise ResultFileError(
+                    f"array {key!r} declares {dtype} of shape {tuple(shape)}, but the metadata describes float32 "
+                    f"of shape {expected[key]} (at most {MAX_ELEMENTS} values)"
+                )
+            data[key] = npz[key]
+    return data

@@ -163,7 +163,7 @@ class PatchWidget(anywidget.AnyWidget):
             raise MessageError(f"a cell must be {{panel, row, col}}, got {msg!r}")
         panels = {p["id"]: p for p in self.view.get("panels", [])}
         panel = msg.get("panel")
-        if panel not in panels:
+        if not isinstance(panel, str) or panel not in panels:
             raise MessageError(f"unknown panel {panel!r}; the view has {list(panels)}")
         row = _int(msg, "row", 0, len(panels[panel]["rows"]) - 1)
         col = _int(msg, "col", 0, len(panels[panel]["cols"]) - 1)

@@ -26,19 +26,21 @@ scalars = st.one_of(
     st.text(max_size=8),
     st.sampled_from(["resid_pre", "head_out", "mean", "noise", "kl"]),
 )
+# Where an index or a name is expected, hostile users send dicts and lists too (unhashable: a TypeError once).
+hostile = st.one_of(scalars, st.dictionaries(st.text(max_size=3), scalars, max_size=2), st.lists(scalars, max_size=2))
 messages = st.one_of(
     scalars,
     st.lists(scalars, max_size=3),
     st.fixed_dictionaries(
         {"type": st.sampled_from(["drill", "back", "set", "cancel", "joint", "bogus"])},
         optional={
-            "request_id": st.one_of(st.integers(-3, 10**6), scalars),
-            "panel": st.one_of(st.sampled_from(["resid_pre", "head_out", "components", "pattern"]), scalars),
-            "row": st.one_of(st.integers(-2, 20), scalars),
-            "col": st.one_of(st.integers(-2, 20), scalars),
-            "level": st.one_of(st.integers(-2, 4), scalars),
+            "request_id": st.one_of(st.integers(-3, 10**6), scalars, hostile),
+            "panel": st.one_of(st.sampled_from(["resid_pre", "head_out", "components", "pattern"]), scalars, hostile),
+            "row": st.one_of(st.integers(-2, 20), scalars, hostile),
+            "col": st.one_of(st.integers(-2, 20), scalars, hostile),
+            "level": st.one_of(st.integers(-2, 4), scalars, hostile),
             "key": st.one_of(st.sampled_from(["site", "direction", "metric", "pair", "method"]), scalars),
-            "value": scalars,
+            "value": hostile,
             "cells": st.one_of(
                 scalars,
                 st.lists(
@@ -89,3 +91,26 @@ def test_random_prompt_pairs_either_patch_or_raise_a_clear_error(demo, clean, co
         assert str(err)
         return
     assert r.values.shape == (1, len(r.tokens)) and np.all(np.isfinite(r.values))
+
+
+# Text that has broken offline pages elsewhere: comment and script openers, the template's placeholders.
+page_text = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["<!--<script>", "</script>", "__DATA__", "__BUNDLE__", "__CSS__", "__TITLE__", "&lt;", "\u2028"]),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(tokens=st.lists(page_text, min_size=1, max_size=6), title=page_text)
+def test_no_token_changes_the_offline_page(tokens, title):
+    import json
+
+    from patchwidget.export import standalone_html
+
+    data = {"start": 0, "states": [{"breadcrumb": [{"label": t} for t in tokens]}], "edges": {}, "vmax": None}
+    page = standalone_html(data, title=title)
+    head, rest = page.split('<script type="application/json" id="pw-data">', 1)
+    embedded, tail = rest.split("</script>", 1)
+    assert json.loads(embedded) == data
+    assert page.count("<script") == 3 and "<script" not in embedded
+    assert "__DATA__" not in tail.split('id="pw-bundle">', 1)[0]  # nothing was filled in twice
