@@ -109,15 +109,14 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def lab_server(request, tmp_path_factory, ui_output) -> LabServer:
-    """JupyterLab on 127.0.0.1 with no token, serving a temporary folder.
+def start_jupyter(request, tmp_path_factory, ui_output, app: str) -> LabServer:
+    """``jupyter lab`` or ``jupyter notebook`` (7) on 127.0.0.1 with no token, serving a temporary folder.
 
-    Tests put their notebooks into ``lab_server.root`` before opening them.
+    Tests put their notebooks into the returned ``root`` before opening them.
     """
     if not BUNDLE.exists():
         pytest.fail(f"{BUNDLE.relative_to(REPO)} is missing: build the front end first (`make js`)")
-    base = tmp_path_factory.mktemp("jupyterlab")
+    base = tmp_path_factory.mktemp(app)
     root, settings, private = base / "root", base / "settings", base / "private"
     for folder in (root, settings, private):
         folder.mkdir()
@@ -126,18 +125,19 @@ def lab_server(request, tmp_path_factory, ui_output) -> LabServer:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))
     port = _free_port()
-    log = ui_output / "jupyterlab.log"
+    log = ui_output / f"{app}.log"
     env = {
         **os.environ,
         "JUPYTER_RUNTIME_DIR": str(private / "runtime"),
         "IPYTHONDIR": str(private / "ipython"),  # no shared history database
         "PYTHONUNBUFFERED": "1",
     }
+    app_class = "LabApp" if app == "lab" else "JupyterNotebookApp"
     command = [
         sys.executable,
         "-m",
         "jupyter",
-        "lab",
+        app,
         "--no-browser",
         "--ip=127.0.0.1",
         f"--port={port}",
@@ -146,8 +146,8 @@ def lab_server(request, tmp_path_factory, ui_output) -> LabServer:
         "--ServerApp.password=",
         f"--ServerApp.root_dir={root}",
         "--allow-root",
-        f"--LabApp.user_settings_dir={settings}",
-        f"--LabApp.workspaces_dir={private / 'workspaces'}",
+        f"--{app_class}.user_settings_dir={settings}",
+        f"--{app_class}.workspaces_dir={private / 'workspaces'}",
     ]
     with open(log, "w") as log_file:
         process = subprocess.Popen(
@@ -165,11 +165,17 @@ def lab_server(request, tmp_path_factory, ui_output) -> LabServer:
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while not _answers(f"{url}/api/status"):
         if process.poll() is not None:
-            pytest.fail(f"JupyterLab exited with code {process.returncode}; see {log}")
+            pytest.fail(f"jupyter {app} exited with code {process.returncode}; see {log}")
         if time.monotonic() > deadline:
-            pytest.fail(f"JupyterLab did not answer within {SERVER_START_TIMEOUT} s; see {log}")
+            pytest.fail(f"jupyter {app} did not answer within {SERVER_START_TIMEOUT} s; see {log}")
         time.sleep(0.5)
     return LabServer(url=url, root=root, process=process, log=log)
+
+
+@pytest.fixture(scope="module")
+def lab_server(request, tmp_path_factory, ui_output) -> LabServer:
+    """JupyterLab on 127.0.0.1 with no token, serving a temporary folder."""
+    return start_jupyter(request, tmp_path_factory, ui_output, "lab")
 
 
 # Console errors that are not the widget's but that the page is known to log,

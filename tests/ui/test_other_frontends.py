@@ -1,0 +1,219 @@
+"""End to end in the other front ends users have: Jupyter Notebook 7, marimo (``run`` and
+``edit``), and the offline page ``save_html`` writes, each in a real headless Chromium.
+
+In each: the grid renders, a click drills down, the breadcrumb or Escape goes back,
+and the widget logs no console errors. VS Code and Colab cannot run here (README).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import nbformat
+import pytest
+
+from .conftest import REPO, SERVER_START_TIMEOUT, _answers, _die_with_parent, _free_port, _stop, start_jupyter
+
+pytestmark = pytest.mark.e2e
+
+CLEAN = "When Mary and John went to the store , John gave a drink to"
+CORRUPT = "When Mary and John went to the store , Mary gave a drink to"
+N_TOKENS, N_LAYERS, N_HEADS = 14, 4, 4
+TIMEOUT = 120_000  # ms: a kernel start and the first cell (imports torch) on a busy 2-core machine
+WIDGET = ".patchwidget"
+TOP_GRID = f'{WIDGET} .pw-grid[role=grid][aria-label^="resid_pre"]'
+HEADS_GRID = f'{WIDGET} .pw-grid[role=grid][aria-label^="Heads of layer 2"]'
+CRUMBS = f"{WIDGET} .pw-breadcrumb button.pw-crumb[data-level]"
+
+
+def drill_and_back(page, back: str) -> None:
+    """The grid is there; layer 2 at the second "John" opens that layer's heads; ``back`` returns."""
+    from playwright.sync_api import expect
+
+    top = page.locator(TOP_GRID)
+    expect(top.locator(".pw-cell[role=gridcell]")).to_have_count(N_LAYERS * N_TOKENS, timeout=TIMEOUT)
+    expect(page.locator(f"{WIDGET} .pw-progress")).to_have_count(0, timeout=TIMEOUT)
+    top.locator('.pw-cell[data-row="2"][data-col="9"]').click()
+    heads = page.locator(HEADS_GRID)
+    expect(heads.locator(".pw-cell[role=gridcell]")).to_have_count(N_HEADS * N_TOKENS, timeout=TIMEOUT)
+    expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "L2 heads"])
+    if back == "escape":
+        heads.locator('.pw-cell[data-row="1"][data-col="9"]').focus()
+        page.keyboard.press("Escape")
+    else:
+        page.locator(f'{CRUMBS}[data-level="0"]').click()
+    expect(heads).to_have_count(0, timeout=TIMEOUT)
+    expect(page.locator(TOP_GRID)).to_have_count(1)
+    expect(page.locator(CRUMBS)).to_have_text(["resid_pre"])
+    expect(page.locator(f"{WIDGET} .pw-error")).to_have_count(0)
+
+
+def widget_errors(page, known: tuple[str, ...] = ()) -> list[str]:
+    """The page's console errors and uncaught exceptions, less those known by their exact text."""
+    return [e for e in page.errors if not any(k in e for k in known)]
+
+
+# --- Jupyter Notebook 7 ---------------------------------------------------------------------------
+
+# Notebook 7.6.5 itself throws this on any notebook, widget or not (seen on a blank one).
+NOTEBOOK7_OWN_ERROR = "Cannot read properties of undefined (reading 'schema')"
+
+
+@pytest.fixture(scope="module")
+def notebook_server(request, tmp_path_factory, ui_output):
+    return start_jupyter(request, tmp_path_factory, ui_output, "notebook")
+
+
+def test_notebook7_drill_down_and_back(notebook_server, page, ui_output):
+    from playwright.sync_api import expect
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            f"import patchwidget as pw\nw = pw.explore(pw.load_model(), {CLEAN!r}, {CORRUPT!r}, answer='Mary', "
+            "wrong='John')\nw"
+        )
+    ]
+    nbformat.write(nb, notebook_server.root / "nb7.ipynb")
+    try:
+        page.goto(f"{notebook_server.url}/notebooks/nb7.ipynb", wait_until="domcontentloaded")
+        cell = page.locator(".jp-Notebook .jp-CodeCell").first
+        expect(cell).to_have_count(1, timeout=TIMEOUT)
+        _wait_for_idle_kernel(notebook_server.url)
+        cell.locator(".jp-InputArea-editor .cm-content").click()
+        page.keyboard.press("Control+Enter")
+        expect(page.locator(f"{WIDGET} [role=grid]")).to_have_count(1, timeout=TIMEOUT)
+        drill_and_back(page, "escape")
+        drill_and_back(page, "breadcrumb")
+    except BaseException:
+        page.screenshot(path=str(ui_output / "failure-notebook7.png"), full_page=True, timeout=10_000)
+        raise
+    errors = widget_errors(page, (NOTEBOOK7_OWN_ERROR,))
+    assert not errors, "JavaScript errors in the page:\n" + "\n".join(errors)
+
+
+def _wait_for_idle_kernel(url: str) -> None:
+    import json
+    import urllib.request
+
+    deadline = time.monotonic() + TIMEOUT / 1000
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{url}/api/kernels", timeout=5) as response:
+            kernels = json.loads(response.read())
+        if kernels and all(k["execution_state"] == "idle" for k in kernels):
+            return
+        time.sleep(0.5)
+    pytest.fail("the notebook's kernel did not become idle")
+
+
+# --- marimo -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["run", "edit"])
+def marimo_app(request, ui_output):
+    port = _free_port()
+    log = ui_output / f"marimo-{request.param}.log"
+    command = [sys.executable, "-m", "marimo", request.param, "--headless", "--no-token", "--port", str(port)]
+    command.append(str(REPO / "examples" / "quickstart_marimo.py"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+    request.addfinalizer(lambda: _stop(process))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while not _answers(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"marimo {request.param} did not start; see {log}")
+        time.sleep(0.5)
+    return request.param, url
+
+
+def test_marimo_drill_down_and_back(marimo_app, page, ui_output):
+    from playwright.sync_api import expect
+
+    mode, url = marimo_app
+    try:
+        page.goto(url, wait_until="domcontentloaded")
+        if mode == "edit":  # edit mode opens with stale cells: run them all, once its kernel listens
+            run_all = page.locator("button[data-testid=run-button]").last  # the run-all button, after the cells' own
+            for _ in range(6):
+                run_all.click(timeout=TIMEOUT)
+                try:
+                    expect(page.locator(TOP_GRID)).to_have_count(1, timeout=20_000)
+                    break
+                except AssertionError:
+                    continue  # the click came before the kernel was connected
+        expect(page.locator(TOP_GRID)).to_have_count(1, timeout=TIMEOUT)
+        drill_and_back(page, "breadcrumb")
+        drill_and_back(page, "escape")
+    except BaseException:
+        page.screenshot(path=str(ui_output / f"failure-marimo-{mode}.png"), full_page=True, timeout=10_000)
+        raise
+    errors = [e for e in widget_errors(page) if "patchwidget" in e or "widget" in e.lower()]
+    assert not errors, "JavaScript errors from the widget:\n" + "\n".join(errors)
+
+
+# --- the offline page -------------------------------------------------------------------------------
+
+# Words that have broken offline pages: a comment and script opener, the template's placeholders.
+HOSTILE = ["<!--<script>", "__BUNDLE__", "__DATA__", "</script>"]
+
+
+def hostile_model():
+    """A tiny random GPT-2 whose word-level vocabulary holds the hostile words, so they are real tokens."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    import patchwidget as pw
+
+    words = ["[UNK]", *sorted(set(CLEAN.split()) | set(CORRUPT.split()) | set(HOSTILE))]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]")
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=4, n_embd=64, n_head=4, vocab_size=len(words), attn_implementation="eager")
+    return pw.load_model(GPT2LMHeadModel(config).eval(), tokenizer=tokenizer)
+
+
+def test_offline_page_replays_its_drill_down_with_hostile_tokens(page, tmp_path, ui_output):
+    from playwright.sync_api import expect
+
+    import patchwidget as pw
+
+    clean = CLEAN.replace("went to", f"{HOSTILE[0]} {HOSTILE[1]}").replace("a drink", f"{HOSTILE[2]} {HOSTILE[3]}")
+    corrupt = CORRUPT.replace("went to", f"{HOSTILE[0]} {HOSTILE[1]}").replace("a drink", f"{HOSTILE[2]} {HOSTILE[3]}")
+    widget = pw.explore(hostile_model(), clean, corrupt, answer="Mary", wrong="John", preview=False)
+    tokens = widget.session.prompts.tokens
+    assert set(HOSTILE) <= set(tokens), tokens
+    level = widget.session.drill(widget._levels[0], "resid_pre", 2, 9)  # what a click computes, computed here
+    widget.session.cache[(level, widget._settings)] = widget.session.compute(level, widget._settings)
+    path = widget.save_html(tmp_path / "offline.html")
+    widget.close()
+    try:
+        page.goto(path.as_uri(), wait_until="load")
+        top = page.locator(TOP_GRID)
+        expect(top.locator(".pw-cell[role=gridcell]")).to_have_count(N_LAYERS * N_TOKENS, timeout=TIMEOUT)
+        headers = top.locator("th[role=columnheader]")
+        expect(headers).to_have_text([f"{t} ({i})" for i, t in enumerate(tokens)])  # shown as text, not markup
+        drill_and_back(page, "breadcrumb")
+        top.locator('.pw-cell[data-row="1"][data-col="0"]').click()  # never computed: the page says so
+        expect(page.locator(f"{WIDGET} .pw-error")).to_contain_text("not computed in the notebook")
+    except BaseException:
+        page.screenshot(path=str(ui_output / "failure-offline.png"), full_page=True, timeout=10_000)
+        raise
+    assert not widget_errors(page), "JavaScript errors in the page:\n" + "\n".join(page.errors)
+    assert page.evaluate("document.querySelectorAll('script').length") == 3
