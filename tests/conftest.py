@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from transformers import (
@@ -23,8 +21,6 @@ from transformers import (
 )
 
 import patchwidget as pw
-
-warnings.filterwarnings("ignore", category=UserWarning)
 
 
 @pytest.fixture(scope="session")

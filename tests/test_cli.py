@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -72,8 +73,14 @@ def test_demo_table_png_and_html(tmp_path, capsys):
     page = tmp_path / "grid.html"
     assert main(["run", *FACT, "--out", str(page)]) == 0
     text = page.read_text()
-    assert "pw-bundle" in text and "Paris" not in text.split("pw-data")[0]  # data is inlined as JSON
-    assert '"resid_pre' in text
+    embedded = text.split('<script type="application/json" id="pw-data">', 1)[1].split("</script>", 1)[0]
+    data = json.loads(embedded)  # the page's data: the computed grid, the same numbers as the API's
+    (state,) = data["states"]
+    (panel,) = state["view"]["panels"]
+    direct = pw.patch(pw.load_model(), *FACT[1::2][:2], answer="Paris", wrong="Tokyo", metric="logit_diff_norm")
+    assert panel["id"] == "resid_pre" and panel["cols"] == [f"{t} ({i})" for i, t in enumerate(direct.tokens)]
+    np.testing.assert_allclose(np.array(panel["values"], dtype=float), direct.values, atol=1e-5)
+    assert state["breadcrumb"] == [{"label": "resid_pre"}] and data["controls"]["site"] == "resid_pre"
 
 
 def test_help_has_examples():

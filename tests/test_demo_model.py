@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -34,10 +36,18 @@ def test_held_out_accuracy(demo, task):
 
 
 def test_held_out_examples_were_not_trained_on():
-    for prompt, _ in demo_data.held_out_examples("ioi", 50):
-        words = prompt.split()
-        names = [w for w in words if w in demo_data.NAMES]
-        assert demo_data.is_held_out_ioi(names[0], names[1])
+    """Replays the training stream exactly as scripts/train_demo_model.py draws it (its default steps,
+    batch size and seed) and looks for every held-out prompt in it."""
+    steps, batch_size, seed = 5000, 64, 0
+    rng = random.Random(seed)
+    trained = {demo_data.training_text(rng) for _ in range(steps * batch_size)}
+    prompts_seen = {" ".join(text.split()[:-1]) for text in trained}  # each text is a prompt and its answer
+    for task in ("ioi", "fact"):
+        held_out = demo_data.held_out_examples(task, 300)
+        assert held_out and not any(prompt in prompts_seen for prompt, _ in held_out), task
+    # The check has power: prompts made the training way are found in the stream.
+    again = random.Random(seed)
+    assert " ".join(demo_data.training_text(again).split()[:-1]) in prompts_seen
 
 
 def test_load_model_accepts_wrapped_and_plain_models(demo):

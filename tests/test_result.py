@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import matplotlib
 import numpy as np
@@ -66,11 +67,32 @@ def test_damaged_files_fail_clearly(result, tmp_path):
         result.save(tmp_path / "grid.pkl")
 
 
+class _Payload:
+    """Pickled, it writes a file when unpickled: what a malicious result file would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (pathlib.Path.write_text, (pathlib.Path(self.marker), "pickle ran"))
+
+
 def test_npz_is_loaded_without_pickle(result, tmp_path):
-    path = tmp_path / "evil.npz"
-    np.savez(path, meta=np.array([object()], dtype=object))  # needs pickle to read
-    with pytest.raises(pw.ResultFileError, match="could not read"):
-        pw.PatchResult.load(path)
+    """Fails if loading ever unpickles: the payload would write its marker file."""
+    marker = tmp_path / "pwned"
+    data = result.to_dict()
+    arrays = {k: np.asarray(data.pop(k), dtype=np.float32) for k in ("per_pair", "clean_baseline", "corrupt_baseline")}
+    for field in ("meta", "per_pair"):
+        path = tmp_path / f"evil-{field}.npz"
+        evil = np.array([_Payload(marker)], dtype=object)
+        np.savez(path, **{"meta": np.array(json.dumps(data)), **arrays, field: evil})
+        with pytest.raises(pw.ResultFileError):
+            pw.PatchResult.load(path)
+        assert not marker.exists(), f"loading {path.name} ran pickled code"
+    # the payload does work when unpickled, so the check above has power
+    with np.load(tmp_path / "evil-meta.npz", allow_pickle=True) as npz:
+        npz["meta"]
+    assert marker.read_text() == "pickle ran"
 
 
 def test_dataframe(result):

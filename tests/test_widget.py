@@ -11,7 +11,7 @@ import pytest
 
 import patchwidget as pw
 from patchwidget import demo_data
-from patchwidget.session import Level, Session, Settings
+from patchwidget.session import Level, Settings
 
 PAIRS = demo_data.ioi_pairs(2, seed=3)
 TEXTS = dict(
@@ -20,6 +20,15 @@ TEXTS = dict(
     answer=[p.answer for p in PAIRS],
     wrong=[p.wrong for p in PAIRS],
 )
+
+
+def wait_for(predicate, timeout=60, what="the condition"):
+    """Wait until ``predicate()`` is true; fail loudly (never silently) when it does not come."""
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.01)
 
 
 def wait_idle(widget, request_id, timeout=60):
@@ -130,52 +139,6 @@ def test_backend_errors_are_shown(widget, monkeypatch):
     assert status["state"] == "error" and status["message"] == "RuntimeError: the model fell over"
 
 
-def test_newer_request_supersedes_older(demo):
-    started, release = threading.Event(), threading.Event()
-    shown = []
-    session = Session(demo, **TEXTS, batch_size=8, preview=False, on_result=lambda rid, c: shown.append((rid, c.level)))
-
-    def slow_progress(request_id, done, total):
-        if request_id == 1:
-            started.set()
-            release.wait(10)
-
-    session.on_progress = slow_progress
-    settings = Settings()
-    session.submit(1, Level("neurons", layer=0, pos=9), settings)
-    assert started.wait(10)
-    session.submit(2, Level("heads", layer=1), settings)  # supersedes 1 while it runs
-    release.set()
-    deadline = time.time() + 30
-    while not shown and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)
-    assert shown == [(2, Level("heads", layer=1))]
-    assert (Level("neurons", layer=0, pos=9), settings) not in session.cache  # cancelled, never finished
-    session.close()
-    assert not session._worker.is_alive()
-
-
-def test_cancel_stops_at_the_next_batch(demo):
-    progress = []
-    results = []
-    session = Session(demo, **TEXTS, batch_size=16, preview=False, on_result=lambda rid, c: results.append(rid))
-
-    def on_progress(request_id, done, total):
-        progress.append(done)
-        if len(progress) == 2:
-            session.cancel()
-
-    session.on_progress = on_progress
-    session.submit(1, Level("neurons", layer=0, pos=9), Settings())
-    deadline = time.time() + 30
-    while len(progress) < 2 and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.5)  # room for a third batch, which must not be reported
-    assert len(progress) == 2 and results == []  # 2 of 64 batches ran, then it stopped
-    session.close()
-
-
 def test_preview_estimate_is_replaced_by_exact_values(demo):
     w = pw.explore(demo, **TEXTS)
     views = []
@@ -226,9 +189,7 @@ def test_pair_change_and_joint_during_an_estimate_still_end_exact(demo, monkeypa
 
     monkeypatch.setattr(w.session, "compute", slow_exact)
     send(w, type="drill", request_id=1, panel="resid_pre", row=1, col=9)
-    deadline = time.time() + 30
-    while w.view["request_id"] != 1 and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: w.view["request_id"] == 1, 30, "the estimate for request 1")
     assert w.view["exact"] is False
     send(w, type="set", request_id=2, key="pair", value=1)
     hold.set()
@@ -269,9 +230,7 @@ def test_patching_from_the_notebook_while_the_widget_computes(demo):
     for i in range(5):
         w.session.submit(100 + i, Level("neurons", layer=i % 4, pos=9), Settings(metric="prob"))
         np.testing.assert_allclose(pw.patch(demo, **fact).values, alone, atol=1e-5)
-    deadline = time.time() + 60
-    while (Level("neurons", layer=0, pos=9), Settings(metric="prob")) not in w.session.cache and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: (Level("neurons", layer=0, pos=9), Settings(metric="prob")) in w.session.cache, 60, "request 104")
     w.close()
     assert w.status["state"] != "error"
 
