@@ -106,7 +106,7 @@ def noise(
     ):
         raise PromptError(f"noise() positions must be a non-empty list of token indices, got {positions!r}")
     if not _is_int(samples) or samples < 1:
-        raise PromptError(f"noise() needs samples to be an integer of at least 1, got samples={samples!r}")
+        raise PromptError(f"noise() needs samples >= 1 (an integer), got samples={samples!r}")
     if not isinstance(scale, int | float) or isinstance(scale, bool) or not math.isfinite(scale) or scale < 0:
         raise PromptError(f"noise() needs scale to be a finite number >= 0, got scale={scale!r}")
     if not _is_int(seed):

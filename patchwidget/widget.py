@@ -287,7 +287,9 @@ class PatchWidget(anywidget.AnyWidget):
         return write_atomic(path, standalone_html(data, self.view.get("title", "patchwidget")))
 
     def close(self) -> None:
-        self.session.close()
+        session = getattr(self, "session", None)  # None when __init__ refused its arguments before starting one
+        if session is not None:
+            session.close()
         super().close()
 
 

@@ -106,7 +106,7 @@ def test_the_same_cell_twice_is_refused(no_forward):
         (lambda: pw.noise([]), r"tokens must be non-empty words"),
         (lambda: pw.noise("Mary", scale=float("nan")), r"scale to be a finite number >= 0, got scale=nan"),
         (lambda: pw.noise("Mary", scale=float("inf")), r"scale=inf"),
-        (lambda: pw.noise("Mary", samples=2.5), r"samples to be an integer"),
+        (lambda: pw.noise("Mary", samples=2.5), r"samples >= 1 \(an integer\), got samples=2.5"),
     ],
 )
 def test_noise_that_corrupts_nothing_or_everything_is_refused(make, message):
