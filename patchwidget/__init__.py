@@ -29,6 +29,7 @@ from .errors import (
 from .grid import Cell
 from .metrics import METRICS
 from .models import DEMO_MODEL_DIR, load_model
+from .path import path_patch
 from .prompts import Noise, noise
 from .result import PatchResult
 from .sites import SITES, Arch, register_architecture
@@ -66,6 +67,7 @@ __all__ = [
     "noise",
     "patch",
     "patch_sites",
+    "path_patch",
     "register_architecture",
 ]
 __version__ = "0.1.0"

@@ -133,7 +133,7 @@ def patch_sites(
         raise SettingsError(f"cells has repeated cells: {', '.join(repeated)}; give each cell once")
     rows, noise = with_noise(model, info, prompts, remote)
     reads: dict[str, list[int]] = {}
-    for layer, site, _, _ in writes:
+    for layer, site, *_ in writes:
         reads[site] = sorted({*reads.get(site, []), layer})
     per_pass = fit_budget(model, request, reads, rows)
     # One patched copy per pair and cell, then one per pair with every cell.

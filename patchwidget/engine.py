@@ -505,17 +505,31 @@ def patched_metric(
     batch_size: int,
     progress: Progress | None,
     remote: bool | str = False,
-) -> torch.Tensor:
+    captured: dict[Key, torch.Tensor] | None = None,
+    capture: dict[str, list[int]] | None = None,
+) -> Any:
     """The metric of every patched copy, ``(copy,)``.
 
-    Three things keep this fast and exact: a copy whose source activations
-    equal the target's is a no-op and takes the target run's value; copies are
+    A copy is ``(pair, writes)``: a copy of pair ``pair``'s target prompt with
+    each ``Write`` applied (see ``grid.Write``); ``captured`` holds the values of
+    writes whose origin is ``"captured"``. With ``capture`` (site -> layers),
+    each copy's activations there are recorded too, and ``(values, captured)``
+    is returned, the captured tensors ``(copy, pos, unit, width)``.
+
+    Three things keep this fast and exact: a copy whose writes all equal the
+    target run's values is a no-op and takes the target run's value; copies are
     sorted by their lowest patched layer, so a batch skips the blocks below
     its lowest one (their outputs are the cached target run's); and the
     unembedding runs at the last position only.
     """
+    tables = {"source": runs.source, "target": runs.target, "captured": captured or {}}
+    reads = sorted(
+        {(layer, site) for site, layers in (capture or {}).items() for layer in layers},
+        key=lambda k: (k[0], READ_ORDER.index(k[1])),
+    )
+    kept: dict[Key, torch.Tensor] = {key: runs.target[key][[pair for pair, _ in copies]].clone() for key in reads}
     out = torch.empty(len(copies))
-    noop = torch.tensor([_is_noop(runs, pair, writes) for pair, writes in copies], dtype=torch.bool)
+    noop = torch.tensor([_is_noop(tables, pair, writes) for pair, writes in copies], dtype=torch.bool)
     if noop.any():  # patching in an identical activation changes nothing: the target run's own value
         pairs = torch.tensor([pair for (pair, _), same in zip(copies, noop) if same])
         out[noop] = (
@@ -524,7 +538,7 @@ def patched_metric(
             .cpu()
         )
     todo = [i for i in range(len(copies)) if not noop[i]]
-    todo.sort(key=lambda i: min(layer for layer, *_ in copies[i][1]))
+    todo.sort(key=lambda i: min(w.layer for w in copies[i][1]))
     done = len(copies) - len(todo)
     if progress is not None and done:
         progress(done, len(copies))
@@ -532,42 +546,65 @@ def patched_metric(
         index = todo[start : start + batch_size]
         chunk = [copies[i] for i in index]
         pairs = torch.tensor([pair for pair, _ in chunk])
-        writes = _batch_writes(chunk, runs.source)
-        lowest = min(layer for layer, _ in writes)
+        writes = _batch_writes(chunk, tables)
+        # Reads and writes in forward order; a read of a site comes after a write of an earlier one.
+        steps = sorted(
+            [(key, "write") for key in writes] + [(key, "read") for key in reads],
+            key=lambda s: (s[0][0], (WRITE_ORDER if s[1] == "write" else READ_ORDER).index(s[0][1]), s[1] == "read"),
+        )
+        lowest = min([layer for layer, _ in writes] + [layer for layer, _ in reads])
         with model.trace(
             on_input_device(model, runs.target_ids[pairs]), **trace_kwargs(model, remote), logits_to_keep=1
         ):
+            got = nnsight.save({})  # made inside: only saved values come back from a server
             add_noise(model, info, None if runs.target_noise is None else runs.target_noise[pairs], slice(None))
             for layer in range(lowest):
                 skip_block(layer_module(model, info, layer), runs.block_form, runs.target_blocks[layer][pairs])
-            for (layer, site), (r, p, u, values) in writes.items():
-                write(model, info, site, layer, r, p, u, values)
+            for (layer, site), kind in steps:
+                if kind == "write":
+                    write(model, info, site, layer, *writes[(layer, site)])
+                else:
+                    got[(layer, site)] = view(model, info, site, layer).detach().clone().save()
             logits = logits_module(model, info).output[:, -1].detach().save()
         values = fn(logits, prompts.answer_ids[pairs], prompts.wrong_ids[pairs], runs.clean_logits[pairs])
         out[torch.tensor(index)] = values.float().cpu()
+        for key in reads:
+            kept[key][torch.tensor(index)] = got[key].to(kept[key].dtype).cpu()
         done += len(chunk)
         if progress is not None:
             progress(done, len(copies))
-    return out
+    return (out, kept) if capture is not None else out
 
 
-def _is_noop(runs: Directed, pair: int, writes: tuple[Write, ...]) -> bool:
-    return all(
-        torch.equal(runs.source[(layer, site)][pair, list(ps), unit], runs.target[(layer, site)][pair, list(ps), unit])
-        for layer, site, unit, ps in writes
-    )
+def _is_noop(tables: dict[str, dict[Key, torch.Tensor]], pair: int, writes: tuple[Write, ...]) -> bool:
+    """Whether every write would put back the target run's own value (a freeze to the target always does)."""
+    target = tables["target"]
+    for w in writes:
+        if w.origin == "target":
+            continue
+        value = tables[w.origin][(w.layer, w.site)][pair if w.origin == "source" else w.row]
+        ps = list(w.positions)
+        if not torch.equal(value[ps, w.unit], target[(w.layer, w.site)][pair, ps, w.unit]):
+            return False
+    return True
 
 
-def _batch_writes(chunk: list[Copy], source: dict[Key, torch.Tensor]) -> dict[Key, tuple[torch.Tensor, ...]]:
-    """Per (layer, site), in forward order: batch rows, positions, units and source values to write."""
-    by_key: dict[Key, list[tuple[int, int, int, int]]] = {}
+def _batch_writes(chunk: list[Copy], tables: dict[str, dict[Key, torch.Tensor]]) -> dict[Key, tuple[torch.Tensor, ...]]:
+    """Per (layer, site): batch rows, positions, units and the values to write there."""
+    by_key: dict[Key, dict[str, list[tuple[int, int, int, int]]]] = {}
     for row, (pair, writes) in enumerate(chunk):
-        for layer, site, unit, positions in writes:
-            by_key.setdefault((layer, site), []).extend((row, p, unit, pair) for p in positions)
+        for w in writes:
+            at = w.row if w.origin == "captured" else pair  # which row of the origin's table holds the value
+            by_key.setdefault((w.layer, w.site), {}).setdefault(w.origin, []).extend(
+                (row, p, w.unit, at) for p in w.positions
+            )
     out = {}
-    for key in sorted(by_key, key=lambda k: (k[0], WRITE_ORDER.index(k[1]))):
-        r, p, u, pair = torch.tensor(by_key[key]).T
-        out[key] = (r, p, u, source[key][pair, p, u])  # values: (write, width)
+    for key, origins in by_key.items():
+        parts = []
+        for origin, entries in origins.items():
+            r, p, u, at = torch.tensor(entries).T
+            parts.append((r, p, u, tables[origin][key][at, p, u]))  # values: (write, width)
+        out[key] = tuple(torch.cat(column) for column in zip(*parts))
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -50,8 +51,21 @@ READ_ORDER = (
     "resid_post",
 )
 
-# One write of a patched copy: (layer, site, unit, positions).
-Write = tuple[int, str, int, tuple[int, ...]]
+
+class Write(NamedTuple):
+    """One write of a patched copy: the site at (layer, unit, positions) takes the value of ``origin``.
+
+    ``origin`` is ``"source"`` (the source run, at the copy's prompt pair), ``"target"`` (the
+    target run's own value: freezing it against changes from upstream) or ``"captured"`` (what
+    an earlier batch of copies captured, at copy ``row`` of it).
+    """
+
+    layer: int
+    site: str
+    unit: int
+    positions: tuple[int, ...]
+    origin: str = "source"
+    row: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +118,7 @@ class Grid:
     def cells(self) -> list[Write]:
         """One write per cell, in the order of ``shape``."""
         pos_groups = [(p,) for p in self.positions] if self.by_position else [tuple(self.positions)]
-        return [(layer, self.site, unit, ps) for layer in self.layers for unit in self.units for ps in pos_groups]
+        return [Write(layer, self.site, unit, ps) for layer in self.layers for unit in self.units for ps in pos_groups]
 
 
 def make_grid(
@@ -156,7 +170,7 @@ def cell_write(cell: Cell, info: ModelInfo, n_pos: int) -> Write:
         positions = list(range(n_pos))
     else:
         positions = indices([cell.pos], n_pos, "pos", "tokens", negative_ok=True)
-    return (cell.layer, cell.site, units[0], tuple(positions))
+    return Write(cell.layer, cell.site, units[0], tuple(positions))
 
 
 def indices(given: Sequence[int] | None, size: int, name: str, what: str, negative_ok: bool = False) -> list[int]:

@@ -287,3 +287,79 @@ def reference_attribution(model, source_ids, target_ids, site, layer, units, pos
             (slope,) = torch.autograd.grad(diff, eps)
             out[j, g] = diff.detach() + slope
     return out
+
+
+# --- path patching, one plain run per step and sender set --------------------------------------------
+
+
+def _head_outputs(model, ids):
+    """Every layer's per-head output (the output projection's input), ``{layer: (pos, head, d_head)}``."""
+    names, sizes = NAMES[model.config.model_type], Sizes(model.config)
+    box = {}
+    handles = []
+    for layer, block in enumerate(get(model, names["layers"])):
+
+        def hook(mod, args, layer=layer):
+            box[layer] = args[0][0].view(args[0].shape[1], sizes.h, sizes.dh).clone()
+
+        handles.append(get(block, names["o"]).register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(ids[None])
+    finally:
+        for h in handles:
+            h.remove()
+    return box
+
+
+def reference_path_patch(model, source_ids, target_ids, senders, receivers):
+    """The three steps of path patching, written out plainly (Wang et al. 2022).
+
+    ``senders`` is a list of (layer, head); ``receivers`` ``"logits"`` or a list of
+    (site, layer, unit) with site in head_q/head_k/head_v, patched at every position.
+    Returns the target's last-position logits after the last step. Every head that is
+    not a sender is frozen at its target value, at every layer (the engine freezes only
+    the layers a change can reach; the values must agree).
+    """
+    names, sizes = NAMES[model.config.model_type], Sizes(model.config)
+    source, target = _head_outputs(model, source_ids), _head_outputs(model, target_ids)
+    chosen = set(map(tuple, senders))
+    handles = []
+    for layer, block in enumerate(get(model, names["layers"])):
+
+        def freeze(mod, args, layer=layer):
+            x = args[0]
+            heads = x[0].view(x.shape[1], sizes.h, sizes.dh)  # (pos, head, d_head), a view of the input
+            for head in range(sizes.h):
+                heads[:, head] = (source if (layer, head) in chosen else target)[layer][:, head]
+
+        handles.append(get(block, names["o"]).register_forward_pre_hook(freeze))
+    captured = []
+    if receivers != "logits":
+        for site, layer, unit in receivers:
+
+            def keep(act, unit=unit):
+                captured.append(act[:, unit].clone())
+
+            handles.append(site_hooks(model, site, layer, sizes, keep))
+    try:
+        with torch.no_grad():
+            logits = model(target_ids[None]).logits[0, -1]
+    finally:
+        for h in handles:
+            h.remove()
+    if receivers == "logits":
+        return logits
+    handles = []
+    for (site, layer, unit), value in zip(receivers, captured):
+
+        def put(act, unit=unit, value=value):
+            act[:, unit] = value
+
+        handles.append(site_hooks(model, site, layer, sizes, put))
+    try:
+        with torch.no_grad():
+            return model(target_ids[None]).logits[0, -1]
+    finally:
+        for h in handles:
+            h.remove()
