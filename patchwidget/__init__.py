@@ -9,6 +9,7 @@ Example:
 """
 
 from . import demo_data
+from .circuit import Circuit
 from .circuits import JointResult, patch_sites
 from .engine import DIRECTIONS, METHODS, patch
 from .errors import (
@@ -44,6 +45,7 @@ __all__ = [
     "SITES",
     "Arch",
     "Cell",
+    "Circuit",
     "JointResult",
     "MemoryBudgetError",
     "MessageError",

@@ -72,21 +72,22 @@ _TRACE_LOCK = threading.RLock()
 
 
 def entry_point(fn: F) -> F:
-    """Run ``fn(model, ...)`` under the trace lock, with the model in eval mode.
+    """Run ``fn(model, ...)`` (or a method ``fn(self, model, ...)``) under the trace lock, with the model in eval mode.
 
     Dropout in ``train()`` mode would make every patched copy differ at random;
     the model's own mode is put back afterwards, even after an error.
     """
 
     @functools.wraps(fn)
-    def locked(model: Any, *args: Any, **kwargs: Any) -> Any:
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        model = next((a for a in args[:2] if hasattr(a, "_module")), None)  # fn(model, ...) or a method's
         with _TRACE_LOCK:
             torch_module = getattr(model, "_module", None)
             modes = [(m, m.training) for m in torch_module.modules()] if torch_module is not None else []
             if torch_module is not None:
                 torch_module.eval()
             try:
-                return fn(model, *args, **kwargs)
+                return fn(*args, **kwargs)
             finally:
                 for m, training in modes:
                     m.training = training
@@ -651,6 +652,7 @@ def _result(
         "direction": request.direction,
         "method": request.method,
         "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        "shape": request.info.shape(),
         "patched_positions": grid.positions,
         "note": attribution.note(grid.site, grid.layers) if request.method == "attribution" else "",
         "clean": prompts.clean,

@@ -256,6 +256,7 @@ def _result(
         "direction": request.direction,
         "method": "exact",
         "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        "shape": info.shape(),
         "clean": prompts.clean,
         "corrupt": prompts.corrupt if prompts.noise is None else f"{prompts.noise}",
         "answer": prompts.answer,

@@ -131,6 +131,17 @@ class PatchResult:
         columns["value"] = data.reshape(-1)
         return pd.DataFrame(columns)
 
+    def top_sites(self, k: int) -> Any:
+        """A ``pw.Circuit`` of the ``k`` cells with the largest |effect|, largest first, with their values
+        and where the grid came from (model, prompts, site, metric, direction, method).
+
+        Example:
+            >>> circuit = result.top_sites(3)   # doctest: +SKIP
+        """
+        from .circuit import from_result  # circuits use the engine, a floor above results
+
+        return from_result(self, k)
+
     def plot(self, ax: Any = None, **kwargs: Any) -> Any:
         """A matplotlib Figure of the grid (see ``patchwidget.plot.plot_result``)."""
         from .plot import plot_result

@@ -173,6 +173,10 @@ class ModelInfo:
     d_mlp: int
     parallel_residual: bool
 
+    def shape(self) -> dict[str, int]:
+        """The sizes a found circuit depends on (recorded with results, checked when a circuit is used)."""
+        return {k: int(getattr(self, k)) for k in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_mlp")}
+
     def n_units(self, site: str) -> int:
         unit = SITES[site].unit
         if unit == "neuron":
@@ -278,34 +282,46 @@ def view(model: Any, info: ModelInfo, site: str, layer: int) -> torch.Tensor:
     return reshape(info, site, raw(model, info, site, layer))
 
 
+def location(info: ModelInfo, site: str) -> tuple[str, str]:
+    """Where a site lives: (module path relative to a block, ``"input"``, ``"output"`` or ``"weights"``).
+
+    The one place that says it: ``raw`` reads it inside nnsight traces, and plain
+    PyTorch hooks (``Circuit.write``) read it outside them.
+    """
+    arch = info.arch
+    if site in ("head_q", "head_k", "head_v"):
+        return ((arch.q, arch.k, arch.v)["qkv".index(site[-1])] if arch.qkv == "split" else arch.q), "output"
+    table = {
+        "resid_pre": ("", "input"),
+        "resid_mid": (arch.ln_mid or "", "input"),
+        "resid_post": ("", "output"),
+        "attn_out": (arch.attn, "output"),
+        "mlp_out": (arch.mlp, "output"),
+        "head_out": (arch.attn_proj_out, "input"),
+        "mlp_neuron": (arch.mlp_proj_out, "input"),
+        "attn_pattern": (arch.attn, "weights"),
+    }
+    if site not in table:
+        raise UnknownSiteError(f"unknown site {site!r}")
+    return table[site]
+
+
+def pick(value: Any, kind: str) -> torch.Tensor:
+    """The site's tensor in a module's input or output, as ``location`` names it."""
+    if kind == "weights":
+        return attention_weights(value)
+    return hidden_states(value) if kind == "output" else value
+
+
 def raw(model: Any, info: ModelInfo, site: str, layer: int) -> torch.Tensor:
     """The model's own tensor that holds the site: a module's input or output.
 
     Gradients are taken with respect to this tensor (``view`` is a reshaped
     alias of it, which the forward pass never reads).
     """
-    arch = info.arch
-    at = lambda path: layer_module(model, info, layer, path)  # noqa: E731
-    if site == "resid_pre":
-        return at("").input
-    if site == "resid_mid":
-        return at(arch.ln_mid).input
-    if site == "resid_post":
-        return block_output(at(""))
-    if site == "attn_out":
-        return hidden_states(at(arch.attn).output)
-    if site == "mlp_out":
-        return hidden_states(at(arch.mlp).output)
-    if site == "head_out":
-        return at(arch.attn_proj_out).input
-    if site == "mlp_neuron":
-        return at(arch.mlp_proj_out).input
-    if site == "attn_pattern":
-        return attention_weights(at(arch.attn).output)  # (batch, head, q_pos, k_pos)
-    if site in ("head_q", "head_k", "head_v"):
-        path = (arch.q, arch.k, arch.v)["qkv".index(site[-1])] if arch.qkv == "split" else arch.q
-        return at(path).output
-    raise UnknownSiteError(f"unknown site {site!r}")
+    path, kind = location(info, site)
+    mod = layer_module(model, info, layer, path)
+    return pick(mod.input if kind == "input" else mod.output, kind)
 
 
 def reshape(info: ModelInfo, site: str, x: torch.Tensor) -> torch.Tensor:
@@ -356,11 +372,6 @@ def attention_weights(out: Any) -> torch.Tensor:
             "read; load it with attn_implementation='eager'"
         )
     return out[1]
-
-
-def block_output(block: Any) -> torch.Tensor:
-    """Inside a trace: the hidden states ``block`` returned, whatever form it returned them in."""
-    return hidden_states(block.output)
 
 
 def skip_block(block: Any, form: int, hidden: torch.Tensor) -> None:

@@ -1,0 +1,299 @@
+"""Circuits you can take elsewhere: a set of sites found on some prompts, tested on others,
+knocked out, written into your own nnsight code, saved and loaded.
+
+Example:
+    >>> import patchwidget as pw
+    >>> model = pw.load_model()
+    >>> train, held_out = pw.demo_data.ioi_pairs(8, seed=1), pw.demo_data.ioi_pairs(8, seed=2)
+    >>> grid = pw.patch(model, [p.clean for p in train], [p.corrupt for p in train],
+    ...                 answer=[p.answer for p in train], wrong=[p.wrong for p in train],
+    ...                 site="head_out", by_position=False, metric="logit_diff_norm")
+    >>> circuit = grid.top_sites(3)
+    >>> check = circuit.evaluate(model, [p.clean for p in held_out], [p.corrupt for p in held_out],
+    ...                          answer=[p.answer for p in held_out], wrong=[p.wrong for p in held_out])
+    >>> circuit.save("ioi_heads.json")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nnsight
+import numpy as np
+import torch
+
+from . import metrics as M
+from .circuits import JointResult, patch_sites
+from .engine import Progress, entry_point
+from .errors import PromptError, ResultFileError, SettingsError
+from .files import write_atomic
+from .grid import READ_ORDER, WRITE_ORDER, Cell, cell_write
+from .prompts import Texts, token_strings
+from .remote import trace_kwargs
+from .sites import ModelInfo, logits_module, model_info, on_input_device, view
+
+FORMAT = "patchwidget.Circuit"
+VERSION = 1
+
+
+@dataclass
+class Circuit:
+    """A set of cells with the values they had where they were found, and where that was.
+
+    ``provenance`` records the grid it came from (model, prompts, site, metric,
+    direction, method, and the model's shape, which every use checks).
+    """
+
+    cells: list[Cell]
+    values: list[float] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    _sources: dict = field(default_factory=dict, repr=False, compare=False)  # sources() results, for write()
+
+    def __post_init__(self) -> None:
+        if not self.cells or not all(isinstance(c, Cell) for c in self.cells):
+            raise SettingsError(f"a circuit needs a non-empty list of patchwidget.Cell objects, got {self.cells!r}")
+        if self.values and len(self.values) != len(self.cells):
+            raise SettingsError(f"a circuit of {len(self.cells)} cells has {len(self.values)} values")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(c.label for c in self.cells[:5]) + (", ..." if len(self.cells) > 5 else "")
+        return f"Circuit({len(self.cells)} cells: {shown})"
+
+    # --- use -----------------------------------------------------------------------------------
+
+    def evaluate(
+        self,
+        model: Any,
+        clean: Texts,
+        corrupt: Texts,
+        *,
+        answer: Texts,
+        wrong: Texts,
+        metric: M.Metric = "logit_diff_norm",
+        direction: str = "denoise",
+        batch_size: int = 64,
+        memory_budget: int | None = None,
+        progress: Progress | None = None,
+        remote: bool | str = False,
+    ) -> JointResult:
+        """Patch the circuit jointly (and each cell alone) on other prompt pairs: the held-out check.
+
+        The same as ``pw.patch_sites`` with these cells. Example:
+            >>> circuit.evaluate(model, clean, corrupt, answer="Mary", wrong="John").joint  # doctest: +SKIP
+        """
+        self.check_model(model)
+        return patch_sites(
+            model,
+            clean,
+            corrupt,
+            answer=answer,
+            wrong=wrong,
+            cells=self.cells,
+            metric=metric,
+            direction=direction,
+            batch_size=batch_size,
+            memory_budget=memory_budget,
+            progress=progress,
+            remote=remote,
+        )
+
+    @entry_point
+    def knockout(
+        self, model: Any, prompts: Texts, *, mode: str = "mean", reference: Texts | None = None
+    ) -> torch.Tensor:
+        """The last-position logits of ``prompts`` with the circuit's sites ablated, ``(prompt, vocab)``.
+
+        ``mode="mean"`` puts in the mean activation over the ``reference`` prompts
+        (default: ``prompts`` themselves), position by position; ``"zero"`` puts in
+        zeros. All prompts must tokenize to one length. Example:
+            >>> logits = circuit.knockout(model, prompts, mode="mean")  # doctest: +SKIP
+        """
+        if mode not in ("mean", "zero"):
+            raise SettingsError(f"unknown knockout mode {mode!r}; choose one of mean, zero")
+        info = self.check_model(model)
+        ids = _same_length_ids(model, prompts, "prompts")
+        writes = self._writes(info, ids.shape[1])
+        keys = sorted({(w.layer, w.site) for w in writes}, key=lambda k: (k[0], WRITE_ORDER.index(k[1])))
+        with torch.no_grad():
+            if mode == "mean":
+                ref = ids if reference is None else _same_length_ids(model, reference, "reference", ids.shape[1])
+                means = _mean_activations(model, info, keys, ref)
+            with model.trace(on_input_device(model, ids), logits_to_keep=1):
+                for layer, site in keys:
+                    target = view(model, info, site, layer)  # (batch, pos, unit, width)
+                    for w in (w for w in writes if (w.layer, w.site) == (layer, site)):
+                        ps = list(w.positions)
+                        if mode == "zero":
+                            target[:, ps, w.unit] = 0
+                        else:
+                            target[:, ps, w.unit] = means[(layer, site)][ps, w.unit].to(target.dtype)
+                logits = logits_module(model, info).output[:, -1].detach().save()
+        return logits.float().cpu()
+
+    @entry_point
+    def sources(self, model: Any, source_prompt: str) -> dict[tuple[int, str], torch.Tensor]:
+        """The source prompt's activations at the circuit's sites, for ``write``; also kept for ``write``.
+
+        nnsight runs one forward pass per trace, so the source run happens here, before your trace.
+        Example:
+            >>> circuit.sources(model, "When Mary and John went to the store , John gave a drink to")  # doctest: +SKIP
+        """
+        info = self.check_model(model)
+        ids = torch.tensor([model.tokenizer(source_prompt)["input_ids"]])
+        keys = {(w.layer, w.site) for w in self._writes(info, ids.shape[1])}
+        with torch.no_grad(), model.trace(on_input_device(model, ids)):
+            got = nnsight.save({})  # made inside the trace: only saved values outlive it
+            for layer, site in sorted(keys, key=lambda k: (k[0], READ_ORDER.index(k[1]))):
+                got[(layer, site)] = view(model, info, site, layer)[0].detach().clone().save()
+        found = {key: value.cpu() for key, value in got.items()}
+        self._sources[(id(model), source_prompt)] = found
+        return found
+
+    def write(self, model: Any, source: str | dict) -> None:
+        """Inside your own ``with model.trace(...)``: put the source run's activations at the circuit's sites.
+
+        ``source`` is what ``sources(model, prompt)`` returned, or that prompt itself
+        once ``sources`` has run on it (before the trace: a trace is one forward
+        pass, so the source run cannot happen inside yours). Values are written in
+        forward order into every row of the traced batch; the traced prompt must be
+        as long as the source where a cell covers every position. Example:
+
+            >>> circuit.sources(model, clean)                # doctest: +SKIP
+            >>> with model.trace(corrupt):                   # doctest: +SKIP
+            ...     circuit.write(model, clean)
+            ...     logits = model.lm_head.output.save()
+        """
+        info = model_info(model)
+        if isinstance(source, str):
+            if (id(model), source) not in self._sources:
+                raise SettingsError(
+                    f"no source activations for {source!r}: call circuit.sources(model, {source!r}) before the trace"
+                )
+            source = self._sources[(id(model), source)]
+        n_pos = next(iter(source.values())).shape[0]
+        writes = self._writes(info, n_pos)
+        for layer, site in sorted({(w.layer, w.site) for w in writes}, key=lambda k: (k[0], WRITE_ORDER.index(k[1]))):
+            target = view(model, info, site, layer)
+            for w in (w for w in writes if (w.layer, w.site) == (layer, site)):
+                ps = list(w.positions)
+                target[:, ps, w.unit] = source[(layer, site)][ps, w.unit].to(target.dtype)
+
+    def _writes(self, info: ModelInfo, n_pos: int) -> list:
+        writes = [cell_write(c, info, n_pos) for c in self.cells]
+        if any(w.site == "attn_pattern" for w in writes):
+            raise SettingsError("attn_pattern cells cannot be written or knocked out; use the heads' outputs instead")
+        return writes
+
+    def check_model(self, model: Any) -> ModelInfo:
+        """Refuse a model whose shape differs from the one the circuit was found on; return its sizes."""
+        info = model_info(model)
+        found = self.provenance.get("shape")
+        if found and found != info.shape():
+            raise SettingsError(
+                f"this circuit was found on a model of shape {found}, but this model has {info.shape()}"
+            )
+        for cell in self.cells:  # also checks cells against a model when no shape was recorded
+            cell_write(cell, info, 1 if cell.pos is None else max(cell.pos, -cell.pos - 1) + 1)
+        return info
+
+    # --- files ----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "cells": [
+                {k: getattr(c, k) for k in ("site", "layer", "head", "neuron", "pos") if getattr(c, k) is not None}
+                for c in self.cells
+            ],
+            "values": [float(v) for v in self.values],
+            "provenance": self.provenance,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the circuit as versioned JSON (never pickle), all or nothing.
+
+        Example:
+            >>> circuit.save("ioi_heads.json")  # doctest: +SKIP
+        """
+        return write_atomic(path, json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Circuit:
+        """Read a circuit written by ``save``; a damaged or altered file raises ``ResultFileError``."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise ResultFileError(f"could not read {str(path)!r}: {type(err).__name__}: {err}") from err
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ResultFileError(f"{str(path)!r} is not a patchwidget circuit (missing format marker)")
+        if data.get("version") != VERSION:
+            raise ResultFileError(f"unsupported circuit format version {data.get('version')!r}")
+        try:
+            cells = [_cell(c) for c in data["cells"]]
+            values = [float(v) for v in data.get("values", [])]
+            provenance = dict(data.get("provenance", {}))
+            return cls(cells, values, provenance)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ResultFileError(f"circuit file {str(path)!r} is malformed: {err}") from err
+
+
+def _cell(data: Any) -> Cell:
+    if not isinstance(data, dict) or set(data) - {"site", "layer", "head", "neuron", "pos"}:
+        raise ValueError(f"a cell must be {{site, layer, head?, neuron?, pos?}}, got {data!r}")
+    ints = {k: data[k] for k in ("layer", "head", "neuron", "pos") if k in data}
+    if not isinstance(data.get("site"), str) or not all(type(v) is int for v in ints.values()):
+        raise ValueError(f"a cell's site is a string and its indices integers, got {data!r}")
+    return Cell(data["site"], **ints)
+
+
+def from_result(result: Any, k: int) -> Circuit:
+    """The ``k`` cells of a grid with the largest |effect|, largest first (see ``PatchResult.top_sites``)."""
+    values = result.values
+    size = int(values.size)
+    if not isinstance(k, int | np.integer) or isinstance(k, bool) or not 1 <= k <= size:
+        raise SettingsError(f"k must be an integer from 1 to {size} (the grid's cells), got {k!r}")
+    site = result.settings.get("site", "")
+    if site == "path":
+        site = "head_out"  # a path grid's cells are its sender heads
+    if not site:
+        raise SettingsError("this result does not record its site, so its cells cannot be named")
+    magnitude = np.where(np.isfinite(values), np.abs(values), -np.inf).reshape(-1)
+    order = np.argsort(-magnitude, kind="stable")[:k]
+    if not np.isfinite(magnitude[order]).all():
+        raise SettingsError(f"the grid has fewer than {k} cells with a value")
+    cells = []
+    for flat in order:
+        index = dict(zip(result.dims, np.unravel_index(flat, values.shape)))
+        coord = {d: int(result.coords[d][i]) for d, i in index.items()}
+        head = coord.get("head", coord.get("kv_head"))
+        cells.append(Cell(site, coord["layer"], head=head, neuron=coord.get("neuron"), pos=coord.get("pos")))
+    keys = ("model", "shape", "site", "metric", "direction", "method", "clean", "corrupt", "answer", "wrong")
+    provenance = {key: result.settings[key] for key in keys if key in result.settings}
+    return Circuit(cells, [float(values.reshape(-1)[i]) for i in order], provenance)
+
+
+def _same_length_ids(model: Any, prompts: Texts, name: str, length: int | None = None) -> torch.Tensor:
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise PromptError(f"{name} must be a non-empty prompt or list of prompts, got {prompts!r}")
+    ids = [model.tokenizer(t)["input_ids"] for t in texts]
+    want = length or len(ids[0])
+    for text, row in zip(texts, ids):
+        if len(row) != want:
+            raise PromptError(
+                f"{name}: {text!r} has {len(row)} tokens, not {want}: {token_strings(model.tokenizer, row)}"
+            )
+    return torch.tensor(ids)
+
+
+def _mean_activations(model: Any, info: ModelInfo, keys: list, ids: torch.Tensor) -> dict:
+    """Each (layer, site)'s activation averaged over the prompts, ``(pos, unit, width)``."""
+    with model.trace(on_input_device(model, ids), **trace_kwargs(model, False)):
+        means = nnsight.save({})  # made inside the trace: only saved values outlive it
+        for key in sorted(keys, key=lambda k: (k[0], READ_ORDER.index(k[1]))):
+            means[key] = view(model, info, key[1], key[0]).float().mean(0).save()
+    return {key: value.cpu() for key, value in means.items()}
