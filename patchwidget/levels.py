@@ -70,6 +70,8 @@ class Patcher(Protocol):
 
     def pattern(self, layer: int, head: int) -> np.ndarray: ...
 
+    def path(self, receivers: str | list[Cell]) -> PatchResult: ...
+
 
 @dataclass(frozen=True)
 class View:
@@ -191,11 +193,64 @@ def _head_panels(computed: Computed, v: View) -> list[dict]:
     ]
 
 
+def _head_opens(level: Level, panel: str, row: int, col: int) -> Level | None:
+    if panel != "components":
+        return None
+    if row == 3:  # the head's output: where outputs go straight to the logits
+        return Level("direct", level.site, layer=level.layer, head=level.head)
+    return Level("feeds", level.site, layer=level.layer, head=level.head)
+
+
 def _head_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Cell | None:
     if panel["id"] != "components":
         return None
     site = HEAD_PARTS[row]
     return Cell(site, level.layer, head=_kv(info, site, level.head), pos=col)
+
+
+# --- path patching: which heads feed a head, and which reach the logits directly ---------------
+
+
+def _feeds_compute(level: Level, p: Patcher) -> Computed:
+    results = {}
+    for site in ("head_q", "head_k", "head_v"):
+        results[site] = p.path([Cell(site, level.layer, head=_kv(p.info, site, level.head))])
+    return Computed(level, results)
+
+
+def _sender_panels(computed: Computed, v: View, what: dict[str, str]) -> list[dict]:
+    out = []
+    for key, title in what.items():
+        r = computed.results[key]
+        grid = panel(key, title, "layer", "head", r.labels("layer"), r.labels("head"), v.values(r), True)
+        out.append(grid | v.consistency(r))
+    return out
+
+
+def _feeds_panels(computed: Computed, v: View) -> list[dict]:
+    level = computed.level
+    return _sender_panels(
+        computed,
+        v,
+        {
+            f"head_{x}": f"Path patching: senders into the {name} of L{level.layer} H{level.head} "
+            "(exact; empty at and above its layer)"
+            for x, name in (("q", "query"), ("k", "key"), ("v", "value"))
+        },
+    )
+
+
+def _direct_panels(computed: Computed, v: View) -> list[dict]:
+    return _sender_panels(computed, v, {"logits": "Path patching: each head's direct path to the logits (exact)"})
+
+
+def _sender_opens(level: Level, panel: str, row: int, col: int) -> Level:
+    """A sender cell opens that sender's breakdown: follow the circuit upstream."""
+    return Level("head", level.site, layer=row, head=col)
+
+
+def _sender_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Cell:
+    return Cell("head_out", row, head=col)
 
 
 # --- one MLP's top neurons at one token ----------------------------------------------------------
@@ -236,7 +291,22 @@ LEVELS: dict[str, LevelKind] = {
         label=lambda level, tokens: f"L{level.layer} H{level.head}",
         compute=_head_compute,
         panels=_head_panels,
+        opens=_head_opens,
         cell=_head_cell,
+    ),
+    "feeds": LevelKind(
+        label=lambda level, tokens: f"what feeds L{level.layer} H{level.head}",
+        compute=_feeds_compute,
+        panels=_feeds_panels,
+        opens=_sender_opens,
+        cell=_sender_cell,
+    ),
+    "direct": LevelKind(
+        label=lambda level, tokens: "direct to logits",
+        compute=lambda level, p: Computed(level, {"logits": p.path("logits")}),
+        panels=_direct_panels,
+        opens=_sender_opens,
+        cell=_sender_cell,
     ),
     "neurons": LevelKind(
         label=lambda level, tokens: f"L{level.layer} neurons at {tokens[level.pos]!r}",

@@ -8,13 +8,13 @@ tests load (``js/tests/contract.json``) is what Python produces today.
 Traits (Python -> front end): ``view``, ``controls``, ``status``,
 ``breadcrumb``, ``vmax``; ``selection`` is written by the front end.
 Messages (front end -> Python): ``drill``, ``back``, ``set``, ``joint``,
-``cancel``; each carries the ``request_id`` of the request it makes (or, for
+``keep``, ``cancel``; each carries the ``request_id`` of the request it makes (or, for
 ``cancel``, the request it cancels), and every reply in ``view`` and
 ``status`` echoes it.
 
 Example:
     >>> sorted(MESSAGES)
-    ['back', 'cancel', 'drill', 'joint', 'set']
+    ['back', 'cancel', 'drill', 'joint', 'keep', 'set']
 """
 
 from __future__ import annotations
@@ -121,5 +121,6 @@ MESSAGES: dict[str, tuple[str, ...]] = {
     "back": ("level",),  # return to a level of the breadcrumb
     "set": ("key", "value"),  # change site, direction, metric, method or pair
     "joint": ("cells",),  # patch these {panel, row, col} cells together
+    "keep": ("cells",),  # keep these {panel, row, col} cells as widget.circuit
     "cancel": (),  # stop the request with this request_id
 }

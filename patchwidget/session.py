@@ -28,6 +28,7 @@ from .engine import attention_pattern, check_batching, patch
 from .errors import PatchwidgetError
 from .grid import Cell
 from .levels import LEVELS, Computed, Level
+from .path import path_patch
 from .prompts import Texts, prepare_prompts
 from .remote import prepare_remote, reporting
 from .result import PatchResult
@@ -222,6 +223,10 @@ class _Patcher:
 
     def joint(self, cells: list[Cell]) -> JointResult:
         return patch_sites(self.session.model, cells=cells, **self._common())
+
+    def path(self, receivers: str | list[Cell]) -> PatchResult:
+        s = self.session
+        return path_patch(s.model, receivers=receivers, runs_cache=s.runs_cache, **self._common())
 
     def pattern(self, layer: int, head: int) -> np.ndarray:
         s = self.session

@@ -19,6 +19,7 @@ import numpy as np
 import traitlets
 
 from . import view as V
+from .circuit import Circuit
 from .circuits import JointResult
 from .engine import DIRECTIONS, METHODS
 from .errors import MessageError, PatchwidgetError
@@ -53,6 +54,7 @@ class PatchWidget(anywidget.AnyWidget):
     result = traitlets.Instance(PatchResult, allow_none=True)
     path = traitlets.List()
     joint = traitlets.Instance(JointResult, allow_none=True)
+    circuit = traitlets.Instance(Circuit, allow_none=True)  # what "Keep as circuit" kept
 
     @traitlets.validate("vmax")
     def _check_vmax(self, proposal: Any) -> float | None:
@@ -148,6 +150,15 @@ class PatchWidget(anywidget.AnyWidget):
             self._request(request_id, self._levels[: level + 1], self._settings)
         elif kind == "set":
             self._set(request_id, msg.get("key"), msg.get("value"))
+        elif kind == "keep":
+            cells = msg.get("cells")
+            if not isinstance(cells, list) or not cells:
+                raise MessageError(f"cells must be a non-empty list of {{panel, row, col}}, got {cells!r}")
+            chosen = list(dict.fromkeys(self._cell_at(c) for c in cells))
+            keys = ("model", "shape", "metric", "direction", "method", "clean", "corrupt", "answer", "wrong")
+            provenance = {k: self.result.settings[k] for k in keys if self.result and k in self.result.settings}
+            self.circuit = Circuit(chosen, [], {**provenance, "kept_from": self.breadcrumb[-1]["label"]})
+            self.status = V.status("idle", request_id, message=f"kept {len(chosen)} cells as widget.circuit")
         elif kind == "joint":
             cells = msg.get("cells")
             if not isinstance(cells, list) or not cells:

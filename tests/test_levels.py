@@ -22,7 +22,7 @@ def session(demo):
 
 
 def test_every_kind_is_one_entry(session):
-    assert set(LEVELS) == {"top", "heads", "head", "neurons", "joint"}
+    assert set(LEVELS) == {"top", "heads", "head", "feeds", "direct", "neurons", "joint"}
     for kind, entry in LEVELS.items():
         assert callable(entry.label) and callable(entry.compute) and callable(entry.panels), kind
 
@@ -35,6 +35,8 @@ def test_every_kind_is_one_entry(session):
         (Level("heads", layer=2, pos=9), "L2 heads", [("head_out", 4, 14)]),
         (Level("head", layer=1, head=2), "L1 H2", [("components", 4, 14), ("pattern", 14, 14)]),
         (Level("neurons", layer=0, pos=9), f"L0 neurons at {TOKENS_OF_PAIR_0[9]!r}", [("neurons", N_TOP_NEURONS, 1)]),
+        (Level("feeds", layer=2, head=1), "what feeds L2 H1", [("head_q", 4, 4), ("head_k", 4, 4), ("head_v", 4, 4)]),
+        (Level("direct", layer=2, head=1), "direct to logits", [("logits", 4, 4)]),
     ],
 )
 def test_each_level_computes_and_draws_its_panels(session, level, label, panel_shapes):
@@ -53,7 +55,10 @@ def test_clicks_open_the_narrower_level(session):
     assert opens(Level("top", "mlp_out"), "mlp_out", 1, 3) == Level("neurons", "mlp_out", layer=1, pos=3)
     assert opens(Level("top", "head_out"), "head_out", 3, 1) == Level("head", "head_out", layer=3, head=1)
     assert opens(Level("heads", layer=2, pos=9), "head_out", 1, 4) == Level("head", layer=2, head=1)
-    assert opens(Level("head", layer=1, head=2), "components", 0, 0) is None
+    assert opens(Level("head", layer=1, head=2), "components", 0, 0) == Level("feeds", layer=1, head=2)  # q
+    assert opens(Level("head", layer=1, head=2), "components", 3, 5) == Level("direct", layer=1, head=2)  # out
+    assert opens(Level("head", layer=1, head=2), "pattern", 0, 0) is None
+    assert opens(Level("feeds", layer=2, head=1), "head_k", 0, 3) == Level("head", layer=0, head=3)  # upstream
     assert opens(Level("neurons", layer=0, pos=9), "neurons", 0, 0) is None
 
 
@@ -73,3 +78,12 @@ def _patcher(session):
     from patchwidget.session import _Patcher
 
     return _Patcher(session, Settings(), lambda done, total: None)
+
+
+def test_what_feeds_a_head_is_path_patching_into_its_query_key_and_value(session, demo):
+    import patchwidget as pw
+
+    computed = LEVELS["feeds"].compute(Level("feeds", layer=2, head=1), _patcher(session))
+    direct = pw.path_patch(demo, **TEXTS, receivers=[Cell("head_k", 2, head=1)], metric="logit_diff_norm")
+    np.testing.assert_allclose(computed.results["head_k"].per_pair, direct.per_pair, atol=1e-6, equal_nan=True)
+    assert np.isnan(computed.results["head_q"].values[2:]).all()  # no path from at or above layer 2

@@ -169,6 +169,19 @@ def test_joint_patch_of_selected_cells(widget):
     assert widget.status["state"] == "error" and "row must be" in widget.status["message"]
 
 
+def test_keep_as_circuit(widget, demo):
+    send(widget, type="drill", request_id=1, panel="resid_pre", row=1, col=13)
+    wait_idle(widget, 1)
+    cells = [{"panel": "head_out", "row": h, "col": 13} for h in (2, 0, 2)]
+    send(widget, type="keep", request_id=2, cells=cells)
+    assert widget.status["state"] == "idle" and "kept 2 cells as widget.circuit" in widget.status["message"]
+    circuit = widget.circuit
+    assert circuit.cells == [pw.Cell("head_out", 1, head=2, pos=13), pw.Cell("head_out", 1, head=0, pos=13)]
+    assert circuit.provenance["kept_from"] == "L1 heads" and circuit.provenance["shape"]["n_layers"] == 4
+    held = circuit.evaluate(demo, **TEXTS)  # a kept circuit is a circuit like any other
+    assert held.per_pair_joint.shape == (len(PAIRS),)
+
+
 def test_consistency_is_sent_with_the_mean(widget):
     panel = widget.view["panels"][0]
     np.testing.assert_allclose(np.array(panel["spread"], dtype=float), widget.result.spread(), atol=1e-5)

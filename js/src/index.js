@@ -126,6 +126,7 @@ function render({ model, el }) {
       shown?.note ? h("div", { class: "pw-note", role: "note" }, shown.note) : null,
       renderSelectionBar(selection(), {
         onJoint: () => request({ type: "joint", cells: selection() }),
+        onKeep: () => request({ type: "keep", cells: selection() }),
         onClear: () => setTrait("selection", []),
       }),
       renderPanels(),

@@ -70,9 +70,19 @@ describe("widget", () => {
         { panel: "resid_pre", row: 2, col: 2 },
       ],
     });
+    $(".pw-keep").click();
+    expect(model.sent.at(-1)).toEqual({
+      type: "keep",
+      request_id: 2,
+      cells: [
+        { panel: "resid_pre", row: 1, col: 1 },
+        { panel: "resid_pre", row: 2, col: 2 },
+      ],
+    });
     $(".pw-clear-selection").click();
     expect(model.get("selection")).toEqual([]);
     expect($(".pw-joint")).toBeNull();
+    expect($(".pw-keep")).toBeNull();
   });
 
   it("keeps keyboard focus on its cell across a selection re-render", () => {
