@@ -173,6 +173,15 @@ def test_ioi_claims(demo, one_thread):
     assert np.mean([attention_pattern(demo, p.corrupt, 0, 2)[9, 3] for p in pairs]) > 0.7
     for head in range(4):
         assert np.mean([attention_pattern(demo, p.clean, 1, head)[13, 9] for p in pairs]) > 0.9
+    # Section 6: L0H2 alone drives the layer-1 heads' values; they, not L0H2, reach the logits directly.
+    receivers = [pw.Cell("head_v", 1, head=h) for h in range(4)]
+    into_values = pw.path_patch(demo, **kw, receivers=receivers).values[0]
+    assert into_values[2] > 0.6 and np.abs(np.delete(into_values, 2)).max() < 0.05
+    direct = pw.path_patch(demo, **kw).values
+    assert (direct[1] > 0.1).all() and (direct[1] < 0.35).all() and abs(direct[0, 2]) < 0.02
+    held = demo_data.ioi_pairs(8, seed=99)
+    check = pw.patch(demo, **kw, site="head_out", by_position=False).top_sites(5).evaluate(demo, **_pairs(held))
+    assert check.joint > 0.95
 
 
 def test_factual_recall_claims(demo, one_thread):

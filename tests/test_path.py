@@ -130,3 +130,12 @@ def test_bad_path_requests_are_refused_before_compute(demo, monkeypatch, kwargs,
     p = demo_data.ioi_pairs(1)[0]
     with pytest.raises(pw.PatchwidgetError, match=message):
         pw.path_patch(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, **kwargs)
+
+
+def test_path_patching_runs_remotely_as_locally(demo):
+    """Under nnsight's remote="local" simulation: only saved values come back, as from NDIF."""
+    pairs = demo_data.ioi_pairs(2, seed=2)
+    receivers = [pw.Cell("head_q", 3, head=0)]
+    here = pw.path_patch(demo, **_texts(pairs), receivers=receivers)
+    there = pw.path_patch(demo, **_texts(pairs), receivers=receivers, remote="local")
+    np.testing.assert_allclose(there.per_pair, here.per_pair, atol=1e-5, equal_nan=True)
