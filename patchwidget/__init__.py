@@ -33,6 +33,7 @@ from .models import DEMO_MODEL_DIR, load_model
 from .path import path_patch
 from .prompts import Noise, noise
 from .result import PatchResult
+from .search import find_circuit
 from .sites import SITES, Arch, register_architecture
 from .widget import PatchWidget, explore
 
@@ -65,6 +66,7 @@ __all__ = [
     "UnsupportedModelError",
     "demo_data",
     "explore",
+    "find_circuit",
     "load_model",
     "noise",
     "patch",

@@ -50,6 +50,10 @@ class Circuit:
     cells: list[Cell]
     values: list[float] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
+    faithfulness: float | None = None  # find_circuit: the exact joint restore of the set (1 = all of the effect)
+    reached: bool | None = None  # find_circuit: whether the set reached its target
+    trace: list[dict] = field(default_factory=list)  # find_circuit: what each level opened and kept, and why
+    curve: dict[str, Any] = field(default_factory=dict)  # find_circuit: the faithfulness curve, with cpr and cmd
     _sources: dict = field(default_factory=dict, repr=False, compare=False)  # sources() results, for write()
 
     def __post_init__(self) -> None:
@@ -60,7 +64,20 @@ class Circuit:
 
     def __repr__(self) -> str:
         shown = ", ".join(c.label for c in self.cells[:5]) + (", ..." if len(self.cells) > 5 else "")
-        return f"Circuit({len(self.cells)} cells: {shown})"
+        faith = "" if self.faithfulness is None else f"; faithfulness {self.faithfulness:.3f}"
+        return f"Circuit({len(self.cells)} cells: {shown}{faith})"
+
+    def plot_curve(self, ax: Any = None, show: bool | None = None) -> Any:
+        """The faithfulness curve of ``find_circuit``: joint restore against the share of cells kept.
+
+        Each pair's curve is drawn faintly behind the mean. Example:
+            >>> circuit.plot_curve().savefig("curve.png")  # doctest: +SKIP
+        """
+        if not self.curve:
+            raise SettingsError("this circuit has no faithfulness curve: it comes from find_circuit")
+        from .plot import plot_curve
+
+        return plot_curve(self.curve, self.faithfulness, ax=ax, show=show)
 
     # --- use -----------------------------------------------------------------------------------
 
@@ -205,12 +222,13 @@ class Circuit:
         return {
             "format": FORMAT,
             "version": VERSION,
-            "cells": [
-                {k: getattr(c, k) for k in ("site", "layer", "head", "neuron", "pos") if getattr(c, k) is not None}
-                for c in self.cells
-            ],
+            "cells": [_cell_dict(c) for c in self.cells],
             "values": [float(v) for v in self.values],
             "provenance": self.provenance,
+            "faithfulness": self.faithfulness,
+            "reached": self.reached,
+            "trace": self.trace,
+            "curve": {**self.curve, "ranked": [_cell_dict(c) for c in self.curve.get("ranked", [])]},
         }
 
     def save(self, path: str | Path) -> Path:
@@ -236,9 +254,20 @@ class Circuit:
             cells = [_cell(c) for c in data["cells"]]
             values = [float(v) for v in data.get("values", [])]
             provenance = dict(data.get("provenance", {}))
-            return cls(cells, values, provenance)
+            faithfulness = None if data.get("faithfulness") is None else float(data["faithfulness"])
+            reached = data.get("reached")
+            if reached is not None and not isinstance(reached, bool):
+                raise ValueError(f"reached must be true, false or null, got {reached!r}")
+            trace, curve = list(data.get("trace", [])), dict(data.get("curve", {}))
+            if "ranked" in curve:
+                curve["ranked"] = [_cell(c) for c in curve["ranked"]]
+            return cls(cells, values, provenance, faithfulness, reached, trace, curve)
         except (KeyError, TypeError, ValueError) as err:
             raise ResultFileError(f"circuit file {str(path)!r} is malformed: {err}") from err
+
+
+def _cell_dict(cell: Cell) -> dict[str, Any]:
+    return {k: getattr(cell, k) for k in ("site", "layer", "head", "neuron", "pos") if getattr(cell, k) is not None}
 
 
 def _cell(data: Any) -> Cell:

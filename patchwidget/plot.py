@@ -81,6 +81,29 @@ def plot_result(
     return fig
 
 
+def plot_curve(curve: dict, faithfulness: float | None, ax: Any = None, show: bool | None = None) -> Any:
+    """Draw a faithfulness curve (see ``search.find_circuit``); returns the Figure."""
+    if ax is None:
+        fig = NotebookFigure(figsize=(5.5, 3.6), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    x = np.asarray(curve["percent"])
+    for pair in np.asarray(curve["per_pair"]).T:
+        ax.plot(x, pair, color="#9ab", linewidth=0.8, alpha=0.6)
+    ax.plot(x, curve["faithfulness"], marker="o", color="#c33", label="mean over pairs")
+    ax.axhline(1.0, color="#555", linewidth=0.8, linestyle="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("cells patched together (% of the finest level, largest first)")
+    ax.set_ylabel("share of the effect restored")
+    found = "" if faithfulness is None else f"; found set {faithfulness:.2f}"
+    ax.set_title(f"Faithfulness: CPR {curve['cpr']:.2f}, CMD {curve['cmd']:.2f}{found}", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    if isinstance(fig, NotebookFigure) and show is not False:
+        fig.show_in_notebook()
+    return fig
+
+
 class NotebookFigure(Figure):
     """A Figure that a notebook shows once, where it was made, and again only when asked in a later cell."""
 

@@ -1,0 +1,103 @@
+"""Guided search: the set it returns is what an independent joint patch says, and its curve too."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import patchwidget as pw
+from patchwidget import demo_data
+
+PAIRS = demo_data.ioi_pairs(8)
+TEXTS = dict(
+    clean=[p.clean for p in PAIRS],
+    corrupt=[p.corrupt for p in PAIRS],
+    answer=[p.answer for p in PAIRS],
+    wrong=[p.wrong for p in PAIRS],
+)
+
+
+@pytest.fixture(scope="module")
+def found(demo):
+    return pw.find_circuit(demo, **TEXTS, target=0.8)
+
+
+def test_the_found_set_is_small_and_its_faithfulness_is_an_independent_joint_patch(demo, found):
+    assert found.reached and found.faithfulness >= 0.8
+    heads_by_position = 4 * 4 * len(demo.tokenizer(PAIRS[0].clean)["input_ids"])
+    assert len(found.cells) <= heads_by_position // 20  # much smaller than the exhaustive grid
+    joint = pw.patch_sites(demo, **TEXTS, cells=found.cells, metric="logit_diff_norm")
+    assert found.faithfulness == pytest.approx(joint.joint, abs=1e-5)
+    assert [row["level"] for row in found.trace] == ["layers", "heads", "positions"]
+    assert all(row["why"] for row in found.trace)
+
+
+def test_the_curve_is_joint_patches_of_the_top_ranked_cells(demo, found):
+    curve = found.curve
+    ranked = curve["ranked"]
+    assert curve["size"][-1] == len(ranked) and curve["percent"][-1] == 100
+    every = pw.patch_sites(demo, **TEXTS, cells=ranked, metric="logit_diff_norm")
+    assert curve["faithfulness"][-1] == pytest.approx(every.joint, abs=1e-5)  # the 100 % point
+    for size, value, per_pair in zip(curve["size"], curve["faithfulness"], curve["per_pair"]):
+        single = pw.patch_sites(demo, **TEXTS, cells=ranked[:size], metric="logit_diff_norm")
+        assert value == pytest.approx(single.joint, abs=1e-5)
+        np.testing.assert_allclose(per_pair, single.per_pair_joint, atol=1e-5)
+    assert 0 < curve["cpr"] <= 1.01 and curve["cmd"] >= 0
+
+
+def test_deterministic_and_both_methods(demo, found):
+    again = pw.find_circuit(demo, **TEXTS, target=0.8)
+    assert again.cells == found.cells and again.faithfulness == found.faithfulness
+    exact = pw.find_circuit(demo, **TEXTS, target=0.8, method="exact")
+    assert exact.reached and exact.faithfulness >= 0.8
+
+
+def test_a_target_it_cannot_reach_gives_the_best_set_and_says_so(demo, monkeypatch):
+    """The bundled model reaches any target, so every joint restore is halved here: no set can reach 0.8."""
+    from patchwidget import search
+
+    real = search._smallest_reaching
+    monkeypatch.setattr(
+        search,
+        "_smallest_reaching",
+        lambda ranked, restore, target, report: real(ranked, lambda sets, *a: restore(sets, *a) / 2, target, report),
+    )
+    best = pw.find_circuit(demo, **TEXTS, target=0.8)
+    assert best.reached is False and best.faithfulness < 0.8
+    assert all(row["kept"] == row["candidates"] and "short of 0.8" in row["why"] for row in best.trace)
+
+
+def test_neurons_and_progress(demo):
+    seen = []
+    c = pw.find_circuit(
+        demo, **TEXTS, target=0.8, levels=("layers", "heads", "neurons"), progress=lambda d, t: seen.append((d, t))
+    )
+    assert c.reached and seen and seen[-1][0] <= seen[-1][1]
+
+
+def test_saved_with_its_curve_and_drawn(found, tmp_path):
+    again = pw.Circuit.load(found.save(tmp_path / "found.json"))
+    assert again.cells == found.cells and again.curve == found.curve and again.trace == found.trace
+    assert again.faithfulness == found.faithfulness and again.reached is True
+    fig = found.plot_curve(show=False)
+    assert fig.axes[0].get_xlabel().startswith("cells patched together")
+    with pytest.raises(pw.SettingsError, match="no faithfulness curve"):
+        pw.Circuit([pw.Cell("head_out", 0, head=0)]).plot_curve()
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(target=0), r"target must be a number in \(0, 1\], got 0"),
+        (dict(target=1.5), r"got 1.5"),
+        (dict(target="0.9"), r"got '0.9'"),
+        (dict(levels=("layers", "cells")), r"unknown levels \['cells'\]"),
+        (dict(levels=("heads", "layers")), r"must start with 'layers' and go coarse to fine"),
+        (dict(levels=("layers", "neurons")), r"'neurons' opens MLP layers at the 'heads' level"),
+        (dict(method="guess"), r"unknown method 'guess'"),
+        (dict(metric=lambda logits: logits[:, 0] * 0), r"shows no effect to find a circuit for"),
+    ],
+)
+def test_bad_searches_are_refused(demo, kwargs, message):
+    with pytest.raises(pw.PatchwidgetError, match=message):
+        pw.find_circuit(demo, **TEXTS, **kwargs)
