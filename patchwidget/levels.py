@@ -43,6 +43,7 @@ class Level:
     head: int | None = None
     pos: int | None = None
     cells: tuple[Cell, ...] = ()  # for kind "joint": the cells patched together
+    target: float | None = None  # for kind "search": the share of the effect the set must restore
 
     def label(self, tokens: list[str]) -> str:
         return LEVELS[self.kind].label(self, tokens)
@@ -57,6 +58,7 @@ class Computed:
     pattern: np.ndarray | None = None  # (query, key) attention of the clean run
     joint: JointResult | None = None
     exact: bool = True  # False for an attribution preview that exact values will replace
+    circuit: Any = None  # for kind "search": the Circuit found
 
 
 class Patcher(Protocol):
@@ -71,6 +73,8 @@ class Patcher(Protocol):
     def pattern(self, layer: int, head: int) -> np.ndarray: ...
 
     def path(self, receivers: str | list[Cell]) -> PatchResult: ...
+
+    def find(self, target: float) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,42 @@ def _sender_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo)
     return Cell("head_out", row, head=col)
 
 
+# --- guided search -----------------------------------------------------------------------------------
+
+
+def _search_panels(computed: Computed, v: View) -> list[dict]:
+    c = computed.circuit
+    state = "reached" if c.reached else "did not reach"
+    chosen = panel(
+        "chosen",
+        f"Found {len(c.cells)} cells: together they restore {c.faithfulness:.3f} ({state} {computed.level.target})",
+        "cell",
+        "effect",
+        [cell.label for cell in c.cells],
+        ["single effect"],
+        np.asarray(c.values, dtype=float)[:, None],
+        False,
+    )
+    steps = panel(
+        "trace",
+        "Each level: candidates opened, kept, and the joint restore of what was kept",
+        "level",
+        "count",
+        [row["level"] for row in c.trace],
+        ["candidates", "kept", "restore"],
+        np.array([[row["candidates"], row["kept"], row["faithfulness"]] for row in c.trace], dtype=float),
+        False,
+        diverging=False,
+    )
+    curve = c.curve
+    title = (
+        f"Faithfulness curve (top cells of the last level, together): CPR {curve['cpr']:.2f}, CMD {curve['cmd']:.2f}"
+    )
+    cols = [f"{p:g}% ({k})" for p, k in zip(curve["percent"], curve["size"])]
+    faith = panel("curve", title, "", "cells", ["restored"], cols, np.asarray([curve["faithfulness"]]), False)
+    return [chosen, steps, faith]
+
+
 # --- one MLP's top neurons at one token ----------------------------------------------------------
 
 
@@ -317,6 +357,11 @@ LEVELS: dict[str, LevelKind] = {
         cell=lambda level, panel, row, col, info: Cell(
             "mlp_neuron", level.layer, neuron=panel["keys"][row], pos=level.pos
         ),
+    ),
+    "search": LevelKind(
+        label=lambda level, tokens: f"find circuit (target {level.target})",
+        compute=lambda level, p: Computed(level, {}, circuit=p.find(level.target)),
+        panels=_search_panels,
     ),
     "joint": LevelKind(
         label=lambda level, tokens: f"{len(level.cells)} cells together",

@@ -8,13 +8,13 @@ tests load (``js/tests/contract.json``) is what Python produces today.
 Traits (Python -> front end): ``view``, ``controls``, ``status``,
 ``breadcrumb``, ``vmax``; ``selection`` is written by the front end.
 Messages (front end -> Python): ``drill``, ``back``, ``set``, ``joint``,
-``keep``, ``cancel``; each carries the ``request_id`` of the request it makes (or, for
+``keep``, ``find``, ``cancel``; each carries the ``request_id`` of the request it makes (or, for
 ``cancel``, the request it cancels), and every reply in ``view`` and
 ``status`` echoes it.
 
 Example:
     >>> sorted(MESSAGES)
-    ['back', 'cancel', 'drill', 'joint', 'keep', 'set']
+    ['back', 'cancel', 'drill', 'find', 'joint', 'keep', 'set']
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ class Controls(TypedDict):
     methods: list[Choice]
     pair: str | int  # "mean" or a pair index
     n_pairs: int
+    target: float  # the default share of the effect "Find circuit" looks for
 
 
 class Server(TypedDict):
@@ -122,5 +123,6 @@ MESSAGES: dict[str, tuple[str, ...]] = {
     "set": ("key", "value"),  # change site, direction, metric, method or pair
     "joint": ("cells",),  # patch these {panel, row, col} cells together
     "keep": ("cells",),  # keep these {panel, row, col} cells as widget.circuit
+    "find": ("target",),  # search for a circuit restoring this share of the effect (find_circuit)
     "cancel": (),  # stop the request with this request_id
 }

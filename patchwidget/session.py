@@ -32,6 +32,7 @@ from .path import path_patch
 from .prompts import Texts, prepare_prompts
 from .remote import prepare_remote, reporting
 from .result import PatchResult
+from .search import find_circuit
 from .sites import ModelInfo, model_info
 
 __all__ = ["Cancelled", "Computed", "Level", "Session", "Settings"]
@@ -227,6 +228,12 @@ class _Patcher:
     def path(self, receivers: str | list[Cell]) -> PatchResult:
         s = self.session
         return path_patch(s.model, receivers=receivers, runs_cache=s.runs_cache, **self._common())
+
+    def find(self, target: float) -> Any:
+        s = self.session
+        common = self._common()
+        common["metric"] = "logit_diff" if common["metric"] == "logit_diff_norm" else common["metric"]
+        return find_circuit(s.model, target=target, method=self.settings.method, **common)
 
     def pattern(self, layer: int, head: int) -> np.ndarray:
         s = self.session

@@ -60,6 +60,7 @@ def controls(site: str, settings: Settings, pair: str | int, n_pairs: int) -> Co
         "methods": [{"value": m, "label": METHOD_LABELS[m]} for m in METHODS],
         "pair": pair,
         "n_pairs": n_pairs,
+        "target": 0.8,
     }
 
 

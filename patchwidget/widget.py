@@ -150,6 +150,11 @@ class PatchWidget(anywidget.AnyWidget):
             self._request(request_id, self._levels[: level + 1], self._settings)
         elif kind == "set":
             self._set(request_id, msg.get("key"), msg.get("value"))
+        elif kind == "find":
+            target = msg.get("target")
+            if not isinstance(target, int | float) or isinstance(target, bool) or not 0 < target <= 1:
+                raise MessageError(f"target must be a number in (0, 1], got {target!r}")
+            self._request(request_id, [*self._levels, Level("search", target=float(target))], self._settings)
         elif kind == "keep":
             cells = msg.get("cells")
             if not isinstance(cells, list) or not cells:
@@ -253,6 +258,8 @@ class PatchWidget(anywidget.AnyWidget):
                 self.session.submit(request_id, self._levels[-1], self._settings)
             return
         self._levels, self._settings = self._pending[request_id]
+        if computed.circuit is not None:
+            self.circuit = computed.circuit
         if computed.exact:  # a preview keeps the request open for its exact values
             self._pending = {k: v for k, v in self._pending.items() if k > request_id}
         self._show(request_id, computed)
@@ -272,7 +279,7 @@ class PatchWidget(anywidget.AnyWidget):
         self.controls = V.controls(self._levels[0].site, self._settings, self._pair, self.session.prompts.n_pairs)
         self.status = V.status("idle" if computed.exact else "running", request_id)
         self.path = [asdict(level) for level in self._levels]
-        self.result = next(iter(computed.results.values()))
+        self.result = next(iter(computed.results.values()), self.result)  # a search level has no grid
 
     # --- static output -----------------------------------------------------------
 

@@ -256,3 +256,21 @@ def test_bad_explore_arguments_leave_no_thread_behind(demo, kwargs, message):
     with pytest.raises(pw.PatchwidgetError, match=message):
         pw.explore(demo, **TEXTS, **kwargs)
     assert threading.active_count() == threads
+
+
+def test_find_circuit_from_the_widget(widget, demo):
+    send(widget, type="find", request_id=1, target=0.8)
+    assert wait_idle(widget, 1, timeout=120)["state"] == "idle"
+    found = widget.circuit
+    assert found is not None and found.reached and found.faithfulness >= 0.8
+    assert widget.path[-1]["kind"] == "search" and widget.breadcrumb[-1]["label"] == "find circuit (target 0.8)"
+    chosen, trace, curve = widget.view["panels"]
+    assert chosen["rows"] == [c.label for c in found.cells]
+    assert trace["rows"] == ["layers", "heads", "positions"]
+    np.testing.assert_allclose(curve["values"][0], found.curve["faithfulness"], atol=1e-5)
+    direct = pw.find_circuit(demo, **TEXTS, target=0.8, method="exact")  # the widget uses its method setting
+    assert direct.cells == found.cells
+    send(widget, type="find", request_id=2, target=1.5)
+    assert widget.status["state"] == "error" and "target must be a number in (0, 1]" in widget.status["message"]
+    send(widget, type="back", request_id=3, level=0)
+    assert wait_idle(widget, 3)["state"] == "idle" and widget.circuit is found  # kept until replaced

@@ -88,8 +88,31 @@ function rangeControl(vmax, autoMax, onVmax) {
   ]);
 }
 
-// handlers: onSet(key, value) for protocol "set" requests, onVmax(value|null).
-export function renderControls(controls, { vmax, autoMax, onSet, onVmax }) {
+// "Find circuit": the share of the effect to restore (controls.target is Python's default), and the button.
+function findControl(target, onFind) {
+  const input = h("input", {
+    type: "number",
+    class: "pw-target",
+    "data-pw-key": "ctl:target",
+    "aria-label": "Share of the effect the circuit must restore",
+    min: "0.05",
+    max: "1",
+    step: "0.05",
+    value: String(target ?? 0.8),
+  });
+  const find = () => {
+    const value = input.valueAsNumber;
+    if (Number.isFinite(value) && value > 0 && value <= 1) onFind(value);
+    else input.value = String(target ?? 0.8);
+  };
+  return h("div", { class: "pw-control pw-find", role: "group", "aria-label": "Find circuit" }, [
+    h("button", { type: "button", class: "pw-find-button", "data-pw-key": "find", onclick: find }, "Find circuit"),
+    h("label", {}, ["restoring ≥ ", input]),
+  ]);
+}
+
+// handlers: onSet(key, value) for protocol "set" requests, onVmax(value|null), onFind(target).
+export function renderControls(controls, { vmax, autoMax, onSet, onVmax, onFind }) {
   return [
     h(
       "div",
@@ -102,6 +125,7 @@ export function renderControls(controls, { vmax, autoMax, onSet, onVmax }) {
       selectControl("method", "Method", choices(controls.methods), controls.method, onSet),
       controls.n_pairs > 1 ? selectControl("pair", "Pair", pairOptions(controls.n_pairs), controls.pair, onSet) : null,
       rangeControl(vmax, autoMax, onVmax),
+      onFind ? findControl(controls.target, onFind) : null,
     ]),
   ];
 }

@@ -88,6 +88,7 @@ function render({ model, el }) {
           if (current[key] !== value) request({ type: "set", key, value });
         },
         onVmax: (value) => setTrait("vmax", value),
+        onFind: (target) => request({ type: "find", target }),
       }),
     );
   }

@@ -81,6 +81,7 @@ export function initialState(overrides = {}) {
       pair: "mean",
       n_pairs: 1,
       method: "exact",
+      target: 0.8,
     },
     status: { state: "idle", request_id: 0, done: 0, total: 0, message: "" },
     vmax: null,

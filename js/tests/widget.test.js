@@ -101,6 +101,17 @@ describe("widget", () => {
     expect($(".pw-grid").getAttribute("aria-label")).toBe("heads");
   });
 
+  it("asks Python to find a circuit with the target in the control", () => {
+    expect($(".pw-target").value).toBe("0.8");
+    $(".pw-target").value = "0.9";
+    $(".pw-find-button").click();
+    expect(model.sent.at(-1)).toEqual({ type: "find", request_id: 1, target: 0.9 });
+    $(".pw-target").value = "7";
+    $(".pw-find-button").click();
+    expect(model.sent).toHaveLength(1); // out of (0, 1]: nothing sent, the value is put back
+    expect($(".pw-target").value).toBe("0.8");
+  });
+
   it("shows progress only for the latest request and cancels", () => {
     cell(0, 0).click(); // request 1
     model.set("status", { state: "running", request_id: 1, done: 3, total: 20, message: "" });
