@@ -182,6 +182,11 @@ def test_ioi_claims(demo, one_thread):
     held = demo_data.ioi_pairs(8, seed=99)
     check = pw.patch(demo, **kw, site="head_out", by_position=False).top_sites(5).evaluate(demo, **_pairs(held))
     assert check.joint > 0.95
+    # Exercise 6: the search keeps three layer-1 heads at the last token; with target 0.9 the fourth joins.
+    texts = {k: v for k, v in kw.items() if k != "metric"}
+    found = pw.find_circuit(demo, **texts, target=0.8)
+    assert found.cells == [pw.Cell("head_out", 1, head=h, pos=13) for h in (3, 2, 1)] and found.faithfulness > 0.85
+    assert len(pw.find_circuit(demo, **texts, target=0.9).cells) == 4
 
 
 def test_factual_recall_claims(demo, one_thread):
