@@ -149,10 +149,18 @@ def start_jupyter(request, tmp_path_factory, ui_output, app: str) -> LabServer:
         f"--{app_class}.user_settings_dir={settings}",
         f"--{app_class}.workspaces_dir={private / 'workspaces'}",
     ]
+    url = f"http://127.0.0.1:{port}"
+    process = serve(request, command, root, env, log, f"{url}/api/status", f"jupyter {app}")
+    return LabServer(url=url, root=root, process=process, log=log)
+
+
+def serve(request, command: list[str], cwd: Path, env: dict, log: Path, health: str, name: str) -> subprocess.Popen:
+    """Start a server process (its output to ``log``, stopped when the test's scope ends) and wait until
+    ``health`` answers."""
     with open(log, "w") as log_file:
         process = subprocess.Popen(
             command,
-            cwd=root,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -161,15 +169,14 @@ def start_jupyter(request, tmp_path_factory, ui_output, app: str) -> LabServer:
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
     request.addfinalizer(lambda: _stop(process))
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while not _answers(f"{url}/api/status"):
+    while not _answers(health):
         if process.poll() is not None:
-            pytest.fail(f"jupyter {app} exited with code {process.returncode}; see {log}")
+            pytest.fail(f"{name} exited with code {process.returncode}; see {log}")
         if time.monotonic() > deadline:
-            pytest.fail(f"jupyter {app} did not answer within {SERVER_START_TIMEOUT} s; see {log}")
+            pytest.fail(f"{name} did not answer within {SERVER_START_TIMEOUT} s; see {log}")
         time.sleep(0.5)
-    return LabServer(url=url, root=root, process=process, log=log)
+    return process
 
 
 @pytest.fixture(scope="module")

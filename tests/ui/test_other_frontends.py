@@ -8,14 +8,13 @@ and the widget logs no console errors. VS Code and Colab cannot run here (README
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 
 import nbformat
 import pytest
 
-from .conftest import REPO, SERVER_START_TIMEOUT, _answers, _die_with_parent, _free_port, _stop, start_jupyter
+from .conftest import REPO, _free_port, serve, start_jupyter
 
 pytestmark = pytest.mark.e2e
 
@@ -120,24 +119,8 @@ def marimo_app(request, ui_output):
     command = [sys.executable, "-m", "marimo", request.param, "--headless", "--no-token", "--port", str(port)]
     command.append(str(REPO / "examples" / "quickstart_marimo.py"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    with open(log, "w") as log_file:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-    request.addfinalizer(lambda: _stop(process))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while not _answers(url):
-        if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"marimo {request.param} did not start; see {log}")
-        time.sleep(0.5)
+    serve(request, command, REPO, env, log, url, f"marimo {request.param}")
     return request.param, url
 
 
