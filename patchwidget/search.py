@@ -157,7 +157,7 @@ def find_circuit(
     kept: list[Write] = []
     ranked: list[tuple[Write, float]] = []
     for i, level in enumerate(levels):
-        candidates = _candidates(level, kept, info, prompts.n_pos, lambda layer: _neuron_effects(layer))
+        candidates = _candidates(level, kept, info, prompts.n_pos, _neuron_effects)
         effects = _single_effects(model, candidates, method, common, store, memo)
         order = np.argsort(-np.abs(effects), kind="stable")
         ranked = [(candidates[j], float(effects[j])) for j in order]
@@ -181,26 +181,8 @@ def find_circuit(
             }
         )
 
-    # The faithfulness curve over the last level's ranking at MIB's sizes: the prefixes the search
-    # already patched are read from there, the others patched together in one more batched pass.
-    sizes = sorted({max(1, math.ceil(p / 100 * len(ranked))) for p in CURVE_PERCENTS})
-    missing = [k for k in sizes if k not in measured]
-    if missing:  # the sizes the search did not patch, all in one batched pass
-        measured.update(zip(missing, restore([tuple(w for w, _ in ranked[:k]) for k in missing])))
-    per_pair = torch.stack([measured[k] for k in sizes]).numpy()  # (size, pair)
+    curve = _curve(ranked, measured, restore, prompts.n_pos)
     final = measured[len(kept)].numpy()
-    fractions = np.array([k / len(ranked) for k in sizes])
-    mean = per_pair.mean(1)
-    xs, ys = np.concatenate([[0.0], fractions]), np.concatenate([[0.0], mean])
-    curve = {
-        "ranked": [_cell(w, prompts.n_pos) for w, _ in ranked],  # the finest level's cells, largest estimate first
-        "percent": [float(100 * f) for f in fractions],
-        "size": sizes,
-        "faithfulness": mean.tolist(),
-        "per_pair": per_pair.tolist(),
-        "cpr": float(np.trapezoid(ys, xs)),  # area under the curve, the empty set counted as 0 at 0 %
-        "cmd": float(np.trapezoid(np.abs(1 - ys), xs)),  # area between the curve and 1
-    }
     effect_of = dict(ranked)
     cells = [_cell(w, prompts.n_pos) for w in kept]
     provenance = {
@@ -224,6 +206,31 @@ def find_circuit(
         trace=trace,
         curve=curve,
     )
+
+
+def _curve(ranked: list, measured: dict, restore: Any, n_pos: int) -> dict[str, Any]:
+    """The faithfulness curve over the last level's ranking, at MIB's sizes.
+
+    The prefixes the search already patched are read from ``measured``; the others are
+    patched together in one more batched pass (and added to ``measured``).
+    """
+    sizes = sorted({max(1, math.ceil(p / 100 * len(ranked))) for p in CURVE_PERCENTS})
+    missing = [k for k in sizes if k not in measured]
+    if missing:
+        measured.update(zip(missing, restore([tuple(w for w, _ in ranked[:k]) for k in missing])))
+    per_pair = torch.stack([measured[k] for k in sizes]).numpy()  # (size, pair)
+    fractions = np.array([k / len(ranked) for k in sizes])
+    mean = per_pair.mean(1)
+    xs, ys = np.concatenate([[0.0], fractions]), np.concatenate([[0.0], mean])
+    return {
+        "ranked": [_cell(w, n_pos) for w, _ in ranked],  # the finest level's cells, largest estimate first
+        "percent": [float(100 * f) for f in fractions],
+        "size": sizes,
+        "faithfulness": mean.tolist(),
+        "per_pair": per_pair.tolist(),
+        "cpr": float(np.trapezoid(ys, xs)),  # area under the curve, the empty set counted as 0 at 0 %
+        "cmd": float(np.trapezoid(np.abs(1 - ys), xs)),  # area between the curve and 1
+    }
 
 
 def _smallest_reaching(ranked: list, restore: Any, target: float, report: Any, chunk: int = 8) -> dict:
