@@ -74,7 +74,9 @@ class Patcher(Protocol):
 
     def path(self, receivers: str | list[Cell]) -> PatchResult: ...
 
-    def find(self, target: float) -> Any: ...
+    def find(self, target: float, on_level: Callable[[Any], None]) -> Any: ...
+
+    def show(self, partial: Computed) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -262,15 +264,24 @@ def _sender_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo)
 
 def _search_panels(computed: Computed, v: View) -> list[dict]:
     c = computed.circuit
-    state = "reached" if c.reached else "did not reach"
-    chosen = panel(
-        "chosen",
-        f"Found {len(c.cells)} cells: together they restore {c.faithfulness:.3f} ({state} {computed.level.target})",
+    last = c.trace[-1]
+    if c.reached is None:  # still searching: the level just done
+        title = f"Level '{last['level']}': kept {last['kept']} of {last['candidates']} ({last['why']}); searching on"
+    else:
+        state = "reached" if c.reached else "did not reach"
+        title = (
+            f"Found {len(c.cells)} cells: together they restore {c.faithfulness:.3f} ({state} {computed.level.target})"
+        )
+    kept = {cell.label for cell in c.cells}
+    marked = [("● " if label in kept else "") + label for label, _ in last["ranked"]]
+    ranked = panel(
+        "ranked",
+        title + "; ● marks the cells kept",
         "cell",
-        "effect",
-        [cell.label for cell in c.cells],
+        "estimate",
+        marked,
         ["single effect"],
-        np.asarray(c.values, dtype=float)[:, None],
+        np.array([[effect] for _, effect in last["ranked"]], dtype=float),
         False,
     )
     steps = panel(
@@ -284,13 +295,15 @@ def _search_panels(computed: Computed, v: View) -> list[dict]:
         False,
         diverging=False,
     )
+    if not c.curve:
+        return [ranked, steps]
     curve = c.curve
     title = (
         f"Faithfulness curve (top cells of the last level, together): CPR {curve['cpr']:.2f}, CMD {curve['cmd']:.2f}"
     )
     cols = [f"{p:g}% ({k})" for p, k in zip(curve["percent"], curve["size"])]
     faith = panel("curve", title, "", "cells", ["restored"], cols, np.asarray([curve["faithfulness"]]), False)
-    return [chosen, steps, faith]
+    return [ranked, steps, faith]
 
 
 # --- one MLP's top neurons at one token ----------------------------------------------------------
@@ -360,7 +373,11 @@ LEVELS: dict[str, LevelKind] = {
     ),
     "search": LevelKind(
         label=lambda level, tokens: f"find circuit (target {level.target})",
-        compute=lambda level, p: Computed(level, {}, circuit=p.find(level.target)),
+        compute=lambda level, p: Computed(
+            level,
+            {},
+            circuit=p.find(level.target, lambda partial: p.show(Computed(level, {}, exact=False, circuit=partial))),
+        ),
         panels=_search_panels,
     ),
     "joint": LevelKind(

@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ __all__ = ["CURVE_PERCENTS", "LEVELS", "find_circuit"]
 LEVELS = ("layers", "heads", "neurons", "positions")
 CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)  # MIB's circuit sizes, in % of the finest level
 TOP_NEURONS = 20
+TOP_SHOWN = 20  # candidates of each level recorded in the trace, largest estimate first
 
 
 @entry_point
@@ -74,12 +75,15 @@ def find_circuit(
     memory_budget: int | None = None,
     progress: Progress | None = None,
     remote: bool | str = False,
+    on_level: Callable[[Circuit], None] | None = None,
 ) -> Circuit:
     """Search coarse to fine for the smallest set of sites whose joint patch restores ``target`` of the effect.
 
     Returns a ``Circuit`` with ``faithfulness`` (the exact joint restore of the set, over all
     pairs), ``reached``, ``trace`` (what each level opened, kept and why) and ``curve``
     (the faithfulness curve, with ``cpr`` and ``cmd``); ``circuit.plot_curve()`` draws it.
+    ``on_level(circuit)``, if given, sees the set kept after each level as the search goes
+    (the widget draws it), with ``reached`` None until the search ends.
 
     Example:
         >>> circuit = find_circuit(model, clean, corrupt, answer="Mary", wrong="John", target=0.8)  # doctest: +SKIP
@@ -178,8 +182,12 @@ def find_circuit(
                     f"the top {size} of {len(candidates)} by {method} estimate restore {faith[size]:.3f}"
                     + (f" >= {target}" if reaching else f", short of {target}: kept every candidate")
                 ),
+                "ranked": [[_cell(w, prompts.n_pos).label, effect] for w, effect in ranked[:TOP_SHOWN]],
             }
         )
+        if on_level is not None:
+            cells = [_cell(w, prompts.n_pos) for w in kept]
+            on_level(Circuit(cells, [e for _, e in ranked[:size]], {}, faith[size], None, list(trace)))
 
     curve = _curve(ranked, measured, restore, prompts.n_pos)
     final = measured[len(kept)].numpy()

@@ -181,7 +181,12 @@ class Session:
                 raise Cancelled
             self.on_progress(request_id, done, total)
 
-        return LEVELS[level.kind].compute(level, _Patcher(self, settings, progress))
+        def show(partial: Computed) -> None:  # a level's result so far, while it computes on
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            self._publish(request_id, self.on_result, partial)
+
+        return LEVELS[level.kind].compute(level, _Patcher(self, settings, progress, show))
 
     def drill(self, level: Level, panel: str, row: int, col: int) -> Level | None:
         """The level a click on (row, col) of ``panel`` opens, or None if it opens nothing."""
@@ -199,6 +204,7 @@ class _Patcher:
     session: Session
     settings: Settings
     progress: Callable[[int, int], None]
+    show: Callable[[Computed], None] = lambda partial: None
 
     @property
     def info(self) -> ModelInfo:
@@ -229,11 +235,11 @@ class _Patcher:
         s = self.session
         return path_patch(s.model, receivers=receivers, runs_cache=s.runs_cache, **self._common())
 
-    def find(self, target: float) -> Any:
+    def find(self, target: float, on_level: Callable[[Any], None]) -> Any:
         s = self.session
         common = self._common()
         common["metric"] = "logit_diff" if common["metric"] == "logit_diff_norm" else common["metric"]
-        return find_circuit(s.model, target=target, method=self.settings.method, **common)
+        return find_circuit(s.model, target=target, method=self.settings.method, on_level=on_level, **common)
 
     def pattern(self, layer: int, head: int) -> np.ndarray:
         s = self.session

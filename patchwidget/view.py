@@ -70,7 +70,9 @@ def level_view(
     """The ``view`` trait for the last of ``levels``."""
     first = next(iter(computed.results.values()), None)
     note = first.settings.get("note", "") if first is not None else ""
-    if not computed.exact:
+    if not computed.exact and computed.circuit is not None:
+        note = "Search in progress: the set kept so far; Cancel stops it."
+    elif not computed.exact:
         note = "Attribution estimate, shown while the exact values are computed. " + note
     return {
         "request_id": request_id,

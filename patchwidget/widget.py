@@ -258,7 +258,7 @@ class PatchWidget(anywidget.AnyWidget):
                 self.session.submit(request_id, self._levels[-1], self._settings)
             return
         self._levels, self._settings = self._pending[request_id]
-        if computed.circuit is not None:
+        if computed.circuit is not None and computed.exact:  # not the partial sets shown during a search
             self.circuit = computed.circuit
         if computed.exact:  # a preview keeps the request open for its exact values
             self._pending = {k: v for k, v in self._pending.items() if k > request_id}

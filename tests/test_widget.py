@@ -259,13 +259,18 @@ def test_bad_explore_arguments_leave_no_thread_behind(demo, kwargs, message):
 
 
 def test_find_circuit_from_the_widget(widget, demo):
+    titles = []
+    widget.observe(lambda change: titles.append(change["new"]["panels"][0]["title"]), names="view")
     send(widget, type="find", request_id=1, target=0.8)
     assert wait_idle(widget, 1, timeout=120)["state"] == "idle"
     found = widget.circuit
     assert found is not None and found.reached and found.faithfulness >= 0.8
     assert widget.path[-1]["kind"] == "search" and widget.breadcrumb[-1]["label"] == "find circuit (target 0.8)"
-    chosen, trace, curve = widget.view["panels"]
-    assert chosen["rows"] == [c.label for c in found.cells]
+    # The levels were shown as the search went, then the result.
+    assert [t.split(":")[0] for t in titles[:-1]] == ["Level 'layers'", "Level 'heads'", "Level 'positions'"]
+    ranked, trace, curve = widget.view["panels"]
+    assert ranked["title"].startswith(f"Found {len(found.cells)} cells")
+    assert [r for r in ranked["rows"] if r.startswith("● ")] == [f"● {c.label}" for c in found.cells]
     assert trace["rows"] == ["layers", "heads", "positions"]
     np.testing.assert_allclose(curve["values"][0], found.curve["faithfulness"], atol=1e-5)
     direct = pw.find_circuit(demo, **TEXTS, target=0.8, method="exact")  # the widget uses its method setting
