@@ -32,7 +32,6 @@ from .errors import PromptError, ResultFileError, SettingsError
 from .files import write_atomic
 from .grid import READ_ORDER, WRITE_ORDER, Cell, cell_write
 from .prompts import Texts, token_strings
-from .remote import trace_kwargs
 from .sites import ModelInfo, logits_module, model_info, on_input_device, view
 
 FORMAT = "patchwidget.Circuit"
@@ -133,20 +132,14 @@ class Circuit:
         info = self.check_model(model)
         ids = _same_length_ids(model, prompts, "prompts")
         writes = self._writes(info, ids.shape[1])
-        keys = sorted({(w.layer, w.site) for w in writes}, key=lambda k: (k[0], WRITE_ORDER.index(k[1])))
         with torch.no_grad():
             if mode == "mean":
                 ref = ids if reference is None else _same_length_ids(model, reference, "reference", ids.shape[1])
-                means = _mean_activations(model, info, keys, ref)
+                values = {key: acts.float().mean(0) for key, acts in _activations(model, info, writes, ref).items()}
+            else:
+                values = {(w.layer, w.site): torch.zeros(()) for w in writes}  # broadcast over positions and width
             with model.trace(on_input_device(model, ids), logits_to_keep=1):
-                for layer, site in keys:
-                    target = view(model, info, site, layer)  # (batch, pos, unit, width)
-                    for w in (w for w in writes if (w.layer, w.site) == (layer, site)):
-                        ps = list(w.positions)
-                        if mode == "zero":
-                            target[:, ps, w.unit] = 0
-                        else:
-                            target[:, ps, w.unit] = means[(layer, site)][ps, w.unit].to(target.dtype)
+                _put(model, info, writes, values)
                 logits = logits_module(model, info).output[:, -1].detach().save()
         return logits.float().cpu()
 
@@ -160,12 +153,9 @@ class Circuit:
         """
         info = self.check_model(model)
         ids = torch.tensor([model.tokenizer(source_prompt)["input_ids"]])
-        keys = {(w.layer, w.site) for w in self._writes(info, ids.shape[1])}
-        with torch.no_grad(), model.trace(on_input_device(model, ids)):
-            got = nnsight.save({})  # made inside the trace: only saved values outlive it
-            for layer, site in sorted(keys, key=lambda k: (k[0], READ_ORDER.index(k[1]))):
-                got[(layer, site)] = view(model, info, site, layer)[0].detach().clone().save()
-        found = {key: value.cpu() for key, value in got.items()}
+        with torch.no_grad():
+            acts = _activations(model, info, self._writes(info, ids.shape[1]), ids)
+        found = {key: value[0] for key, value in acts.items()}  # (pos, unit, width)
         self._sources[(id(model), source_prompt)] = found
         return found
 
@@ -191,12 +181,7 @@ class Circuit:
                 )
             source = self._sources[(id(model), source)]
         n_pos = next(iter(source.values())).shape[0]
-        writes = self._writes(info, n_pos)
-        for layer, site in sorted({(w.layer, w.site) for w in writes}, key=lambda k: (k[0], WRITE_ORDER.index(k[1]))):
-            target = view(model, info, site, layer)
-            for w in (w for w in writes if (w.layer, w.site) == (layer, site)):
-                ps = list(w.positions)
-                target[:, ps, w.unit] = source[(layer, site)][ps, w.unit].to(target.dtype)
+        _put(model, info, self._writes(info, n_pos), source)
 
     def _writes(self, info: ModelInfo, n_pos: int) -> list:
         writes = [cell_write(c, info, n_pos) for c in self.cells]
@@ -300,9 +285,13 @@ def from_result(result: Any, k: int) -> Circuit:
         coord = {d: int(result.coords[d][i]) for d, i in index.items()}
         head = coord.get("head", coord.get("kv_head"))
         cells.append(Cell(site, coord["layer"], head=head, neuron=coord.get("neuron"), pos=coord.get("pos")))
+    return Circuit(cells, [float(values.reshape(-1)[i]) for i in order], provenance_of(result.settings))
+
+
+def provenance_of(settings: dict[str, Any]) -> dict[str, Any]:
+    """What a circuit keeps of the settings of the grid it came from."""
     keys = ("model", "shape", "site", "metric", "direction", "method", "clean", "corrupt", "answer", "wrong")
-    provenance = {key: result.settings[key] for key in keys if key in result.settings}
-    return Circuit(cells, [float(values.reshape(-1)[i]) for i in order], provenance)
+    return {key: settings[key] for key in keys if key in settings}
 
 
 def _same_length_ids(model: Any, prompts: Texts, name: str, length: int | None = None) -> torch.Tensor:
@@ -319,10 +308,22 @@ def _same_length_ids(model: Any, prompts: Texts, name: str, length: int | None =
     return torch.tensor(ids)
 
 
-def _mean_activations(model: Any, info: ModelInfo, keys: list, ids: torch.Tensor) -> dict:
-    """Each (layer, site)'s activation averaged over the prompts, ``(pos, unit, width)``."""
-    with model.trace(on_input_device(model, ids), **trace_kwargs(model, False)):
-        means = nnsight.save({})  # made inside the trace: only saved values outlive it
-        for key in sorted(keys, key=lambda k: (k[0], READ_ORDER.index(k[1]))):
-            means[key] = view(model, info, key[1], key[0]).float().mean(0).save()
-    return {key: value.cpu() for key, value in means.items()}
+def _activations(model: Any, info: ModelInfo, writes: list, ids: torch.Tensor) -> dict:
+    """Each written (layer, site)'s activation on the prompts ``ids``, ``(prompt, pos, unit, width)``."""
+    keys = sorted({(w.layer, w.site) for w in writes}, key=lambda k: (k[0], READ_ORDER.index(k[1])))
+    with model.trace(on_input_device(model, ids)):
+        got = nnsight.save({})  # made inside the trace: only saved values outlive it
+        for layer, site in keys:
+            got[(layer, site)] = view(model, info, site, layer).detach().clone().save()
+    return {key: value.cpu() for key, value in got.items()}
+
+
+def _put(model: Any, info: ModelInfo, writes: list, values: dict) -> None:
+    """Inside a trace: each write's site takes ``values[(layer, site)]`` (``(pos, unit, width)``, or a scalar)
+    at its positions and unit, in every row of the batch, in forward order."""
+    for layer, site in sorted({(w.layer, w.site) for w in writes}, key=lambda k: (k[0], WRITE_ORDER.index(k[1]))):
+        target = view(model, info, site, layer)  # (batch, pos, unit, width)
+        value = values[(layer, site)]
+        for w in (w for w in writes if (w.layer, w.site) == (layer, site)):
+            ps = list(w.positions)
+            target[:, ps, w.unit] = (value if value.dim() == 0 else value[ps, w.unit]).to(target.dtype)

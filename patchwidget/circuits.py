@@ -35,7 +35,7 @@ from .engine import (
     with_noise,
 )
 from .errors import SettingsError
-from .grid import Cell, cell_write
+from .grid import Cell, cell_write, layers_by_site
 from .prompts import Noise, Texts
 
 __all__ = ["Cell", "JointResult", "patch_sites"]
@@ -132,9 +132,7 @@ def patch_sites(
     if repeated:  # the sum of singles would count them twice, and the joint patch once
         raise SettingsError(f"cells has repeated cells: {', '.join(repeated)}; give each cell once")
     rows, noise = with_noise(model, info, prompts, remote)
-    reads: dict[str, list[int]] = {}
-    for layer, site, *_ in writes:
-        reads[site] = sorted({*reads.get(site, []), layer})
+    reads = layers_by_site(writes)
     per_pass = fit_budget(model, request, reads, rows)
     # One patched copy per pair and cell, then one per pair with every cell.
     copies = [(pair, members) for pair in range(rows.n_pairs) for members in [(w,) for w in writes] + [tuple(writes)]]

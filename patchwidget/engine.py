@@ -415,21 +415,29 @@ def cached_runs(
     rows_per_pass: int,
     progress: Progress | None = None,
 ) -> Runs:
-    """``run_cache``, remembered in ``store`` under everything its result depends on."""
+    """``run_cache``, remembered in ``store`` under everything its result depends on.
+
+    Runs that recorded more sites serve a request for fewer: ``find_circuit`` records
+    all its sites once, and every grid it ranks with reuses those runs.
+    """
     if store is None:
         return run_cache(model, info, reads, prompts, noise, remote, rows_per_pass, progress)
-    key = (
+    same = (
         id(model),
         prompts.clean_ids.numpy().tobytes(),
         prompts.corrupt_ids.numpy().tobytes(),
         prompts.clean_ids.shape,
         repr(prompts.noise),
-        tuple(sorted(reads)),
     )
-    if key not in store:  # every layer, so that any later grid of these sites finds its layers
-        every_layer = {site: list(range(info.n_layers)) for site in reads}
-        store[key] = run_cache(model, info, every_layer, prompts, noise, remote, rows_per_pass, progress)
-    return store[key]
+    for (*prefix, sites), runs in store.items():
+        if tuple(prefix) == same and set(reads) <= set(sites):
+            return runs
+    # Every layer, so that any later grid of these sites finds its layers.
+    every_layer = {site: list(range(info.n_layers)) for site in reads}
+    runs = store[(*same, tuple(sorted(reads)))] = run_cache(
+        model, info, every_layer, prompts, noise, remote, rows_per_pass, progress
+    )
+    return runs
 
 
 def run_cache(
@@ -632,6 +640,21 @@ def write(
     target[r, p, u] = values.to(target.dtype)
 
 
+def provenance(model: Any, request: Request) -> dict[str, Any]:
+    """What every result and circuit records of where it came from: model, its shape, metric, direction, prompts."""
+    prompts = request.prompts
+    return {
+        "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        "shape": request.info.shape(),
+        "metric": M.metric_name(request.metric),
+        "direction": request.direction,
+        "clean": prompts.clean,
+        "corrupt": prompts.corrupt if prompts.noise is None else f"{prompts.noise}",
+        "answer": prompts.answer,
+        "wrong": prompts.wrong,
+    }
+
+
 def _result(
     model: Any,
     grid: Grid,
@@ -648,17 +671,10 @@ def _result(
         coords["pos"] = grid.positions
     settings = {
         "site": grid.site,
-        "metric": M.metric_name(request.metric),
-        "direction": request.direction,
         "method": request.method,
-        "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
-        "shape": request.info.shape(),
         "patched_positions": grid.positions,
         "note": attribution.note(grid.site, grid.layers) if request.method == "attribution" else "",
-        "clean": prompts.clean,
-        "corrupt": prompts.corrupt if prompts.noise is None else f"{prompts.noise}",
-        "answer": prompts.answer,
-        "wrong": prompts.wrong,
+        **provenance(model, request),
     }
     return PatchResult(
         per_pair=per_pair.detach().cpu().numpy(),

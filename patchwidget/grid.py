@@ -121,6 +121,19 @@ class Grid:
         return [Write(layer, self.site, unit, ps) for layer in self.layers for unit in self.units for ps in pos_groups]
 
 
+def layers_by_site(writes: list[Write]) -> dict[str, list[int]]:
+    """The layers each site is written at, sorted: what the runs must record for these writes.
+
+    Example:
+        >>> layers_by_site([Write(2, "head_q", 0, (0,)), Write(1, "head_q", 3, (0,))])
+        {'head_q': [1, 2]}
+    """
+    out: dict[str, set[int]] = {}
+    for w in writes:
+        out.setdefault(w.site, set()).add(w.layer)
+    return {site: sorted(layers) for site, layers in out.items()}
+
+
 def make_grid(
     info: ModelInfo,
     site: str,

@@ -43,12 +43,13 @@ from .engine import (
     fit_budget,
     patched_metric,
     prepare,
+    provenance,
     summarize,
     warn_non_finite,
     with_noise,
 )
 from .errors import SettingsError
-from .grid import Cell, Write, cell_write, indices
+from .grid import Cell, Write, cell_write, indices, layers_by_site
 from .prompts import Noise, Texts
 from .result import PatchResult
 
@@ -113,9 +114,7 @@ def path_patch(
     top = info.n_layers if to_logits else max(w.layer for w in receiver_writes)  # layers a path can end below
     sets, reachable = _sender_sets(senders, info.n_layers, info.n_heads, top)
     rows, noise = with_noise(model, info, prompts, remote)
-    reads = {"head_out": list(range(info.n_layers))}
-    for w in receiver_writes:
-        reads[w.site] = sorted({*reads.get(w.site, []), w.layer})
+    reads = {"head_out": list(range(info.n_layers)), **layers_by_site(receiver_writes)}
     per_pass = fit_budget(model, request, reads, rows)
 
     with torch.no_grad():
@@ -159,9 +158,7 @@ def _run(
         return torch.empty(0)
     if not receiver_writes:  # receivers="logits": the metric of run 2
         return patched_metric(model, info, runs, copies, rows, fn, per_pass, progress, request.remote)
-    capture: dict[str, list[int]] = {}
-    for w in receiver_writes:
-        capture[w.site] = sorted({*capture.get(w.site, []), w.layer})
+    capture = layers_by_site(receiver_writes)
     twice = _twice(progress, len(copies))
     _, captured = patched_metric(
         model, info, runs, copies, rows, fn, per_pass, twice(0), request.remote, capture=capture
@@ -252,15 +249,8 @@ def _result(
         "site": "path",
         "receivers": "logits" if not receiver_cells else [c.label for c in receiver_cells],
         "senders": "every head" if sweep else [list(s) for s in senders],
-        "metric": M.metric_name(request.metric),
-        "direction": request.direction,
         "method": "exact",
-        "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
-        "shape": info.shape(),
-        "clean": prompts.clean,
-        "corrupt": prompts.corrupt if prompts.noise is None else f"{prompts.noise}",
-        "answer": prompts.answer,
-        "wrong": prompts.wrong,
+        **provenance(model, request),
     }
     return PatchResult(
         per_pair=per_pair.detach().cpu().numpy(),

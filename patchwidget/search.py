@@ -44,6 +44,7 @@ from .engine import (
     patch,
     patched_metric,
     prepare,
+    provenance,
     with_noise,
 )
 from .errors import SettingsError
@@ -193,22 +194,10 @@ def find_circuit(
     final = measured[len(kept)].numpy()
     effect_of = dict(ranked)
     cells = [_cell(w, prompts.n_pos) for w in kept]
-    provenance = {
-        "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
-        "shape": info.shape(),
-        "metric": M.metric_name(metric),
-        "direction": direction,
-        "method": method,
-        "search": {"target": target, "levels": list(levels)},
-        "clean": prompts.clean,
-        "corrupt": prompts.corrupt if prompts.noise is None else f"{prompts.noise}",
-        "answer": prompts.answer,
-        "wrong": prompts.wrong,
-    }
     return Circuit(
         cells,
         [effect_of[w] for w in kept],
-        provenance,
+        {**provenance(model, request), "method": method, "search": {"target": target, "levels": list(levels)}},
         faithfulness=float(final.mean()),
         reached=bool(final.mean() >= target),
         trace=trace,

@@ -19,7 +19,7 @@ import numpy as np
 import traitlets
 
 from . import view as V
-from .circuit import Circuit
+from .circuit import Circuit, provenance_of
 from .circuits import JointResult
 from .engine import DIRECTIONS, METHODS
 from .errors import MessageError, PatchwidgetError
@@ -160,8 +160,7 @@ class PatchWidget(anywidget.AnyWidget):
             if not isinstance(cells, list) or not cells:
                 raise MessageError(f"cells must be a non-empty list of {{panel, row, col}}, got {cells!r}")
             chosen = list(dict.fromkeys(self._cell_at(c) for c in cells))
-            keys = ("model", "shape", "metric", "direction", "method", "clean", "corrupt", "answer", "wrong")
-            provenance = {k: self.result.settings[k] for k in keys if self.result and k in self.result.settings}
+            provenance = provenance_of(self.result.settings) if self.result is not None else {}
             self.circuit = Circuit(chosen, [], {**provenance, "kept_from": self.breadcrumb[-1]["label"]})
             self.status = V.status("idle", request_id, message=f"kept {len(chosen)} cells as widget.circuit")
         elif kind == "joint":
