@@ -363,3 +363,38 @@ def reference_path_patch(model, source_ids, target_ids, senders, receivers):
     finally:
         for h in handles:
             h.remove()
+
+
+# --- span-aligned patching: prompts of different lengths, one plain run per cell -----------------------
+
+
+def reference_span_patch(
+    model, source_ids, target_ids, site, layer, source_positions, target_positions, answer, wrong, unit=None
+):
+    """Logit difference ``answer - wrong`` at the target's last position, with one cell patched across lengths.
+
+    The source prompt runs alone, at its own length, recording ``site`` at ``layer``; the target
+    prompt (any length) then runs with the value at ``source_positions[i]`` written at
+    ``target_positions[i]``, pairwise. ``unit`` is a head (or neuron) index, or None for the whole
+    activation (every head at once for head_out). Which positions pair up (span alignment) is the
+    caller's choice, written out in the test; nothing here knows about templates.
+    """
+    source_positions, target_positions = list(source_positions), list(target_positions)
+    if site == "attn_pattern":
+        raise ValueError("attn_pattern rows have one entry per key, so they do not carry across prompt lengths")
+    if len(source_positions) != len(target_positions):
+        raise ValueError(
+            f"{len(source_positions)} source positions but {len(target_positions)} target positions: they pair up"
+        )
+    for name, ids, positions in (("source", source_ids, source_positions), ("target", target_ids, target_positions)):
+        if any(not 0 <= p < len(ids) for p in positions):
+            raise ValueError(f"{name} positions {positions} out of range for {len(ids)} tokens")
+    src = capture(model, source_ids, site, layer)  # (source pos, unit, width)
+    which = slice(None) if unit is None else unit
+
+    def write(act):  # act: (target pos, unit, width)
+        for s, t in zip(source_positions, target_positions):
+            act[t, which] = src[s, which]
+
+    logits = run(model, target_ids, site, layer, write)
+    return float(logits[answer] - logits[wrong])
