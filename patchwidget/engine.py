@@ -47,8 +47,10 @@ from .prompts import Noise, PromptBatch, Texts, prepare_prompts
 from .remote import prepare_remote, trace_kwargs
 from .result import PatchResult
 from .sites import (
+    CACHE,
     ModelInfo,
     add_noise,
+    cache_tensors,
     check_site_supported,
     hidden_states,
     layer_module,
@@ -57,6 +59,7 @@ from .sites import (
     module,
     on_input_device,
     output_form,
+    prefix_cache,
     skip_block,
     view,
 )
@@ -353,6 +356,10 @@ def embedding_std(model: Any, info: ModelInfo, remote: bool | str = False) -> fl
 
 Key = tuple[int, str]  # (layer, site)
 
+# Patched copies compute only from their first patched position on, reading the keys and values
+# of the positions before it from the target run (False: every copy runs from position 0).
+REUSE_PREFIX = True
+
 
 @dataclass
 class Runs:
@@ -365,6 +372,7 @@ class Runs:
     logits: torch.Tensor  # (run, vocab), last position
     ids: torch.Tensor  # (run, pos)
     block_form: int = 0  # how the blocks returned their output in these runs (sites.output_form)
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (keys, values), (run, kv_head, pos, d_head)
 
     @property
     def clean_logits(self) -> torch.Tensor:
@@ -387,6 +395,7 @@ class Runs:
             target_ids=self.ids[tgt],
             clean_logits=self.clean_logits,
             target_noise=noise if direction == "denoise" else None,
+            target_kv=None if self.kv is None else [(k[tgt], v[tgt]) for k, v in self.kv],
         )
 
 
@@ -402,6 +411,7 @@ class Directed:
     target_ids: torch.Tensor  # (pair, pos)
     clean_logits: torch.Tensor  # (pair, vocab)
     target_noise: torch.Tensor | None = None  # (pair, pos, d_model) when the target run is the noised one
+    target_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, (pair, kv_head, pos, d_head)
 
 
 def cached_runs(
@@ -454,20 +464,30 @@ def run_cache(
 
     The runs take at most ``rows_per_pass`` prompts a pass (clean and corrupted
     ones alike), so that many prompt pairs fit the same memory as the patched
-    copies; when they take several passes, each reports ``progress``.
+    copies; when they take several passes, each reports ``progress``. Run here
+    (not remotely), they also keep every layer's keys and values, which patched
+    copies reuse for the positions before their first patched one.
     """
     ids = torch.cat([prompts.clean_ids, prompts.corrupt_ids])  # (run, pos)
     noise_all = None if noise is None else torch.cat([torch.zeros_like(noise), noise])
+    keep_kv = REUSE_PREFIX and not remote  # a server would send every layer's keys and values back
     parts = []
     for start in range(0, len(ids), rows_per_pass):
         rows = slice(start, min(start + rows_per_pass, len(ids)))
-        parts.append(_run_pass(model, info, reads, ids[rows], None if noise_all is None else noise_all[rows], remote))
+        part_noise = None if noise_all is None else noise_all[rows]
+        parts.append(_run_pass(model, info, reads, ids[rows], part_noise, remote, keep_kv))
         if progress is not None and rows_per_pass < len(ids):
             progress(rows.stop, len(ids))
     acts = {key: torch.cat([p[0][key] for p in parts]) for key in parts[0][0]}
     blocks = [torch.cat([p[1][i] for p in parts]) for i in range(len(parts[0][1]))]
     logits = torch.cat([p[2] for p in parts])
-    return Runs(prompts.n_pairs, acts, blocks, logits, ids, parts[0][3])
+    kv = None
+    if keep_kv:
+        kv = [
+            (torch.cat([p[4][i][0] for p in parts]), torch.cat([p[4][i][1] for p in parts]))
+            for i in range(info.n_layers)
+        ]
+    return Runs(prompts.n_pairs, acts, blocks, logits, ids, parts[0][3], kv)
 
 
 def _run_pass(
@@ -477,14 +497,15 @@ def _run_pass(
     ids: torch.Tensor,
     noise: torch.Tensor | None,
     remote: bool | str,
-) -> tuple[dict[Key, torch.Tensor], list[torch.Tensor], torch.Tensor, int]:
+    keep_kv: bool = False,
+) -> tuple[dict[Key, torch.Tensor], list[torch.Tensor], torch.Tensor, int, list]:
     """One trace over some rows of the runs."""
     keys = sorted(
         {(layer, site) for site, layers in reads.items() for layer in layers},
         key=lambda k: (k[0], READ_ORDER.index(k[1])),
     )
     top = max(layer for layer, _ in keys)
-    with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=1):
+    with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=1, use_cache=keep_kv):
         acts, blocks = nnsight.save({}), nnsight.save([])  # made inside: only saved values come back from a server
         form = nnsight.save([0])
         add_noise(model, info, noise, slice(None))
@@ -496,7 +517,8 @@ def _run_pass(
                 form[0] = output_form(out)  # observed, to skip blocks in the patched runs in the same form
                 blocks.append(hidden_states(out).detach().clone().save())
         logits = logits_module(model, info).output[:, -1].detach().save()
-    return dict(acts), list(blocks), logits, form[0]
+        cache = getattr(model.output, CACHE).save() if keep_kv else None
+    return dict(acts), list(blocks), logits, form[0], cache_tensors(cache) if keep_kv else []
 
 
 # --- steps 2 and 3: the patched copies ------------------------------------------------------------
@@ -525,11 +547,14 @@ def patched_metric(
     each copy's activations there are recorded too, and ``(values, captured)``
     is returned, the captured tensors ``(copy, pos, unit, width)``.
 
-    Three things keep this fast and exact: a copy whose writes all equal the
-    target run's values is a no-op and takes the target run's value; copies are
-    sorted by their lowest patched layer, so a batch skips the blocks below
-    its lowest one (their outputs are the cached target run's); and the
-    unembedding runs at the last position only.
+    Four things keep this fast and exact. A copy changes nothing before the first
+    position where one of its writes differs from the target run's own value: if
+    there is none, the copy is a no-op and takes the target run's value; else it
+    computes only the positions from there on, reading the keys and values of the
+    earlier ones from the target run (prefix reuse). A batch skips the blocks
+    below its lowest patched layer (their outputs are the cached target run's).
+    Copies are sorted by first position and layer and split into batches of least
+    work (``plan_batches``). The unembedding runs at the last position only.
     """
     tables = {"source": runs.source, "target": runs.target, "captured": captured or {}}
     reads = sorted(
@@ -538,7 +563,8 @@ def patched_metric(
     )
     kept: dict[Key, torch.Tensor] = {key: runs.target[key][[pair for pair, _ in copies]].clone() for key in reads}
     out = torch.empty(len(copies))
-    noop = torch.tensor([_is_noop(tables, pair, writes) for pair, writes in copies], dtype=torch.bool)
+    first = first_changes(copies, tables)
+    noop = first == NO_CHANGE
     if noop.any():  # patching in an identical activation changes nothing: the target run's own value
         pairs = torch.tensor([pair for (pair, _), same in zip(copies, noop) if same])
         out[noop] = (
@@ -546,29 +572,39 @@ def patched_metric(
             .float()
             .cpu()
         )
-    todo = [i for i in range(len(copies)) if not noop[i]]
-    todo.sort(key=lambda i: min(w.layer for w in copies[i][1]))
+    # The attention pattern's write and read span every key position: those copies run from position 0.
+    sites = {w.site for _, writes in copies for w in writes} | {site for _, site in reads}
+    if runs.target_kv is None or "attn_pattern" in sites:
+        first = torch.zeros_like(first)
+    first = first.tolist()
+    lowest_layer = [min((w.layer for w in writes), default=0) for _, writes in copies]
+    todo = sorted((i for i in range(len(copies)) if not noop[i]), key=lambda i: (first[i], lowest_layer[i]))
     done = len(copies) - len(todo)
     if progress is not None and done:
         progress(done, len(copies))
-    for start in range(0, len(todo), batch_size):
-        index = todo[start : start + batch_size]
+    n_pos, n_layers = runs.target_ids.shape[1], info.n_layers
+    for index in plan_batches([(first[i], lowest_layer[i]) for i in todo], batch_size, n_pos, n_layers, todo):
         chunk = [copies[i] for i in index]
         pairs = torch.tensor([pair for pair, _ in chunk])
-        writes = _batch_writes(chunk, tables)
+        start = min(first[i] for i in index)  # positions before it come from the target run's cache
+        writes = _batch_writes(chunk, tables, start)
         # Reads and writes in forward order; a read of a site comes after a write of an earlier one.
         steps = sorted(
             [(key, "write") for key in writes] + [(key, "read") for key in reads],
             key=lambda s: (s[0][0], (WRITE_ORDER if s[1] == "write" else READ_ORDER).index(s[0][1]), s[1] == "read"),
         )
         lowest = min([layer for layer, _ in writes] + [layer for layer, _ in reads])
-        with model.trace(
-            on_input_device(model, runs.target_ids[pairs]), **trace_kwargs(model, remote), logits_to_keep=1
-        ):
+        ids = runs.target_ids[pairs, start:]
+        prefix = {}
+        if start:  # nnsight would make a mask of the new positions only; the cached ones are attended to as well
+            mask = torch.ones(len(pairs), runs.target_ids.shape[1], dtype=torch.long)
+            prefix = {CACHE: prefix_cache(model, runs.target_kv, pairs, start), "attention_mask": mask}
+        with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=1, **prefix):
             got = nnsight.save({})  # made inside: only saved values come back from a server
-            add_noise(model, info, None if runs.target_noise is None else runs.target_noise[pairs], slice(None))
+            noise = None if runs.target_noise is None else runs.target_noise[pairs, start:]
+            add_noise(model, info, noise, slice(None))
             for layer in range(lowest):
-                skip_block(layer_module(model, info, layer), runs.block_form, runs.target_blocks[layer][pairs])
+                skip_block(layer_module(model, info, layer), runs.block_form, runs.target_blocks[layer][pairs, start:])
             for (layer, site), kind in steps:
                 if kind == "write":
                     write(model, info, site, layer, *writes[(layer, site)])
@@ -578,42 +614,97 @@ def patched_metric(
         values = fn(logits, prompts.answer_ids[pairs], prompts.wrong_ids[pairs], runs.clean_logits[pairs])
         out[torch.tensor(index)] = values.float().cpu()
         for key in reads:
-            kept[key][torch.tensor(index)] = got[key].to(kept[key].dtype).cpu()
+            kept[key][torch.tensor(index), start:] = got[key].to(kept[key].dtype).cpu()
         done += len(chunk)
         if progress is not None:
             progress(done, len(copies))
     return (out, kept) if capture is not None else out
 
 
-def _is_noop(tables: dict[str, dict[Key, torch.Tensor]], pair: int, writes: tuple[Write, ...]) -> bool:
-    """Whether every write would put back the target run's own value (a freeze to the target always does)."""
+NO_CHANGE = torch.iinfo(torch.long).max
+
+
+def first_changes(copies: list[Copy], tables: dict[str, dict[Key, torch.Tensor]]) -> torch.Tensor:
+    """Per copy, the first position where a write puts a value other than the target run's own, ``(copy,)``.
+
+    ``NO_CHANGE`` where none does: the copy is a no-op. Before that position the copy
+    is the target run at every layer (the model is causal), so writes there, freezes
+    included, change nothing. One comparison per (layer, site) for all copies at once.
+    """
+    entries: dict[tuple[int, str, str], list[tuple[int, int, int, int, int]]] = {}
+    for i, (pair, writes) in enumerate(copies):
+        for w in writes:
+            if w.origin == "target":  # a freeze puts back the target run's own value
+                continue
+            at = w.row if w.origin == "captured" else pair
+            entries.setdefault((w.layer, w.site, w.origin), []).extend((i, at, pair, p, w.unit) for p in w.positions)
+    first = torch.full((len(copies),), NO_CHANGE)
     target = tables["target"]
-    for w in writes:
-        if w.origin == "target":
-            continue
-        value = tables[w.origin][(w.layer, w.site)][pair if w.origin == "source" else w.row]
-        ps = list(w.positions)
-        if not torch.equal(value[ps, w.unit], target[(w.layer, w.site)][pair, ps, w.unit]):
-            return False
-    return True
+    for (layer, site, origin), rows in entries.items():
+        i, at, pair, p, u = torch.tensor(rows).T
+        values = tables[origin][(layer, site)][at, p, u]  # (entry, width)
+        changed = (values != target[(layer, site)][pair, p, u]).flatten(1).any(1)
+        first.scatter_reduce_(0, i[changed], p[changed], "amin")
+    return first
 
 
-def _batch_writes(chunk: list[Copy], tables: dict[str, dict[Key, torch.Tensor]]) -> dict[Key, tuple[torch.Tensor, ...]]:
-    """Per (layer, site): batch rows, positions, units and the values to write there."""
+# A forward pass costs about as much, beyond its rows' work, as this many positions run through every layer.
+PASS_OVERHEAD = 40
+
+
+def plan_batches(
+    costs: list[tuple[int, int]], batch_size: int, n_pos: int, n_layers: int, ids: list[int]
+) -> list[list[int]]:
+    """Split copies, sorted by (first position, lowest layer), into batches of at most ``batch_size``.
+
+    A batch runs its positions from its smallest first position and its blocks from
+    its lowest layer, so its work is rows x positions x layers; each pass also costs
+    a fixed overhead. Dynamic programming over the sorted order finds the split of
+    least total work (splitting only where the order allows, which keeps it fast).
+    """
+    n = len(costs)
+    overhead = PASS_OVERHEAD * n_layers
+    best = [0.0] + [math.inf] * n  # best[j]: least work for the first j copies
+    cut = [0] * (n + 1)
+    for i in range(n):
+        position, lowest = costs[i][0], n_layers
+        for j in range(i, min(n, i + batch_size)):
+            lowest = min(lowest, costs[j][1])
+            work = best[i] + overhead + (j - i + 1) * (n_pos - position) * (n_layers - lowest)
+            if work < best[j + 1]:
+                best[j + 1], cut[j + 1] = work, i
+    batches, j = [], n
+    while j > 0:
+        batches.append(ids[cut[j] : j])
+        j = cut[j]
+    return batches[::-1]
+
+
+def _batch_writes(
+    chunk: list[Copy], tables: dict[str, dict[Key, torch.Tensor]], start: int = 0
+) -> dict[Key, tuple[torch.Tensor, ...]]:
+    """Per (layer, site): batch rows, positions (counted from ``start``), units and the values to write there.
+
+    Writes before ``start`` put back the target run's own values (see ``first_changes``),
+    which the cached prefix already holds: they are left out.
+    """
     by_key: dict[Key, dict[str, list[tuple[int, int, int, int]]]] = {}
     for row, (pair, writes) in enumerate(chunk):
         for w in writes:
             at = w.row if w.origin == "captured" else pair  # which row of the origin's table holds the value
             by_key.setdefault((w.layer, w.site), {}).setdefault(w.origin, []).extend(
-                (row, p, w.unit, at) for p in w.positions
+                (row, p, w.unit, at) for p in w.positions if p >= start
             )
     out = {}
     for key, origins in by_key.items():
         parts = []
         for origin, entries in origins.items():
+            if not entries:
+                continue
             r, p, u, at = torch.tensor(entries).T
-            parts.append((r, p, u, tables[origin][key][at, p, u]))  # values: (write, width)
-        out[key] = tuple(torch.cat(column) for column in zip(*parts))
+            parts.append((r, p - start, u, tables[origin][key][at, p, u]))  # values: (write, width)
+        if parts:
+            out[key] = tuple(torch.cat(column) for column in zip(*parts))
     return out
 
 

@@ -26,19 +26,25 @@ def forward_row_elements(info: ModelInfo, n_pos: int, vocab: int) -> int:
     return block + 2 * vocab
 
 
+def kv_elements(info: ModelInfo, n_pos: int) -> int:
+    """Elements of one row's keys and values at every layer (kept by the runs, copied for prefix reuse)."""
+    return 2 * info.n_layers * n_pos * info.n_kv_heads * info.d_head
+
+
 def patched_row_bytes(info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int) -> int:
-    """Bytes per patched copy: its forward pass plus the cached block outputs fed to skipped layers."""
+    """Bytes per patched copy: its forward pass, the cached block outputs fed to skipped layers and
+    the target run's keys and values for the positions it does not compute."""
     skipped = info.n_layers * n_pos * info.d_model
-    return int(MARGIN * dtype_bytes * (forward_row_elements(info, n_pos, vocab) + skipped))
+    return int(MARGIN * dtype_bytes * (forward_row_elements(info, n_pos, vocab) + skipped + kv_elements(info, n_pos)))
 
 
 def cache_bytes(info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int, runs: int, site_width: int) -> int:
-    """Bytes the clean and corrupted runs keep: block outputs and site activations of every run.
+    """Bytes the clean and corrupted runs keep: block outputs, keys and values, and site activations of every run.
 
     Their forward passes take as many rows at a time as the patched copies, each
     row costing less than a patched copy, so ``patched_row_bytes`` covers them.
     """
-    kept = runs * info.n_layers * n_pos * (info.d_model + site_width)
+    kept = runs * (info.n_layers * n_pos * (info.d_model + site_width) + kv_elements(info, n_pos))
     return int(MARGIN * dtype_bytes * kept)
 
 

@@ -20,10 +20,13 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .errors import UnknownSiteError, UnsupportedModelError
 
@@ -400,3 +403,22 @@ def add_noise(model: Any, info: ModelInfo, noise: torch.Tensor | None, rows: sli
     if noise is not None:
         embeddings = module(model, info.arch.embed).output
         embeddings[rows] += noise.to(embeddings.device, embeddings.dtype)
+
+
+# transformers 5 renamed the forward argument and output field ``past_key_values`` to ``cache``
+# (the old name warns until 5.40); whichever this version's outputs have is used for both.
+CACHE = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's keys and values from a run's key-value cache, ``(row, kv_head, pos, d_head)``."""
+    return [(layer.keys.detach(), layer.values.detach()) for layer in cache.layers]
+
+
+def prefix_cache(model: Any, kv: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor, end: int) -> Any:
+    """A key-value cache holding positions ``< end`` of ``rows`` of a run, for a forward pass over the rest."""
+    cache = DynamicCache(config=model.config)
+    device = model._module.get_input_embeddings().weight.device
+    for layer, (keys, values) in enumerate(kv):
+        cache.update(keys[rows, :, :end].to(device), values[rows, :, :end].to(device), layer)
+    return cache

@@ -62,7 +62,9 @@ def test_joint_and_single_effects_match_reference(demo, direction, batch_size):
     run_passes = [] if batch_size >= 4 else [min(4, batch_size * (i + 1)) for i in range(-(-4 // batch_size))]
     assert seen[: len(run_passes)] == run_passes
     copies = seen[len(run_passes) :]
-    assert copies[-1] == 2 * 5 and len(copies) == -(-10 // batch_size)
+    # Batches hold at most batch_size copies; the engine may split them further to share a prefix.
+    steps = [b - a for a, b in zip([0, *copies], copies)]
+    assert copies[-1] == 2 * 5 and all(0 < step <= batch_size for step in steps)
     hf, tok = demo._module, demo.tokenizer
     for i, p in enumerate(pairs):
         clean, corrupt = torch.tensor(tok(p.clean)["input_ids"]), torch.tensor(tok(p.corrupt)["input_ids"])

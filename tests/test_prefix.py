@@ -1,0 +1,111 @@
+"""Prefix reuse: a patched copy that computes only from its first patched position on,
+with the target run's keys and values for the positions before it, equals the copy
+computed over every position, on every architecture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import patchwidget as pw
+from patchwidget import demo_data, engine
+
+from .test_engine_reference import MODELS
+
+SITES = ["resid_pre", "attn_out", "mlp_out", "head_out", "head_q", "head_k", "head_v"]
+
+
+@pytest.fixture
+def reuse_count(monkeypatch):
+    """How many patched passes started after position 0."""
+    calls = []
+    original = engine.prefix_cache
+
+    def counted(model, kv, rows, end):
+        calls.append(end)
+        return original(model, kv, rows, end)
+
+    monkeypatch.setattr(engine, "prefix_cache", counted)
+    return calls
+
+
+def both_ways(monkeypatch, run):
+    """``run()`` with prefix reuse, then with every copy computed from position 0."""
+    reused = run()
+    monkeypatch.setattr(engine, "REUSE_PREFIX", False)
+    full = run()
+    monkeypatch.setattr(engine, "REUSE_PREFIX", True)
+    return reused, full
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_prefix_reuse_equals_full_length_copies(tiny_models, model_name, monkeypatch, reuse_count):
+    model = tiny_models[model_name]
+    pairs = demo_data.ioi_pairs(2, seed=5)
+    kw = dict(answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], metric="logit_diff")
+    clean, corrupt = [p.clean for p in pairs], [p.corrupt for p in pairs]
+    for site in SITES:
+        for direction in ("denoise", "noise"):
+            reused, full = both_ways(
+                monkeypatch,
+                lambda s=site, d=direction: (
+                    pw.patch(model, clean, corrupt, site=s, direction=d, batch_size=7, **kw).per_pair
+                ),
+            )
+            np.testing.assert_allclose(reused, full, atol=1e-5, err_msg=f"{site} {direction}")
+    assert reuse_count and min(reuse_count) > 0  # the copies did start after position 0
+
+
+def test_prefix_reuse_with_noise_and_joint_sets(demo, monkeypatch, reuse_count):
+    """Noise on the target's embeddings, and sets of cells at different positions, agree too."""
+    prompt = demo_data.fact_pairs(1, seed=0)[0]
+    kw = dict(answer=prompt.answer, wrong=prompt.wrong, metric="logit_diff")
+    noise = pw.noise(positions=[1, 2])
+    reused, full = both_ways(monkeypatch, lambda: pw.patch(demo, prompt.clean, noise, site="mlp_out", **kw).per_pair)
+    np.testing.assert_allclose(reused, full, atol=1e-5)
+    cells = [pw.Cell("head_out", 1, head=0, pos=-1), pw.Cell("mlp_out", 0, pos=-2), pw.Cell("resid_pre", 2, pos=-3)]
+    reused, full = both_ways(
+        monkeypatch,
+        lambda: vars(pw.patch_sites(demo, prompt.clean, prompt.corrupt, cells=cells, **kw)),
+    )
+    for key in ("per_pair_joint", "per_pair_singles"):
+        np.testing.assert_allclose(reused[key], full[key], atol=1e-5)
+    assert reuse_count
+
+
+def test_prefix_reuse_in_path_patching(demo, monkeypatch, reuse_count):
+    """Path patching freezes sites at every position: freezes before the first sender position are left out."""
+    pairs = demo_data.ioi_pairs(2, seed=3)
+    kw = dict(answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], metric="logit_diff")
+    clean, corrupt = [p.clean for p in pairs], [p.corrupt for p in pairs]
+    reused, full = both_ways(
+        monkeypatch,
+        lambda: pw.path_patch(demo, clean, corrupt, receivers=[pw.Cell("head_q", 2, head=1)], **kw).per_pair,
+    )
+    np.testing.assert_allclose(reused, full, atol=1e-5)
+    assert reuse_count
+
+
+def test_batch_plan_covers_every_copy_once_within_batch_size():
+    costs = sorted((p, layer) for p in range(15) for layer in range(12) for _ in range(3))
+    ids = list(range(len(costs)))
+    for batch_size in (1, 7, 64, 1000):
+        batches = engine.plan_batches(costs, batch_size, 15, 12, ids)
+        assert [i for b in batches for i in b] == ids
+        assert all(0 < len(b) <= batch_size for b in batches)
+    # Least work under the cost model it states: below full batches in the same order, and below
+    # every copy run from position 0 in full batches sorted by layer (the engine before prefix reuse).
+    overhead = engine.PASS_OVERHEAD * 12
+
+    def work(batches):
+        return sum(
+            overhead + len(b) * (15 - min(costs[i][0] for i in b)) * (12 - min(costs[i][1] for i in b)) for b in batches
+        )
+
+    planned = work(engine.plan_batches(costs, 64, 15, 12, ids))
+    assert planned < work([ids[i : i + 64] for i in range(0, len(ids), 64)])
+    by_layer = sorted(ids, key=lambda i: costs[i][1])
+    before = sum(
+        overhead + len(b) * 15 * (12 - costs[b[0]][1]) for b in (by_layer[i : i + 64] for i in range(0, 540, 64))
+    )
+    assert planned < 0.9 * before
