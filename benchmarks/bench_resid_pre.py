@@ -8,19 +8,26 @@ times, in one process on the same inputs:
 - a naive nnsight loop with one forward pass per cell,
 - TransformerLens's ``get_act_patch_resid_pre`` (one forward pass per cell),
 - patchwidget's attribution estimate (two forward passes and one backward),
-- patchwidget's head-by-position grid of one layer.
+- patchwidget's head-by-position grid of one layer (layer 6), also as a
+  multiple of one plain forward pass of the model on the clean prompt,
+- with ``--full-heads``, the head-by-position grid of every layer.
 
 It checks that the exact results agree to 1e-4 and prints a table of times,
 ratios to TransformerLens and peak memory (the largest rise of the C heap's
 allocated bytes while the method ran, sampled every 2 ms; torch's CPU tensors
-live there).
+live there; not measured on a GPU).
 
-    python benchmarks/bench_resid_pre.py [--corrupt one|all] [--repeats 3]
+    python benchmarks/bench_resid_pre.py [--corrupt one|all] [--repeats 3] [--device cuda] [--full-heads]
 """
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: TransformerLens's per-cell progress bar
+
 import argparse
+import copy
 import ctypes
 import platform
 import tempfile
@@ -118,9 +125,22 @@ def timed(fn, repeats: int):
         with PeakMemory() as mem:
             start = time.perf_counter()
             out = fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         peak = max(peak, mem.peak)
     return out, min(times), peak
+
+
+def plain_forward(hf, ids: list[int], device: str):
+    """One plain forward pass of the Hugging Face model on one prompt (logits at every position)."""
+    x = torch.tensor([ids], device=device)
+
+    def run():
+        with torch.no_grad():
+            return hf(x).logits
+
+    return run
 
 
 def naive_nnsight(model, clean_ids, corrupt_ids):
@@ -141,12 +161,12 @@ def naive_nnsight(model, clean_ids, corrupt_ids):
     return out
 
 
-def transformer_lens(folder, hf, tokenizer, clean_ids, corrupt_ids):
+def transformer_lens(folder, hf, tokenizer, clean_ids, corrupt_ids, device="cpu"):
     from transformer_lens.model_bridge import TransformerBridge
     from transformer_lens.patching import get_act_patch_resid_pre
 
-    bridge = TransformerBridge.boot_transformers(str(folder), hf_model=hf, tokenizer=tokenizer)
-    clean, corrupt = torch.tensor([clean_ids]), torch.tensor([corrupt_ids])
+    bridge = TransformerBridge.boot_transformers(str(folder), hf_model=hf, tokenizer=tokenizer, device=device)
+    clean, corrupt = torch.tensor([clean_ids], device=device), torch.tensor([corrupt_ids], device=device)
     _, clean_cache = bridge.run_with_cache(clean)
 
     def metric(logits):
@@ -154,7 +174,7 @@ def transformer_lens(folder, hf, tokenizer, clean_ids, corrupt_ids):
 
     def run():
         with torch.no_grad():
-            return get_act_patch_resid_pre(bridge, corrupt, clean_cache, metric).numpy()
+            return get_act_patch_resid_pre(bridge, corrupt, clean_cache, metric).cpu().numpy()
 
     return run
 
@@ -166,10 +186,13 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-naive", action="store_true", help="leave out the slow naive loop")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda)")
+    parser.add_argument("--full-heads", action="store_true", help="also the head-by-position grid of every layer")
     args = parser.parse_args()
     torch.manual_seed(0)
     folder = Path(tempfile.mkdtemp())
     hf, tokenizer = build(folder)
+    hf = hf.to(args.device)
     model = pw.load_model(hf, tokenizer=tokenizer)
     clean_ids, corrupt_ids = prompts(args.corrupt)
     text = lambda ids: " ".join(f"t{i}" for i in ids)  # noqa: E731
@@ -178,7 +201,8 @@ def main() -> None:
     rows = []
     grid, t, mem = timed(lambda: pw.patch(model, text(clean_ids), text(corrupt_ids), **kw).values, args.repeats)
     rows.append(("patchwidget exact", t, mem))
-    tl_run = transformer_lens(folder, hf, tokenizer, clean_ids, corrupt_ids)
+    # TransformerLens gets its own copy: its bridge rewires the modules of the model it wraps.
+    tl_run = transformer_lens(folder, copy.deepcopy(hf), tokenizer, clean_ids, corrupt_ids, args.device)
     tl_grid, t_tl, mem = timed(tl_run, 1)
     rows.append(("TransformerLens get_act_patch_resid_pre", t_tl, mem))
     if not args.skip_naive:
@@ -191,16 +215,23 @@ def main() -> None:
         args.repeats,
     )
     rows.append(("patchwidget attribution (estimate)", t, mem))
-    _, t, mem = timed(
+    _, t_forward, mem = timed(plain_forward(hf, clean_ids, args.device), max(args.repeats, 5))
+    rows.append(("one plain forward pass (Hugging Face, 1 prompt)", t_forward, mem))
+    _, t_heads, mem = timed(
         lambda: pw.patch(model, text(clean_ids), text(corrupt_ids), site="head_out", layers=[6], **kw), args.repeats
     )
-    rows.append(("patchwidget head_out grid of one layer (12 x 15)", t, mem))
+    rows.append(("patchwidget head_out grid of one layer (12 x 15)", t_heads, mem))
+    if args.full_heads:
+        _, t, mem = timed(lambda: pw.patch(model, text(clean_ids), text(corrupt_ids), site="head_out", **kw), 1)
+        rows.append(("patchwidget head_out grid of every layer (12 x 12 x 15)", t, mem))
 
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "CPU"
     print(
         f"\nGPT-2-small shape (12 layers, d_model 768, vocab 50257, random weights), {N_POS} tokens, "
-        f"corrupted tokens: {args.corrupt}; {platform.processor() or platform.machine()}, "
+        f"corrupted tokens: {args.corrupt}; {device}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
     )
+    print(f"one layer's head grid = {t_heads / t_forward:.1f} plain forward passes")
     print("exact grids agree with TransformerLens" + ("" if args.skip_naive else " and the naive loop") + " to 1e-4")
     corr = np.corrcoef(attr.ravel(), grid.ravel())[0, 1]
     print(f"attribution vs exact resid_pre: Pearson r = {corr:.3f} (the residual stream, where it is known to be poor)")

@@ -482,11 +482,8 @@ def run_cache(
     blocks = [torch.cat([p[1][i] for p in parts]) for i in range(len(parts[0][1]))]
     logits = torch.cat([p[2] for p in parts])
     kv = None
-    if keep_kv:
-        kv = [
-            (torch.cat([p[4][i][0] for p in parts]), torch.cat([p[4][i][1] for p in parts]))
-            for i in range(info.n_layers)
-        ]
+    if keep_kv and all(p[4] is not None and len(p[4]) == info.n_layers for p in parts):
+        kv = [tuple(torch.cat([p[4][layer][i] for p in parts]) for i in (0, 1)) for layer in range(info.n_layers)]
     return Runs(prompts.n_pairs, acts, blocks, logits, ids, parts[0][3], kv)
 
 
@@ -498,7 +495,7 @@ def _run_pass(
     noise: torch.Tensor | None,
     remote: bool | str,
     keep_kv: bool = False,
-) -> tuple[dict[Key, torch.Tensor], list[torch.Tensor], torch.Tensor, int, list]:
+) -> tuple[dict[Key, torch.Tensor], list[torch.Tensor], torch.Tensor, int, list | None]:
     """One trace over some rows of the runs."""
     keys = sorted(
         {(layer, site) for site, layers in reads.items() for layer in layers},
@@ -518,7 +515,7 @@ def _run_pass(
                 blocks.append(hidden_states(out).detach().clone().save())
         logits = logits_module(model, info).output[:, -1].detach().save()
         cache = getattr(model.output, CACHE).save() if keep_kv else None
-    return dict(acts), list(blocks), logits, form[0], cache_tensors(cache) if keep_kv else []
+    return dict(acts), list(blocks), logits, form[0], cache_tensors(cache) if keep_kv else None
 
 
 # --- steps 2 and 3: the patched copies ------------------------------------------------------------
@@ -597,7 +594,7 @@ def patched_metric(
         ids = runs.target_ids[pairs, start:]
         prefix = {}
         if start:  # nnsight would make a mask of the new positions only; the cached ones are attended to as well
-            mask = torch.ones(len(pairs), runs.target_ids.shape[1], dtype=torch.long)
+            mask = on_input_device(model, torch.ones(len(pairs), runs.target_ids.shape[1], dtype=torch.long))
             prefix = {CACHE: prefix_cache(model, runs.target_kv, pairs, start), "attention_mask": mask}
         with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=1, **prefix):
             got = nnsight.save({})  # made inside: only saved values come back from a server
@@ -643,7 +640,7 @@ def first_changes(copies: list[Copy], tables: dict[str, dict[Key, torch.Tensor]]
     for (layer, site, origin), rows in entries.items():
         i, at, pair, p, u = torch.tensor(rows).T
         values = tables[origin][(layer, site)][at, p, u]  # (entry, width)
-        changed = (values != target[(layer, site)][pair, p, u]).flatten(1).any(1)
+        changed = (values != target[(layer, site)][pair, p, u]).flatten(1).any(1).cpu()
         first.scatter_reduce_(0, i[changed], p[changed], "amin")
     return first
 

@@ -410,9 +410,16 @@ def add_noise(model: Any, info: ModelInfo, noise: torch.Tensor | None, rows: sli
 CACHE = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
-def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each layer's keys and values from a run's key-value cache, ``(row, kv_head, pos, d_head)``."""
-    return [(layer.keys.detach(), layer.values.detach()) for layer in cache.layers]
+def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Each layer's keys and values from a run's key-value cache, ``(row, kv_head, pos, d_head)``.
+
+    None where the run left no complete cache (a wrapper that replaced the attention
+    modules, say): the patched copies then run from position 0.
+    """
+    layers = getattr(cache, "layers", None)
+    if not layers or any(getattr(layer, "keys", None) is None for layer in layers):
+        return None
+    return [(layer.keys.detach(), layer.values.detach()) for layer in layers]
 
 
 def prefix_cache(model: Any, kv: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor, end: int) -> Any:

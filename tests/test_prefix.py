@@ -109,3 +109,19 @@ def test_batch_plan_covers_every_copy_once_within_batch_size():
         overhead + len(b) * 15 * (12 - costs[b[0]][1]) for b in (by_layer[i : i + 64] for i in range(0, 540, 64))
     )
     assert planned < 0.9 * before
+
+
+def test_runs_without_a_complete_cache_run_copies_from_position_0(demo, monkeypatch):
+    """A wrapper that replaced the attention modules leaves no keys: the copies run whole, still exact."""
+    from patchwidget import sites
+
+    class Layer:
+        keys = values = None
+
+    assert sites.cache_tensors(None) is None
+    assert sites.cache_tensors(type("Cache", (), {"layers": [Layer()]})()) is None
+    prompt = demo_data.fact_pairs(1, seed=0)[0]
+    kw = dict(answer=prompt.answer, wrong=prompt.wrong, metric="logit_diff")
+    expected = pw.patch(demo, prompt.clean, prompt.corrupt, **kw).per_pair
+    monkeypatch.setattr(engine, "cache_tensors", lambda cache: None)
+    np.testing.assert_allclose(pw.patch(demo, prompt.clean, prompt.corrupt, **kw).per_pair, expected, atol=1e-5)
