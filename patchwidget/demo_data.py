@@ -77,6 +77,16 @@ IOI_TEMPLATES = (
     "Then {a} and {b} had fun at the {place} , and {s} {verb} a {obj} to",
 )
 INDUCTION_WORDS = FILLER_WORDS + NAMES[:12] + OBJECTS
+# Induction: sequence lengths and offsets (prefix lengths) of training and of the held-out check.
+# The two sets share no length and no offset, so no held-out sequence can occur in training.
+TRAIN_LENGTHS = (2, 3, 4, 6, 7, 8, 10, 11, 12)
+HELD_OUT_LENGTHS = (5, 9)
+TRAIN_OFFSETS = (0, 1, 2, 3, 5, 6, 8, 9, 10)
+HELD_OUT_OFFSETS = (4, 7)
+# In training a sequence is repeated several times (up to TRAIN_MAX_WORDS words in all): short
+# sequences repeated many times make a previous-token head useful early, which starts induction.
+TRAIN_MAX_COPIES, TRAIN_MAX_WORDS = 6, 36
+TASK_MIX = (0.25, 0.25)  # shares of IOI and factual recall in training; induction has the rest
 SPECIAL_TOKENS = ("<|endoftext|>", "<unk>")
 
 
@@ -126,11 +136,37 @@ def ioi_sentence(rng: random.Random, held_out: bool | None) -> tuple[str, str, s
     return prompt, io, s
 
 
-def induction_sentence(rng: random.Random, length: int | None = None) -> tuple[str, str]:
-    """A random sequence repeated once, cut before its last word, and that word."""
-    n = length or rng.randint(4, 10)
-    seq = rng.sample(INDUCTION_WORDS, n)
-    return " ".join(seq + seq[:-1]), seq[-1]
+def repeated_sequence(rng: random.Random, length: int, offset: int, copies: int = 2) -> tuple[list[str], int]:
+    """Random words: ``offset`` words of prefix, then ``length`` words, then the same words again.
+
+    Every word is different from every other except for the repeats, so the only way to predict the
+    second copy is to find each word's earlier occurrence and copy the word that followed it there.
+    Returns the words (the sequence ``copies`` times) and the position where the second copy starts
+    (``offset + length``).
+
+    Example:
+        >>> words, start = repeated_sequence(random.Random(0), 3, 2)
+        >>> words[2:5] == words[5:8], start
+        (True, 5)
+    """
+    picked = rng.sample(INDUCTION_WORDS, offset + length)
+    prefix, seq = picked[:offset], picked[offset:]
+    return prefix + seq * copies, offset + length
+
+
+def induction_shape(rng: random.Random, held_out: bool) -> tuple[int, int]:
+    """A (length, offset) of a repeated sequence: from the training ranges, or from the held-out ones."""
+    if held_out:
+        return rng.choice(HELD_OUT_LENGTHS), rng.choice(HELD_OUT_OFFSETS)
+    return rng.choice(TRAIN_LENGTHS), rng.choice(TRAIN_OFFSETS)
+
+
+def induction_sentence(rng: random.Random, held_out: bool = True) -> tuple[str, str]:
+    """A repeated sequence cut somewhere in its second copy, and the word that comes next there."""
+    length, offset = induction_shape(rng, held_out)
+    words, start = repeated_sequence(rng, length, offset)
+    cut = start + rng.randint(1, length - 1)
+    return " ".join(words[:cut]), words[cut]
 
 
 def fact_sentence(rng: random.Random, held_out: bool | None) -> tuple[str, str, str]:
@@ -142,20 +178,32 @@ def fact_sentence(rng: random.Random, held_out: bool | None) -> tuple[str, str, 
     return f"{prefix} {country} is", COUNTRIES[country], country
 
 
-def training_text(rng: random.Random) -> str:
-    """One training sequence: a task prompt followed by its answer."""
+def training_example(rng: random.Random) -> tuple[str, int]:
+    """One training text and the first position whose next-token prediction is trained on.
+
+    IOI and factual recall: a task prompt followed by its answer, every position trained (0).
+    Induction: a random prefix, a random sequence and its repeat; only the second copy is
+    trained (from its first word on, each position predicts the next word), since nothing
+    before it is predictable.
+    """
     task = rng.random()
-    if task < 0.35:
+    if task < TASK_MIX[0]:
         prompt, answer, _ = ioi_sentence(rng, held_out=False)
-    elif task < 0.65:
-        prompt, answer = induction_sentence(rng)
-    else:
+        return f"{prompt} {answer}", 0
+    if task < TASK_MIX[0] + TASK_MIX[1]:
         prompt, answer, _ = fact_sentence(rng, held_out=False)
-    return f"{prompt} {answer}"
+        return f"{prompt} {answer}", 0
+    length, offset = induction_shape(rng, held_out=False)
+    copies = min(TRAIN_MAX_COPIES, (TRAIN_MAX_WORDS - offset) // length)
+    words, start = repeated_sequence(rng, length, offset, copies)
+    return " ".join(words), start
 
 
 def held_out_examples(task: str, n: int, seed: int = 1234) -> list[tuple[str, str]]:
     """(prompt, answer) pairs of a task that training never saw.
+
+    For induction, a repeated sequence of a held-out length and offset, cut at a random
+    position of its second copy.
 
     Example:
         >>> held_out_examples("fact", 1)[0][1] in COUNTRIES.values()
@@ -165,10 +213,24 @@ def held_out_examples(task: str, n: int, seed: int = 1234) -> list[tuple[str, st
     if task == "ioi":
         return [ioi_sentence(rng, held_out=True)[:2] for _ in range(n)]
     if task == "induction":
-        return [induction_sentence(rng) for _ in range(n)]
+        return [induction_sentence(rng, held_out=True) for _ in range(n)]
     if task == "fact":
         return [fact_sentence(rng, held_out=True)[:2] for _ in range(n)]
     raise ValueError(f"unknown task {task!r}; expected 'ioi', 'induction' or 'fact'")
+
+
+def held_out_repeats(n: int, seed: int = 1234) -> list[tuple[list[str], int]]:
+    """Repeated sequences of held-out lengths and offsets: (words, where the second copy starts).
+
+    Next-token accuracy over a whole second copy is measured on these.
+
+    Example:
+        >>> words, start = held_out_repeats(1)[0]
+        >>> len(words) - start in HELD_OUT_LENGTHS, 2 * start - len(words) in HELD_OUT_OFFSETS
+        (True, True)
+    """
+    rng = random.Random(seed)
+    return [repeated_sequence(rng, *induction_shape(rng, held_out=True)) for _ in range(n)]
 
 
 def ioi_pairs(n: int, seed: int = 0, template: int = 0) -> list[PromptPair]:
@@ -207,19 +269,41 @@ def fact_pairs(n: int, seed: int = 0) -> list[PromptPair]:
     return pairs
 
 
-def induction_pairs(n: int, seed: int = 0, length: int = 6) -> list[PromptPair]:
-    """Repeated-sequence pairs whose corrupted prompt changes the first copy.
+def induction_pairs(
+    n: int, seed: int = 0, length: int = HELD_OUT_LENGTHS[0], offset: int = HELD_OUT_OFFSETS[0], kind: str = "key"
+) -> list[PromptPair]:
+    """Repeated-sequence pairs: ``offset`` random words, a sequence, then the sequence again minus its last word.
 
-    The clean prompt repeats a sequence, so its last word is predictable; the
-    corrupted prompt replaces the first copy's last word, so induction points
-    to a different word.
+    The clean prompt's answer is the sequence's last word: the word that followed the last word's
+    earlier occurrence. The corrupted prompt changes the first copy, so that copying gives another word:
+
+    - ``kind="key"``: the two words before the answer are swapped in the first copy, so the last
+      word's earlier occurrence is followed by a different word of the sequence (what a previous-token
+      head writes there, the keys an induction head looks for, changes);
+    - ``kind="value"``: the answer itself is replaced by an unused word in the first copy (what an
+      induction head copies changes).
+
+    The default length and offset are held-out ones (never used in training).
+
+    Example:
+        >>> p = induction_pairs(1, length=4, offset=0)[0]
+        >>> len(p.clean.split()), p.answer == p.clean.split()[3], p.wrong in p.corrupt.split()
+        (7, True, True)
     """
+    if kind not in ("key", "value"):
+        raise ValueError(f"unknown kind {kind!r}; expected 'key' or 'value'")
+    if length < 3:
+        raise ValueError("induction pairs need a sequence of at least 3 words")
     rng = random.Random(seed)
     pairs = []
     for _ in range(n):
-        seq = rng.sample(INDUCTION_WORDS, length + 1)
-        first, alt = seq[:length], seq[length]
-        clean = " ".join(first + first[:-1])
-        corrupt = " ".join(first[:-1] + [alt] + first[:-1])
-        pairs.append(PromptPair(clean, corrupt, answer=first[-1], wrong=alt))
+        picked = rng.sample(INDUCTION_WORDS, offset + length + 1)
+        prefix, seq, unused = picked[:offset], picked[offset:-1], picked[-1]
+        if kind == "key":
+            first, wrong = [*seq[:-3], seq[-2], seq[-3], seq[-1]], seq[-3]
+        else:
+            first, wrong = [*seq[:-1], unused], unused
+        clean = " ".join(prefix + seq + seq[:-1])
+        corrupt = " ".join(prefix + first + seq[:-1])
+        pairs.append(PromptPair(clean, corrupt, answer=seq[-1], wrong=wrong))
     return pairs

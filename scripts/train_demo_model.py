@@ -15,6 +15,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -23,6 +24,7 @@ from patchwidget import demo_data
 
 OUT = Path(__file__).resolve().parent.parent / "patchwidget" / "demo_model"
 EOS, UNK = demo_data.SPECIAL_TOKENS
+STEPS, BATCH_SIZE, SEED = 3000, 64, 0  # the bundled model's run (tests replay its data stream)
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -52,11 +54,33 @@ def build_model(vocab_size: int) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config)
 
 
-def batch(tokenizer, rng: random.Random, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    texts = [demo_data.training_text(rng) for _ in range(size)]
-    enc = tokenizer(texts, padding=True, return_tensors="pt")
-    labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-    return enc.input_ids, labels
+def batch(tokenizer, rng: random.Random, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One batch as two padded parts, short texts and long ones (less padding): (token ids, labels) each.
+
+    Labels before an example's trained part, and on padding, are -100.
+    """
+    examples = sorted((demo_data.training_example(rng) for _ in range(size)), key=lambda e: len(e[0].split()))
+    parts = []
+    for chunk in (examples[: size // 2], examples[size // 2 :]):
+        enc = tokenizer([text for text, _ in chunk], padding=True, return_tensors="pt")
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        for row, (_, first) in enumerate(chunk):
+            labels[row, : first + 1] = -100  # label t is predicted at position t - 1: train from position `first` on
+        parts.append((enc.input_ids, labels))
+    return parts
+
+
+def batch_loss(model, parts: list[tuple[torch.Tensor, torch.Tensor]], device: str) -> torch.Tensor:
+    """Mean next-token cross-entropy over every labelled token of all parts of a batch."""
+    total, count = 0.0, 0
+    for ids, labels in parts:
+        logits = model(ids.to(device)).logits[:, :-1]  # (batch, pos - 1, vocab): position t predicts token t + 1
+        targets = labels[:, 1:].to(device)
+        total = total + torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        count += int((targets != -100).sum())
+    return total / count
 
 
 @torch.no_grad()
@@ -71,18 +95,31 @@ def accuracy(model, tokenizer, task: str, n: int = 500) -> float:
     return correct / n
 
 
-def train(steps: int, batch_size: int, seed: int) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
+@torch.no_grad()
+def second_copy_accuracy(model, tokenizer, n: int = 300) -> float:
+    """Next-token accuracy over every position of the second copy, on held-out repeated sequences."""
+    correct = total = 0
+    for words, start in demo_data.held_out_repeats(n):
+        ids = tokenizer(" ".join(words), return_tensors="pt").input_ids
+        guesses = model(ids).logits[0, start:-1].argmax(-1)  # position t predicts token t + 1
+        correct += int((guesses == ids[0, start + 1 :]).sum())
+        total += len(guesses)
+    return correct / total
+
+
+def train(
+    steps: int, batch_size: int, seed: int, device: str = "cpu"
+) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     rng = random.Random(seed)
     tokenizer = build_tokenizer()
-    model = build_model(len(tokenizer))
+    model = build_model(len(tokenizer)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
     start = time.time()
     for step in range(steps):
-        ids, labels = batch(tokenizer, rng, batch_size)
-        loss = model(ids, labels=labels).loss
+        loss = batch_loss(model, batch(tokenizer, rng, batch_size), device)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -91,19 +128,49 @@ def train(steps: int, batch_size: int, seed: int) -> tuple[GPT2LMHeadModel, PreT
         if step % 250 == 0 or step == steps - 1:
             print(f"step {step:5d}  loss {loss.item():.3f}  {time.time() - start:6.1f}s", flush=True)
     model.eval()
-    return model, tokenizer
+    return model.cpu(), tokenizer
+
+
+def head_scores(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Previous-token and induction scores of every head, ``(layer, head)`` each, read with patchwidget.
+
+    Previous-token score: mean attention from each position to the one before, on 20 texts of
+    30 different random words. Induction score: mean attention from each token of a second copy to
+    the token after its first occurrence, on 20 held-out repeated sequences.
+    """
+    import patchwidget as pw
+    from patchwidget.engine import attention_pattern
+
+    model = pw.load_model(folder)
+    rng = random.Random(7)
+    texts = [" ".join(rng.sample(demo_data.INDUCTION_WORDS, 30)) for _ in range(20)]
+    repeats = demo_data.held_out_repeats(20, seed=7)
+    shape = (model.config.n_layer, model.config.n_head)
+    prev, induction = np.zeros(shape), np.zeros(shape)
+    for layer, head in np.ndindex(shape):
+        prev[layer, head] = np.mean([np.diag(attention_pattern(model, t, layer, head), -1).mean() for t in texts])
+        scores = []
+        for words, start in repeats:
+            pattern, length = attention_pattern(model, " ".join(words), layer, head), len(words) - start
+            scores += [pattern[q, q - length + 1] for q in range(start, len(words))]
+        induction[layer, head] = np.mean(scores)
+    return prev, induction
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=5000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--check", action="store_true", help="print held-out accuracy per task")
+    parser.add_argument(
+        "--device", default="cpu", help="for quick experiments only: the bundled model is trained on CPU"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (results can depend on it)")
+    parser.add_argument("--check", action="store_true", help="print held-out accuracy per task and the head scores")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    model, tokenizer = train(args.steps, args.batch_size, args.seed)
+    torch.set_num_threads(args.threads)
+    model, tokenizer = train(args.steps, args.batch_size, args.seed, args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
@@ -112,6 +179,12 @@ def main() -> None:
     if args.check:
         for task in ("ioi", "induction", "fact"):
             print(f"held-out accuracy {task:9s} {accuracy(model, tokenizer, task):.3f}")
+        print(
+            f"held-out accuracy over the second copy of repeated sequences {second_copy_accuracy(model, tokenizer):.3f}"
+        )
+        prev, induction = head_scores(args.out)
+        np.set_printoptions(precision=2, suppress=True)
+        print(f"previous-token score (layer x head)\n{prev}\ninduction score (layer x head)\n{induction}")
 
 
 if __name__ == "__main__":
