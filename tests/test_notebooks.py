@@ -225,23 +225,75 @@ def test_induction_claims(demo, one_thread):
     from patchwidget import demo_data
     from patchwidget.engine import attention_pattern
 
-    heads = pw.patch(demo, **_pairs(demo_data.induction_pairs(8)), site="head_out", by_position=False).values
-    assert set(zip(*np.unravel_index(np.argsort(-heads, axis=None)[:2], heads.shape))) == {(0, 0), (0, 3)}
-
-    def accuracy(k: int) -> float:
-        rng, pairs = random.Random(0), demo_data.induction_pairs(50, seed=1)
-        texts = [
-            " ".join(rng.sample([w for w in demo_data.INDUCTION_WORDS if w not in p.clean.split()], k) + [p.clean])
-            for p in pairs
-        ]
-        ids = torch.tensor([demo.tokenizer(t)["input_ids"] for t in texts])
+    # Section 1: every held-out shape is predicted (almost) perfectly over the whole second copy.
+    hits = {}
+    for words, start in demo_data.held_out_repeats(200):
+        ids = torch.tensor([demo.tokenizer(" ".join(words))["input_ids"]])
         with torch.no_grad():
-            with demo.trace(ids):
-                logits = demo.lm_head.output[:, -1].save()
-        guesses = demo.tokenizer.convert_ids_to_tokens(logits.argmax(-1).tolist())
-        return float(np.mean([g == p.answer for g, p in zip(guesses, pairs)]))
+            guesses = demo._module(ids).logits[0, start:-1].argmax(-1)
+        hits.setdefault((len(words) - start, 2 * start - len(words)), []).extend(
+            (guesses == ids[0, start + 1 :]).tolist()
+        )
+    assert len(hits) == 4 and min(np.mean(h) for h in hits.values()) >= 0.99
+    # Section 2: L0H3 is the previous-token head, the four layer-1 heads are induction heads.
+    rng = random.Random(0)
+    texts = [" ".join(rng.sample(demo_data.INDUCTION_WORDS, 30)) for _ in range(20)]
+    prev = np.array(
+        [
+            [np.mean([np.diag(attention_pattern(demo, t, la, h), -1).mean() for t in texts]) for h in range(4)]
+            for la in range(4)
+        ]
+    )
+    assert 0.6 < prev[0, 3] < 0.8 and np.delete(prev.ravel(), 3).max() < 0.25
+    repeats = demo_data.held_out_repeats(20, seed=0)
 
-    assert accuracy(0) == 1.0 and accuracy(1) < 0.1  # a positional shortcut, not induction
-    rng = random.Random(1)
-    texts = [" ".join(rng.sample(demo_data.INDUCTION_WORDS, 11)) for _ in range(20)]
-    assert np.mean([attention_pattern(demo, t, 0, 3)[-1, 5] for t in texts]) > 0.9
+    def induction(layer, head):
+        scores = []
+        for words, start in repeats:
+            pattern, n = attention_pattern(demo, " ".join(words), layer, head), len(words) - start
+            scores += [pattern[q, q - n + 1] for q in range(start, len(words))]
+        return np.mean(scores)
+
+    ind = np.array([[induction(la, h) for h in range(4)] for la in range(4)])
+    assert (ind[1] > 0.95).all() and np.delete(ind, 1, axis=0).max() < 0.1
+    # Section 3: key pairs, L0H3 about 1 and the layer-1 heads a share each; value pairs, L0H3 about 0.
+    key, value = (_pairs(demo_data.induction_pairs(16, kind=k)) for k in ("key", "value"))
+    heads = pw.patch(demo, **key, site="head_out", by_position=False).values
+    heads_v = pw.patch(demo, **value, site="head_out", by_position=False).values
+    assert heads[0, 3] > 0.95 and 0.3 < heads[1, 0] < 0.5 and ((heads[1, 1:] > 0.05) & (heads[1, 1:] < 0.2)).all()
+    assert (
+        abs(heads_v[0, 3]) < 0.05
+        and 0.3 < heads_v[1, 0] < 0.5
+        and ((heads_v[1, 1:] > 0.05) & (heads_v[1, 1:] < 0.2)).all()
+    )
+    assert np.abs(heads[2:]).max() < 0.05 and np.abs(heads_v[2:]).max() < 0.05
+    # Section 4: L0H3 -> layer-1 keys about 1, others 0; no direct path from L0H3; the layer-1 heads together ~1.
+    into_keys = pw.path_patch(demo, **key, receivers=[pw.Cell("head_k", 1, head=h) for h in range(4)]).values[0]
+    assert into_keys[3] > 0.95 and np.abs(into_keys[:3]).max() < 0.05
+    direct = pw.path_patch(demo, **key).values
+    assert (
+        abs(direct[0, 3]) < 0.02
+        and 0.3 < direct[1, 0] < 0.5
+        and ((direct[1, 1:] > 0.05) & (direct[1, 1:] < 0.25)).all()
+    )
+    texts_key = {k: v for k, v in key.items() if k != "metric"}
+    assert pw.patch_sites(demo, **texts_key, cells=[pw.Cell("head_out", 1, head=h) for h in range(4)]).joint > 0.95
+    # Section 5: knockouts.
+    test = demo_data.induction_pairs(50, seed=1)
+    prompts, answers = [p.clean for p in test], [p.answer for p in test]
+
+    def accuracy(cells):
+        logits = pw.Circuit(cells).knockout(demo, prompts, mode="mean")
+        guesses = demo.tokenizer.convert_ids_to_tokens(logits.argmax(-1).tolist())
+        return np.mean([g == a for g, a in zip(guesses, answers)])
+
+    assert accuracy([pw.Cell("head_out", 0, head=3)]) < 0.35
+    assert accuracy([pw.Cell("head_out", 1, head=h) for h in range(4)]) < 0.1
+    for cells in ([pw.Cell("head_out", 1, head=0)], [pw.Cell("head_out", 0, head=h) for h in range(3)]):
+        assert accuracy(cells) > 0.95
+    assert accuracy([pw.Cell("head_out", 2, head=h) for h in range(4)]) > 0.95
+    # Exercise 2: the same grid at length 9, offset 7.
+    longer = pw.patch(
+        demo, **_pairs(demo_data.induction_pairs(16, length=9, offset=7)), site="head_out", by_position=False
+    )
+    assert longer.values[0, 3] > 0.95 and 0.3 < longer.values[1, 0] < 0.5
