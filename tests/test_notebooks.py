@@ -195,15 +195,30 @@ def test_factual_recall_claims(demo, one_thread):
 
     kw = _pairs(demo_data.fact_pairs(8))
     resid = pw.patch(demo, **kw, site="resid_pre").values
-    assert resid[0, 3] > 0.95 and 0.2 < resid[1, 3] < 0.7 and (resid[2:, 4] > 0.95).all()
+    assert resid[0, 3] > 0.95 and 0.85 < resid[1, 3] < 1.0 and resid[1, 4] < 0.15 and (resid[2:, 4] > 0.95).all()
+    attn = pw.patch(demo, **kw, site="attn_out").values
+    assert 0.85 < attn[1, 4] < 1.0 and 0 < attn[0, 4] < 0.15 and np.abs(attn[2:, 4]).max() < 0.05
     mlp = pw.patch(demo, **kw, site="mlp_out").values
-    assert np.argmax(mlp[:, 4]) == 3 and np.abs(mlp[:, 3]).max() < 0.15
+    assert (
+        0.8 < mlp[0, 3] < 0.95
+        and (mlp[:, 4] > 0.03).all()
+        and mlp[:, 4].max() < 0.2
+        and np.abs(mlp[1:, 3]).max() < 0.01
+    )
+    noising = pw.patch(demo, **kw, site="mlp_out", direction="noise").values
+    assert noising[0, 3] < 0.2 and (noising[:, 4] > 0.85).all() and (noising[:, 4] < 0.97).all()
     noisy = pw.noise("France", scale=3.0, samples=10, seed=0)
-    traced = pw.patch(
-        demo, "The capital of France is", noisy, answer="Paris", wrong="Tokyo", site="mlp_out", metric="logit_diff_norm"
-    ).values
-    assert np.argmax(traced[:, 4]) == 3 and np.abs(traced[:, 3]).max() < 0.1
-    for kwargs in (dict(seed=1), dict(scale=1.0)):  # exercise 2: the layer-3 MLP is robust to the noise draw
+    traced = {
+        site: pw.patch(
+            demo, "The capital of France is", noisy, answer="Paris", wrong="Tokyo", site=site, metric="logit_diff_norm"
+        ).values
+        for site in ("resid_pre", "attn_out", "mlp_out")
+    }
+    assert traced["resid_pre"][1, 3] > 0.9 and (traced["resid_pre"][2:, 4] > 0.95).all()
+    assert traced["attn_out"][1, 4] > 0.9 and np.abs(np.delete(traced["attn_out"][:, 4], 1)).max() < 0.15
+    assert 0.85 < traced["mlp_out"][0, 3] < 0.95 and (traced["mlp_out"][1:, 4] > 0.1).all()
+    assert (traced["mlp_out"][1:, 4] < 0.2).all()
+    for kwargs in (dict(seed=1), dict(scale=1.0)):  # exercise 2: the layer-0 MLP at France stays the largest cell
         other = pw.patch(
             demo,
             "The capital of France is",
@@ -213,7 +228,7 @@ def test_factual_recall_claims(demo, one_thread):
             site="mlp_out",
             metric="logit_diff_norm",
         ).values
-        assert abs(other[3, 4] - traced[3, 4]) < 0.05
+        assert np.unravel_index(np.argmax(other), other.shape) == (0, 3) and other[0, 3] > 0.8
 
 
 def test_induction_claims(demo, one_thread):
