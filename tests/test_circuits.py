@@ -110,7 +110,17 @@ def test_singles_agree_with_patch_and_pattern_cell(demo):
 
 def test_a_few_heads_carry_the_ioi_behaviour(demo):
     pairs = demo_data.ioi_pairs(8, seed=7)
-    heads = [pw.Cell("head_out", 0, head=2)] + [pw.Cell("head_out", 1, head=h) for h in range(4)]
+    grid = pw.patch(
+        demo,
+        [p.clean for p in pairs],
+        [p.corrupt for p in pairs],
+        answer=[p.answer for p in pairs],
+        wrong=[p.wrong for p in pairs],
+        site="head_out",
+        by_position=False,
+        metric="logit_diff_norm",
+    )
+    heads = grid.top_sites(5).cells  # the five heads of largest single effect
     r = pw.patch_sites(
         demo,
         [p.clean for p in pairs],

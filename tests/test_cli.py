@@ -66,7 +66,15 @@ def test_demo_table_png_and_html(tmp_path, capsys):
     table = capsys.readouterr().out
     lines = table.splitlines()
     assert lines[0].split() == ["L0", "L1", "L2", "L3"] and lines[-1].startswith("to (13)")  # one line per token
-    assert float(lines[-1].split()[-1]) == pytest.approx(0.988, abs=0.01)
+    ioi = pw.patch(
+        pw.load_model(),
+        "When Mary and John went to the store , John gave a drink to",
+        "When Mary and John went to the store , Mary gave a drink to",
+        answer="Mary",
+        wrong="John",
+        metric="logit_diff_norm",
+    )
+    assert float(lines[-1].split()[-1]) == pytest.approx(ioi.values[-1, -1], abs=0.001)  # the table shows the grid
     png = tmp_path / "grid.png"
     assert main(["run", "--out", str(png), "--site", "head_out", "--by-position", "no"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

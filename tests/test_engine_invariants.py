@@ -74,11 +74,13 @@ def test_ioi_resid_stream_moves_from_second_subject_to_final_token(demo):
     r = pw.patch(demo, [p.clean for p in pairs], [p.corrupt for p in pairs], metric="logit_diff_norm", **answers)
     s2 = r.tokens.index(",") + 1  # the second subject follows the comma in the template
     end = len(r.tokens) - 1
-    assert r.values[0].argmax() == s2 and r.values[-1].argmax() == end
-    # In between, the information is carried by both positions and by nothing else.
-    others = np.delete(r.values, [s2, end], axis=1)
+    assert r.values[0].argmax() == s2 and r.values[0, s2] == pytest.approx(1.0, abs=1e-4)
+    assert not r.values[:, :s2].any()  # causal: nothing before the only token that differs
+    # In between, the information is carried by S2, the token after it (the retrained model passes it through
+    # the verb) and the last token, and by nothing else.
+    others = np.delete(r.values, [s2, s2 + 1, end], axis=1)
     assert np.abs(others).max() < 0.1
-    assert np.all(np.diff(r.values[:, s2]) < 0.01) and r.values[-1, s2] < 0.1  # fades with depth
+    assert np.all(np.diff(r.values[:, s2]) < 0.01) and r.values[-1, s2] < 0.5  # fades with depth
     assert np.all(np.diff(r.values[:, end]) > -0.01) and r.values[0, end] < 0.1  # grows with depth
 
 
@@ -96,8 +98,8 @@ def test_ioi_head_grid_finds_a_few_heads(demo):
     )
     effects = np.sort(np.abs(r.values).ravel())[::-1]  # 16 heads
     assert r.values.shape == (4, 4)
-    assert effects[:3].sum() > 0.6 * effects.sum()
-    assert effects[0] > 0.3
+    assert effects[:5].sum() > 0.7 * effects.sum()  # the retrained model spreads IOI over about five heads
+    assert effects[0] > 0.2 and (effects < 0.01).sum() >= 5
 
 
 def test_grouped_query_keys_and_values_are_indexed_by_kv_head(tiny_models):
