@@ -2,9 +2,10 @@
 
 Times ``find_circuit`` (both ranking methods) and one exhaustive by-position ``head_out``
 grid of every layer, in one process on the same 8 pairs, each after a warm-up call,
-best of ``--repeats``, and prints the found set's size and faithfulness.
+best of ``--repeats``, and prints the found set's size and faithfulness. ``--curve PATH``
+also saves the attribution search's faithfulness curve (the README's ``docs/ioi_curve.png``).
 
-    python benchmarks/bench_find_circuit.py [--target 0.8] [--repeats 3]
+    python benchmarks/bench_find_circuit.py [--target 0.8] [--repeats 3] [--curve docs/ioi_curve.png]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", type=float, default=0.8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--curve", help="save the attribution search's faithfulness curve to this image file")
     args = parser.parse_args()
     model = pw.load_model()
     pairs = demo_data.ioi_pairs(8)
@@ -57,6 +59,8 @@ def main() -> None:
             f"| find_circuit, method={method} | {seconds:.2f} | {seconds / brute:.2f}x | {len(c.cells)} | "
             f"{cells} | {c.faithfulness:.3f} |"
         )
+        if args.curve and method == "attribution":
+            c.plot_curve(show=False).savefig(args.curve, dpi=120, bbox_inches="tight")
 
 
 if __name__ == "__main__":
