@@ -35,6 +35,7 @@ from .prompts import Noise, noise
 from .result import PatchResult
 from .search import find_circuit
 from .sites import SITES, Arch, register_architecture
+from .templates import Prompt, Template
 from .widget import PatchWidget, explore
 
 # The public names, sorted: classes and constants, then functions and modules.
@@ -57,10 +58,12 @@ __all__ = [
     "PatchResult",
     "PatchWidget",
     "PatchwidgetError",
+    "Prompt",
     "PromptError",
     "RemoteSettingError",
     "ResultFileError",
     "SettingsError",
+    "Template",
     "UnknownMetricError",
     "UnknownSiteError",
     "UnsupportedModelError",

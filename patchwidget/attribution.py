@@ -25,10 +25,10 @@ import nnsight
 import torch
 
 from . import metrics as M
-from .grid import Grid
+from .grid import Grid, Write, span_write
 from .prompts import PromptBatch
 from .remote import trace_kwargs
-from .sites import ModelInfo, add_noise, logits_module, on_input_device, raw, reshape
+from .sites import ModelInfo, add_noise, attend_all, last_logits, last_positions, on_input_device, raw, reshape
 
 POOR_NOTE = (
     "Attribution patching is a linear estimate; it is known to be poor for {what}, where patching "
@@ -56,6 +56,7 @@ def estimate(
     remote: bool | str = False,
     rows_per_pass: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    span_positions: str = "all",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``_estimate_rows`` over at most ``rows_per_pass`` prompt rows at a time.
 
@@ -67,10 +68,36 @@ def estimate(
     for start in range(0, n, rows_per_pass):
         rows = slice(start, min(start + rows_per_pass, n))
         row_noise = None if noise is None else noise[rows]
-        parts.append(_estimate_rows(model, info, grid, prompts.rows(rows), fn, direction, row_noise, remote))
+        part = prompts.rows(rows)
+        parts.append(_estimate_rows(model, info, grid, part, fn, direction, row_noise, remote, span_positions))
         if progress is not None:
             progress(rows.stop, n)
     return tuple(torch.cat(tensors) for tensors in zip(*parts))  # type: ignore[return-value]
+
+
+def _span_contributions(
+    grid: Grid,
+    prompts: PromptBatch,
+    direction: str,
+    mode: str,
+    src: torch.Tensor,
+    tgt: torch.Tensor,
+    grad: torch.Tensor,
+) -> torch.Tensor:
+    """Per pair, the estimate of each span cell: (source - target) . gradient summed over the span's
+    positions, the source read at its own positions aligned to the target's (``grid.span_write``).
+    Returns ``(pair, pos_group, unit)``."""
+    groups = [(c,) for c in grid.positions] if grid.by_position else [tuple(grid.positions)]
+    out = []
+    for pair in range(prompts.n_pairs):
+        cells = []
+        for group in groups:
+            w = span_write(Write(0, grid.site, 0, group), prompts, pair, direction, mode)
+            at, read = list(w.positions), list(w.read_at or w.positions)
+            delta = src[pair, read] - tgt[pair, at]  # (aligned, unit, width)
+            cells.append((delta * grad[pair, at]).sum((0, -1))[grid.units])
+        out.append(torch.stack(cells))
+    return torch.stack(out)
 
 
 def _estimate_rows(
@@ -82,6 +109,7 @@ def _estimate_rows(
     direction: str,
     noise: torch.Tensor | None,
     remote: bool | str,
+    span_positions: str = "all",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Estimated metric per (pair, cell), plus clean and corrupted last-position logits.
 
@@ -93,18 +121,32 @@ def _estimate_rows(
     source_ids, target_ids = (
         (prompts.clean_ids, prompts.corrupt_ids) if direction == "denoise" else (prompts.corrupt_ids, prompts.clean_ids)
     )
+    clean_len, corrupt_len = prompts.lengths.split(prompts.n_pairs)
+    source_len, target_len = (clean_len, corrupt_len) if direction == "denoise" else (corrupt_len, clean_len)
+    source_keep, source_last = last_positions(source_len, source_ids.shape[1])
+    target_keep, target_last = last_positions(target_len, target_ids.shape[1])
     # Containers filled in a trace are made and saved inside it: on a remote server only saved values come back.
     with torch.no_grad():
-        with model.trace(on_input_device(model, source_ids), **trace_kwargs(model, remote), logits_to_keep=1):
+        with model.trace(
+            on_input_device(model, source_ids),
+            **trace_kwargs(model, remote),
+            logits_to_keep=source_keep,
+            attention_mask=attend_all(model, *source_ids.shape),
+        ):
             source = nnsight.save({})
             add_noise(model, info, noise if direction == "noise" else None, slice(None))
             for layer in grid.layers:
                 source[layer] = raw(model, info, grid.site, layer).detach().clone().save()
-            source_logits = logits_module(model, info).output[:, -1].detach().save()
+            source_logits = last_logits(model, info, source_last).detach().save()
 
     answer, wrong = prompts.answer_ids, prompts.wrong_ids
     with torch.enable_grad():
-        with model.trace(on_input_device(model, target_ids), **trace_kwargs(model, remote), logits_to_keep=1):
+        with model.trace(
+            on_input_device(model, target_ids),
+            **trace_kwargs(model, remote),
+            logits_to_keep=target_keep,
+            attention_mask=attend_all(model, *target_ids.shape),
+        ):
             acts, target, grads = {}, nnsight.save({}), nnsight.save({})
             add_noise(model, info, noise if direction == "denoise" else None, slice(None))
             for layer in grid.layers:
@@ -113,7 +155,7 @@ def _estimate_rows(
                     # Frozen weights (requires_grad_(False), as large models are loaded) leave the
                     # activations out of the graph: the gradient is wanted with respect to them only.
                     acts[layer].requires_grad_(True)
-            logits = logits_module(model, info).output[:, -1]
+            logits = last_logits(model, info, target_last)
             clean = source_logits if direction == "denoise" else logits.detach()
             value = fn(logits, answer, wrong, clean)
             # The backward pass runs inside the trace, where the graph lives (also on a remote server).
@@ -128,12 +170,16 @@ def _estimate_rows(
 
     per_layer = []
     for layer in grid.layers:
-        delta = reshape(info, grid.site, source[layer] - target[layer])  # (pair, pos, unit, width)
+        src = reshape(info, grid.site, source[layer])  # (pair, pos, unit, width)
+        tgt = reshape(info, grid.site, target[layer])
         grad = reshape(info, grid.site, grads[layer])
-        contrib = (delta * grad).sum(-1)[:, :, grid.units]  # (pair, pos, unit)
-        contrib = contrib[:, grid.positions]
-        if not grid.by_position:
-            contrib = contrib.sum(1, keepdim=True)
+        if grid.spans:
+            contrib = _span_contributions(grid, prompts, direction, span_positions, src, tgt, grad)
+        else:
+            contrib = ((src - tgt) * grad).sum(-1)[:, :, grid.units]  # (pair, pos, unit)
+            contrib = contrib[:, grid.positions]
+            if not grid.by_position:
+                contrib = contrib.sum(1, keepdim=True)
         per_layer.append(contrib.transpose(1, 2))  # (pair, unit, pos_group)
     per_pair = torch.stack(per_layer, 1) + value[:, None, None, None]  # (pair, layer, unit, pos_group)
     if grid.unit is None:

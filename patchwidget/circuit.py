@@ -275,6 +275,11 @@ def from_result(result: Any, k: int) -> Circuit:
         site = "head_out"  # a path grid's cells are its sender heads
     if not site:
         raise SettingsError("this result does not record its site, so its cells cannot be named")
+    if "span" in result.dims:
+        raise SettingsError(
+            "a grid by span has no token positions to name its cells by (a span's positions differ from pair to "
+            "pair): a Circuit is built from a grid of plain prompts"
+        )
     magnitude = np.where(np.isfinite(values), np.abs(values), -np.inf).reshape(-1)
     order = np.argsort(-magnitude, kind="stable")[:k]
     if not np.isfinite(magnitude[order]).all():

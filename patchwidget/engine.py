@@ -41,8 +41,8 @@ import torch
 
 from . import attribution, memory
 from . import metrics as M
-from .errors import NonFiniteWarning, SettingsError
-from .grid import READ_ORDER, WRITE_ORDER, Grid, Write, check_choice, indices, make_grid
+from .errors import NonFiniteWarning, PromptError, SettingsError
+from .grid import READ_ORDER, WRITE_ORDER, Grid, Write, check_choice, indices, make_grid, span_write
 from .prompts import Noise, PromptBatch, Texts, prepare_prompts
 from .remote import prepare_remote, trace_kwargs
 from .result import PatchResult
@@ -50,11 +50,13 @@ from .sites import (
     CACHE,
     ModelInfo,
     add_noise,
+    attend_all,
     cache_tensors,
     check_site_supported,
     hidden_states,
+    last_logits,
+    last_positions,
     layer_module,
-    logits_module,
     model_info,
     module,
     on_input_device,
@@ -63,6 +65,7 @@ from .sites import (
     skip_block,
     view,
 )
+from .templates import SPAN_POSITIONS
 
 DIRECTIONS = ("denoise", "noise")
 METHODS = ("exact", "attribution")
@@ -130,11 +133,13 @@ def prepare(
     batch_size: int = 64,
     memory_budget: float | None = None,
     remote: bool | str = False,
+    spans_ok: bool = False,
 ) -> Request:
     """Check everything a patching request depends on, before any forward pass.
 
     Every entry point (``patch``, ``patch_sites``) starts here, so a check added
-    here protects all of them.
+    here protects all of them. ``spans_ok``: the caller takes prompts made from a
+    template (so far ``patch`` alone).
     """
     info = model_info(model)
     for site in sites:
@@ -157,6 +162,11 @@ def prepare(
     prompts = prepare_prompts(
         model.tokenizer, clean, corrupt, answer=answer, wrong=wrong, max_len=context_length(model)
     )
+    if prompts.columns is not None and not spans_ok:
+        raise PromptError(
+            "prompts made from a template (pw.Template(...).fill(...)) work with pw.patch so far, which grids "
+            "them by span; here, pass the prompts as plain strings (str(prompt)) of equal token lengths"
+        )
     return Request(info, prompts, fn, metric, direction, method, int(batch_size), memory_budget, remote)
 
 
@@ -213,6 +223,7 @@ def patch(
     heads: Sequence[int] | None = None,
     neurons: Sequence[int] | None = None,
     by_position: bool | None = None,
+    span_positions: str = "all",
     batch_size: int = 64,
     memory_budget: int | None = None,
     progress: Progress | None = None,
@@ -220,6 +231,12 @@ def patch(
     runs_cache: dict | None = None,
 ) -> PatchResult:
     """Patch one site over a grid of cells and measure the metric per cell.
+
+    Prompts made from a template (``pw.Template(...).fill(...)``) may differ in
+    length, within a pair and across pairs; the grid then has one column per
+    span of the template (``"span"`` instead of ``"pos"``, ``positions`` index
+    those columns), and a span cell patches all of the span's positions together,
+    aligned from its last token (``span_positions="last"``: its last token only).
 
     ``direction="denoise"`` copies clean activations into the corrupted run;
     ``"noise"`` copies corrupted activations into the clean run. ``layers``,
@@ -252,21 +269,27 @@ def patch(
         batch_size=batch_size,
         memory_budget=memory_budget,
         remote=remote,
+        spans_ok=True,
     )
     info, prompts = request.info, request.prompts
-    grid = make_grid(info, site, prompts.n_pos, layers, positions, heads, neurons, by_position)
+    check_choice(span_positions, SPAN_POSITIONS, "span_positions")
+    grid = make_grid(info, site, prompts.n_pos, layers, positions, heads, neurons, by_position, prompts.columns)
     rows, noise = with_noise(model, info, prompts, remote)
     per_pass = fit_budget(model, request, {grid.site}, rows)
     if method == "attribution":
         per_row, clean_logits, corrupt_logits = attribution.estimate(
-            model, info, grid, rows, request.fn, direction, noise, remote, per_pass, progress
+            model, info, grid, rows, request.fn, direction, noise, remote, per_pass, progress, span_positions
         )
     else:
         with torch.no_grad():
             runs = cached_runs(
                 runs_cache, model, info, {grid.site: grid.layers}, rows, noise, remote, per_pass, progress
             )
-            copies = [(pair, (cell,)) for pair in range(rows.n_pairs) for cell in grid.cells()]
+            copies = [
+                (pair, (span_write(cell, rows, pair, direction, span_positions) if grid.spans else cell,))
+                for pair in range(rows.n_pairs)
+                for cell in grid.cells()
+            ]
             directed = runs.directed(direction, noise)
             per_row = patched_metric(model, info, directed, copies, rows, request.fn, per_pass, progress, remote)
         per_row = per_row.view(rows.n_pairs, *grid.shape)
@@ -370,7 +393,8 @@ class Runs:
     acts: dict[Key, torch.Tensor]  # site activation per (layer, site), (run, pos, unit, width)
     blocks: list[torch.Tensor]  # each block's output, (run, pos, d_model), for skipping unpatched layers
     logits: torch.Tensor  # (run, vocab), last position
-    ids: torch.Tensor  # (run, pos)
+    ids: torch.Tensor  # (run, pos), padded on the right where prompts differ in length
+    lengths: torch.Tensor  # (run,) real lengths
     block_form: int = 0  # how the blocks returned their output in these runs (sites.output_form)
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (keys, values), (run, kv_head, pos, d_head)
 
@@ -393,6 +417,7 @@ class Runs:
             block_form=self.block_form,
             target_logits=self.logits[tgt],
             target_ids=self.ids[tgt],
+            target_len=self.lengths[tgt],
             clean_logits=self.clean_logits,
             target_noise=noise if direction == "denoise" else None,
             target_kv=None if self.kv is None else [(k[tgt], v[tgt]) for k, v in self.kv],
@@ -409,6 +434,7 @@ class Directed:
     block_form: int  # how the blocks returned their output in the target run (sites.output_form)
     target_logits: torch.Tensor  # (pair, vocab)
     target_ids: torch.Tensor  # (pair, pos)
+    target_len: torch.Tensor  # (pair,) real lengths of the target prompts
     clean_logits: torch.Tensor  # (pair, vocab)
     target_noise: torch.Tensor | None = None  # (pair, pos, d_model) when the target run is the noised one
     target_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, (pair, kv_head, pos, d_head)
@@ -475,7 +501,7 @@ def run_cache(
     for start in range(0, len(ids), rows_per_pass):
         rows = slice(start, min(start + rows_per_pass, len(ids)))
         part_noise = None if noise_all is None else noise_all[rows]
-        parts.append(_run_pass(model, info, reads, ids[rows], part_noise, remote, keep_kv))
+        parts.append(_run_pass(model, info, reads, ids[rows], prompts.lengths[rows], part_noise, remote, keep_kv))
         if progress is not None and rows_per_pass < len(ids):
             progress(rows.stop, len(ids))
     acts = {key: torch.cat([p[0][key] for p in parts]) for key in parts[0][0]}
@@ -484,7 +510,7 @@ def run_cache(
     kv = None
     if keep_kv and all(p[4] is not None and len(p[4]) == info.n_layers for p in parts):
         kv = [tuple(torch.cat([p[4][layer][i] for p in parts]) for i in (0, 1)) for layer in range(info.n_layers)]
-    return Runs(prompts.n_pairs, acts, blocks, logits, ids, parts[0][3], kv)
+    return Runs(prompts.n_pairs, acts, blocks, logits, ids, prompts.lengths, parts[0][3], kv)
 
 
 def _run_pass(
@@ -492,6 +518,7 @@ def _run_pass(
     info: ModelInfo,
     reads: dict[str, list[int]],
     ids: torch.Tensor,
+    lengths: torch.Tensor,
     noise: torch.Tensor | None,
     remote: bool | str,
     keep_kv: bool = False,
@@ -502,7 +529,14 @@ def _run_pass(
         key=lambda k: (k[0], READ_ORDER.index(k[1])),
     )
     top = max(layer for layer, _ in keys)
-    with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=1, use_cache=keep_kv):
+    keep, index = last_positions(lengths, ids.shape[1])
+    with model.trace(
+        on_input_device(model, ids),
+        **trace_kwargs(model, remote),
+        logits_to_keep=keep,
+        use_cache=keep_kv,
+        attention_mask=attend_all(model, *ids.shape),
+    ):
         acts, blocks = nnsight.save({}), nnsight.save([])  # made inside: only saved values come back from a server
         form = nnsight.save([0])
         add_noise(model, info, noise, slice(None))
@@ -513,7 +547,7 @@ def _run_pass(
                 out = layer_module(model, info, layer).output
                 form[0] = output_form(out)  # observed, to skip blocks in the patched runs in the same form
                 blocks.append(hidden_states(out).detach().clone().save())
-        logits = logits_module(model, info).output[:, -1].detach().save()
+        logits = last_logits(model, info, index).detach().save()
         cache = getattr(model.output, CACHE).save() if keep_kv else None
     return dict(acts), list(blocks), logits, form[0], cache_tensors(cache) if keep_kv else None
 
@@ -592,11 +626,11 @@ def patched_metric(
         )
         lowest = min([layer for layer, _ in writes] + [layer for layer, _ in reads])
         ids = runs.target_ids[pairs, start:]
-        prefix = {}
-        if start:  # nnsight would make a mask of the new positions only; the cached ones are attended to as well
-            mask = on_input_device(model, torch.ones(len(pairs), runs.target_ids.shape[1], dtype=torch.long))
-            prefix = {CACHE: prefix_cache(model, runs.target_kv, pairs, start), "attention_mask": mask}
-        with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=1, **prefix):
+        prefix: dict[str, Any] = {"attention_mask": attend_all(model, len(pairs), runs.target_ids.shape[1])}
+        if start:
+            prefix[CACHE] = prefix_cache(model, runs.target_kv, pairs, start)
+        keep, last = last_positions(runs.target_len[pairs], runs.target_ids.shape[1], start)
+        with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=keep, **prefix):
             got = nnsight.save({})  # made inside: only saved values come back from a server
             noise = None if runs.target_noise is None else runs.target_noise[pairs, start:]
             add_noise(model, info, noise, slice(None))
@@ -607,7 +641,7 @@ def patched_metric(
                     write(model, info, site, layer, *writes[(layer, site)])
                 else:
                     got[(layer, site)] = view(model, info, site, layer).detach().clone().save()
-            logits = logits_module(model, info).output[:, -1].detach().save()
+            logits = last_logits(model, info, last).detach().save()
         values = fn(logits, prompts.answer_ids[pairs], prompts.wrong_ids[pairs], runs.clean_logits[pairs])
         out[torch.tensor(index)] = values.float().cpu()
         for key in reads:
@@ -634,12 +668,13 @@ def first_changes(copies: list[Copy], tables: dict[str, dict[Key, torch.Tensor]]
             if w.origin == "target":  # a freeze puts back the target run's own value
                 continue
             at = w.row if w.origin == "captured" else pair
-            entries.setdefault((w.layer, w.site, w.origin), []).extend((i, at, pair, p, w.unit) for p in w.positions)
+            pairs = zip(w.positions, w.read_at or w.positions)
+            entries.setdefault((w.layer, w.site, w.origin), []).extend((i, at, pair, p, r, w.unit) for p, r in pairs)
     first = torch.full((len(copies),), NO_CHANGE)
     target = tables["target"]
     for (layer, site, origin), rows in entries.items():
-        i, at, pair, p, u = torch.tensor(rows).T
-        values = tables[origin][(layer, site)][at, p, u]  # (entry, width)
+        i, at, pair, p, r, u = torch.tensor(rows).T
+        values = tables[origin][(layer, site)][at, r, u]  # (entry, width)
         changed = (values != target[(layer, site)][pair, p, u]).flatten(1).any(1).cpu()
         first.scatter_reduce_(0, i[changed], p[changed], "amin")
     return first
@@ -685,12 +720,12 @@ def _batch_writes(
     Writes before ``start`` put back the target run's own values (see ``first_changes``),
     which the cached prefix already holds: they are left out.
     """
-    by_key: dict[Key, dict[str, list[tuple[int, int, int, int]]]] = {}
+    by_key: dict[Key, dict[str, list[tuple[int, int, int, int, int]]]] = {}
     for row, (pair, writes) in enumerate(chunk):
         for w in writes:
             at = w.row if w.origin == "captured" else pair  # which row of the origin's table holds the value
             by_key.setdefault((w.layer, w.site), {}).setdefault(w.origin, []).extend(
-                (row, p, w.unit, at) for p in w.positions if p >= start
+                (row, p, read, w.unit, at) for p, read in zip(w.positions, w.read_at or w.positions) if p >= start
             )
     out = {}
     for key, origins in by_key.items():
@@ -698,8 +733,8 @@ def _batch_writes(
         for origin, entries in origins.items():
             if not entries:
                 continue
-            r, p, u, at = torch.tensor(entries).T
-            parts.append((r, p - start, u, tables[origin][key][at, p, u]))  # values: (write, width)
+            r, p, read, u, at = torch.tensor(entries).T
+            parts.append((r, p - start, u, tables[origin][key][at, read, u]))  # values: (write, width)
         if parts:
             out[key] = tuple(torch.cat(column) for column in zip(*parts))
     return out
@@ -755,12 +790,14 @@ def _result(
     coords: dict[str, list] = {"layer": grid.layers}
     if grid.unit:
         coords[grid.unit] = grid.units
-    if grid.by_position:
+    if grid.by_position and grid.spans:
+        coords["span"] = [prompts.columns[c] for c in grid.positions]
+    elif grid.by_position:
         coords["pos"] = grid.positions
     settings = {
         "site": grid.site,
         "method": request.method,
-        "patched_positions": grid.positions,
+        "patched_positions": [prompts.columns[c] for c in grid.positions] if grid.spans else grid.positions,
         "note": attribution.note(grid.site, grid.layers) if request.method == "attribution" else "",
         **provenance(model, request),
     }

@@ -19,7 +19,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import SettingsError
+from .prompts import PromptBatch
 from .sites import SITES, ModelInfo, check_site_supported
+from .templates import align
 
 # Where each site sits inside a layer, in forward order: nnsight reads and writes a module's values
 # in the order the model computes them. The attention pattern is read from the attention module's
@@ -57,7 +59,9 @@ class Write(NamedTuple):
 
     ``origin`` is ``"source"`` (the source run, at the copy's prompt pair), ``"target"`` (the
     target run's own value: freezing it against changes from upstream) or ``"captured"`` (what
-    an earlier batch of copies captured, at copy ``row`` of it).
+    an earlier batch of copies captured, at copy ``row`` of it). ``read_at`` are the positions
+    the value is read at in the origin, pairwise with ``positions``, where the prompts differ in
+    length (spans aligned by ``templates.align``); None reads at ``positions``.
     """
 
     layer: int
@@ -66,6 +70,7 @@ class Write(NamedTuple):
     positions: tuple[int, ...]
     origin: str = "source"
     row: int | None = None
+    read_at: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class Grid:
     positions: list[int]
     by_position: bool
     kv_heads: bool = False  # head_k/head_v under grouped-query attention index key-value heads
+    spans: bool = False  # positions index the prompts' span columns (prompts made from a template)
 
     @property
     def unit(self) -> str | None:
@@ -108,11 +114,12 @@ class Grid:
 
     @property
     def dims(self) -> tuple[str, ...]:
-        return ("layer",) + ((self.unit,) if self.unit else ()) + (("pos",) if self.by_position else ())
+        where = ("span" if self.spans else "pos",) if self.by_position else ()
+        return ("layer",) + ((self.unit,) if self.unit else ()) + where
 
     @property
     def shape(self) -> tuple[int, ...]:
-        sizes = {"layer": len(self.layers), "pos": len(self.positions)}
+        sizes = {"layer": len(self.layers), "pos": len(self.positions), "span": len(self.positions)}
         return tuple(sizes.get(d, len(self.units)) for d in self.dims)
 
     def cells(self) -> list[Write]:
@@ -134,6 +141,20 @@ def layers_by_site(writes: list[Write]) -> dict[str, list[int]]:
     return {site: sorted(layers) for site, layers in out.items()}
 
 
+def span_write(write: Write, prompts: PromptBatch, pair: int, direction: str, mode: str = "all") -> Write:
+    """A write whose positions are span columns, made concrete for one pair: written at the
+    target prompt's positions of those spans, read at the source prompt's, aligned from each
+    span's last token (``templates.align``)."""
+    clean, corrupt = prompts.clean_spans[pair], prompts.corrupt_spans[pair]
+    source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
+    at: dict[int, int] = {}  # target position -> source position; spans may share a position
+    for column in write.positions:
+        read, written = align(source[column], target[column], mode)
+        for r, w in zip(read, written):
+            at.setdefault(w, r)
+    return write._replace(positions=tuple(at), read_at=tuple(at.values()))
+
+
 def make_grid(
     info: ModelInfo,
     site: str,
@@ -143,8 +164,13 @@ def make_grid(
     heads: Sequence[int] | None,
     neurons: Sequence[int] | None,
     by_position: bool | None,
+    spans: Sequence[str] | None = None,
 ) -> Grid:
-    """Check the narrowing arguments and build the grid of cells."""
+    """Check the narrowing arguments and build the grid of cells.
+
+    With ``spans`` (the column labels of prompts made from a template), ``positions``
+    index those columns and the grid has a ``"span"`` axis instead of ``"pos"``.
+    """
     unit = SITES[site].unit
     for name, given, wanted in (("heads", heads, "head"), ("neurons", neurons, "neuron")):
         if given is not None and unit != wanted:
@@ -159,9 +185,16 @@ def make_grid(
         site=site,
         layers=indices(layers, info.n_layers, "layers", "layers"),
         units=units,
-        positions=indices(positions, n_pos, "positions", "tokens in the prompts", negative_ok=True),
+        positions=indices(
+            positions,
+            len(spans) if spans else n_pos,
+            "positions",
+            f"span columns ({', '.join(spans)})" if spans else "tokens in the prompts",
+            negative_ok=True,
+        ),
         by_position=SITES[site].by_position if by_position is None else bool(by_position),
         kv_heads=kv_heads,
+        spans=bool(spans),
     )
 
 

@@ -26,7 +26,14 @@ from .errors import PromptError
 
 @dataclass(frozen=True)
 class PromptBatch:
-    """Tokenized, validated prompt pairs, all of one length."""
+    """Tokenized, validated prompt pairs.
+
+    Plain strings: every prompt has one length. ``Prompt``s of one template
+    (``patchwidget.templates``): lengths may differ, the ids are padded on the
+    right to the longest (a causal model's real tokens never see a later pad, and
+    keep their positions), ``*_len`` hold the real lengths and ``*_spans`` each
+    prompt's positions per column of ``columns``.
+    """
 
     clean: list[str]
     corrupt: list[str]
@@ -39,6 +46,11 @@ class PromptBatch:
     tokens: list[str]  # the first clean prompt's tokens, as text
     noise: Noise | None = None  # Gaussian-noise corruption instead of corrupted prompts
     noise_positions: list[list[int]] | None = None  # per pair, the token positions that get noise
+    clean_len: torch.Tensor | None = None  # (pair,) real lengths, where prompts may differ in length
+    corrupt_len: torch.Tensor | None = None
+    columns: list[str] | None = None  # span labels, for prompts made from a template
+    clean_spans: list[list[tuple[int, ...]]] | None = None  # per pair, per column, its positions
+    corrupt_spans: list[list[tuple[int, ...]]] | None = None
 
     @property
     def n_pairs(self) -> int:
@@ -48,18 +60,34 @@ class PromptBatch:
     def n_pos(self) -> int:
         return self.clean_ids.shape[1]
 
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Real lengths of the clean then the corrupted prompts, ``(2 * pair,)``, the rows of the runs."""
+        full = torch.full((self.n_pairs,), self.n_pos)
+        clean = full if self.clean_len is None else self.clean_len
+        corrupt = full if self.corrupt_len is None else self.corrupt_len
+        return torch.cat([clean, corrupt])
+
     def rows(self, index: slice | torch.Tensor) -> PromptBatch:
         """These rows of the token ids (for noise samples or a split into passes); the texts stay the pairs'."""
+        picked = list(range(self.n_pairs))[index] if isinstance(index, slice) else index.tolist()
+        spans = {
+            name: None if getattr(self, name) is None else [getattr(self, name)[i] for i in picked]
+            for name in ("clean_spans", "corrupt_spans")
+        }
         return replace(
             self,
             clean_ids=self.clean_ids[index],
             corrupt_ids=self.corrupt_ids[index],
             answer_ids=self.answer_ids[index],
             wrong_ids=self.wrong_ids[index],
+            clean_len=None if self.clean_len is None else self.clean_len[index],
+            corrupt_len=None if self.corrupt_len is None else self.corrupt_len[index],
+            **spans,
         )
 
 
-Texts = str | Sequence[str]
+Texts = str | Sequence[str]  # or patchwidget.templates.Prompt objects, one or a list
 
 
 @dataclass(frozen=True)
@@ -146,11 +174,15 @@ def _noise_positions(tokenizer: Any, spec: Noise, ids: list[int], text: str, nam
     return sorted(set(found))
 
 
-def _as_list(value: Texts, name: str) -> list[str]:
-    if isinstance(value, str):
+def _as_list(value: Texts, name: str, prompts_ok: bool = False) -> list:
+    from .templates import Prompt  # templates builds on this module
+
+    kinds = (str, Prompt) if prompts_ok else (str,)
+    if isinstance(value, kinds):
         return [value]
-    if not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
-        raise PromptError(f"{name} must be a string or a list of strings, got {value!r}")
+    if not isinstance(value, Sequence) or not all(isinstance(v, kinds) for v in value):
+        also = ", or Prompts made by patchwidget.Template.fill" if prompts_ok else ""
+        raise PromptError(f"{name} must be a string or a list of strings{also}, got {value!r}")
     return list(value)
 
 
@@ -202,13 +234,15 @@ def prepare_prompts(
     pairs to one length, so that positions line up.
     """
     spec = corrupt if isinstance(corrupt, Noise) else None
-    clean_l = _as_list(clean, "clean")
-    corrupt_l = list(clean_l) if spec is not None else _as_list(corrupt, "corrupt")
-    n = len(clean_l)
+    clean_p = _as_list(clean, "clean", prompts_ok=True)
+    corrupt_p = list(clean_p) if spec is not None else _as_list(corrupt, "corrupt", prompts_ok=True)
+    n = len(clean_p)
     if n == 0:
         raise PromptError("clean is an empty list; give at least one prompt pair")
-    if len(corrupt_l) != n:
-        raise PromptError(f"clean has {n} prompts but corrupt has {len(corrupt_l)}; they pair up one to one")
+    if len(corrupt_p) != n:
+        raise PromptError(f"clean has {n} prompts but corrupt has {len(corrupt_p)}; they pair up one to one")
+    templated = _templated(clean_p + corrupt_p)
+    clean_l, corrupt_l = [str(c) for c in clean_p], [str(k) for k in corrupt_p]
     answers = _broadcast(answer, "answer", n)
     wrongs = _broadcast(wrong, "wrong", n)
 
@@ -221,25 +255,31 @@ def prepare_prompts(
         c_ids, k_ids = _encode(tokenizer, c), _encode(tokenizer, k)
         _check_known(tokenizer, c_ids, c, f"clean prompt{tag}")
         _check_known(tokenizer, k_ids, k, f"corrupt prompt{tag}")
-        if len(c_ids) != len(k_ids):
+        if len(c_ids) != len(k_ids) and not templated:
             raise PromptError(
                 f"clean prompt{tag} and corrupt prompt{tag} tokenize to different lengths "
                 f"({len(c_ids)} vs {len(k_ids)}), so positions do not line up:\n"
                 f"  clean:   {token_strings(tokenizer, c_ids)}\n"
                 f"  corrupt: {token_strings(tokenizer, k_ids)}\n"
-                "Choose prompts that differ only in words of equal token length."
+                "Choose prompts that differ only in words of equal token length, or make them with "
+                "patchwidget.Template(...).fill(...): pairs of different lengths are then aligned by span."
             )
         if c_ids == k_ids and spec is None:
             raise PromptError(f"clean prompt{tag} and corrupt prompt{tag} are identical ({c!r}): nothing to patch")
-        if clean_ids and len(c_ids) != len(clean_ids[0]):
+        if clean_ids and len(c_ids) != len(clean_ids[0]) and not templated:
             raise PromptError(
                 f"prompt pair {i} has {len(c_ids)} tokens but pair 0 has {len(clean_ids[0])}; "
                 "all pairs must have one length so that positions line up across pairs:\n"
                 f"  pair 0:  {token_strings(tokenizer, clean_ids[0])}\n"
-                f"  pair {i}: {token_strings(tokenizer, c_ids)}"
+                f"  pair {i}: {token_strings(tokenizer, c_ids)}\n"
+                "Or make the prompts with patchwidget.Template(...).fill(...): pairs of different lengths "
+                "are then aligned by span."
             )
-        if max_len is not None and len(c_ids) > max_len:
-            raise PromptError(f"clean prompt{tag} has {len(c_ids)} tokens, more than the model's context of {max_len}")
+        for ids, name in ((c_ids, "clean"), (k_ids, "corrupt")):
+            if max_len is not None and len(ids) > max_len:
+                raise PromptError(
+                    f"{name} prompt{tag} has {len(ids)} tokens, more than the model's context of {max_len}"
+                )
         clean_ids.append(c_ids)
         corrupt_ids.append(k_ids)
 
@@ -258,19 +298,60 @@ def prepare_prompts(
             _noise_positions(tokenizer, spec, ids, c, f"clean prompt {i}")
             for i, (ids, c) in enumerate(zip(clean_ids, clean_l))
         ]
+    spans: dict[str, Any] = {}
+    if templated:
+        spans = _span_fields(tokenizer, clean_p, corrupt_p, clean_ids, corrupt_ids)
     return PromptBatch(
         clean=clean_l,
         corrupt=corrupt_l,
         answer=answers,
         wrong=wrongs,
-        clean_ids=torch.tensor(clean_ids),
-        corrupt_ids=torch.tensor(corrupt_ids),
+        clean_ids=_padded(tokenizer, clean_ids, corrupt_ids),
+        corrupt_ids=_padded(tokenizer, corrupt_ids, clean_ids),
         answer_ids=torch.tensor(answer_ids),
         wrong_ids=torch.tensor(wrong_ids),
         tokens=token_strings(tokenizer, clean_ids[0]),
         noise=spec,
         noise_positions=positions,
+        **spans,
     )
+
+
+def _templated(prompts: list) -> bool:
+    """Whether the prompts are ``Prompt``s of a template (all of them) or plain strings (all of them)."""
+    kinds = {isinstance(p, str) for p in prompts}
+    if len(kinds) > 1:
+        raise PromptError(
+            "clean and corrupt mix plain strings with Prompts made by Template.fill; use one kind for every prompt"
+        )
+    return kinds == {False}
+
+
+def _padded(tokenizer: Any, ids: list[list[int]], others: list[list[int]]) -> torch.Tensor:
+    """Token ids padded on the right to the longest prompt of both lists, ``(pair, pos)``.
+
+    Right padding changes nothing a causal model computes at the real tokens: each
+    keeps its position, and attends only to earlier ones, never to a pad after it.
+    """
+    width = max(len(i) for i in ids + others)
+    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    return torch.tensor([i + [pad] * (width - len(i)) for i in ids])
+
+
+def _span_fields(
+    tokenizer: Any, clean: list, corrupt: list, clean_ids: list[list[int]], corrupt_ids: list[list[int]]
+) -> dict[str, Any]:
+    """Columns, each prompt's positions per column, and the real lengths, for prompts of one template."""
+    from .templates import columns
+
+    labels = columns(clean + corrupt, tokenizer)  # one template, every prompt tokenized with offsets
+    return {
+        "columns": labels,
+        "clean_spans": [[s.positions for s in p.spans(tokenizer)] for p in clean],
+        "corrupt_spans": [[s.positions for s in p.spans(tokenizer)] for p in corrupt],
+        "clean_len": torch.tensor([len(i) for i in clean_ids]),
+        "corrupt_len": torch.tensor([len(i) for i in corrupt_ids]),
+    }
 
 
 def _broadcast(value: Texts, name: str, n: int) -> list[str]:

@@ -100,9 +100,11 @@ class PatchResult:
         return [" ".join(names[axis][i] for axis, i in enumerate(index)) for index in bad]
 
     def labels(self, dim: str) -> list[str]:
-        """Axis labels for display: token text for positions, ``L3``/``H2``/``KV1``/``N17`` otherwise."""
+        """Axis labels for display: token text for positions, span labels, ``L3``/``H2``/``KV1``/``N17`` otherwise."""
         if dim == "pos":
             return [f"{self.tokens[p]} ({p})" for p in self.coords["pos"]]
+        if dim == "span":
+            return [str(label) for label in self.coords["span"]]
         prefix = {"layer": "L", "head": "H", "kv_head": "KV", "neuron": "N"}[dim]
         return [f"{prefix}{i}" for i in self.coords[dim]]
 
@@ -155,7 +157,7 @@ class PatchResult:
             "format": "patchwidget.PatchResult",
             "version": FORMAT_VERSION,
             "dims": list(self.dims),
-            "coords": {k: [int(i) for i in v] for k, v in self.coords.items()},
+            "coords": {k: _coords(k, v) for k, v in self.coords.items()},
             "tokens": list(self.tokens),
             "per_pair": self.per_pair.tolist(),
             "clean_baseline": self.clean_baseline.tolist(),
@@ -165,6 +167,7 @@ class PatchResult:
 
     @classmethod
     def from_dict(cls, data: Any) -> PatchResult:
+        """A result from ``to_dict``'s data, every field checked."""
         if not isinstance(data, dict) or data.get("format") != "patchwidget.PatchResult":
             raise ResultFileError("not a patchwidget result (missing format marker)")
         if data.get("version") != FORMAT_VERSION:
@@ -173,7 +176,7 @@ class PatchResult:
             return cls(
                 per_pair=np.asarray(data["per_pair"], dtype=np.float32),
                 dims=tuple(str(d) for d in data["dims"]),
-                coords={str(k): [int(i) for i in v] for k, v in data["coords"].items()},
+                coords={str(k): _coords(str(k), v) for k, v in data["coords"].items()},
                 tokens=[str(t) for t in data["tokens"]],
                 clean_baseline=np.asarray(data["clean_baseline"], dtype=np.float32),
                 corrupt_baseline=np.asarray(data["corrupt_baseline"], dtype=np.float32),
@@ -247,3 +250,8 @@ def _read_npz(path: Path) -> dict[str, Any]:
                 )
             data[key] = npz[key]
     return data
+
+
+def _coords(dim: str, values: Any) -> list:
+    """A dim's coordinates as stored: span labels are text, every other coordinate an index."""
+    return [str(v) for v in values] if dim == "span" else [int(v) for v in values]

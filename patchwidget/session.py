@@ -25,7 +25,7 @@ import numpy as np
 
 from .circuits import JointResult, patch_sites
 from .engine import attention_pattern, check_batching, patch
-from .errors import PatchwidgetError
+from .errors import PatchwidgetError, PromptError
 from .grid import Cell
 from .levels import LEVELS, Computed, Level
 from .path import path_patch
@@ -82,6 +82,11 @@ class Session:
         self.model = model
         self.info = model_info(model)
         self.prompts = prepare_prompts(model.tokenizer, clean, corrupt, answer=answer, wrong=wrong)
+        if self.prompts.columns is not None:
+            raise PromptError(
+                "the widget does not take prompts made from a template yet: use pw.patch(...) for a grid by span "
+                "(result.plot() draws it), or pass plain strings of equal token lengths"
+            )
         self.texts = dict(clean=clean, corrupt=corrupt, answer=answer, wrong=wrong)
         self.batch_size = batch_size
         self.memory_budget = memory_budget

@@ -429,3 +429,36 @@ def prefix_cache(model: Any, kv: list[tuple[torch.Tensor, torch.Tensor]], rows: 
     for layer, (keys, values) in enumerate(kv):
         cache.update(keys[rows, :, :end].to(device), values[rows, :, :end].to(device), layer)
     return cache
+
+
+def last_positions(lengths: torch.Tensor, width: int, start: int = 0) -> tuple[int | torch.Tensor, torch.Tensor | None]:
+    """What to pass as ``logits_to_keep`` so that each row's last real token is unembedded, and where it lands.
+
+    Rows of a pass may end at different positions (prompts padded on the right);
+    ``lengths`` are their real lengths, ``width`` the padded one and ``start`` the
+    first position the pass computes. Returns ``(1, None)`` when every row ends
+    at the last position, else the positions to keep and each row's index into them.
+    """
+    last = lengths - 1 - start
+    if bool((last == width - 1 - start).all()):
+        return 1, None
+    keep = torch.unique(last)
+    return keep, torch.searchsorted(keep, last)
+
+
+def last_logits(model: Any, info: ModelInfo, index: torch.Tensor | None) -> Any:
+    """Inside a trace: each row's logits at its last real token, ``(row, vocab)`` (see ``last_positions``)."""
+    logits = logits_module(model, info).output
+    if index is None:
+        return logits[:, -1]
+    return logits[torch.arange(len(index)), index.to(logits.device)]
+
+
+def attend_all(model: Any, rows: int, width: int) -> torch.Tensor:
+    """An attention mask of ones, ``(rows, width)``: every row attends to all earlier positions.
+
+    Prompts padded on the right need no more (a real token never attends to a later pad),
+    and passing it says so: transformers warns about padded ids without a mask, and nnsight
+    would make a mask of only the positions a pass computes, not the cached ones before them.
+    """
+    return on_input_device(model, torch.ones(rows, width, dtype=torch.long))

@@ -1,0 +1,154 @@
+"""Prompts of any length: grids by span, checked against the plain span reference, and padding
+that changes nothing (a mixed-length batch equals each pair computed alone)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import patchwidget as pw
+
+from .reference import reference_span_patch
+
+T = pw.Template("When {IO} and {S1} went to the {PLACE} , {S2} gave a {OBJ} to")
+
+
+def ioi(io, s, place, other_place, obj="drink", other="Anna"):
+    """An IOI pair whose corrupted prompt names another subject second (and may name another place)."""
+    clean = T.fill(IO=io, S1=s, PLACE=place, S2=s, OBJ=obj)
+    corrupt = T.fill(IO=io, S1=s, PLACE=other_place, S2=other, OBJ=obj)
+    return clean, corrupt, io, s
+
+
+# Clean and corrupted prompts of different lengths within each pair, and across pairs.
+UNEQUAL = [ioi("Mary", "John", "store", "silver castle"), ioi("Tom", "Lisa", "orange forest tunnel", "park", "book")]
+# Equal lengths within each pair, different across pairs: alone, each pair needs no padding at all.
+ACROSS = [ioi("Mary", "John", "store", "park"), ioi("Tom", "Lisa", "orange forest tunnel", "silver castle anchor")]
+
+
+def args(pairs):
+    return dict(
+        clean=[p[0] for p in pairs],
+        corrupt=[p[1] for p in pairs],
+        answer=[p[2] for p in pairs],
+        wrong=[p[3] for p in pairs],
+    )
+
+
+def aligned(source_span, target_span, last_only=False):
+    """Written out independently of the engine: pair the last k positions, k the shorter span's length."""
+    k = 1 if last_only else min(len(source_span), len(target_span))
+    return list(source_span)[len(source_span) - k :], list(target_span)[len(target_span) - k :]
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+@pytest.mark.parametrize("site", ["resid_pre", "head_out", "mlp_out"])
+def test_span_grid_matches_the_plain_reference(demo, site, direction):
+    tok = demo.tokenizer
+    kw = args(UNEQUAL)
+    r = pw.patch(demo, kw.pop("clean"), kw.pop("corrupt"), site=site, direction=direction, metric="logit_diff", **kw)
+    columns = [s.label for s in UNEQUAL[0][0].spans(tok)]
+    assert r.dims[-1] == "span" and r.coords["span"] == columns
+    assert "PLACE" in columns and "last token" in columns
+    units = [None] if site != "head_out" else list(range(demo.config.n_head))
+    for i, (clean, corrupt, answer, wrong) in enumerate(UNEQUAL):
+        source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
+        src_ids, tgt_ids = (torch.tensor(tok(str(p))["input_ids"]) for p in (source, target))
+        assert len(src_ids) != len(tgt_ids)  # the point of this test
+        a, w = tok(answer)["input_ids"][0], tok(wrong)["input_ids"][0]
+        for c, (src_span, tgt_span) in enumerate(zip(source.spans(tok), target.spans(tok))):
+            read, write = aligned(src_span.positions, tgt_span.positions)
+            for layer in range(demo.config.n_layer):
+                for j, unit in enumerate(units):
+                    expected = reference_span_patch(
+                        demo._module, src_ids, tgt_ids, site, layer, read, write, a, w, unit
+                    )
+                    got = r.per_pair[i, layer, j, c] if unit is not None else r.per_pair[i, layer, c]
+                    assert got == pytest.approx(expected, abs=1e-4), (i, src_span.label, layer, unit)
+
+
+def test_last_token_of_each_span(demo):
+    tok = demo.tokenizer
+    kw = args(UNEQUAL)
+    r = pw.patch(demo, kw.pop("clean"), kw.pop("corrupt"), span_positions="last", metric="logit_diff", **kw)
+    place = r.coords["span"].index("PLACE")
+    for i, (clean, corrupt, answer, wrong) in enumerate(UNEQUAL):
+        src_ids, tgt_ids = (torch.tensor(tok(str(p))["input_ids"]) for p in (clean, corrupt))
+        read, write = aligned(clean.spans(tok)[place].positions, corrupt.spans(tok)[place].positions, last_only=True)
+        a, w = tok(answer)["input_ids"][0], tok(wrong)["input_ids"][0]
+        for layer in range(demo.config.n_layer):
+            expected = reference_span_patch(demo._module, src_ids, tgt_ids, "resid_pre", layer, read, write, a, w)
+            assert r.per_pair[i, layer, place] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("model_name", ["gpt2-demo", "gpt_neox", "llama", "gemma-gqa"])
+def test_padding_changes_nothing(tiny_models, model_name):
+    """Every per-pair value of a mixed-length batch equals the pair computed alone, with no padding.
+
+    Fails if the prompts are padded on the left without position ids (checked by padding on the
+    left: learned and rotary positions then shift, and every value of the shorter pair moves).
+    """
+    model = tiny_models[model_name]
+
+    def run(pairs, **settings):
+        kw = args(pairs)
+        return pw.patch(model, kw.pop("clean"), kw.pop("corrupt"), metric="logit_diff", batch_size=5, **kw, **settings)
+
+    for method in ("exact", "attribution"):
+        for direction in ("denoise", "noise"):
+            for site in ("resid_pre", "head_out"):
+                settings = dict(site=site, method=method, direction=direction)
+                both = run(ACROSS, **settings).per_pair
+                for i, pair in enumerate(ACROSS):
+                    alone = run([pair], **settings).per_pair
+                    # 1e-5, relative to values of size ~7 too: float32 sums in batches of another shape
+                    np.testing.assert_allclose(both[i], alone[0], rtol=1e-5, atol=1e-5, err_msg=f"{settings} pair {i}")
+
+
+def test_plain_strings_of_different_lengths_point_to_templates(demo):
+    clean, corrupt, answer, wrong = UNEQUAL[0]
+    with pytest.raises(pw.PromptError, match="Template"):
+        pw.patch(demo, str(clean), str(corrupt), answer=answer, wrong=wrong)
+
+
+def test_mixed_kinds_and_templates_are_refused_before_compute(demo):
+    clean, corrupt, answer, wrong = UNEQUAL[0]
+    with pytest.raises(pw.PromptError, match="mix plain strings"):
+        pw.patch(demo, clean, str(corrupt), answer=answer, wrong=wrong)
+    other = pw.Template("After {IO} and {S1} went to the {PLACE} , {S2} gave a {OBJ} to")
+    stranger = other.fill(IO="Mary", S1="John", PLACE="park", S2="Anna", OBJ="drink")
+    with pytest.raises(pw.PromptError, match="different templates"):
+        pw.patch(demo, [clean, clean], [corrupt, stranger], answer=answer, wrong=wrong)
+    with pytest.raises(pw.SettingsError, match="span_positions"):
+        pw.patch(demo, clean, corrupt, answer=answer, wrong=wrong, span_positions="first")
+    with pytest.raises(pw.SettingsError, match="span columns"):
+        pw.patch(demo, clean, corrupt, answer=answer, wrong=wrong, positions=[40])
+
+
+def test_entry_points_without_spans_refuse_template_prompts(demo):
+    clean, corrupt, answer, wrong = UNEQUAL[0]
+    with pytest.raises(pw.PromptError, match="work with pw.patch so far"):
+        pw.patch_sites(demo, clean, corrupt, answer=answer, wrong=wrong, cells=[pw.Cell("resid_pre", 0, pos=-1)])
+    with pytest.raises(pw.PromptError, match="widget does not take prompts made from a template"):
+        pw.explore(demo, clean, corrupt, answer=answer, wrong=wrong)
+
+
+def test_span_results_plot_save_and_load(demo, tmp_path):
+    kw = args(UNEQUAL)
+    r = pw.patch(demo, kw.pop("clean"), kw.pop("corrupt"), **kw)
+    fig = r.plot()
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert "PLACE" in labels and "last token" in labels
+    path = tmp_path / "spans.npz"
+    r.save(path)
+    back = pw.PatchResult.load(path)
+    assert back.dims == r.dims and back.coords["span"] == r.coords["span"]
+    np.testing.assert_array_equal(back.per_pair, r.per_pair)
+
+
+def test_a_span_grid_names_no_circuit(demo):
+    kw = args(UNEQUAL)
+    r = pw.patch(demo, kw.pop("clean"), kw.pop("corrupt"), **kw)
+    with pytest.raises(pw.SettingsError, match="grid by span"):
+        r.top_sites(3)
