@@ -250,6 +250,8 @@ def test_ioi_claims(demo, one_thread):
 
 
 def test_factual_recall_claims(demo, one_thread):
+    import random
+
     import patchwidget as pw
     from patchwidget import demo_data
 
@@ -289,6 +291,24 @@ def test_factual_recall_claims(demo, one_thread):
             metric="logit_diff_norm",
         ).values
         assert np.unravel_index(np.argmax(other), other.shape) == (0, 3) and other[0, 3] > 0.8
+    # Part (c): twelve pairs whose prompts differ in prefix and length; the grid by span.
+    rng, span_kw = random.Random(0), dict(clean=[], corrupt=[], answer=[], wrong=[], metric="logit_diff_norm")
+    t = pw.Template("{PREFIX} {COUNTRY} is")
+    for i in range(12):
+        country, other = rng.sample(list(demo_data.COUNTRIES), 2)
+        span_kw["clean"].append(t.fill(PREFIX=demo_data.FACT_PREFIXES[i % 6], COUNTRY=country))
+        span_kw["corrupt"].append(t.fill(PREFIX=demo_data.FACT_PREFIXES[(i + 1) % 6], COUNTRY=other))
+        span_kw["answer"].append(demo_data.COUNTRIES[country])
+        span_kw["wrong"].append(demo_data.COUNTRIES[other])
+    lengths = {len(demo.tokenizer(str(p))["input_ids"]) for p in span_kw["clean"] + span_kw["corrupt"]}
+    assert min(lengths) == 5 and max(lengths) == 9
+    by_span = pw.patch(demo, **span_kw, site="resid_pre")
+    assert by_span.coords["span"] == ["PREFIX", "COUNTRY", "is", "last token"]
+    v = by_span.values
+    assert (v[:2, 1] > 0.85).all() and (v[2:, 3] > 0.95).all() and np.abs(v[2:, 1]).max() < 0.05
+    assert np.abs(v[:, 0]).max() < 0.1 and v[:2, 3].max() < 0.15
+    mlp_span = pw.patch(demo, **span_kw, site="mlp_out").values
+    assert 0.8 < mlp_span[0, 1] < 0.92 and np.abs(mlp_span[1:, 1]).max() < 0.02
 
 
 def test_induction_claims(demo, one_thread):
