@@ -35,6 +35,24 @@ PROBE = (
 )
 
 
+def choose_drill_down() -> tuple[int, int, list[list[float]]]:
+    """The layer whose heads grid shows the most (the largest total |effect|), measured here with the
+    widget's default metric, and the token where its largest cell is: where the README's picture is taken.
+
+    Returns (layer, position, that layer's heads-by-token values).
+    """
+    import numpy as np
+
+    import patchwidget as pw
+
+    heads = pw.patch(
+        pw.load_model(), CLEAN, CORRUPT, answer="Mary", wrong="John", site="head_out", metric="logit_diff_norm"
+    ).values  # (layer, head, pos)
+    layer = int(np.abs(heads).sum(axis=(1, 2)).argmax())
+    _, pos = np.unravel_index(np.abs(heads[layer]).argmax(), heads[layer].shape)
+    return layer, int(pos), heads[layer].tolist()
+
+
 def write_notebook(folder: Path) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -121,6 +139,8 @@ def screenshot(page, path: Path) -> None:
 def test_drill_down_and_back(lab_server, page, ui_output):
     from playwright.sync_api import expect
 
+    layer, pos, measured = choose_drill_down()
+    assert max(abs(v) for row in measured for v in row) > 0.2, "no head of any layer has a visible effect"
     notebook = write_notebook(lab_server.root)
     (ui_output / "failure-page.png").unlink(missing_ok=True)  # only ever from this run
     try:
@@ -140,18 +160,23 @@ def test_drill_down_and_back(lab_server, page, ui_output):
         expect(page.locator(CRUMBS)).to_have_text(["resid_pre"])
         screenshot(page, ui_output / "widget-top.png")
 
-        # Click layer 2 at the second "John": the heads of layer 2, heads x tokens.
-        page.locator(f'{TOP_GRID} .pw-cell[data-row="2"][data-col="9"]').click()
-        heads = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Heads of layer 2"]')
+        # Click the layer and token chosen from the measured grid: that layer's heads, heads x tokens.
+        page.locator(f'{TOP_GRID} .pw-cell[data-row="{layer}"][data-col="{pos}"]').click()
+        heads = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Heads of layer {layer}"]')
         expect(heads).to_have_count(1, timeout=ACTION_TIMEOUT)
         wait_settled(page)
         expect(page.locator(f"{WIDGET} .pw-grid[role=grid]")).to_have_count(1)
         expect(heads.locator(".pw-cell[role=gridcell]")).to_have_count(N_HEADS * len(TOKENS))
         expect(heads.locator("th[role=rowheader]")).to_have_text([f"H{i}" for i in range(N_HEADS)])
         expect(page.locator(CRUMBS)).to_have_count(2)
-        expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "L2 heads"])
+        expect(page.locator(CRUMBS)).to_have_text(["resid_pre", f"L{layer} heads"])
         expect(page.locator(f'{CRUMBS}[aria-current="page"]')).to_have_attribute("data-level", "1")
-        probe(page, "top/heads 2 9 idle 2")
+        # The drawn grid is the measured one, and clearly not all zeros.
+        texts = heads.locator(".pw-cell[role=gridcell]").evaluate_all("cs => cs.map(c => c.textContent)")
+        drawn = [[float(texts[h * len(TOKENS) + i]) for i in range(len(TOKENS))] for h in range(N_HEADS)]
+        assert all(abs(d - m) <= 0.006 for dr, mr in zip(drawn, measured) for d, m in zip(dr, mr)), drawn
+        assert max(abs(v) for row in drawn for v in row) > 0.2 and sum(abs(v) > 0.1 for row in drawn for v in row) >= 2
+        probe(page, f"top/heads {layer} {pos} idle 2")
         screenshot(page, ui_output / "widget-heads.png")
 
         # Escape on a head cell goes back one level, and keeps the keyboard in the widget.
