@@ -21,6 +21,9 @@ EXAMPLES = """examples:
   patchwidget run --clean "The capital of France is" --corrupt "The capital of Japan is" \\
                   --answer Paris --wrong Tokyo --out grid.png
   patchwidget run --site head_out --by-position no --out heads.json
+  patchwidget run --template "When {IO} and {S1} went to the {PLACE} , {S2} gave a drink to" \\
+                  --clean "IO=Mary,S1=John,PLACE=store,S2=John" \\
+                  --corrupt "IO=Mary,S1=John,PLACE=silver castle,S2=Anna" --answer Mary --wrong John
   patchwidget run --model openai-community/gpt2 --clean "..." --corrupt "..." \\
                   --answer " Mary" --wrong " John"   # a hub model (needs network)
   patchwidget run --model meta-llama/Llama-3.1-8B --remote ndif ...   # on NDIF, no weights loaded here
@@ -58,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--corrupt", help="the corrupted prompt, same number of tokens")
     run.add_argument("--answer", help="the token the clean prompt should predict")
     run.add_argument("--wrong", help="the token the corrupted prompt predicts")
+    run.add_argument(
+        "--template",
+        help="a prompt template with {SLOT}s; --clean and --corrupt then give slot values, e.g. 'IO=Mary,S=John' "
+        "(the two prompts may differ in length; the grid is by span)",
+    )
     run.add_argument("--model", default=None, help="hub name or folder (default: the bundled demo model)")
     run.add_argument("--site", default="resid_pre", choices=list(SITES))
     run.add_argument("--metric", default="logit_diff_norm", choices=list(METRICS))
@@ -92,6 +100,24 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _fill(parser: argparse.ArgumentParser, template: str, clean: str, corrupt: str) -> dict:
+    """The clean and corrupted prompts from ``--template`` and slot values ``NAME=value,NAME=value``."""
+    from .errors import PatchwidgetError
+    from .templates import Template
+
+    prompts = {}
+    try:
+        t = Template(template)
+        for name, given in (("clean", clean), ("corrupt", corrupt)):
+            pairs = [item.split("=", 1) for item in given.split(",")]
+            if any(len(pair) != 2 for pair in pairs):
+                parser.error(f"--{name} with --template must be slot values like 'IO=Mary,S=John', got {given!r}")
+            prompts[name] = t.fill(**{key.strip(): value.strip() for key, value in pairs})
+    except PatchwidgetError as err:
+        parser.error(str(err).replace("\n", " "))
+    return prompts
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for bad input, with one line saying why)."""
     parser = build_parser()
@@ -111,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     texts = DEMO if args.clean is None else dict(zip(("clean", "corrupt", "answer", "wrong"), prompts))
+    if args.template is not None:
+        if args.clean is None:
+            parser.error(
+                "--template needs --clean and --corrupt (slot values, e.g. 'IO=Mary,S=John'), --answer, --wrong"
+            )
+        if args.out is not None and args.out.suffix == ".html":
+            parser.error("--out .html draws the interactive grid, which does not take template prompts yet")
+        texts = {**texts, **_fill(parser, args.template, args.clean, args.corrupt)}
 
     from tqdm.auto import tqdm
 

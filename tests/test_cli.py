@@ -114,3 +114,54 @@ def test_wrong_arguments_give_one_line_and_status_2(args, message):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("patchwidget") and message in last
+
+
+def test_template_prompts_of_different_lengths(demo, capsys):
+    template = "When {IO} and {S1} went to the {PLACE} , {S2} gave a drink to"
+    clean, corrupt = "IO=Mary,S1=John,PLACE=store,S2=John", "IO=Mary,S1=John,PLACE=silver castle,S2=Anna"
+    args = [
+        "run",
+        "--template",
+        template,
+        "--clean",
+        clean,
+        "--corrupt",
+        corrupt,
+        "--answer",
+        "Mary",
+        "--wrong",
+        "John",
+    ]
+    assert main([*args, "--metric", "logit_diff"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    t = pw.Template(template)
+    direct = pw.patch(
+        demo,
+        t.fill(IO="Mary", S1="John", PLACE="store", S2="John"),
+        t.fill(IO="Mary", S1="John", PLACE="silver castle", S2="Anna"),
+        answer="Mary",
+        wrong="John",
+        metric="logit_diff",
+    )
+    n = len(direct.coords["layer"])  # each line: a span's label (may hold spaces), then one value per layer
+    rows = {" ".join(line.split()[:-n]): [float(x) for x in line.split()[-n:]] for line in table[1:]}
+    assert list(rows) == direct.coords["span"]
+    np.testing.assert_allclose(rows["PLACE"], direct.values[:, direct.coords["span"].index("PLACE")], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("clean", "message"),
+    [
+        ("IO=Mary,S1=John,S2=John", "missing"),
+        ("IO=Mary,S1=John,PLACE=store,S2=John,X=1", "unknown"),
+        ("Mary", "slot values"),
+    ],
+)
+def test_template_slot_errors_give_one_line_and_status_2(clean, message, capsys):
+    args = ["run", "--template", "When {IO} and {S1} went to the {PLACE} , {S2} gave a drink to"]
+    args += ["--clean", clean, "--corrupt", "IO=Mary,S1=John,PLACE=park,S2=Anna", "--answer", "Mary", "--wrong", "John"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err.lower() and err.strip().count("\n") <= 1
