@@ -69,7 +69,9 @@ def main() -> None:
         tl = ["not run", "", ""]
         if n_pos <= args.tl_max:
             tl_model = copy.deepcopy(hf)  # its bridge rewires the modules of the model it wraps
-            tl_grid, t_tl, mem_tl = timed(transformer_lens(folder, tl_model, tokenizer, clean, corrupt), 1)
+            # TransformerLens changes the tokenizer it is given (pops its name): a fresh copy each time
+            tl_tokenizer = copy.deepcopy(tokenizer)
+            tl_grid, t_tl, mem_tl = timed(transformer_lens(folder, tl_model, tl_tokenizer, clean, corrupt), 1)
             np.testing.assert_allclose(grid, tl_grid, atol=1e-4)
             tl = [f"{t_tl:.2f}", f"{mem_tl / 2**20:.0f}", f"{t_tl / t_pw:.1f}x"]
         print(f"| {n_pos} | {grid.size} | {t_pw:.2f} | {mem_pw / 2**20:.0f} | {' | '.join(tl)} |", flush=True)

@@ -609,7 +609,7 @@ def patched_metric(
         first = torch.zeros_like(first)
     first = first.tolist()
     lowest_layer = [min((w.layer for w in writes), default=0) for _, writes in copies]
-    todo = sorted((i for i in range(len(copies)) if not noop[i]), key=lambda i: (first[i], lowest_layer[i]))
+    todo = [i for i in range(len(copies)) if not noop[i]]
     done = len(copies) - len(todo)
     if progress is not None and done:
         progress(done, len(copies))
@@ -680,36 +680,45 @@ def first_changes(copies: list[Copy], tables: dict[str, dict[Key, torch.Tensor]]
     return first
 
 
-# A forward pass costs about as much, beyond its rows' work, as this many positions run through every layer.
-PASS_OVERHEAD = 40
+# A forward pass costs about as much, beyond its rows' work, as this many positions run through every layer:
+# every pass reads all the weights (the unembedding's most of all). Tuned on the GPT-2-small shape on 2 CPU
+# cores (benchmarks/bench_resid_pre.py); smaller values split batches too finely there.
+PASS_OVERHEAD = 30
 
 
 def plan_batches(
     costs: list[tuple[int, int]], batch_size: int, n_pos: int, n_layers: int, ids: list[int]
 ) -> list[list[int]]:
-    """Split copies, sorted by (first position, lowest layer), into batches of at most ``batch_size``.
+    """Split copies into batches of at most ``batch_size`` that together do the least work.
 
-    A batch runs its positions from its smallest first position and its blocks from
-    its lowest layer, so its work is rows x positions x layers; each pass also costs
-    a fixed overhead. Dynamic programming over the sorted order finds the split of
-    least total work (splitting only where the order allows, which keeps it fast).
+    ``costs`` holds each copy's (first position, lowest layer). A batch runs its
+    positions from its smallest first position and its blocks from its lowest
+    layer, so its work is rows x positions x layers, plus a fixed overhead per
+    pass. The copies are ordered by position then layer, and by layer then position;
+    for each order, dynamic programming finds the split of least work into
+    consecutive runs, and the better of the two plans is taken.
     """
-    n = len(costs)
     overhead = PASS_OVERHEAD * n_layers
-    best = [0.0] + [math.inf] * n  # best[j]: least work for the first j copies
-    cut = [0] * (n + 1)
-    for i in range(n):
-        position, lowest = costs[i][0], n_layers
-        for j in range(i, min(n, i + batch_size)):
-            lowest = min(lowest, costs[j][1])
-            work = best[i] + overhead + (j - i + 1) * (n_pos - position) * (n_layers - lowest)
-            if work < best[j + 1]:
-                best[j + 1], cut[j + 1] = work, i
-    batches, j = [], n
-    while j > 0:
-        batches.append(ids[cut[j] : j])
-        j = cut[j]
-    return batches[::-1]
+    plans = []
+    for key in (lambda i: costs[i], lambda i: costs[i][::-1]):
+        order = sorted(range(len(costs)), key=key)
+        n = len(order)
+        best = [0.0] + [math.inf] * n  # best[j]: least work for the first j copies of this order
+        cut = [0] * (n + 1)
+        for i in range(n):
+            position, lowest = n_pos, n_layers
+            for j in range(i, min(n, i + batch_size)):
+                position = min(position, costs[order[j]][0])
+                lowest = min(lowest, costs[order[j]][1])
+                work = best[i] + overhead + (j - i + 1) * (n_pos - position) * (n_layers - lowest)
+                if work < best[j + 1]:
+                    best[j + 1], cut[j + 1] = work, i
+        batches, j = [], n
+        while j > 0:
+            batches.append([ids[k] for k in order[cut[j] : j]])
+            j = cut[j]
+        plans.append((best[n], batches[::-1]))
+    return min(plans, key=lambda plan: plan[0])[1]
 
 
 def _batch_writes(
