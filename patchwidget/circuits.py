@@ -35,7 +35,7 @@ from .engine import (
     with_noise,
 )
 from .errors import SettingsError
-from .grid import Cell, cell_write, layers_by_site
+from .grid import Cell, cell_write, layers_by_site, span_write
 from .prompts import Noise, Texts
 
 __all__ = ["Cell", "JointResult", "patch_sites"]
@@ -100,6 +100,9 @@ def patch_sites(
 
     Each prompt pair gives one patched copy per cell and one with every cell;
     ``batch_size``, ``memory_budget`` and ``progress`` are as in ``patch``.
+    With prompts made from a template, a cell's ``pos`` is a span label (or None
+    for every span), patched at each pair's own positions of that span, aligned
+    from its last token as in ``patch``.
 
     Example:
         >>> import patchwidget as pw
@@ -125,9 +128,10 @@ def patch_sites(
         batch_size=batch_size,
         memory_budget=memory_budget,
         remote=remote,
+        spans_ok=True,
     )
     info, prompts = request.info, request.prompts
-    writes = [cell_write(cell, info, prompts.n_pos) for cell in cells]
+    writes = [cell_write(cell, info, prompts.n_pos, prompts.columns) for cell in cells]
     repeated = sorted({cells[i].label for i, w in enumerate(writes) if writes.index(w) != i})
     if repeated:  # the sum of singles would count them twice, and the joint patch once
         raise SettingsError(f"cells has repeated cells: {', '.join(repeated)}; give each cell once")
@@ -136,6 +140,8 @@ def patch_sites(
     per_pass = fit_budget(model, request, reads, rows)
     # One patched copy per pair and cell, then one per pair with every cell.
     copies = [(pair, members) for pair in range(rows.n_pairs) for members in [(w,) for w in writes] + [tuple(writes)]]
+    if prompts.columns is not None:  # span cells: each pair's own positions of those spans, aligned
+        copies = [(pair, tuple(span_write(w, rows, pair, direction) for w in members)) for pair, members in copies]
     with torch.no_grad():
         runs = cached_runs(None, model, info, reads, rows, noise, remote, per_pass, progress)
         directed = runs.directed(direction, noise)

@@ -139,7 +139,7 @@ def prepare(
 
     Every entry point (``patch``, ``patch_sites``) starts here, so a check added
     here protects all of them. ``spans_ok``: the caller takes prompts made from a
-    template (so far ``patch`` alone).
+    template (so far ``patch`` and ``patch_sites``).
     """
     info = model_info(model)
     for site in sites:
@@ -164,8 +164,9 @@ def prepare(
     )
     if prompts.columns is not None and not spans_ok:
         raise PromptError(
-            "prompts made from a template (pw.Template(...).fill(...)) work with pw.patch so far, which grids "
-            "them by span; here, pass the prompts as plain strings (str(prompt)) of equal token lengths"
+            "prompts made from a template (pw.Template(...).fill(...)) work with pw.patch and pw.patch_sites so "
+            "far, which patch them by span; here, pass the prompts as plain strings (str(prompt)) of equal token "
+            "lengths"
         )
     return Request(info, prompts, fn, metric, direction, method, int(batch_size), memory_budget, remote)
 

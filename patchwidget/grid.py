@@ -76,7 +76,8 @@ class Write(NamedTuple):
 @dataclass(frozen=True)
 class Cell:
     """One site to patch: a layer, a head or neuron where the site has them,
-    and a position (``None`` patches every position).
+    and a position (``None`` patches every position; with prompts made from a
+    template, a span label such as ``"S2"``).
 
     Example:
         >>> Cell("mlp_neuron", 2, neuron=17).label
@@ -87,7 +88,7 @@ class Cell:
     layer: int
     head: int | None = None
     neuron: int | None = None
-    pos: int | None = None
+    pos: int | str | None = None
 
     @property
     def label(self) -> str:
@@ -198,8 +199,12 @@ def make_grid(
     )
 
 
-def cell_write(cell: Cell, info: ModelInfo, n_pos: int) -> Write:
-    """Check a cell against the model and the prompts, and turn it into one write."""
+def cell_write(cell: Cell, info: ModelInfo, n_pos: int, columns: Sequence[str] | None = None) -> Write:
+    """Check a cell against the model and the prompts, and turn it into one write.
+
+    With ``columns`` (prompts made from a template), ``cell.pos`` is a span label or
+    None, and the write's positions are column indices (see ``span_write``).
+    """
     if not isinstance(cell, Cell):
         raise SettingsError(f"cells must be patchwidget.Cell objects, got {cell!r}")
     check_site_supported(cell.site, info)
@@ -212,6 +217,16 @@ def cell_write(cell: Cell, info: ModelInfo, n_pos: int) -> Write:
     if unit is not None and given[unit] is None:
         raise SettingsError(f"{cell.label}: site {cell.site!r} needs {unit}=...")
     units = [0] if unit is None else indices([given[unit]], info.n_units(cell.site), unit, f"{unit}s")
+    if columns is not None:
+        if cell.pos is not None and cell.pos not in columns:
+            raise SettingsError(
+                f"{cell.label}: with prompts made from a template, pos is a span label, one of "
+                f"{', '.join(map(repr, columns))}, or None for every span"
+            )
+        picked = range(len(columns)) if cell.pos is None else [list(columns).index(cell.pos)]
+        return Write(cell.layer, cell.site, units[0], tuple(picked))
+    if isinstance(cell.pos, str):
+        raise SettingsError(f"{cell.label}: pos is a span label, which needs prompts made from a template")
     if cell.pos is None:
         positions = list(range(n_pos))
     else:

@@ -128,8 +128,8 @@ def test_mixed_kinds_and_templates_are_refused_before_compute(demo):
 
 def test_entry_points_without_spans_refuse_template_prompts(demo):
     clean, corrupt, answer, wrong = UNEQUAL[0]
-    with pytest.raises(pw.PromptError, match="work with pw.patch so far"):
-        pw.patch_sites(demo, clean, corrupt, answer=answer, wrong=wrong, cells=[pw.Cell("resid_pre", 0, pos=-1)])
+    with pytest.raises(pw.PromptError, match="work with pw.patch and pw.patch_sites so far"):
+        pw.path_patch(demo, clean, corrupt, answer=answer, wrong=wrong, senders=[(0, 1)])
     with pytest.raises(pw.PromptError, match="widget does not take prompts made from a template"):
         pw.explore(demo, clean, corrupt, answer=answer, wrong=wrong)
 
@@ -152,3 +152,29 @@ def test_a_span_grid_names_no_circuit(demo):
     r = pw.patch(demo, kw.pop("clean"), kw.pop("corrupt"), **kw)
     with pytest.raises(pw.SettingsError, match="grid by span"):
         r.top_sites(3)
+
+
+def test_patch_sites_with_span_cells_matches_the_span_grid(demo):
+    """A span cell patched alone equals that cell of patch's grid; two spans together equal patch with both at once."""
+    kw = args(UNEQUAL)
+    clean, corrupt = kw.pop("clean"), kw.pop("corrupt")
+    grid = pw.patch(demo, clean, corrupt, metric="logit_diff", **kw)
+    cells = [pw.Cell("resid_pre", 1, pos="S2"), pw.Cell("resid_pre", 1, pos="PLACE")]
+    joint = pw.patch_sites(demo, clean, corrupt, cells=cells, metric="logit_diff", **kw)
+    spans = grid.coords["span"]
+    for j, cell in enumerate(cells):
+        np.testing.assert_allclose(joint.per_pair_singles[:, j], grid.per_pair[:, 1, spans.index(cell.pos)], atol=1e-5)
+    both = [spans.index("S2"), spans.index("PLACE")]
+    together = pw.patch(demo, clean, corrupt, layers=[1], positions=both, by_position=False, metric="logit_diff", **kw)
+    np.testing.assert_allclose(joint.per_pair_joint, together.per_pair[:, 0], atol=1e-5)
+    with pytest.raises(pw.SettingsError, match="span label"):
+        pw.patch_sites(demo, clean, corrupt, cells=[pw.Cell("resid_pre", 1, pos=3)], **kw)
+    with pytest.raises(pw.SettingsError, match="needs prompts made from a template"):
+        pw.patch_sites(
+            demo,
+            "The capital of France is",
+            "The capital of Japan is",
+            answer="Paris",
+            wrong="Tokyo",
+            cells=[pw.Cell("resid_pre", 1, pos="S2")],
+        )
