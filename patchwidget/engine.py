@@ -615,7 +615,10 @@ def patched_metric(
     if progress is not None and done:
         progress(done, len(copies))
     n_pos, n_layers = runs.target_ids.shape[1], info.n_layers
-    for index in plan_batches([(first[i], lowest_layer[i]) for i in todo], batch_size, n_pos, n_layers, todo):
+    # On a server each pass is a request, whose round trip outweighs any work a finer split saves.
+    overhead = REMOTE_PASS_OVERHEAD if remote else PASS_OVERHEAD
+    costs = [(first[i], lowest_layer[i]) for i in todo]
+    for index in plan_batches(costs, batch_size, n_pos, n_layers, todo, overhead):
         chunk = [copies[i] for i in index]
         pairs = torch.tensor([pair for pair, _ in chunk])
         start = min(first[i] for i in index)  # positions before it come from the target run's cache
@@ -685,10 +688,16 @@ def first_changes(copies: list[Copy], tables: dict[str, dict[Key, torch.Tensor]]
 # every pass reads all the weights (the unembedding's most of all). Tuned on the GPT-2-small shape on 2 CPU
 # cores (benchmarks/bench_resid_pre.py); smaller values split batches too finely there.
 PASS_OVERHEAD = 30
+REMOTE_PASS_OVERHEAD = 10**9  # as few requests as batch_size allows; among those, the least work
 
 
 def plan_batches(
-    costs: list[tuple[int, int]], batch_size: int, n_pos: int, n_layers: int, ids: list[int]
+    costs: list[tuple[int, int]],
+    batch_size: int,
+    n_pos: int,
+    n_layers: int,
+    ids: list[int],
+    pass_overhead: float = PASS_OVERHEAD,
 ) -> list[list[int]]:
     """Split copies into batches of at most ``batch_size`` that together do the least work.
 
@@ -699,7 +708,7 @@ def plan_batches(
     for each order, dynamic programming finds the split of least work into
     consecutive runs, and the better of the two plans is taken.
     """
-    overhead = PASS_OVERHEAD * n_layers
+    overhead = pass_overhead * n_layers
     plans = []
     for key in (lambda i: costs[i], lambda i: costs[i][::-1]):
         order = sorted(range(len(costs)), key=key)
