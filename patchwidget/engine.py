@@ -50,6 +50,8 @@ from .sites import (
     CACHE,
     ModelInfo,
     add_noise,
+    answer_logits,
+    answer_unembedding,
     attend_all,
     cache_tensors,
     check_site_supported,
@@ -615,6 +617,9 @@ def patched_metric(
     if progress is not None and done:
         progress(done, len(copies))
     n_pos, n_layers = runs.target_ids.shape[1], info.n_layers
+    # The logit difference reads two logits per row: unembed only those columns (exact where the
+    # unembedding is a plain linear layer, see sites.answer_unembedding).
+    unembed = answer_unembedding(model, info) if getattr(fn, "answer_columns_only", False) and not remote else None
     # On a server each pass is a request, whose round trip outweighs any work a finer split saves.
     overhead = REMOTE_PASS_OVERHEAD if remote else PASS_OVERHEAD
     costs = [(first[i], lowest_layer[i]) for i in todo]
@@ -634,6 +639,9 @@ def patched_metric(
         if start:
             prefix[CACHE] = prefix_cache(model, runs.target_kv, pairs, start)
         keep, last = last_positions(runs.target_len[pairs], runs.target_ids.shape[1], start)
+        if unembed is not None:  # made here: names bound inside a trace's body do not come out of it
+            columns = torch.unique(torch.cat([prompts.answer_ids[pairs], prompts.wrong_ids[pairs]]))
+            weight, bias = unembed[0][columns], None if unembed[1] is None else unembed[1][columns]
         with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=keep, **prefix):
             got = nnsight.save({})  # made inside: only saved values come back from a server
             noise = None if runs.target_noise is None else runs.target_noise[pairs, start:]
@@ -645,8 +653,14 @@ def patched_metric(
                     write(model, info, site, layer, *writes[(layer, site)])
                 else:
                     got[(layer, site)] = view(model, info, site, layer).detach().clone().save()
-            logits = last_logits(model, info, last).detach().save()
-        values = fn(logits, prompts.answer_ids[pairs], prompts.wrong_ids[pairs], runs.clean_logits[pairs])
+            if unembed is None:
+                logits = last_logits(model, info, last).detach().save()
+            else:
+                logits = answer_logits(model, info, last, weight, bias).detach().save()
+        answer, wrong = prompts.answer_ids[pairs], prompts.wrong_ids[pairs]
+        if unembed is not None:  # the logits' columns are `columns`, in order
+            answer, wrong = torch.searchsorted(columns, answer), torch.searchsorted(columns, wrong)
+        values = fn(logits, answer, wrong, runs.clean_logits[pairs])
         out[torch.tensor(index)] = values.float().cpu()
         for key in reads:
             kept[key][torch.tensor(index), start:] = got[key].to(kept[key].dtype).cpu()

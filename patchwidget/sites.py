@@ -462,3 +462,31 @@ def attend_all(model: Any, rows: int, width: int) -> torch.Tensor:
     would make a mask of only the positions a pass computes, not the cached ones before them.
     """
     return on_input_device(model, torch.ones(rows, width, dtype=torch.long))
+
+
+def answer_unembedding(model: Any, info: ModelInfo) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The unembedding's weight and bias, where logits are exactly ``hidden @ weight.T + bias``:
+    a plain linear layer with its weights here (not on a server), and no logit soft-capping or
+    scaling after it. None otherwise."""
+    head = logits_module(model, info)._module
+    config = model.config
+    plain = type(head) is torch.nn.Linear and head.weight.device.type != "meta"
+    if not plain or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    return head.weight.detach(), None if head.bias is None else head.bias.detach()
+
+
+def answer_logits(
+    model: Any, info: ModelInfo, index: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None
+) -> Any:
+    """Inside a trace: each row's logits at its last real token for the rows of ``weight`` only,
+    ``(row, len(weight))``; the full unembedding is skipped (a metric that reads two answers'
+    logits does not need the other 50,000, and the pass then never reads their weights)."""
+    head = logits_module(model, info)
+    hidden = head.input  # (row, kept position, d_model)
+    rows = hidden[:, -1] if index is None else hidden[torch.arange(len(index)), index.to(hidden.device)]
+    logits = rows @ weight.to(rows.device, rows.dtype).T
+    if bias is not None:
+        logits = logits + bias.to(rows.device, rows.dtype)
+    head.skip(hidden[..., :1])
+    return logits

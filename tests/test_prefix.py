@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import patchwidget as pw
 from patchwidget import demo_data, engine
@@ -125,3 +126,26 @@ def test_runs_without_a_complete_cache_run_copies_from_position_0(demo, monkeypa
     expected = pw.patch(demo, prompt.clean, prompt.corrupt, **kw).per_pair
     monkeypatch.setattr(engine, "cache_tensors", lambda cache: None)
     np.testing.assert_allclose(pw.patch(demo, prompt.clean, prompt.corrupt, **kw).per_pair, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["gpt2-demo", "llama", "gemma-gqa"])
+def test_logit_difference_from_two_columns_equals_the_full_unembedding(tiny_models, model_name, monkeypatch):
+    """The logit difference unembeds only the answer and wrong columns; a custom metric (full logits) agrees."""
+    model = tiny_models[model_name]
+    calls = []
+    original = engine.answer_logits
+    monkeypatch.setattr(engine, "answer_logits", lambda *a: calls.append(1) or original(*a))
+    pairs = demo_data.ioi_pairs(3, seed=2)
+    kw = dict(answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], site="head_out", batch_size=9)
+    clean, corrupt = [p.clean for p in pairs], [p.corrupt for p in pairs]
+    narrow = pw.patch(model, clean, corrupt, metric="logit_diff", **kw).per_pair
+    assert calls
+    calls.clear()
+
+    def full_logit_diff(logits, answer, wrong):
+        rows = torch.arange(len(logits))
+        return logits[rows, answer] - logits[rows, wrong]
+
+    full = pw.patch(model, clean, corrupt, metric=full_logit_diff, **kw).per_pair
+    assert not calls
+    np.testing.assert_allclose(narrow, full, atol=1e-5)
