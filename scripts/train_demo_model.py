@@ -14,6 +14,7 @@ import argparse
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,20 +132,19 @@ def train(
     return model.cpu(), tokenizer
 
 
-def head_scores(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+def head_scores(model: Any, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """Previous-token and induction scores of every head, ``(layer, head)`` each, read with patchwidget.
 
     Previous-token score: mean attention from each position to the one before, on 20 texts of
     30 different random words. Induction score: mean attention from each token of a second copy to
-    the token after its first occurrence, on 20 held-out repeated sequences.
+    the token after its first occurrence, on 20 held-out repeated sequences. ``model`` is a loaded
+    patchwidget model; ``seed`` draws the texts and sequences.
     """
-    import patchwidget as pw
     from patchwidget.engine import attention_pattern
 
-    model = pw.load_model(folder)
-    rng = random.Random(7)
+    rng = random.Random(seed)
     texts = [" ".join(rng.sample(demo_data.INDUCTION_WORDS, 30)) for _ in range(20)]
-    repeats = demo_data.held_out_repeats(20, seed=7)
+    repeats = demo_data.held_out_repeats(20, seed=seed)
     shape = (model.config.n_layer, model.config.n_head)
     prev, induction = np.zeros(shape), np.zeros(shape)
     for layer, head in np.ndindex(shape):
@@ -182,7 +182,9 @@ def main() -> None:
         print(
             f"held-out accuracy over the second copy of repeated sequences {second_copy_accuracy(model, tokenizer):.3f}"
         )
-        prev, induction = head_scores(args.out)
+        import patchwidget as pw
+
+        prev, induction = head_scores(pw.load_model(args.out))
         np.set_printoptions(precision=2, suppress=True)
         print(f"previous-token score (layer x head)\n{prev}\ninduction score (layer x head)\n{induction}")
 

@@ -16,7 +16,8 @@ import torch
 
 import patchwidget as pw
 from patchwidget import demo_data
-from patchwidget.engine import attention_pattern
+
+from .test_notebooks import _pairs  # the notebooks' claims and these measure the same way
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "train_demo_model.py"
 
@@ -26,16 +27,6 @@ def _script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _pairs(pairs):
-    return dict(
-        clean=[p.clean for p in pairs],
-        corrupt=[p.corrupt for p in pairs],
-        answer=[p.answer for p in pairs],
-        wrong=[p.wrong for p in pairs],
-        metric="logit_diff_norm",
-    )
 
 
 @pytest.fixture
@@ -117,34 +108,12 @@ def test_held_out_examples_were_not_trained_on():
     assert (" ".join(text.split()[:-1]) in prompts_seen) if start == 0 else (_induction_shape(text, start) in shapes)
 
 
-def head_scores(model) -> tuple[np.ndarray, np.ndarray]:
-    """Previous-token and induction scores of every head, as the issue defines them.
-
-    Previous-token: mean attention from each position to the one before, on random text (20 texts of
-    30 different words). Induction: mean attention from each token of the second copy to the token after
-    its first occurrence, on 20 held-out repeated sequences.
-    """
-    rng = random.Random(11)
-    texts = [" ".join(rng.sample(demo_data.INDUCTION_WORDS, 30)) for _ in range(20)]
-    repeats = demo_data.held_out_repeats(20, seed=11)
-    shape = (model.config.n_layer, model.config.n_head)
-    prev, induction = np.zeros(shape), np.zeros(shape)
-    for layer, head in np.ndindex(shape):
-        prev[layer, head] = np.mean([np.diag(attention_pattern(model, t, layer, head), -1).mean() for t in texts])
-        scores = []
-        for words, start in repeats:
-            pattern, length = attention_pattern(model, " ".join(words), layer, head), len(words) - start
-            scores += [pattern[q, q - length + 1] for q in range(start, len(words))]
-        induction[layer, head] = np.mean(scores)
-    return prev, induction
-
-
 def test_previous_token_head_then_induction_head(demo, one_thread):
     """A previous-token head, induction heads in a later layer, and head patching that finds each:
     on pairs that change the keys (what the previous-token head writes) the previous-token head carries the
     largest effect, the path from it into the induction heads' keys restores it, and the induction heads
     together restore it; on pairs that change the copied value the largest effect is on an induction head."""
-    prev, induction = head_scores(demo)
+    prev, induction = _script().head_scores(demo, seed=11)
     helper = np.unravel_index(np.argmax(prev), prev.shape)
     assert prev[helper] >= 0.5, prev
     inductors = [h for h in zip(*np.nonzero(induction >= 0.4)) if h[0] > helper[0]]  # induction heads above it
