@@ -342,13 +342,13 @@ def _span_fields(
     tokenizer: Any, clean: list, corrupt: list, clean_ids: list[list[int]], corrupt_ids: list[list[int]]
 ) -> dict[str, Any]:
     """Columns, each prompt's positions per column, and the real lengths, for prompts of one template."""
-    from .templates import columns
+    from .templates import shared_spans
 
-    labels = columns(clean + corrupt, tokenizer)  # one template, every prompt tokenized with offsets
+    spans = shared_spans(clean + corrupt, tokenizer)  # one template, every prompt tokenized with offsets
     return {
-        "columns": labels,
-        "clean_spans": [[s.positions for s in p.spans(tokenizer)] for p in clean],
-        "corrupt_spans": [[s.positions for s in p.spans(tokenizer)] for p in corrupt],
+        "columns": [s.label for s in spans[0]],
+        "clean_spans": [[s.positions for s in p] for p in spans[: len(clean)]],
+        "corrupt_spans": [[s.positions for s in p] for p in spans[len(clean) :]],
         "clean_len": torch.tensor([len(i) for i in clean_ids]),
         "corrupt_len": torch.tensor([len(i) for i in corrupt_ids]),
     }

@@ -446,12 +446,17 @@ def last_positions(lengths: torch.Tensor, width: int, start: int = 0) -> tuple[i
     return keep, torch.searchsorted(keep, last)
 
 
-def last_logits(model: Any, info: ModelInfo, index: torch.Tensor | None) -> Any:
-    """Inside a trace: each row's logits at its last real token, ``(row, vocab)`` (see ``last_positions``)."""
-    logits = logits_module(model, info).output
+def at_last(kept: Any, index: torch.Tensor | None) -> Any:
+    """Each row of ``kept`` (``(row, kept position, ...)``, as ``logits_to_keep`` left it) at its
+    last real token: the last kept position, or the one ``index`` names (see ``last_positions``)."""
     if index is None:
-        return logits[:, -1]
-    return logits[torch.arange(len(index)), index.to(logits.device)]
+        return kept[:, -1]
+    return kept[torch.arange(len(index)), index.to(kept.device)]
+
+
+def last_logits(model: Any, info: ModelInfo, index: torch.Tensor | None) -> Any:
+    """Inside a trace: each row's logits at its last real token, ``(row, vocab)``."""
+    return at_last(logits_module(model, info).output, index)
 
 
 def attend_all(model: Any, rows: int, width: int) -> torch.Tensor:
@@ -484,7 +489,7 @@ def answer_logits(
     logits does not need the other 50,000, and the pass then never reads their weights)."""
     head = logits_module(model, info)
     hidden = head.input  # (row, kept position, d_model)
-    rows = hidden[:, -1] if index is None else hidden[torch.arange(len(index)), index.to(hidden.device)]
+    rows = at_last(hidden, index)
     logits = rows @ weight.to(rows.device, rows.dtype).T
     if bias is not None:
         logits = logits + bias.to(rows.device, rows.dtype)

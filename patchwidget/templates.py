@@ -329,7 +329,8 @@ class Prompt:
 
 
 def columns(prompts: Sequence[Prompt], tokenizer: Any) -> list[str]:
-    """The column labels that all ``prompts`` share, checking every prompt's tokenization on the way.
+    """The column labels that all ``prompts`` share, checking every prompt's tokenization on the way
+    (see ``shared_spans``).
 
     All prompts must come from one template; their columns then agree whatever
     the slot values, and this checks that they do.
@@ -338,6 +339,15 @@ def columns(prompts: Sequence[Prompt], tokenizer: Any) -> list[str]:
         >>> t = Template("When {IO} and {S} went to the store")
         >>> columns([t.fill(IO="Mary", S="John"), t.fill(IO="Tom", S="Anna")], tokenizer)
         ['When', 'IO', 'and', 'S', 'went to the store', 'last token']
+    """
+    return [span.label for span in shared_spans(prompts, tokenizer)[0]]
+
+
+def shared_spans(prompts: Sequence[Prompt], tokenizer: Any) -> list[list[Span]]:
+    """Every prompt's spans, each prompt tokenized once, checked to share one template's columns.
+
+    All prompts must come from one template; their columns then agree whatever
+    the slot values, and this checks that they do.
     """
     if isinstance(prompts, str | Prompt) or not isinstance(prompts, Sequence) or not prompts:
         raise PromptError(f"columns() needs a non-empty list of Prompts (made by Template.fill), got {prompts!r}")
@@ -354,16 +364,17 @@ def columns(prompts: Sequence[Prompt], tokenizer: Any) -> list[str]:
                 f"prompts of different templates cannot share one grid's columns: prompt 0 comes from "
                 f"template {first.template.text!r}, prompt {i} from template {prompt.template.text!r}"
             )
-    labels = [s.label for s in first.spans(tokenizer)]
+    spans = [prompt.spans(tokenizer) for prompt in prompts]
+    labels = [s.label for s in spans[0]]
     for i, prompt in enumerate(prompts[1:], start=1):
-        other = [s.label for s in prompt.spans(tokenizer)]
+        other = [s.label for s in spans[i]]
         if other != labels:  # only the tokenizer's added tokens can do this
             raise PromptError(
                 f"prompts 0 ({first.text!r}) and {i} ({prompt.text!r}) of template {first.template.text!r} "
                 f"tokenize to different columns, {labels} and {other}: the tokenizer adds different special "
                 "tokens to them"
             )
-    return labels
+    return spans
 
 
 def align(source: Sequence[int], target: Sequence[int], mode: str = "all") -> tuple[tuple[int, ...], tuple[int, ...]]:
