@@ -142,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 "--template needs --clean and --corrupt (slot values, e.g. 'IO=Mary,S=John'), --answer, --wrong"
             )
-        if args.out is not None and args.out.suffix == ".html":
-            parser.error("--out .html draws the interactive grid, which does not take template prompts yet")
         texts = {**texts, **_fill(parser, args.template, args.clean, args.corrupt)}
 
     from tqdm.auto import tqdm

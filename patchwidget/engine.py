@@ -32,7 +32,7 @@ import math
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import nnsight
@@ -166,9 +166,15 @@ def prepare(
     )
     if prompts.columns is not None and not spans_ok:
         raise PromptError(
-            "prompts made from a template (pw.Template(...).fill(...)) work with pw.patch and pw.patch_sites so "
-            "far, which patch them by span; here, pass the prompts as plain strings (str(prompt)) of equal token "
-            "lengths"
+            "prompts made from a template (pw.Template(...).fill(...)) work with pw.patch, pw.patch_sites, "
+            "pw.path_patch and pw.explore, which patch them by span; here, pass the prompts as plain strings "
+            "(str(prompt)) of equal token lengths"
+        )
+    if "attn_pattern" in sites and not prompts.aligned_one_to_one:
+        raise SettingsError(
+            "site 'attn_pattern' patches rows with one entry per key position, and the key positions of a pair's "
+            "two prompts do not pair up when their spans differ in length; patch head_q/head_k/head_v or "
+            "head_out instead"
         )
     return Request(info, prompts, fn, metric, direction, method, int(batch_size), memory_budget, remote)
 
@@ -227,6 +233,7 @@ def patch(
     neurons: Sequence[int] | None = None,
     by_position: bool | None = None,
     span_positions: str = "all",
+    within: str | None = None,
     batch_size: int = 64,
     memory_budget: int | None = None,
     progress: Progress | None = None,
@@ -240,6 +247,9 @@ def patch(
     span of the template (``"span"`` instead of ``"pos"``, ``positions`` index
     those columns), and a span cell patches all of the span's positions together,
     aligned from its last token (``span_positions="last"``: its last token only).
+    ``within="PLACE"`` opens one span into its positions: the columns are the
+    span's aligned positions that every pair has, ``"PLACE[0]"`` to ``"PLACE[n-1]"``
+    (the last is the span's last token), one token each.
 
     ``direction="denoise"`` copies clean activations into the corrupted run;
     ``"noise"`` copies corrupted activations into the clean run. ``layers``,
@@ -276,6 +286,9 @@ def patch(
     )
     info, prompts = request.info, request.prompts
     check_choice(span_positions, SPAN_POSITIONS, "span_positions")
+    if within is not None:
+        request = replace(request, prompts=_within(prompts, within))
+        prompts = request.prompts
     grid = make_grid(info, site, prompts.n_pos, layers, positions, heads, neurons, by_position, prompts.columns)
     rows, noise = with_noise(model, info, prompts, remote)
     per_pass = fit_budget(model, request, {grid.site}, rows)
@@ -303,6 +316,19 @@ def patch(
     result = _result(model, grid, prompts, per_pair, clean_base, corrupt_base, request)
     warn_non_finite(result.non_finite_cells(), request.metric)
     return result
+
+
+def _within(prompts: PromptBatch, span: Any) -> PromptBatch:
+    """The prompts with span ``span``'s positions as columns (``PromptBatch.within``), the label checked."""
+    if prompts.columns is None:
+        raise SettingsError(
+            f"within={span!r} opens a span into its positions, which needs prompts made from a template"
+        )
+    if span not in prompts.columns:
+        raise SettingsError(
+            f"within={span!r} is not a span of the template: choose one of {', '.join(prompts.columns)}"
+        )
+    return prompts.within(prompts.columns.index(span))
 
 
 def warn_non_finite(cells: list[str], metric: M.Metric) -> None:

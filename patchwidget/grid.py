@@ -156,6 +156,12 @@ def span_write(write: Write, prompts: PromptBatch, pair: int, direction: str, mo
     return write._replace(positions=tuple(at), read_at=tuple(at.values()))
 
 
+def target_positions(write: Write, prompts: PromptBatch, pair: int, direction: str) -> tuple[int, ...]:
+    """Every position of the target prompt of pair ``pair`` in the span columns ``write.positions``, in order."""
+    spans = prompts.corrupt_spans[pair] if direction == "denoise" else prompts.clean_spans[pair]
+    return tuple(sorted({p for column in write.positions for p in spans[column]}))
+
+
 def make_grid(
     info: ModelInfo,
     site: str,

@@ -44,9 +44,19 @@ class Level:
     pos: int | None = None
     cells: tuple[Cell, ...] = ()  # for kind "joint": the cells patched together
     target: float | None = None  # for kind "search": the share of the effect the set must restore
+    spans: bool = False  # the prompts are made from a template: columns are spans, ``pos`` indexes them
+    span: int | None = None  # the span whose positions this level's columns are (``patch(within=...)``)
 
     def label(self, tokens: list[str]) -> str:
         return LEVELS[self.kind].label(self, tokens)
+
+    def at(self, tokens: list[str]) -> str:
+        """The column this level was opened at, as text: a token, a span, or a position within a span."""
+        return tokens[self.pos] if self.span is None else f"{tokens[self.span]}[{self.pos}]"
+
+    def open(self, kind: str, **fields: Any) -> Level:
+        """A level below this one (same site and prompts)."""
+        return Level(kind, self.site, spans=self.spans, **fields)
 
 
 @dataclass
@@ -72,6 +82,9 @@ class Patcher(Protocol):
 
     def pattern(self, layer: int, head: int) -> np.ndarray: ...
 
+    @property
+    def pattern_patchable(self) -> bool: ...
+
     def path(self, receivers: str | list[Cell]) -> PatchResult: ...
 
     def find(self, target: float, on_level: Callable[[Any], None]) -> Any: ...
@@ -81,14 +94,25 @@ class Patcher(Protocol):
 
 @dataclass(frozen=True)
 class View:
-    """What drawing a level's panels needs: the prompt's tokens and the pair on show."""
+    """What drawing a level's panels needs: the column labels (the prompt's tokens, or a
+    template's spans), the pair on show, and the first clean prompt's tokens (for patterns)."""
 
     tokens: list[str]
     pair: str | int = "mean"
+    prompt_tokens: list[str] | None = None
 
     @property
     def cols(self) -> list[str]:
         return [f"{t} ({i})" for i, t in enumerate(self.tokens)]
+
+    def columns(self, result: PatchResult) -> list[str]:
+        """A by-position result's column labels: its spans where it has them, else the tokens."""
+        return [str(c) for c in result.coords["span"]] if "span" in result.dims else self.cols
+
+    @property
+    def token_cols(self) -> list[str]:
+        tokens = self.prompt_tokens or self.tokens
+        return [f"{t} ({i})" for i, t in enumerate(tokens)]
 
     def values(self, result: PatchResult) -> np.ndarray:
         return result.values if self.pair == "mean" else result.per_pair[self.pair]
@@ -129,22 +153,52 @@ def _top_panels(computed: Computed, v: View) -> list[dict]:
             panel("head_out", title, "layer", "head", r.labels("layer"), r.labels("head"), v.values(r), True)
             | v.consistency(r)
         ]
-    title = f"{site}: {SITES[site].doc}"
-    return [panel(site, title, "layer", "pos", r.labels("layer"), v.cols, v.values(r), True) | v.consistency(r)]
+    title = f"{site}: {SITES[site].doc}" + (" (by span; click a span for its positions)" if level_spans(r) else "")
+    return [
+        panel(site, title, "layer", r.dims[-1], r.labels("layer"), v.columns(r), v.values(r), True) | v.consistency(r)
+    ]
+
+
+def level_spans(result: PatchResult) -> bool:
+    """Whether ``result``'s columns are a template's spans (rather than token positions)."""
+    return "span" in result.dims
 
 
 def _top_opens(level: Level, panel: str, row: int, col: int) -> Level:
     if level.site == "head_out":
-        return Level("head", level.site, layer=row, head=col)
-    if level.site == "mlp_out":
-        return Level("neurons", level.site, layer=row, pos=col)
-    return Level("heads", level.site, layer=row, pos=col)
+        return level.open("head", layer=row, head=col)
+    if level.spans:  # a span opens into its positions first
+        return level.open("span", layer=row, span=col)
+    return _position_opens(level, row, col)
+
+
+def _position_opens(level: Level, row: int, col: int) -> Level:
+    """A (layer, position) cell opens that MLP's neurons or that layer's heads there."""
+    return level.open("neurons" if level.site == "mlp_out" else "heads", layer=row, pos=col, span=level.span)
 
 
 def _top_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Cell:
     if level.site == "head_out":
         return Cell("head_out", row, head=col)
-    return Cell(level.site, row, pos=col)
+    return Cell(level.site, row, pos=_cell_pos(level, panel, col))
+
+
+def _cell_pos(level: Level, panel: dict, col: int) -> int | str:
+    """A panel column as a Cell's ``pos``: the token index, or with a template the span's label."""
+    return panel["cols"][col] if level.spans else col
+
+
+# --- one span's positions (prompts made from a template) ------------------------------------------
+
+
+def _span_panels(computed: Computed, v: View) -> list[dict]:
+    level = computed.level
+    r = computed.results[level.site]
+    title = (
+        f"{level.site} at the positions of {v.tokens[level.span]!r}, aligned from its last token "
+        "(the positions every pair has; [n-1] is its last token)"
+    )
+    return [panel(level.site, title, "layer", "span", r.labels("layer"), v.columns(r), v.values(r), True)]
 
 
 # --- one layer's heads by token, and one head's breakdown ----------------------------------------
@@ -152,9 +206,10 @@ def _top_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) ->
 
 def _heads_panels(computed: Computed, v: View) -> list[dict]:
     r, layer = computed.results["head_out"], computed.level.layer
-    title = f"Heads of layer {layer}: output by token"
+    title = f"Heads of layer {layer}: output by " + ("span" if level_spans(r) else "token")
     return [
-        panel("head_out", title, "head", "pos", r.labels("head"), v.cols, v.values(r)[0], True) | v.consistency(r, 0)
+        panel("head_out", title, "head", r.dims[-1], r.labels("head"), v.columns(r), v.values(r)[0], True)
+        | v.consistency(r, 0)
     ]
 
 
@@ -165,7 +220,8 @@ def _kv(info: ModelInfo, site: str, head: int) -> int:
 
 def _head_compute(level: Level, p: Patcher) -> Computed:
     results = {s: p.run(s, layers=[level.layer], heads=[_kv(p.info, s, level.head)]) for s in HEAD_PARTS}
-    results["attn_pattern"] = p.run("attn_pattern", layers=[level.layer], heads=[level.head])
+    if p.pattern_patchable:  # not where a pair's spans differ in length (see engine.prepare)
+        results["attn_pattern"] = p.run("attn_pattern", layers=[level.layer], heads=[level.head])
     return Computed(level, results, p.pattern(level.layer, level.head))
 
 
@@ -173,25 +229,30 @@ def _head_panels(computed: Computed, v: View) -> list[dict]:
     level, results = computed.level, computed.results
     rows = ["q", "k", "v", "out"]
     values = np.stack([v.values(results[s])[0, 0] for s in HEAD_PARTS])
-    effect = float(v.values(results["attn_pattern"])[0, 0])
+    parts = results["head_out"]
+    if "attn_pattern" in results:
+        restores = f"patching it restores {float(v.values(results['attn_pattern'])[0, 0]):.3f}"
+    else:
+        restores = "not patched: the key positions of a pair's prompts differ"
     return [
         panel(
             "components",
-            f"L{level.layer} H{level.head}: query, key, value and output by token",
+            f"L{level.layer} H{level.head}: query, key, value and output by "
+            + ("span" if level_spans(parts) else "token"),
             "component",
-            "pos",
+            parts.dims[-1],
             rows,
-            v.cols,
+            v.columns(parts),
             values,
             False,
         ),
         panel(
             "pattern",
-            f"Attention pattern (clean run); patching it restores {effect:.3f}",
+            f"Attention pattern (first clean prompt); {restores}",
             "query",
             "key",
-            v.cols,
-            v.cols,
+            v.token_cols,
+            v.token_cols,
             computed.pattern,
             False,
             diverging=False,
@@ -203,15 +264,15 @@ def _head_opens(level: Level, panel: str, row: int, col: int) -> Level | None:
     if panel != "components":
         return None
     if row == 3:  # the head's output: where outputs go straight to the logits
-        return Level("direct", level.site, layer=level.layer, head=level.head)
-    return Level("feeds", level.site, layer=level.layer, head=level.head)
+        return level.open("direct", layer=level.layer, head=level.head)
+    return level.open("feeds", layer=level.layer, head=level.head)
 
 
 def _head_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Cell | None:
     if panel["id"] != "components":
         return None
     site = HEAD_PARTS[row]
-    return Cell(site, level.layer, head=_kv(info, site, level.head), pos=col)
+    return Cell(site, level.layer, head=_kv(info, site, level.head), pos=_cell_pos(level, panel, col))
 
 
 # --- path patching: which heads feed a head, and which reach the logits directly ---------------
@@ -252,7 +313,7 @@ def _direct_panels(computed: Computed, v: View) -> list[dict]:
 
 def _sender_opens(level: Level, panel: str, row: int, col: int) -> Level:
     """A sender cell opens that sender's breakdown: follow the circuit upstream."""
-    return Level("head", level.site, layer=row, head=col)
+    return level.open("head", layer=row, head=col)
 
 
 def _sender_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Cell:
@@ -313,11 +374,11 @@ def _neurons_panels(computed: Computed, v: View) -> list[dict]:
     level = computed.level
     effects = v.values(computed.results["mlp_neuron"])[0]
     top = np.argsort(-np.abs(effects))[:N_TOP_NEURONS]
-    title = f"Top {len(top)} MLP neurons of layer {level.layer} at {v.tokens[level.pos]!r}"
+    title = f"Top {len(top)} MLP neurons of layer {level.layer} at {level.at(v.tokens)!r}"
     rows = [f"N{i}" for i in top]
     return [
         panel("neurons", title, "neuron", "value", rows, ["effect"], effects[top, None], False)
-        | {"keys": [int(i) for i in top]}
+        | {"keys": [int(i) for i in top], "at": level.at(v.tokens) if level.spans else level.pos}
     ]
 
 
@@ -332,12 +393,26 @@ LEVELS: dict[str, LevelKind] = {
         cell=_top_cell,
         preview=True,
     ),
+    "span": LevelKind(
+        label=lambda level, tokens: f"{tokens[level.span]} by position",
+        compute=lambda level, p: Computed(level, {level.site: p.run(level.site, within=level.span)}),
+        panels=_span_panels,
+        opens=lambda level, panel, row, col: _position_opens(level, row, col),
+        preview=True,
+    ),
     "heads": LevelKind(
         label=lambda level, tokens: f"L{level.layer} heads",
-        compute=lambda level, p: Computed(level, {"head_out": p.run("head_out", layers=[level.layer])}),
+        compute=lambda level, p: Computed(
+            level, {"head_out": p.run("head_out", layers=[level.layer], within=level.span)}
+        ),
         panels=_heads_panels,
-        opens=lambda level, panel, row, col: Level("head", level.site, layer=level.layer, head=row),
-        cell=lambda level, panel, row, col, info: Cell("head_out", level.layer, head=row, pos=col),
+        opens=lambda level, panel, row, col: level.open("head", layer=level.layer, head=row),
+        # Positions within a span are not Cells (a Cell's pos is a token or a whole span).
+        cell=lambda level, panel, row, col, info: (
+            None
+            if level.span is not None
+            else Cell("head_out", level.layer, head=row, pos=_cell_pos(level, panel, col))
+        ),
         preview=True,
     ),
     "head": LevelKind(
@@ -362,13 +437,16 @@ LEVELS: dict[str, LevelKind] = {
         cell=_sender_cell,
     ),
     "neurons": LevelKind(
-        label=lambda level, tokens: f"L{level.layer} neurons at {tokens[level.pos]!r}",
+        label=lambda level, tokens: f"L{level.layer} neurons at {level.at(tokens)!r}",
         compute=lambda level, p: Computed(
-            level, {"mlp_neuron": p.run("mlp_neuron", layers=[level.layer], positions=[level.pos])}
+            level,
+            {"mlp_neuron": p.run("mlp_neuron", layers=[level.layer], positions=[level.pos], within=level.span)},
         ),
         panels=_neurons_panels,
-        cell=lambda level, panel, row, col, info: Cell(
-            "mlp_neuron", level.layer, neuron=panel["keys"][row], pos=level.pos
+        cell=lambda level, panel, row, col, info: (
+            None
+            if level.span is not None
+            else Cell("mlp_neuron", level.layer, neuron=panel["keys"][row], pos=panel["at"])
         ),
     ),
     "search": LevelKind(

@@ -49,8 +49,8 @@ from .engine import (
     with_noise,
 )
 from .errors import SettingsError
-from .grid import Cell, Write, cell_write, indices, layers_by_site
-from .prompts import Noise, Texts
+from .grid import Cell, Write, cell_write, indices, layers_by_site, span_write, target_positions
+from .prompts import Noise, PromptBatch, Texts
 from .result import PatchResult
 
 __all__ = ["RECEIVER_SITES", "path_patch"]
@@ -87,6 +87,11 @@ def path_patch(
     grouped-query attention a k/v receiver is a key-value head; ``pos`` narrows a
     receiver to one position). Everything else is as in ``patch``.
 
+    With prompts made from a template (pairs of any lengths), a sender carries the
+    source value at the positions aligned by span (as ``patch`` aligns them, from
+    each span's last token) and is frozen at its target value at the positions
+    with no partner; a receiver's ``pos`` is a span label (or None: every position).
+
     Example:
         >>> r = path_patch(model, clean, corrupt, answer="Mary", wrong="John",
         ...                senders=[(0, 1), (1, 2)])   # doctest: +SKIP
@@ -108,9 +113,10 @@ def path_patch(
         batch_size=batch_size,
         memory_budget=memory_budget,
         remote=remote,
+        spans_ok=True,
     )
     info, prompts = request.info, request.prompts
-    receiver_writes = [cell_write(c, info, prompts.n_pos) for c in receiver_cells]
+    receiver_writes = [cell_write(c, info, prompts.n_pos, prompts.columns) for c in receiver_cells]
     top = info.n_layers if to_logits else max(w.layer for w in receiver_writes)  # layers a path can end below
     sets, reachable = _sender_sets(senders, info.n_layers, info.n_heads, top)
     rows, noise = with_noise(model, info, prompts, remote)
@@ -120,10 +126,13 @@ def path_patch(
     with torch.no_grad():
         runs = cached_runs(runs_cache, model, info, reads, rows, noise, remote, per_pass, progress)
         directed = runs.directed(direction, noise)
-        every = tuple(range(prompts.n_pos))
         computed = [s for s, ok in zip(sets, reachable) if ok]
-        copies = [(pair, _run2_writes(s, info.n_heads, top, every)) for pair in range(rows.n_pairs) for s in computed]
-        values = _run(model, request, directed, copies, rows, receiver_writes, per_pass, progress)
+        copies = [
+            (pair, _run2_writes(s, info.n_heads, top, _sent_at(rows, pair, direction), rows.n_pos))
+            for pair in range(rows.n_pairs)
+            for s in computed
+        ]
+        values = _run(model, request, directed, copies, rows, receiver_writes, per_pass, progress, direction)
     per_row = torch.full((rows.n_pairs, len(sets)), float("nan"))
     per_row[:, torch.tensor(reachable)] = values.view(rows.n_pairs, len(computed))
     if senders is None:
@@ -151,6 +160,7 @@ def _run(
     receiver_writes: list[Write],
     per_pass: int,
     progress: Progress | None,
+    direction: str,
 ) -> torch.Tensor:
     """Run 2 (and, for head receivers, run 3) of every copy; the metric per copy."""
     info, fn = request.info, request.fn
@@ -164,7 +174,7 @@ def _run(
         model, info, runs, copies, rows, fn, per_pass, twice(0), request.remote, capture=capture
     )
     run3 = [
-        (pair, tuple(w._replace(origin="captured", row=i) for w in receiver_writes))
+        (pair, tuple(_at_target(w, rows, pair, direction)._replace(origin="captured", row=i) for w in receiver_writes))
         for i, (pair, _) in enumerate(copies)
     ]
     return patched_metric(model, info, runs, run3, rows, fn, per_pass, twice(1), request.remote, captured=captured)
@@ -179,13 +189,41 @@ def _twice(progress: Progress | None, n: int) -> Any:
     return stage
 
 
-def _run2_writes(senders: tuple[Sender, ...], n_heads: int, top: int, every: tuple[int, ...]) -> tuple[Write, ...]:
-    """Senders from the source run; every other head frozen at the target run, from just above the lowest
-    sender up to the receivers' layer (heads below the lowest sender see the target run unchanged)."""
+def _sent_at(rows: PromptBatch, pair: int, direction: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """Where a sender carries the source value in pair ``pair``'s target prompt, and where it reads it:
+    every position, or with prompts made from a template the positions aligned span by span."""
+    if rows.columns is None:
+        return tuple(range(rows.n_pos)), None
+    every_span = Write(0, "head_out", 0, tuple(range(len(rows.columns))))
+    w = span_write(every_span, rows, pair, direction)
+    return w.positions, w.read_at
+
+
+def _at_target(write: Write, rows: PromptBatch, pair: int, direction: str) -> Write:
+    """A receiver write at its target positions (span columns made concrete for pair ``pair``)."""
+    if rows.columns is None:
+        return write
+    return write._replace(positions=target_positions(write, rows, pair, direction))
+
+
+def _run2_writes(
+    senders: tuple[Sender, ...],
+    n_heads: int,
+    top: int,
+    sent: tuple[tuple[int, ...], tuple[int, ...] | None],
+    n_pos: int,
+) -> tuple[Write, ...]:
+    """Senders from the source run at the ``sent`` positions (written, read) and frozen at the target run
+    elsewhere; every other head frozen at the target run, from just above the lowest sender up to the
+    receivers' layer (heads below the lowest sender see the target run unchanged)."""
     if not senders:  # no sender: the target run itself
         return ()
     chosen = set(senders)
-    writes = [Write(layer, "head_out", head, every) for layer, head in senders]
+    written, read_at = sent
+    every, unsent = tuple(range(n_pos)), tuple(sorted(set(range(n_pos)) - set(written)))
+    writes = [Write(layer, "head_out", head, written, read_at=read_at) for layer, head in senders]
+    # A sender's positions with no partner in the source prompt (spans of different lengths) carry no path.
+    writes += [Write(layer, "head_out", head, unsent, origin="target") for layer, head in senders if unsent]
     low = min(layer for layer, _ in senders)
     writes += [
         Write(layer, "head_out", head, every, origin="target")

@@ -86,6 +86,33 @@ class PromptBatch:
             **spans,
         )
 
+    def within(self, column: int) -> PromptBatch:
+        """The positions of span ``column`` as columns of their own, one token each: the drill-down into a span.
+
+        A span's positions pair up from its last token (``templates.align``), so the
+        columns are the aligned positions that every pair has: ``n``, the shortest
+        of the span's lengths over all prompts, labelled ``"S2[0]"`` to ``"S2[n-1]"``
+        (the last is the span's last token in every prompt).
+
+        Example:
+            >>> batch.within(batch.columns.index("PLACE")).columns   # doctest: +SKIP
+            ['PLACE[0]', 'PLACE[1]']
+        """
+        assert self.columns is not None and self.clean_spans is not None and self.corrupt_spans is not None
+        spans = [s[column] for s in self.clean_spans + self.corrupt_spans]
+        n = min(len(s) for s in spans)
+        return replace(
+            self,
+            columns=[f"{self.columns[column]}[{i}]" for i in range(n)],
+            clean_spans=[[(p,) for p in s[column][len(s[column]) - n :]] for s in self.clean_spans],
+            corrupt_spans=[[(p,) for p in s[column][len(s[column]) - n :]] for s in self.corrupt_spans],
+        )
+
+    @property
+    def aligned_one_to_one(self) -> bool:
+        """Every pair's clean and corrupted prompts have their spans at the same positions (or no spans)."""
+        return self.clean_spans is None or self.clean_spans == self.corrupt_spans
+
 
 Texts = str | Sequence[str]  # or patchwidget.templates.Prompt objects, one or a list
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from .circuits import JointResult, patch_sites
 from .engine import attention_pattern, check_batching, patch
-from .errors import PatchwidgetError, PromptError
+from .errors import PatchwidgetError
 from .grid import Cell
 from .levels import LEVELS, Computed, Level
 from .path import path_patch
@@ -82,11 +82,6 @@ class Session:
         self.model = model
         self.info = model_info(model)
         self.prompts = prepare_prompts(model.tokenizer, clean, corrupt, answer=answer, wrong=wrong)
-        if self.prompts.columns is not None:
-            raise PromptError(
-                "the widget does not take prompts made from a template yet: use pw.patch(...) for a grid by span "
-                "(result.plot() draws it), or pass plain strings of equal token lengths"
-            )
         self.texts = dict(clean=clean, corrupt=corrupt, answer=answer, wrong=wrong)
         self.batch_size = batch_size
         self.memory_budget = memory_budget
@@ -134,6 +129,15 @@ class Session:
     @property
     def latest(self) -> int:
         return self._latest
+
+    @property
+    def labels(self) -> list[str]:
+        """What the grids' columns are: the first clean prompt's tokens, or a template's spans."""
+        return self.prompts.columns if self.prompts.columns is not None else self.prompts.tokens
+
+    def top(self, site: str) -> Level:
+        """The first level of a drill-down on ``site``."""
+        return Level("top", site, spans=self.prompts.columns is not None)
 
     # --- the worker -----------------------------------------------------------
 
@@ -227,8 +231,14 @@ class _Patcher:
             remote=s.remote,
         )
 
-    def run(self, site: str, **kwargs: Any) -> PatchResult:
+    @property
+    def pattern_patchable(self) -> bool:
+        return self.session.prompts.aligned_one_to_one
+
+    def run(self, site: str, within: int | None = None, **kwargs: Any) -> PatchResult:
         s = self.session
+        if within is not None:  # a level names a span by its column; patch takes its label
+            kwargs["within"] = s.prompts.columns[within]
         return patch(
             s.model, site=site, method=self.settings.method, runs_cache=s.runs_cache, **self._common(), **kwargs
         )

@@ -65,9 +65,10 @@ def controls(site: str, settings: Settings, pair: str | int, n_pairs: int) -> Co
 
 
 def level_view(
-    request_id: int, levels: list[Level], computed: Computed, settings: Settings, tokens: list[str], pair: str | int
+    request_id: int, levels: list[Level], computed: Computed, settings: Settings, session: Session, pair: str | int
 ) -> View:
-    """The ``view`` trait for the last of ``levels``."""
+    """The ``view`` trait for the last of ``levels``: columns labelled by the session's tokens or spans."""
+    tokens = session.labels
     first = next(iter(computed.results.values()), None)
     note = first.settings.get("note", "") if first is not None else ""
     if not computed.exact and computed.circuit is not None:
@@ -80,7 +81,9 @@ def level_view(
         "title": f"{computed.level.label(tokens)} · {settings.direction} · {settings.metric}",
         "note": note,
         "exact": computed.exact and settings.method == "exact",
-        "panels": LEVELS[computed.level.kind].panels(computed, PanelView(tokens, pair)),  # type: ignore[typeddict-item]
+        "panels": LEVELS[computed.level.kind].panels(  # type: ignore[typeddict-item]
+            computed, PanelView(tokens, pair, session.prompts.tokens)
+        ),
     }
 
 
@@ -112,7 +115,7 @@ def computed_states(session: Session, top: Level, settings: Settings, pair: str 
 
     ``edges`` maps ``"state|panel|row|col"`` to the state that click opens.
     """
-    tokens = session.prompts.tokens
+    tokens = session.labels
     states: list[dict] = []
     edges: dict[str, int] = {}
     todo: list[tuple[list[Level], str | None]] = [([top], None)]
@@ -124,7 +127,7 @@ def computed_states(session: Session, top: Level, settings: Settings, pair: str 
         state_id = len(states)
         if parent is not None:
             edges[parent] = state_id
-        view = {**level_view(0, path, computed, settings, tokens, pair), "note": "", "exact": True}
+        view = {**level_view(0, path, computed, settings, session, pair), "note": "", "exact": True}
         states.append({"view": view, "breadcrumb": breadcrumb(path, tokens)})
         for panel in view["panels"]:
             for row in range(len(panel["rows"]) if panel["clickable"] else 0):

@@ -97,7 +97,7 @@ class PatchWidget(anywidget.AnyWidget):
             on_error=self._on_error,
             on_status=self._on_server_status,
         )
-        self._levels = [Level("top", site)]
+        self._levels = [self.session.top(site)]
         self._settings = Settings(direction=direction, metric=metric)
         self._pair: str | int = "mean"
         self._pending: dict[int, tuple[list[Level], Settings]] = {}
@@ -213,7 +213,7 @@ class PatchWidget(anywidget.AnyWidget):
         if not isinstance(value, str) or value not in allowed:
             raise MessageError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
         if key == "site":
-            self._request(request_id, [Level("top", value)], self._settings)
+            self._request(request_id, [self.session.top(value)], self._settings)
         else:
             self._request(request_id, self._levels, replace(self._settings, **{key: value}))
 
@@ -271,10 +271,9 @@ class PatchWidget(anywidget.AnyWidget):
 
     def _show(self, request_id: int, computed: Computed) -> None:
         self._computed = computed
-        tokens = self.session.prompts.tokens
-        view = V.level_view(request_id, self._levels, computed, self._settings, tokens, self._pair)
+        view = V.level_view(request_id, self._levels, computed, self._settings, self.session, self._pair)
         self.view = {**view, "joint": self._joint_box} if self._joint_box is not None else view
-        self.breadcrumb = V.breadcrumb(self._levels, tokens)
+        self.breadcrumb = V.breadcrumb(self._levels, self.session.labels)
         self.controls = V.controls(self._levels[0].site, self._settings, self._pair, self.session.prompts.n_pairs)
         self.status = V.status("idle" if computed.exact else "running", request_id)
         self.path = [asdict(level) for level in self._levels]

@@ -312,15 +312,22 @@ def _head_outputs(model, ids):
     return box
 
 
-def reference_path_patch(model, source_ids, target_ids, senders, receivers):
+def reference_path_patch(model, source_ids, target_ids, senders, receivers, aligned=None, receiver_positions=None):
     """The three steps of path patching, written out plainly (Wang et al. 2022).
 
     ``senders`` is a list of (layer, head); ``receivers`` ``"logits"`` or a list of
-    (site, layer, unit) with site in head_q/head_k/head_v, patched at every position.
+    (site, layer, unit) with site in head_q/head_k/head_v, patched at every position
+    (or at ``receiver_positions`` of the target, one list per receiver).
     Returns the target's last-position logits after the last step. Every head that is
     not a sender is frozen at its target value, at every layer (the engine freezes only
-    the layers a change can reach; the values must agree).
+    the layers a change can reach; the values must agree). ``aligned``, for prompts of
+    different lengths, lists (source position, target position) pairs: a sender takes the
+    source value only there and its target value everywhere else; None pairs every
+    position with itself.
     """
+    if aligned is None:
+        assert len(source_ids) == len(target_ids), "prompts of different lengths need `aligned`"
+        aligned = [(p, p) for p in range(len(target_ids))]
     names, sizes = NAMES[model.config.model_type], Sizes(model.config)
     source, target = _head_outputs(model, source_ids), _head_outputs(model, target_ids)
     chosen = set(map(tuple, senders))
@@ -331,7 +338,10 @@ def reference_path_patch(model, source_ids, target_ids, senders, receivers):
             x = args[0]
             heads = x[0].view(x.shape[1], sizes.h, sizes.dh)  # (pos, head, d_head), a view of the input
             for head in range(sizes.h):
-                heads[:, head] = (source if (layer, head) in chosen else target)[layer][:, head]
+                heads[:, head] = target[layer][:, head]
+                if (layer, head) in chosen:
+                    for s, t in aligned:
+                        heads[t, head] = source[layer][s, head]
 
         handles.append(get(block, names["o"]).register_forward_pre_hook(freeze))
     captured = []
@@ -351,10 +361,11 @@ def reference_path_patch(model, source_ids, target_ids, senders, receivers):
     if receivers == "logits":
         return logits
     handles = []
-    for (site, layer, unit), value in zip(receivers, captured):
+    at = receiver_positions or [list(range(len(target_ids)))] * len(receivers)
+    for (site, layer, unit), value, positions in zip(receivers, captured, at):
 
-        def put(act, unit=unit, value=value):
-            act[:, unit] = value
+        def put(act, unit=unit, value=value, positions=positions):
+            act[positions, unit] = value[positions]
 
         handles.append(site_hooks(model, site, layer, sizes, put))
     try:

@@ -116,7 +116,7 @@ def test_wrong_arguments_give_one_line_and_status_2(args, message):
     assert last.startswith("patchwidget") and message in last
 
 
-def test_template_prompts_of_different_lengths(demo, capsys):
+def test_template_prompts_of_different_lengths(demo, capsys, tmp_path):
     template = "When {IO} and {S1} went to the {PLACE} , {S2} gave a drink to"
     clean, corrupt = "IO=Mary,S1=John,PLACE=store,S2=John", "IO=Mary,S1=John,PLACE=silver castle,S2=Anna"
     args = [
@@ -147,6 +147,12 @@ def test_template_prompts_of_different_lengths(demo, capsys):
     rows = {" ".join(line.split()[:-n]): [float(x) for x in line.split()[-n:]] for line in table[1:]}
     assert list(rows) == direct.coords["span"]
     np.testing.assert_allclose(rows["PLACE"], direct.values[:, direct.coords["span"].index("PLACE")], atol=1e-3)
+    page = tmp_path / "spans.html"
+    assert main([*args, "--out", str(page)]) == 0
+    text = page.read_text()
+    data = json.loads(text.split('<script type="application/json" id="pw-data">', 1)[1].split("</script>", 1)[0])
+    (panel,) = data["states"][0]["view"]["panels"]
+    assert panel["col_dim"] == "span" and panel["cols"] == direct.coords["span"]
 
 
 @pytest.mark.parametrize(

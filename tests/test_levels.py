@@ -22,7 +22,7 @@ def session(demo):
 
 
 def test_every_kind_is_one_entry(session):
-    assert set(LEVELS) == {"top", "heads", "head", "feeds", "direct", "neurons", "search", "joint"}
+    assert set(LEVELS) == {"top", "span", "heads", "head", "feeds", "direct", "neurons", "search", "joint"}
     for kind, entry in LEVELS.items():
         assert callable(entry.label) and callable(entry.compute) and callable(entry.panels), kind
 

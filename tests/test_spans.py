@@ -9,7 +9,7 @@ import torch
 
 import patchwidget as pw
 
-from .reference import reference_span_patch
+from .reference import reference_path_patch, reference_span_patch
 
 T = pw.Template("When {IO} and {S1} went to the {PLACE} , {S2} gave a {OBJ} to")
 
@@ -126,12 +126,70 @@ def test_mixed_kinds_and_templates_are_refused_before_compute(demo):
         pw.patch(demo, clean, corrupt, answer=answer, wrong=wrong, positions=[40])
 
 
-def test_entry_points_without_spans_refuse_template_prompts(demo):
-    clean, corrupt, answer, wrong = UNEQUAL[0]
-    with pytest.raises(pw.PromptError, match="work with pw.patch and pw.patch_sites so far"):
-        pw.path_patch(demo, clean, corrupt, answer=answer, wrong=wrong, senders=[(0, 1)])
-    with pytest.raises(pw.PromptError, match="widget does not take prompts made from a template"):
-        pw.explore(demo, clean, corrupt, answer=answer, wrong=wrong)
+def _path_reference(model, pairs, direction, senders, receivers):
+    """Logit difference per pair from the plain path-patching twin, senders aligned span by span
+    (written out here, independently of the engine), receivers at their spans' target positions."""
+    tok = model.tokenizer
+    out = []
+    for clean, corrupt, answer, wrong in pairs:
+        source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
+        src_ids, tgt_ids = (torch.tensor(tok(str(p))["input_ids"]) for p in (source, target))
+        pairs_at = []
+        for src_span, tgt_span in zip(source.spans(tok), target.spans(tok)):
+            read, write = aligned(src_span.positions, tgt_span.positions)
+            pairs_at += [(r, w) for r, w in zip(read, write) if w not in {t for _, t in pairs_at}]
+        plain, at = "logits", None
+        if receivers != "logits":
+            plain = [(c.site, c.layer, c.head) for c in receivers]
+            spans = {s.label: s.positions for s in target.spans(tok)}
+            at = [list(spans[c.pos]) if c.pos is not None else list(range(len(tgt_ids))) for c in receivers]
+        logits = reference_path_patch(model._module, src_ids, tgt_ids, senders, plain, pairs_at, at)
+        a, w = tok(answer)["input_ids"][0], tok(wrong)["input_ids"][0]
+        out.append(float(logits[a] - logits[w]))
+    return np.array(out)
+
+
+# A pair whose names differ before a slot of different lengths: positions with no partner then see
+# a changed past, so freezing a sender there matters.
+CHANGED_BEFORE = (
+    T.fill(IO="Mary", S1="John", PLACE="store", S2="John", OBJ="drink"),
+    T.fill(IO="Anna", S1="Tom", PLACE="silver castle", S2="Lisa", OBJ="drink"),
+    "Mary",
+    "John",
+)
+
+
+@pytest.mark.parametrize("model_name", ["gpt2-demo", "llama"])
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_path_patching_across_lengths_matches_the_plain_twin(tiny_models, model_name, direction):
+    """Senders carry the source value at the span-aligned positions only (frozen elsewhere); receivers
+    at a span's positions of the target; pairs of different lengths in one batch."""
+    model = tiny_models[model_name]
+    last = model.config.num_hidden_layers - 1
+    pairs = [*UNEQUAL, CHANGED_BEFORE]
+    kw = args(pairs)
+    clean, corrupt = kw.pop("clean"), kw.pop("corrupt")
+    moved = 0.0
+    # A value receiver at PLACE reads the positions with no partner: there a sender's freeze matters.
+    receiver_sets = [
+        [pw.Cell("head_q", last, head=0), pw.Cell("head_k", last, head=1, pos="S2")],
+        [pw.Cell("head_v", last, head=0, pos="PLACE")],
+    ]
+    for receivers in ["logits", *receiver_sets]:
+        for senders in ([(0, 1)], [(0, 3), (1, 1)]):
+            got = pw.path_patch(
+                model, clean, corrupt, **kw, senders=senders, receivers=receivers, direction=direction, batch_size=3
+            )
+            want = _path_reference(model, pairs, direction, senders, receivers)
+            np.testing.assert_allclose(got.per_pair, want, atol=1e-4, rtol=0, err_msg=f"{receivers} {senders}")
+            base = got.corrupt_baseline if direction == "denoise" else got.clean_baseline
+            moved = max(moved, np.abs(got.per_pair - base).max())
+    assert moved > 1e-2  # the comparison has power
+    sweep = pw.path_patch(model, clean, corrupt, **kw, direction=direction)
+    assert sweep.dims == ("layer", "head")
+    np.testing.assert_allclose(
+        sweep.per_pair[:, 0, 1], _path_reference(model, pairs, direction, [(0, 1)], "logits"), atol=1e-4
+    )
 
 
 def test_span_results_plot_save_and_load(demo, tmp_path):
@@ -178,3 +236,47 @@ def test_patch_sites_with_span_cells_matches_the_span_grid(demo):
             wrong="Tokyo",
             cells=[pw.Cell("resid_pre", 1, pos="S2")],
         )
+
+
+def test_guided_search_refuses_template_prompts_before_compute(demo, monkeypatch):
+    monkeypatch.setattr(demo, "trace", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a forward pass ran")))
+    clean, corrupt, answer, wrong = UNEQUAL[0]
+    with pytest.raises(pw.PromptError, match="pw.patch, pw.patch_sites, pw.path_patch and pw.explore"):
+        pw.find_circuit(demo, clean, corrupt, answer=answer, wrong=wrong)
+
+
+def test_within_opens_a_span_into_the_positions_every_pair_has(demo):
+    """``within`` columns are the span's aligned positions, one token each, as the plain reference patches them."""
+    tok = demo.tokenizer
+    pair = ioi("Mary", "John", "orange forest tunnel", "silver castle")  # PLACE: 3 tokens, then 2
+    kw = args([pair])
+    r = pw.patch(demo, kw.pop("clean"), kw.pop("corrupt"), within="PLACE", metric="logit_diff", **kw)
+    assert r.dims == ("layer", "span") and r.coords["span"] == ["PLACE[0]", "PLACE[1]"]
+    clean, corrupt, answer, wrong = pair
+    src_ids, tgt_ids = (torch.tensor(tok(str(p))["input_ids"]) for p in (clean, corrupt))
+    place = [s.label for s in clean.spans(tok)].index("PLACE")
+    src, tgt = clean.spans(tok)[place].positions, corrupt.spans(tok)[place].positions
+    a, w = tok(answer)["input_ids"][0], tok(wrong)["input_ids"][0]
+    for i, (read, written) in enumerate(zip(src[-2:], tgt[-2:])):  # aligned from the last token
+        for layer in range(demo.config.n_layer):
+            expected = reference_span_patch(demo._module, src_ids, tgt_ids, "resid_pre", layer, [read], [written], a, w)
+            assert r.per_pair[0, layer, i] == pytest.approx(expected, abs=1e-4)
+    # With a pair whose PLACE has one token, only the last position is one every pair has.
+    kw = args([pair, UNEQUAL[0]])
+    both = pw.patch(demo, kw.pop("clean"), kw.pop("corrupt"), within="PLACE", metric="logit_diff", **kw)
+    assert both.coords["span"] == ["PLACE[0]"]
+    np.testing.assert_allclose(both.per_pair[0, :, 0], r.per_pair[0, :, 1], atol=1e-5)
+    kw = args(UNEQUAL)
+    with pytest.raises(pw.SettingsError, match="not a span of the template"):
+        pw.patch(demo, kw.pop("clean"), kw.pop("corrupt"), within="NOPE", **kw)
+    with pytest.raises(pw.SettingsError, match="needs prompts made from a template"):
+        pw.patch(demo, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo", within="X")
+
+
+def test_attention_pattern_across_lengths_is_refused(demo):
+    kw = args(UNEQUAL)
+    with pytest.raises(pw.SettingsError, match="attn_pattern"):
+        pw.patch(demo, kw.pop("clean"), kw.pop("corrupt"), site="attn_pattern", **kw)
+    kw = args(ACROSS)  # equal lengths within each pair: the pattern's rows pair up
+    r = pw.patch(demo, kw.pop("clean"), kw.pop("corrupt"), site="attn_pattern", layers=[1], **kw)
+    assert np.isfinite(r.values).all()
