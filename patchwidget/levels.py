@@ -198,7 +198,9 @@ def _span_panels(computed: Computed, v: View) -> list[dict]:
         f"{level.site} at the positions of {v.tokens[level.span]!r}, aligned from its last token "
         "(the positions every pair has; [n-1] is its last token)"
     )
-    return [panel(level.site, title, "layer", "span", r.labels("layer"), v.columns(r), v.values(r), True)]
+    return [
+        panel(level.site, title, "layer", "span", r.labels("layer"), v.columns(r), v.values(r), True) | v.consistency(r)
+    ]
 
 
 # --- one layer's heads by token, and one head's breakdown ----------------------------------------

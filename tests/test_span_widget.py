@@ -42,6 +42,8 @@ def test_a_span_cell_opens_its_positions_then_the_heads_there(widget, demo):
     assert panel["cols"] == want.coords["span"] == ["PLACE[0]"]  # "store"/"park" have one token: one position
     np.testing.assert_allclose(np.array(panel["values"], dtype=float), want.values, atol=1e-5)
     assert [c["label"] for c in widget.breadcrumb] == ["resid_pre", "PLACE by position"]
+    spread = want.spread()
+    np.testing.assert_allclose(np.array(panel["spread"], dtype=float), spread, atol=1e-5)  # two pairs: spread shown
     send(widget, type="drill", request_id=2, panel="resid_pre", row=2, col=0)
     wait_idle(widget, 2)
     heads = pw.patch(demo, **KW, metric="logit_diff_norm", site="head_out", layers=[2], within="PLACE")

@@ -200,3 +200,33 @@ def test_offline_page_replays_its_drill_down_with_hostile_tokens(page, tmp_path,
         raise
     assert not widget_errors(page), "JavaScript errors in the page:\n" + "\n".join(page.errors)
     assert page.evaluate("document.querySelectorAll('script').length") == 3
+
+
+def test_offline_page_opens_a_span_into_its_positions(page, tmp_path, ui_output, demo):
+    """Template prompts of different lengths: the page's grid is by span, and a click on a span cell
+    opens its positions (computed in the notebook, replayed by the page in chromium)."""
+    from playwright.sync_api import expect
+
+    import patchwidget as pw
+
+    from ..test_spans import UNEQUAL, args
+
+    widget = pw.explore(demo, **args(UNEQUAL), preview=False)
+    columns = widget.session.labels
+    place = columns.index("PLACE")
+    level = widget.session.drill(widget._levels[0], "resid_pre", 1, place)
+    widget.session.cache[(level, widget._settings)] = widget.session.compute(level, widget._settings)
+    path = widget.save_html(tmp_path / "spans.html")
+    widget.close()
+    try:
+        page.goto(path.as_uri(), wait_until="load")
+        top = page.locator(TOP_GRID)
+        expect(top.locator(".pw-cell[role=gridcell]")).to_have_count(N_LAYERS * len(columns), timeout=TIMEOUT)
+        expect(top.locator("th[role=columnheader]")).to_have_text(columns)
+        top.locator(f'.pw-cell[data-row="1"][data-col="{place}"]').click()
+        expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "PLACE by position"], timeout=TIMEOUT)
+        expect(page.locator(f"{WIDGET} th[role=columnheader]")).to_have_text(["PLACE[0]"])
+    except BaseException:
+        page.screenshot(path=str(ui_output / "failure-spans.png"), full_page=True, timeout=10_000)
+        raise
+    assert not widget_errors(page), "JavaScript errors in the page:\n" + "\n".join(page.errors)
