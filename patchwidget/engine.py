@@ -731,6 +731,9 @@ PASS_OVERHEAD = 30
 REMOTE_PASS_OVERHEAD = 10**9  # as few requests as batch_size allows; among those, the least work
 
 
+BAND_WIDTHS = (2, 3, 4, 6, 8)  # position bands tried by plan_batches
+
+
 def plan_batches(
     costs: list[tuple[int, int]],
     batch_size: int,
@@ -744,13 +747,18 @@ def plan_batches(
     ``costs`` holds each copy's (first position, lowest layer). A batch runs its
     positions from its smallest first position and its blocks from its lowest
     layer, so its work is rows x positions x layers, plus a fixed overhead per
-    pass. The copies are ordered by position then layer, and by layer then position;
-    for each order, dynamic programming finds the split of least work into
-    consecutive runs, and the better of the two plans is taken.
+    pass. The copies are ordered by position then layer, by layer then position,
+    and in bands of ``w`` positions each ordered by layer (``BAND_WIDTHS``: a band's
+    copies at one layer share a pass and start within ``w`` positions of each
+    other, which suits grids where every position changes); for each order,
+    dynamic programming finds the split of least work into consecutive runs, and
+    the plan of least work is taken.
     """
     overhead = pass_overhead * n_layers
     plans = []
-    for key in (lambda i: costs[i], lambda i: costs[i][::-1]):
+    orders = [lambda i: costs[i], lambda i: costs[i][::-1]]
+    orders += [lambda i, w=w: (costs[i][0] // w, costs[i][1], costs[i][0]) for w in BAND_WIDTHS]
+    for key in orders:
         order = sorted(range(len(costs)), key=key)
         n = len(order)
         best = [0.0] + [math.inf] * n  # best[j]: least work for the first j copies of this order

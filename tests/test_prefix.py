@@ -87,7 +87,7 @@ def test_prefix_reuse_in_path_patching(demo, monkeypatch, reuse_count):
     assert reuse_count
 
 
-def test_batch_plan_covers_every_copy_once_within_batch_size():
+def test_batch_plan_covers_every_copy_once_within_batch_size(monkeypatch):
     costs = sorted((p, layer) for p in range(15) for layer in range(12) for _ in range(3))
     ids = list(range(len(costs)))
     for batch_size in (1, 7, 64, 1000):
@@ -110,6 +110,11 @@ def test_batch_plan_covers_every_copy_once_within_batch_size():
         overhead + len(b) * 15 * (12 - costs[b[0]][1]) for b in (by_layer[i : i + 64] for i in range(0, 540, 64))
     )
     assert planned < 0.9 * before
+    # Bands of positions ordered by layer: on a grid where every position changes, below the best
+    # split of either plain order (the planner before bands), by more than 5 % (measured: 8 %).
+    monkeypatch.setattr(engine, "BAND_WIDTHS", ())
+    plain = work(engine.plan_batches(costs, 64, 15, 12, ids))
+    assert planned < 0.95 * plain
 
 
 def test_runs_without_a_complete_cache_run_copies_from_position_0(demo, monkeypatch):
