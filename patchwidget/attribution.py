@@ -115,7 +115,7 @@ def _estimate_rows(
 
     Returns ``(per_pair, clean_logits, corrupt_logits)`` with ``per_pair``
     shaped ``(pair, *grid.shape)``. ``noise`` is added to the corrupted run's
-    token embeddings (see ``engine.with_noise``).
+    token embeddings (see ``runs.with_noise``).
     """
 
     source_ids, target_ids = (

@@ -27,11 +27,12 @@ import torch
 
 from . import metrics as M
 from .circuits import JointResult, patch_sites
-from .engine import Progress, entry_point
+from .engine import entry_point
 from .errors import PromptError, ResultFileError, SettingsError
 from .files import write_atomic
 from .grid import READ_ORDER, WRITE_ORDER, Cell, cell_write
 from .prompts import Texts, token_strings
+from .runs import Progress
 from .sites import ModelInfo, logits_module, model_info, on_input_device, view
 
 FORMAT = "patchwidget.Circuit"

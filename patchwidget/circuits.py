@@ -23,20 +23,11 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .engine import (
-    Progress,
-    cached_runs,
-    entry_point,
-    fit_budget,
-    patched_metric,
-    prepare,
-    summarize,
-    warn_non_finite,
-    with_noise,
-)
+from .engine import entry_point, fit_budget, patched_metric, prepare, summarize, warn_non_finite
 from .errors import SettingsError
 from .grid import Cell, cell_write, layers_by_site, span_write
 from .prompts import Noise, Texts
+from .runs import Progress, cached_runs, with_noise
 
 __all__ = ["Cell", "JointResult", "patch_sites"]
 

@@ -11,10 +11,10 @@ The whole algorithm, in three steps:
 3. **Measure.** The metric reads each row's logits at the last position; the
    per-pair values and their mean go into a ``PatchResult``.
 
-``patch`` (one site over a grid, one cell per row) and ``circuits.patch_sites``
-(chosen cells alone and together) are clients of the same pieces: ``prepare``
-(the one validation preamble), ``cached_runs`` (step 1) and ``patched_metric``
-(steps 2 and 3).
+``patch`` (one site over a grid, one cell per row), ``circuits.patch_sites``
+(chosen cells alone and together) and ``path.path_patch`` are clients of the same
+pieces: ``prepare`` (the one validation preamble), ``runs.cached_runs`` (step 1)
+and ``patched_metric`` (steps 2 and 3, with ``plan`` choosing the batches).
 
 Example:
     >>> from patchwidget import load_model, patch
@@ -39,13 +39,15 @@ import nnsight
 import numpy as np
 import torch
 
-from . import attribution, memory
+from . import attribution, memory, plan
 from . import metrics as M
 from .errors import NonFiniteWarning, PromptError, SettingsError
-from .grid import READ_ORDER, WRITE_ORDER, Grid, Write, check_choice, indices, make_grid, span_write
+from .grid import READ_ORDER, WRITE_ORDER, Grid, check_choice, indices, make_grid, span_write
+from .plan import Copy, Key
 from .prompts import Noise, PromptBatch, Texts, prepare_prompts
 from .remote import prepare_remote, trace_kwargs
 from .result import PatchResult
+from .runs import Directed, Progress, cached_runs, with_noise
 from .sites import (
     CACHE,
     ModelInfo,
@@ -53,16 +55,12 @@ from .sites import (
     answer_logits,
     answer_unembedding,
     attend_all,
-    cache_tensors,
     check_site_supported,
-    hidden_states,
     last_logits,
     last_positions,
     layer_module,
     model_info,
-    module,
     on_input_device,
-    output_form,
     prefix_cache,
     skip_block,
     view,
@@ -71,7 +69,6 @@ from .templates import SPAN_POSITIONS
 
 DIRECTIONS = ("denoise", "noise")
 METHODS = ("exact", "attribution")
-Progress = Callable[[int, int], None]
 F = TypeVar("F", bound=Callable[..., Any])
 
 # nnsight traces are not thread-safe, and the widget's worker thread shares models with
@@ -369,221 +366,7 @@ def summarize(
     return values, clean_base, corrupt_base
 
 
-# --- noise as the corruption ---------------------------------------------------------------------
-
-
-def with_noise(
-    model: Any, info: ModelInfo, prompts: PromptBatch, remote: bool | str = False
-) -> tuple[PromptBatch, torch.Tensor | None]:
-    """Prompts with one row per noise sample, and the noise to add to the
-    corrupted rows' token embeddings, ``(row, pos, d_model)``; ``None`` when
-    the corruption is a prompt."""
-    spec = prompts.noise
-    if spec is None:
-        return prompts, None
-    weight = module(model, info.arch.embed).weight
-    std = embedding_std(model, info, remote) * spec.scale
-    gen = torch.Generator().manual_seed(spec.seed)
-    noise = torch.zeros(prompts.n_pairs * spec.samples, prompts.n_pos, weight.shape[1], dtype=weight.dtype)
-    for pair, positions in enumerate(prompts.noise_positions or []):
-        for sample in range(spec.samples):
-            noise[pair * spec.samples + sample, positions] = (
-                torch.randn(len(positions), weight.shape[1], generator=gen).to(weight.dtype) * std
-            )
-    return prompts.rows(torch.arange(prompts.n_pairs).repeat_interleave(spec.samples)), noise
-
-
-def embedding_std(model: Any, info: ModelInfo, remote: bool | str = False) -> float:
-    """The standard deviation of the token-embedding matrix, read where the weights are."""
-    weight = module(model, info.arch.embed).weight
-    if weight.device.type != "meta":
-        return float(weight.detach().float().std())
-    with torch.no_grad():  # weights not loaded here (remote=True): one token's trace reads them on the server
-        with model.trace(torch.zeros(1, 1, dtype=torch.long), **trace_kwargs(model, remote)):
-            std = module(model, info.arch.embed).weight.detach().float().std().save()
-    return float(std)
-
-
-# --- step 1: the clean and corrupted runs --------------------------------------------------------
-
-Key = tuple[int, str]  # (layer, site)
-
-# Patched copies compute only from their first patched position on, reading the keys and values
-# of the positions before it from the target run (False: every copy runs from position 0).
-REUSE_PREFIX = True
-
-
-@dataclass
-class Runs:
-    """What the clean and corrupted runs leave behind; every tensor is
-    ``(2 * pair, ...)`` with the clean rows first."""
-
-    n_pairs: int
-    acts: dict[Key, torch.Tensor]  # site activation per (layer, site), (run, pos, unit, width)
-    blocks: list[torch.Tensor]  # each block's output, (run, pos, d_model), for skipping unpatched layers
-    logits: torch.Tensor  # (run, vocab), last position
-    ids: torch.Tensor  # (run, pos), padded on the right where prompts differ in length
-    lengths: torch.Tensor  # (run,) real lengths
-    block_form: int = 0  # how the blocks returned their output in these runs (sites.output_form)
-    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (keys, values), (run, kv_head, pos, d_head)
-
-    @property
-    def clean_logits(self) -> torch.Tensor:
-        return self.logits[: self.n_pairs]
-
-    @property
-    def corrupt_logits(self) -> torch.Tensor:
-        return self.logits[self.n_pairs :]
-
-    def directed(self, direction: str, noise: torch.Tensor | None = None) -> Directed:
-        """Source and target halves: denoising patches clean into corrupt."""
-        n = self.n_pairs
-        src, tgt = (slice(0, n), slice(n, 2 * n)) if direction == "denoise" else (slice(n, 2 * n), slice(0, n))
-        return Directed(
-            source={key: a[src] for key, a in self.acts.items()},
-            target={key: a[tgt] for key, a in self.acts.items()},
-            target_blocks=[b[tgt] for b in self.blocks],
-            block_form=self.block_form,
-            target_logits=self.logits[tgt],
-            target_ids=self.ids[tgt],
-            target_len=self.lengths[tgt],
-            clean_logits=self.clean_logits,
-            target_noise=noise if direction == "denoise" else None,
-            target_kv=None if self.kv is None else [(k[tgt], v[tgt]) for k, v in self.kv],
-        )
-
-
-@dataclass
-class Directed:
-    """The runs seen from one direction: the source activations copied into patched copies of the target prompt."""
-
-    source: dict[Key, torch.Tensor]  # (pair, pos, unit, width)
-    target: dict[Key, torch.Tensor]
-    target_blocks: list[torch.Tensor]  # (pair, pos, d_model)
-    block_form: int  # how the blocks returned their output in the target run (sites.output_form)
-    target_logits: torch.Tensor  # (pair, vocab)
-    target_ids: torch.Tensor  # (pair, pos)
-    target_len: torch.Tensor  # (pair,) real lengths of the target prompts
-    clean_logits: torch.Tensor  # (pair, vocab)
-    target_noise: torch.Tensor | None = None  # (pair, pos, d_model) when the target run is the noised one
-    target_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, (pair, kv_head, pos, d_head)
-
-
-def cached_runs(
-    store: dict | None,
-    model: Any,
-    info: ModelInfo,
-    reads: dict[str, list[int]],
-    prompts: PromptBatch,
-    noise: torch.Tensor | None,
-    remote: bool | str,
-    rows_per_pass: int,
-    progress: Progress | None = None,
-) -> Runs:
-    """``run_cache``, remembered in ``store`` under everything its result depends on.
-
-    Runs that recorded more sites serve a request for fewer: ``find_circuit`` records
-    all its sites once, and every grid it ranks with reuses those runs.
-    """
-    if store is None:
-        return run_cache(model, info, reads, prompts, noise, remote, rows_per_pass, progress)
-    same = (
-        id(model),
-        prompts.clean_ids.numpy().tobytes(),
-        prompts.corrupt_ids.numpy().tobytes(),
-        prompts.clean_ids.shape,
-        repr(prompts.noise),
-    )
-    for (*prefix, sites), runs in store.items():
-        if tuple(prefix) == same and set(reads) <= set(sites):
-            return runs
-    # Every layer, so that any later grid of these sites finds its layers.
-    every_layer = {site: list(range(info.n_layers)) for site in reads}
-    runs = store[(*same, tuple(sorted(reads)))] = run_cache(
-        model, info, every_layer, prompts, noise, remote, rows_per_pass, progress
-    )
-    return runs
-
-
-def run_cache(
-    model: Any,
-    info: ModelInfo,
-    reads: dict[str, list[int]],
-    prompts: PromptBatch,
-    noise: torch.Tensor | None = None,
-    remote: bool | str = False,
-    rows_per_pass: int = 64,
-    progress: Progress | None = None,
-) -> Runs:
-    """Traces over the clean and corrupted prompts, recording ``reads`` (site -> layers) and what patching needs.
-
-    The runs take at most ``rows_per_pass`` prompts a pass (clean and corrupted
-    ones alike), so that many prompt pairs fit the same memory as the patched
-    copies; when they take several passes, each reports ``progress``. Run here
-    (not remotely), they also keep every layer's keys and values, which patched
-    copies reuse for the positions before their first patched one.
-    """
-    ids = torch.cat([prompts.clean_ids, prompts.corrupt_ids])  # (run, pos)
-    noise_all = None if noise is None else torch.cat([torch.zeros_like(noise), noise])
-    keep_kv = REUSE_PREFIX and not remote  # a server would send every layer's keys and values back
-    parts = []
-    for start in range(0, len(ids), rows_per_pass):
-        rows = slice(start, min(start + rows_per_pass, len(ids)))
-        part_noise = None if noise_all is None else noise_all[rows]
-        parts.append(_run_pass(model, info, reads, ids[rows], prompts.lengths[rows], part_noise, remote, keep_kv))
-        if progress is not None and rows_per_pass < len(ids):
-            progress(rows.stop, len(ids))
-    acts = {key: torch.cat([p[0][key] for p in parts]) for key in parts[0][0]}
-    blocks = [torch.cat([p[1][i] for p in parts]) for i in range(len(parts[0][1]))]
-    logits = torch.cat([p[2] for p in parts])
-    kv = None
-    if keep_kv and all(p[4] is not None and len(p[4]) == info.n_layers for p in parts):
-        kv = [tuple(torch.cat([p[4][layer][i] for p in parts]) for i in (0, 1)) for layer in range(info.n_layers)]
-    return Runs(prompts.n_pairs, acts, blocks, logits, ids, prompts.lengths, parts[0][3], kv)
-
-
-def _run_pass(
-    model: Any,
-    info: ModelInfo,
-    reads: dict[str, list[int]],
-    ids: torch.Tensor,
-    lengths: torch.Tensor,
-    noise: torch.Tensor | None,
-    remote: bool | str,
-    keep_kv: bool = False,
-) -> tuple[dict[Key, torch.Tensor], list[torch.Tensor], torch.Tensor, int, list | None]:
-    """One trace over some rows of the runs."""
-    keys = sorted(
-        {(layer, site) for site, layers in reads.items() for layer in layers},
-        key=lambda k: (k[0], READ_ORDER.index(k[1])),
-    )
-    top = max(layer for layer, _ in keys)
-    keep, index = last_positions(lengths, ids.shape[1])
-    with model.trace(
-        on_input_device(model, ids),
-        **trace_kwargs(model, remote),
-        logits_to_keep=keep,
-        use_cache=keep_kv,
-        attention_mask=attend_all(model, *ids.shape),
-    ):
-        acts, blocks = nnsight.save({}), nnsight.save([])  # made inside: only saved values come back from a server
-        form = nnsight.save([0])
-        add_noise(model, info, noise, slice(None))
-        for layer in range(top + 1):
-            for key in (k for k in keys if k[0] == layer):
-                acts[key] = view(model, info, key[1], layer).detach().clone().save()
-            if layer < top:
-                out = layer_module(model, info, layer).output
-                form[0] = output_form(out)  # observed, to skip blocks in the patched runs in the same form
-                blocks.append(hidden_states(out).detach().clone().save())
-        logits = last_logits(model, info, index).detach().save()
-        cache = getattr(model.output, CACHE).save() if keep_kv else None
-    return dict(acts), list(blocks), logits, form[0], cache_tensors(cache) if keep_kv else None
-
-
 # --- steps 2 and 3: the patched copies ------------------------------------------------------------
-
-Copy = tuple[int, tuple[Write, ...]]  # (pair, the writes of one patched copy of that pair's target prompt)
 
 
 def patched_metric(
@@ -623,8 +406,8 @@ def patched_metric(
     )
     kept: dict[Key, torch.Tensor] = {key: runs.target[key][[pair for pair, _ in copies]].clone() for key in reads}
     out = torch.empty(len(copies))
-    first = first_changes(copies, tables)
-    noop = first == NO_CHANGE
+    first = plan.first_changes(copies, tables)
+    noop = first == plan.NO_CHANGE
     if noop.any():  # patching in an identical activation changes nothing: the target run's own value
         pairs = torch.tensor([pair for (pair, _), same in zip(copies, noop) if same])
         out[noop] = (
@@ -647,9 +430,9 @@ def patched_metric(
     # unembedding is a plain linear layer, see sites.answer_unembedding).
     unembed = answer_unembedding(model, info) if getattr(fn, "answer_columns_only", False) and not remote else None
     # On a server each pass is a request, whose round trip outweighs any work a finer split saves.
-    overhead = REMOTE_PASS_OVERHEAD if remote else PASS_OVERHEAD
+    overhead = plan.REMOTE_PASS_OVERHEAD if remote else None
     costs = [(first[i], lowest_layer[i]) for i in todo]
-    for index in plan_batches(costs, batch_size, n_pos, n_layers, todo, overhead):
+    for index in plan.plan_batches(costs, batch_size, n_pos, n_layers, todo, overhead):
         chunk = [copies[i] for i in index]
         pairs = torch.tensor([pair for pair, _ in chunk])
         start = min(first[i] for i in index)  # positions before it come from the target run's cache
@@ -694,89 +477,6 @@ def patched_metric(
         if progress is not None:
             progress(done, len(copies))
     return (out, kept) if capture is not None else out
-
-
-NO_CHANGE = torch.iinfo(torch.long).max
-
-
-def first_changes(copies: list[Copy], tables: dict[str, dict[Key, torch.Tensor]]) -> torch.Tensor:
-    """Per copy, the first position where a write puts a value other than the target run's own, ``(copy,)``.
-
-    ``NO_CHANGE`` where none does: the copy is a no-op. Before that position the copy
-    is the target run at every layer (the model is causal), so writes there, freezes
-    included, change nothing. One comparison per (layer, site) for all copies at once.
-    """
-    entries: dict[tuple[int, str, str], list[tuple[int, int, int, int, int]]] = {}
-    for i, (pair, writes) in enumerate(copies):
-        for w in writes:
-            if w.origin == "target":  # a freeze puts back the target run's own value
-                continue
-            at = w.row if w.origin == "captured" else pair
-            pairs = zip(w.positions, w.read_at or w.positions)
-            entries.setdefault((w.layer, w.site, w.origin), []).extend((i, at, pair, p, r, w.unit) for p, r in pairs)
-    first = torch.full((len(copies),), NO_CHANGE)
-    target = tables["target"]
-    for (layer, site, origin), rows in entries.items():
-        i, at, pair, p, r, u = torch.tensor(rows).T
-        values = tables[origin][(layer, site)][at, r, u]  # (entry, width)
-        changed = (values != target[(layer, site)][pair, p, u]).flatten(1).any(1).cpu()
-        first.scatter_reduce_(0, i[changed], p[changed], "amin")
-    return first
-
-
-# A forward pass costs about as much, beyond its rows' work, as this many positions run through every layer:
-# every pass reads all the weights (the unembedding's most of all). Tuned on the GPT-2-small shape on 2 CPU
-# cores (benchmarks/bench_resid_pre.py); smaller values split batches too finely there.
-PASS_OVERHEAD = 30
-REMOTE_PASS_OVERHEAD = 10**9  # as few requests as batch_size allows; among those, the least work
-
-
-BAND_WIDTHS = (2, 3, 4, 6, 8)  # position bands tried by plan_batches
-
-
-def plan_batches(
-    costs: list[tuple[int, int]],
-    batch_size: int,
-    n_pos: int,
-    n_layers: int,
-    ids: list[int],
-    pass_overhead: float = PASS_OVERHEAD,
-) -> list[list[int]]:
-    """Split copies into batches of at most ``batch_size`` that together do the least work.
-
-    ``costs`` holds each copy's (first position, lowest layer). A batch runs its
-    positions from its smallest first position and its blocks from its lowest
-    layer, so its work is rows x positions x layers, plus a fixed overhead per
-    pass. The copies are ordered by position then layer, by layer then position,
-    and in bands of ``w`` positions each ordered by layer (``BAND_WIDTHS``: a band's
-    copies at one layer share a pass and start within ``w`` positions of each
-    other, which suits grids where every position changes); for each order,
-    dynamic programming finds the split of least work into consecutive runs, and
-    the plan of least work is taken.
-    """
-    overhead = pass_overhead * n_layers
-    plans = []
-    orders = [lambda i: costs[i], lambda i: costs[i][::-1]]
-    orders += [lambda i, w=w: (costs[i][0] // w, costs[i][1], costs[i][0]) for w in BAND_WIDTHS]
-    for key in orders:
-        order = sorted(range(len(costs)), key=key)
-        n = len(order)
-        best = [0.0] + [math.inf] * n  # best[j]: least work for the first j copies of this order
-        cut = [0] * (n + 1)
-        for i in range(n):
-            position, lowest = n_pos, n_layers
-            for j in range(i, min(n, i + batch_size)):
-                position = min(position, costs[order[j]][0])
-                lowest = min(lowest, costs[order[j]][1])
-                work = best[i] + overhead + (j - i + 1) * (n_pos - position) * (n_layers - lowest)
-                if work < best[j + 1]:
-                    best[j + 1], cut[j + 1] = work, i
-        batches, j = [], n
-        while j > 0:
-            batches.append([ids[k] for k in order[cut[j] : j]])
-            j = cut[j]
-        plans.append((best[n], batches[::-1]))
-    return min(plans, key=lambda plan: plan[0])[1]
 
 
 def _batch_writes(

@@ -34,24 +34,13 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .engine import (
-    Copy,
-    Progress,
-    Request,
-    cached_runs,
-    entry_point,
-    fit_budget,
-    patched_metric,
-    prepare,
-    provenance,
-    summarize,
-    warn_non_finite,
-    with_noise,
-)
+from .engine import Request, entry_point, fit_budget, patched_metric, prepare, provenance, summarize, warn_non_finite
 from .errors import SettingsError
 from .grid import Cell, Write, cell_write, indices, layers_by_site, span_write, target_positions
+from .plan import Copy
 from .prompts import Noise, PromptBatch, Texts
 from .result import PatchResult
+from .runs import Progress, cached_runs, with_noise
 
 __all__ = ["RECEIVER_SITES", "path_patch"]
 

@@ -35,21 +35,11 @@ import torch
 
 from . import metrics as M
 from .circuit import Circuit
-from .engine import (
-    METHODS,
-    Progress,
-    cached_runs,
-    entry_point,
-    fit_budget,
-    patch,
-    patched_metric,
-    prepare,
-    provenance,
-    with_noise,
-)
+from .engine import METHODS, entry_point, fit_budget, patch, patched_metric, prepare, provenance
 from .errors import SettingsError
 from .grid import Cell, Write, check_choice
 from .prompts import Noise, Texts
+from .runs import Progress, cached_runs, with_noise
 
 __all__ = ["CURVE_PERCENTS", "LEVELS", "find_circuit"]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import patchwidget as pw
-from patchwidget import demo_data, engine
+from patchwidget import demo_data, engine, plan, runs
 
 from .test_engine_reference import MODELS
 
@@ -33,9 +33,9 @@ def reuse_count(monkeypatch):
 def both_ways(monkeypatch, run):
     """``run()`` with prefix reuse, then with every copy computed from position 0."""
     reused = run()
-    monkeypatch.setattr(engine, "REUSE_PREFIX", False)
+    monkeypatch.setattr(runs, "REUSE_PREFIX", False)
     full = run()
-    monkeypatch.setattr(engine, "REUSE_PREFIX", True)
+    monkeypatch.setattr(runs, "REUSE_PREFIX", True)
     return reused, full
 
 
@@ -91,19 +91,19 @@ def test_batch_plan_covers_every_copy_once_within_batch_size(monkeypatch):
     costs = sorted((p, layer) for p in range(15) for layer in range(12) for _ in range(3))
     ids = list(range(len(costs)))
     for batch_size in (1, 7, 64, 1000):
-        batches = engine.plan_batches(costs, batch_size, 15, 12, ids)
+        batches = plan.plan_batches(costs, batch_size, 15, 12, ids)
         assert sorted(i for b in batches for i in b) == ids
         assert all(0 < len(b) <= batch_size for b in batches)
     # Least work under the cost model it states: below full batches in the same order, and below
     # every copy run from position 0 in full batches sorted by layer (the engine before prefix reuse).
-    overhead = engine.PASS_OVERHEAD * 12
+    overhead = plan.PASS_OVERHEAD * 12
 
     def work(batches):
         return sum(
             overhead + len(b) * (15 - min(costs[i][0] for i in b)) * (12 - min(costs[i][1] for i in b)) for b in batches
         )
 
-    planned = work(engine.plan_batches(costs, 64, 15, 12, ids))
+    planned = work(plan.plan_batches(costs, 64, 15, 12, ids))
     assert planned < work([ids[i : i + 64] for i in range(0, len(ids), 64)])
     by_layer = sorted(ids, key=lambda i: costs[i][1])
     before = sum(
@@ -112,8 +112,8 @@ def test_batch_plan_covers_every_copy_once_within_batch_size(monkeypatch):
     assert planned < 0.9 * before
     # Bands of positions ordered by layer: on a grid where every position changes, below the best
     # split of either plain order (the planner before bands), by more than 5 % (measured: 8 %).
-    monkeypatch.setattr(engine, "BAND_WIDTHS", ())
-    plain = work(engine.plan_batches(costs, 64, 15, 12, ids))
+    monkeypatch.setattr(plan, "BAND_WIDTHS", ())
+    plain = work(plan.plan_batches(costs, 64, 15, 12, ids))
     assert planned < 0.95 * plain
 
 
@@ -129,7 +129,7 @@ def test_runs_without_a_complete_cache_run_copies_from_position_0(demo, monkeypa
     prompt = demo_data.fact_pairs(1, seed=0)[0]
     kw = dict(answer=prompt.answer, wrong=prompt.wrong, metric="logit_diff")
     expected = pw.patch(demo, prompt.clean, prompt.corrupt, **kw).per_pair
-    monkeypatch.setattr(engine, "cache_tensors", lambda cache: None)
+    monkeypatch.setattr(runs, "cache_tensors", lambda cache: None)
     np.testing.assert_allclose(pw.patch(demo, prompt.clean, prompt.corrupt, **kw).per_pair, expected, atol=1e-5)
 
 
