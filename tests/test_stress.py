@@ -35,6 +35,8 @@ def test_a_hundred_quick_clicks_end_on_the_last_request(demo):
         "pos": 13,
         "cells": (),
         "target": None,  # find_circuit's target, for a search level only
+        "spans": False,  # plain-string prompts: columns are tokens
+        "span": None,
     }
     assert handler_time < 30  # handlers return at once; only a broken queue could take this long
     seen = []
