@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +199,8 @@ class Circuit:
                 f"this circuit was found on a model of shape {found}, but this model has {info.shape()}"
             )
         for cell in self.cells:  # also checks cells against a model when no shape was recorded
+            if isinstance(cell.pos, str):  # a span label: which positions it names depends on the prompts
+                cell = replace(cell, pos=None)
             cell_write(cell, info, 1 if cell.pos is None else max(cell.pos, -cell.pos - 1) + 1)
         return info
 
@@ -259,10 +261,17 @@ def _cell_dict(cell: Cell) -> dict[str, Any]:
 def _cell(data: Any) -> Cell:
     if not isinstance(data, dict) or set(data) - {"site", "layer", "head", "neuron", "pos"}:
         raise ValueError(f"a cell must be {{site, layer, head?, neuron?, pos?}}, got {data!r}")
-    ints = {k: data[k] for k in ("layer", "head", "neuron", "pos") if k in data}
-    if not isinstance(data.get("site"), str) or not all(type(v) is int for v in ints.values()):
-        raise ValueError(f"a cell's site is a string and its indices integers, got {data!r}")
-    return Cell(data["site"], **ints)
+    ints = {k: data[k] for k in ("layer", "head", "neuron") if k in data}
+    pos = data.get("pos")
+    if (
+        not isinstance(data.get("site"), str)
+        or not all(type(v) is int for v in ints.values())
+        or not (pos is None or type(pos) is int or isinstance(pos, str))
+    ):
+        raise ValueError(
+            f"a cell's site is a string, its indices integers and its pos an integer or a span label, got {data!r}"
+        )
+    return Cell(data["site"], **ints, pos=pos)
 
 
 def from_result(result: Any, k: int) -> Circuit:

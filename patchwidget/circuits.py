@@ -119,7 +119,6 @@ def patch_sites(
         batch_size=batch_size,
         memory_budget=memory_budget,
         remote=remote,
-        spans_ok=True,
     )
     info, prompts = request.info, request.prompts
     writes = [cell_write(cell, info, prompts.n_pos, prompts.columns) for cell in cells]

@@ -41,7 +41,7 @@ import torch
 
 from . import attribution, memory, plan
 from . import metrics as M
-from .errors import NonFiniteWarning, PromptError, SettingsError
+from .errors import NonFiniteWarning, SettingsError
 from .grid import READ_ORDER, WRITE_ORDER, Grid, check_choice, indices, make_grid, span_write
 from .plan import Copy, Key
 from .prompts import Noise, PromptBatch, Texts, prepare_prompts
@@ -132,13 +132,12 @@ def prepare(
     batch_size: int = 64,
     memory_budget: float | None = None,
     remote: bool | str = False,
-    spans_ok: bool = False,
 ) -> Request:
     """Check everything a patching request depends on, before any forward pass.
 
-    Every entry point (``patch``, ``patch_sites``) starts here, so a check added
-    here protects all of them. ``spans_ok``: the caller takes prompts made from a
-    template (so far ``patch`` and ``patch_sites``).
+    Every entry point (``patch``, ``patch_sites``, ``path_patch``, ``find_circuit``)
+    starts here, so a check added here protects all of them. Prompts made from a
+    template are accepted here; each entry point patches them by span.
     """
     info = model_info(model)
     for site in sites:
@@ -161,12 +160,6 @@ def prepare(
     prompts = prepare_prompts(
         model.tokenizer, clean, corrupt, answer=answer, wrong=wrong, max_len=context_length(model)
     )
-    if prompts.columns is not None and not spans_ok:
-        raise PromptError(
-            "prompts made from a template (pw.Template(...).fill(...)) work with pw.patch, pw.patch_sites, "
-            "pw.path_patch and pw.explore, which patch them by span; here, pass the prompts as plain strings "
-            "(str(prompt)) of equal token lengths"
-        )
     if "attn_pattern" in sites and not prompts.aligned_one_to_one:
         raise SettingsError(
             "site 'attn_pattern' patches rows with one entry per key position, and the key positions of a pair's "
@@ -279,7 +272,6 @@ def patch(
         batch_size=batch_size,
         memory_budget=memory_budget,
         remote=remote,
-        spans_ok=True,
     )
     info, prompts = request.info, request.prompts
     check_choice(span_positions, SPAN_POSITIONS, "span_positions")

@@ -102,7 +102,6 @@ def path_patch(
         batch_size=batch_size,
         memory_budget=memory_budget,
         remote=remote,
-        spans_ok=True,
     )
     info, prompts = request.info, request.prompts
     receiver_writes = [cell_write(c, info, prompts.n_pos, prompts.columns) for c in receiver_cells]

@@ -37,9 +37,10 @@ from . import metrics as M
 from .circuit import Circuit
 from .engine import METHODS, entry_point, fit_budget, patch, patched_metric, prepare, provenance
 from .errors import SettingsError
-from .grid import Cell, Write, check_choice
+from .grid import Cell, Write, check_choice, span_write
 from .prompts import Noise, Texts
 from .runs import Progress, cached_runs, with_noise
+from .templates import LAST_TOKEN
 
 __all__ = ["CURVE_PERCENTS", "LEVELS", "find_circuit"]
 
@@ -76,6 +77,11 @@ def find_circuit(
     ``on_level(circuit)``, if given, sees the set kept after each level as the search goes
     (the widget draws it), with ``reached`` None until the search ends.
 
+    Prompts made from a template (pairs of any lengths) are searched by span: the
+    ``"positions"`` level opens a site into one cell per template piece (the
+    ``"last token"`` column, a position every final piece already holds, is left out),
+    each cell's ``pos`` a span label, patched aligned as ``patch`` aligns spans.
+
     Example:
         >>> circuit = find_circuit(model, clean, corrupt, answer="Mary", wrong="John", target=0.8)  # doctest: +SKIP
     """
@@ -99,6 +105,9 @@ def find_circuit(
         remote=remote,
     )
     info, prompts = request.info, request.prompts
+    # The columns searched: token positions, or a template's pieces (its "last token" column repeats a position).
+    columns = list(range(prompts.n_pos)) if prompts.columns is None else _piece_columns(prompts.columns)
+    labels = None if prompts.columns is None else prompts.columns
     rows, noise = with_noise(model, info, prompts, remote)
     per_pass = fit_budget(model, request, sites, rows)
     store: dict = {}
@@ -112,6 +121,7 @@ def find_circuit(
         batch_size=batch_size,
         memory_budget=memory_budget,
         remote=remote,
+        positions=None if labels is None else columns,
     )
     with torch.no_grad():
         runs = cached_runs(
@@ -138,6 +148,8 @@ def find_circuit(
     def restore(sets: list[tuple[Write, ...]], report: Progress | None = None) -> torch.Tensor:
         """The exact joint restore of each set, per pair: ``(set, pair)``, normalised to the target run's 0."""
         copies = [(pair, s) for pair in range(rows.n_pairs) for s in sets]
+        if labels is not None:  # span columns: each pair's own positions, aligned
+            copies = [(pair, tuple(span_write(w, rows, pair, direction) for w in s)) for pair, s in copies]
         with torch.no_grad():
             values = patched_metric(model, info, directed, copies, rows, fn, per_pass, report, remote)
         values = values.view(n, samples, len(sets)).mean(1)  # (pair, set)
@@ -152,8 +164,8 @@ def find_circuit(
     kept: list[Write] = []
     ranked: list[tuple[Write, float]] = []
     for i, level in enumerate(levels):
-        candidates = _candidates(level, kept, info, prompts.n_pos, _neuron_effects)
-        effects = _single_effects(model, candidates, method, common, store, memo)
+        candidates = _candidates(level, kept, info, tuple(columns), _neuron_effects)
+        effects = _single_effects(model, candidates, method, common, store, memo, columns)
         order = np.argsort(-np.abs(effects), kind="stable")
         ranked = [(candidates[j], float(effects[j])) for j in order]
         report = None if progress is None else _stage(progress, i, len(levels))
@@ -173,17 +185,17 @@ def find_circuit(
                     f"the top {size} of {len(candidates)} by {method} estimate restore {faith[size]:.3f}"
                     + (f" >= {target}" if reaching else f", short of {target}: kept every candidate")
                 ),
-                "ranked": [[_cell(w, prompts.n_pos).label, effect] for w, effect in ranked[:TOP_SHOWN]],
+                "ranked": [[_cell(w, len(columns), labels).label, effect] for w, effect in ranked[:TOP_SHOWN]],
             }
         )
         if on_level is not None:
-            cells = [_cell(w, prompts.n_pos) for w in kept]
+            cells = [_cell(w, len(columns), labels) for w in kept]
             on_level(Circuit(cells, [e for _, e in ranked[:size]], {}, faith[size], None, list(trace)))
 
-    curve = _curve(ranked, measured, restore, prompts.n_pos)
+    curve = _curve(ranked, measured, restore, len(columns), labels)
     final = measured[len(kept)].numpy()
     effect_of = dict(ranked)
-    cells = [_cell(w, prompts.n_pos) for w in kept]
+    cells = [_cell(w, len(columns), labels) for w in kept]
     return Circuit(
         cells,
         [effect_of[w] for w in kept],
@@ -195,7 +207,7 @@ def find_circuit(
     )
 
 
-def _curve(ranked: list, measured: dict, restore: Any, n_pos: int) -> dict[str, Any]:
+def _curve(ranked: list, measured: dict, restore: Any, n_pos: int, labels: list[str] | None) -> dict[str, Any]:
     """The faithfulness curve over the last level's ranking, at MIB's sizes.
 
     The prefixes the search already patched are read from ``measured``; the others are
@@ -210,7 +222,7 @@ def _curve(ranked: list, measured: dict, restore: Any, n_pos: int) -> dict[str, 
     mean = per_pair.mean(1)
     xs, ys = np.concatenate([[0.0], fractions]), np.concatenate([[0.0], mean])
     return {
-        "ranked": [_cell(w, n_pos) for w, _ in ranked],  # the finest level's cells, largest estimate first
+        "ranked": [_cell(w, n_pos, labels) for w, _ in ranked],  # the finest level's cells, largest estimate first
         "percent": [float(100 * f) for f in fractions],
         "size": sizes,
         "faithfulness": mean.tolist(),
@@ -251,9 +263,8 @@ def _stage(progress: Progress, i: int, n_levels: int) -> Progress:
     return lambda done, total: progress(i * total + done, n_levels * total)
 
 
-def _candidates(level: str, kept: list[Write], info: Any, n_pos: int, neuron_effects: Any) -> list[Write]:
-    """What ``level`` opens the kept sites into (see the module's docstring)."""
-    every = tuple(range(n_pos))
+def _candidates(level: str, kept: list[Write], info: Any, every: tuple[int, ...], neuron_effects: Any) -> list[Write]:
+    """What ``level`` opens the kept sites into (see the module's docstring); ``every`` holds the columns."""
     if level == "layers":
         return [Write(layer, site, 0, every) for layer in range(info.n_layers) for site in ("attn_out", "mlp_out")]
     if level == "positions":
@@ -282,7 +293,7 @@ def _normalised(grid: Any, direction: str) -> np.ndarray:
 
 
 def _single_effects(
-    model: Any, candidates: list[Write], method: str, common: dict, store: dict, memo: dict
+    model: Any, candidates: list[Write], method: str, common: dict, store: dict, memo: dict, columns: list[int]
 ) -> np.ndarray:
     """Each candidate's single effect (normalised), from ``patch`` grids sharing the runs: the estimate or exact."""
     effects = np.zeros(len(candidates))
@@ -323,13 +334,21 @@ def _single_effects(
             if narrow:
                 at.append(units.index(w.unit))
             if one_pos:
-                at.append(w.positions[0])
+                at.append(columns.index(w.positions[0]))  # the grids cover exactly ``columns``, in order
             effects[i] = values[tuple(at)]
     return effects
 
 
-def _cell(w: Write, n_pos: int) -> Cell:
+def _piece_columns(columns: list[str]) -> list[int]:
+    """A template's columns without its ``"last token"`` column: the pieces, which cover every position once."""
+    return [i for i, label in enumerate(columns) if label != LAST_TOKEN]
+
+
+def _cell(w: Write, n_pos: int, labels: list[str] | None = None) -> Cell:
+    """The Cell a write patches; with a template's ``labels``, its position is a span label."""
     pos = w.positions[0] if len(w.positions) == 1 and n_pos > 1 else None
+    if pos is not None and labels is not None:
+        pos = labels[pos]
     if w.site == "head_out":
         return Cell("head_out", w.layer, head=w.unit, pos=pos)
     if w.site == "mlp_neuron":

@@ -104,3 +104,59 @@ def test_saved_with_its_curve_and_drawn(found, tmp_path):
 def test_bad_searches_are_refused(demo, kwargs, message):
     with pytest.raises(pw.PatchwidgetError, match=message):
         pw.find_circuit(demo, **TEXTS, **kwargs)
+
+
+def _shapes(n_each: int = 2, seed: int = 3) -> dict:
+    """IOI pairs of the bundled data's three sentence shapes (14 or 16 tokens) as one template."""
+    import random
+
+    t = pw.Template("{START} {IO} and {S1} {EVENT} the {PLACE} {COMMA} {S2} {VERB} a {OBJ} to")
+    rng, kw = random.Random(seed), dict(clean=[], corrupt=[], answer=[], wrong=[])
+    for start, event, comma in [
+        ("When", "went to", ","),
+        ("After", "arrived at", ","),
+        ("Then", "had fun at", ", and"),
+    ]:
+        for _ in range(n_each):
+            io, s1 = rng.sample(demo_data.NAMES, 2)
+            fill = dict(START=start, IO=io, S1=s1, EVENT=event, PLACE=rng.choice(demo_data.PLACES), COMMA=comma)
+            fill |= dict(VERB=rng.choice(demo_data.VERBS), OBJ=rng.choice(demo_data.OBJECTS))
+            kw["clean"].append(t.fill(S2=s1, **fill))
+            kw["corrupt"].append(t.fill(S2=io, **fill))
+            kw["answer"].append(io)
+            kw["wrong"].append(s1)
+    return kw
+
+
+@pytest.mark.parametrize("method", ["attribution", "exact"])
+def test_template_prompts_are_searched_by_span(demo, method):
+    """Pairs of different lengths: the cells are span cells, and the set's faithfulness is what an
+    independent joint patch of those span cells gives (patch_sites, itself checked against the span grid)."""
+    kw = _shapes()
+    assert len({len(demo.tokenizer(str(p))["input_ids"]) for p in kw["clean"]}) == 2
+    found = pw.find_circuit(demo, **kw, target=0.8, method=method)
+    assert found.reached and found.faithfulness >= 0.8
+    spans = {s.label for s in kw["clean"][0].spans(demo.tokenizer)} - {"last token"}
+    positioned = [c for c in found.cells if c.pos is not None]
+    assert positioned and all(c.pos in spans for c in positioned)
+    assert all(label.split("@")[-1].strip() != "last token" for label, _ in found.trace[-1]["ranked"])
+    joint = pw.patch_sites(demo, **kw, cells=found.cells, metric="logit_diff_norm")
+    assert found.faithfulness == pytest.approx(joint.joint, abs=1e-5)
+    ranked = found.curve["ranked"]
+    every = pw.patch_sites(demo, **kw, cells=ranked, metric="logit_diff_norm")
+    assert found.curve["faithfulness"][-1] == pytest.approx(every.joint, abs=1e-5)
+
+
+def test_a_circuit_of_span_cells_saves_loads_and_evaluates_on_new_prompts(demo, tmp_path):
+    """Nothing saved is lost: span labels survive the file; the circuit applies to other prompts of the
+    template; what needs one prompt's token positions refuses span cells, naming why."""
+    found = pw.find_circuit(demo, **_shapes(1), target=0.8)
+    assert any(isinstance(c.pos, str) for c in found.cells)
+    back = pw.Circuit.load(found.save(tmp_path / "spans.json"))
+    assert back.cells == found.cells and back.faithfulness == found.faithfulness
+    held_out = _shapes(2, seed=4)  # other names and places, the same three shapes
+    joint = back.evaluate(demo, **held_out)
+    direct = pw.patch_sites(demo, **held_out, cells=found.cells, metric="logit_diff_norm")
+    assert joint.joint == pytest.approx(direct.joint, abs=1e-6)
+    with pytest.raises(pw.SettingsError, match="span label"):
+        back.knockout(demo, [str(p) for p in held_out["clean"][:1]])

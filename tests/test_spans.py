@@ -238,13 +238,6 @@ def test_patch_sites_with_span_cells_matches_the_span_grid(demo):
         )
 
 
-def test_guided_search_refuses_template_prompts_before_compute(demo, monkeypatch):
-    monkeypatch.setattr(demo, "trace", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a forward pass ran")))
-    clean, corrupt, answer, wrong = UNEQUAL[0]
-    with pytest.raises(pw.PromptError, match="pw.patch, pw.patch_sites, pw.path_patch and pw.explore"):
-        pw.find_circuit(demo, clean, corrupt, answer=answer, wrong=wrong)
-
-
 def test_within_opens_a_span_into_the_positions_every_pair_has(demo):
     """``within`` columns are the span's aligned positions, one token each, as the plain reference patches them."""
     tok = demo.tokenizer
