@@ -172,6 +172,15 @@ def hostile_model():
     return pw.load_model(GPT2LMHeadModel(config).eval(), tokenizer=tokenizer)
 
 
+def offline_page(widget, path, row: int, col: int):
+    """The widget's offline page with one click's level computed in the notebook (as a click would), then closed."""
+    level = widget.session.drill(widget._levels[0], "resid_pre", row, col)
+    widget.session.cache[(level, widget._settings)] = widget.session.compute(level, widget._settings)
+    saved = widget.save_html(path)
+    widget.close()
+    return saved
+
+
 def test_offline_page_replays_its_drill_down_with_hostile_tokens(page, tmp_path, ui_output):
     from playwright.sync_api import expect
 
@@ -182,10 +191,7 @@ def test_offline_page_replays_its_drill_down_with_hostile_tokens(page, tmp_path,
     widget = pw.explore(hostile_model(), clean, corrupt, answer="Mary", wrong="John", preview=False)
     tokens = widget.session.prompts.tokens
     assert set(HOSTILE) <= set(tokens), tokens
-    level = widget.session.drill(widget._levels[0], "resid_pre", 2, 9)  # what a click computes, computed here
-    widget.session.cache[(level, widget._settings)] = widget.session.compute(level, widget._settings)
-    path = widget.save_html(tmp_path / "offline.html")
-    widget.close()
+    path = offline_page(widget, tmp_path / "offline.html", 2, 9)
     try:
         page.goto(path.as_uri(), wait_until="load")
         top = page.locator(TOP_GRID)
@@ -214,10 +220,7 @@ def test_offline_page_opens_a_span_into_its_positions(page, tmp_path, ui_output,
     widget = pw.explore(demo, **args(UNEQUAL), preview=False)
     columns = widget.session.labels
     place = columns.index("PLACE")
-    level = widget.session.drill(widget._levels[0], "resid_pre", 1, place)
-    widget.session.cache[(level, widget._settings)] = widget.session.compute(level, widget._settings)
-    path = widget.save_html(tmp_path / "spans.html")
-    widget.close()
+    path = offline_page(widget, tmp_path / "spans.html", 1, place)
     try:
         page.goto(path.as_uri(), wait_until="load")
         top = page.locator(TOP_GRID)
