@@ -180,12 +180,7 @@ def _position_opens(level: Level, row: int, col: int) -> Level:
 def _top_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Cell:
     if level.site == "head_out":
         return Cell("head_out", row, head=col)
-    return Cell(level.site, row, pos=_cell_pos(level, panel, col))
-
-
-def _cell_pos(level: Level, panel: dict, col: int) -> int | str:
-    """A panel column as a Cell's ``pos``: the token index, or with a template the span's label."""
-    return panel["cols"][col] if level.spans else col
+    return Cell(level.site, row, pos=col)
 
 
 # --- one span's positions (prompts made from a template) ------------------------------------------
@@ -274,7 +269,7 @@ def _head_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -
     if panel["id"] != "components":
         return None
     site = HEAD_PARTS[row]
-    return Cell(site, level.layer, head=_kv(info, site, level.head), pos=_cell_pos(level, panel, col))
+    return Cell(site, level.layer, head=_kv(info, site, level.head), pos=col)
 
 
 # --- path patching: which heads feed a head, and which reach the logits directly ---------------
@@ -380,7 +375,7 @@ def _neurons_panels(computed: Computed, v: View) -> list[dict]:
     rows = [f"N{i}" for i in top]
     return [
         panel("neurons", title, "neuron", "value", rows, ["effect"], effects[top, None], False)
-        | {"keys": [int(i) for i in top], "at": level.at(v.tokens) if level.spans else level.pos}
+        | {"keys": [int(i) for i in top]}
     ]
 
 
@@ -411,9 +406,7 @@ LEVELS: dict[str, LevelKind] = {
         opens=lambda level, panel, row, col: level.open("head", layer=level.layer, head=row),
         # Positions within a span are not Cells (a Cell's pos is a token or a whole span).
         cell=lambda level, panel, row, col, info: (
-            None
-            if level.span is not None
-            else Cell("head_out", level.layer, head=row, pos=_cell_pos(level, panel, col))
+            None if level.span is not None else Cell("head_out", level.layer, head=row, pos=col)
         ),
         preview=True,
     ),
@@ -448,7 +441,7 @@ LEVELS: dict[str, LevelKind] = {
         cell=lambda level, panel, row, col, info: (
             None
             if level.span is not None
-            else Cell("mlp_neuron", level.layer, neuron=panel["keys"][row], pos=panel["at"])
+            else Cell("mlp_neuron", level.layer, neuron=panel["keys"][row], pos=level.pos)
         ),
     ),
     "search": LevelKind(

@@ -37,7 +37,6 @@ class Panel(TypedDict, total=False):
     spread: list[list[float | None]]  # only for the mean of several pairs
     flips: list[list[int]]
     keys: list[int]  # the unit index of each row, where rows are not in index order (top neurons)
-    at: int | str  # top neurons: where they were patched (a token index, or a template's span label)
 
 
 class JointBox(TypedDict):

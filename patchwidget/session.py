@@ -202,8 +202,15 @@ class Session:
         return LEVELS[level.kind].opens(level, panel, row, col)
 
     def cell(self, level: Level, panel: dict, row: int, col: int) -> Cell | None:
-        """The patchable site under (row, col) of ``panel`` (a panel of the view), for joint patching."""
-        return LEVELS[level.kind].cell(level, panel, row, col, self.info)
+        """The patchable site under (row, col) of ``panel`` (a panel of the view), for joint patching.
+
+        Levels name a position by its column index; with prompts made from a template the
+        Cell names it by the span's label, which is what ``patch_sites`` takes.
+        """
+        cell = LEVELS[level.kind].cell(level, panel, row, col, self.info)
+        if cell is not None and self.prompts.columns is not None and isinstance(cell.pos, int):
+            cell = replace(cell, pos=self.prompts.columns[cell.pos])
+        return cell
 
 
 @dataclass

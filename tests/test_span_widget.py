@@ -83,6 +83,10 @@ def test_cells_of_a_span_session_are_span_cells(demo):
         place = panel["cols"].index("PLACE")
         assert session.drill(top, "resid_pre", 1, place) == Level("span", "resid_pre", layer=1, spans=True, span=place)
         assert session.cell(top, panel, 1, place) == Cell("resid_pre", 1, pos="PLACE")
+        head = Level("head", layer=2, head=1, spans=True)  # cells come from column indices, never from labels
+        assert session.cell(head, {"id": "components", "cols": ["not a label"]}, 0, place) == Cell(
+            "head_q", 2, head=1, pos="PLACE"
+        )
         # A position within a span is no Cell: a Cell's pos is a token index or a whole span.
         heads = Level("heads", "resid_pre", layer=1, pos=0, spans=True, span=place)
         assert session.cell(heads, {"id": "head_out", "cols": ["PLACE[0]"]}, 0, 0) is None
