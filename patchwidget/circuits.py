@@ -25,7 +25,7 @@ import torch
 from . import metrics as M
 from .engine import entry_point, fit_budget, patched_metric, prepare, summarize, warn_non_finite
 from .errors import SettingsError
-from .grid import Cell, cell_write, layers_by_site, span_write
+from .grid import Cell, cell_write, layers_by_site, pair_writes
 from .prompts import Noise, Texts
 from .runs import Progress, cached_runs, with_noise
 
@@ -129,9 +129,11 @@ def patch_sites(
     reads = layers_by_site(writes)
     per_pass = fit_budget(model, request, reads, rows)
     # One patched copy per pair and cell, then one per pair with every cell.
-    copies = [(pair, members) for pair in range(rows.n_pairs) for members in [(w,) for w in writes] + [tuple(writes)]]
-    if prompts.columns is not None:  # span cells: each pair's own positions of those spans, aligned
-        copies = [(pair, tuple(span_write(w, rows, pair, direction) for w in members)) for pair, members in copies]
+    copies = [
+        (pair, pair_writes(members, rows, pair, direction))
+        for pair in range(rows.n_pairs)
+        for members in [(w,) for w in writes] + [tuple(writes)]
+    ]
     with torch.no_grad():
         runs = cached_runs(None, model, info, reads, rows, noise, remote, per_pass, progress)
         directed = runs.directed(direction, noise)

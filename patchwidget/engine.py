@@ -42,7 +42,7 @@ import torch
 from . import attribution, memory, plan
 from . import metrics as M
 from .errors import NonFiniteWarning, SettingsError
-from .grid import READ_ORDER, WRITE_ORDER, Grid, check_choice, indices, make_grid, span_write
+from .grid import READ_ORDER, WRITE_ORDER, Grid, check_choice, indices, make_grid, pair_writes
 from .plan import Copy, Key
 from .prompts import Noise, PromptBatch, Texts, prepare_prompts
 from .remote import prepare_remote, trace_kwargs
@@ -291,7 +291,7 @@ def patch(
                 runs_cache, model, info, {grid.site: grid.layers}, rows, noise, remote, per_pass, progress
             )
             copies = [
-                (pair, (span_write(cell, rows, pair, direction, span_positions) if grid.spans else cell,))
+                (pair, pair_writes((cell,), rows, pair, direction, span_positions))
                 for pair in range(rows.n_pairs)
                 for cell in grid.cells()
             ]

@@ -156,6 +156,16 @@ def span_write(write: Write, prompts: PromptBatch, pair: int, direction: str, mo
     return write._replace(positions=tuple(at), read_at=tuple(at.values()))
 
 
+def pair_writes(
+    writes: Sequence[Write], prompts: PromptBatch, pair: int, direction: str, mode: str = "all"
+) -> tuple[Write, ...]:
+    """The writes of one patched copy of pair ``pair``: as given for plain prompts, or with span
+    columns made concrete for that pair (``span_write``) for prompts made from a template."""
+    if prompts.columns is None:
+        return tuple(writes)
+    return tuple(span_write(w, prompts, pair, direction, mode) for w in writes)
+
+
 def target_positions(write: Write, prompts: PromptBatch, pair: int, direction: str) -> tuple[int, ...]:
     """Every position of the target prompt of pair ``pair`` in the span columns ``write.positions``, in order."""
     spans = prompts.corrupt_spans[pair] if direction == "denoise" else prompts.clean_spans[pair]

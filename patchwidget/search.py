@@ -37,7 +37,7 @@ from . import metrics as M
 from .circuit import Circuit
 from .engine import METHODS, entry_point, fit_budget, patch, patched_metric, prepare, provenance
 from .errors import SettingsError
-from .grid import Cell, Write, check_choice, span_write
+from .grid import Cell, Write, check_choice, pair_writes
 from .prompts import Noise, Texts
 from .runs import Progress, cached_runs, with_noise
 from .templates import LAST_TOKEN
@@ -147,9 +147,7 @@ def find_circuit(
 
     def restore(sets: list[tuple[Write, ...]], report: Progress | None = None) -> torch.Tensor:
         """The exact joint restore of each set, per pair: ``(set, pair)``, normalised to the target run's 0."""
-        copies = [(pair, s) for pair in range(rows.n_pairs) for s in sets]
-        if labels is not None:  # span columns: each pair's own positions, aligned
-            copies = [(pair, tuple(span_write(w, rows, pair, direction) for w in s)) for pair, s in copies]
+        copies = [(pair, pair_writes(s, rows, pair, direction)) for pair in range(rows.n_pairs) for s in sets]
         with torch.no_grad():
             values = patched_metric(model, info, directed, copies, rows, fn, per_pass, report, remote)
         values = values.view(n, samples, len(sets)).mean(1)  # (pair, set)
