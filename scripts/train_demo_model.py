@@ -26,6 +26,9 @@ from patchwidget import demo_data
 OUT = Path(__file__).resolve().parent.parent / "patchwidget" / "demo_model"
 EOS, UNK = demo_data.SPECIAL_TOKENS
 STEPS, BATCH_SIZE, SEED = 3000, 64, 0  # the bundled model's run (tests replay its data stream)
+# A group-lasso penalty on each head's weights, switched on once the tasks are
+# learned: heads a task does not need fade out, so each task ends up on a few heads a workshop can find.
+HEAD_PENALTY, HEAD_PENALTY_FROM = 6e-3, 0.4
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -108,8 +111,28 @@ def second_copy_accuracy(model, tokenizer, n: int = 300) -> float:
     return correct / total
 
 
+def head_norms(model: GPT2LMHeadModel) -> torch.Tensor:
+    """Each head's weight norm, ``(layer, head)``: its query, key, value and output weights together.
+
+    GPT-2's ``Conv1D`` weights are (in, out): a head's query, key and value weights are columns of
+    ``c_attn`` (one block of columns in each third), its output weights rows of ``c_proj``.
+    """
+    norms = []
+    for block in model.transformer.h:
+        d, n = block.attn.embed_dim, block.attn.num_heads
+        qkv = block.attn.c_attn.weight.reshape(d, 3, n, d // n)
+        out = block.attn.c_proj.weight.reshape(n, d // n, d)
+        norms.append((qkv.pow(2).sum((0, 1, 3)) + out.pow(2).sum((1, 2))).sqrt())
+    return torch.stack(norms)
+
+
 def train(
-    steps: int, batch_size: int, seed: int, device: str = "cpu"
+    steps: int,
+    batch_size: int,
+    seed: int,
+    device: str = "cpu",
+    head_penalty: float = HEAD_PENALTY,
+    head_penalty_from: float = HEAD_PENALTY_FROM,
 ) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
@@ -121,13 +144,21 @@ def train(
     start = time.time()
     for step in range(steps):
         loss = batch_loss(model, batch(tokenizer, rng, batch_size), device)
+        penalised = loss
+        if head_penalty and step >= head_penalty_from * steps:
+            penalised = loss + head_penalty * head_norms(model).sum()
         opt.zero_grad()
-        loss.backward()
+        penalised.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         if step % 250 == 0 or step == steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.3f}  {time.time() - start:6.1f}s", flush=True)
+            with torch.no_grad():
+                norms = head_norms(model)
+            heads = int((norms > 0.1 * norms.max()).sum())  # heads whose weights have not faded
+            print(
+                f"step {step:5d}  loss {loss.item():.3f}  heads in use {heads}  {time.time() - start:6.1f}s", flush=True
+            )
     model.eval()
     return model.cpu(), tokenizer
 
@@ -163,6 +194,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--head-penalty", type=float, default=HEAD_PENALTY, help="group-lasso weight on heads")
+    parser.add_argument(
+        "--head-penalty-from", type=float, default=HEAD_PENALTY_FROM, help="share of training before the penalty"
+    )
     parser.add_argument(
         "--device", default="cpu", help="for quick experiments only: the bundled model is trained on CPU"
     )
@@ -170,7 +205,9 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="print held-out accuracy per task and the head scores")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, tokenizer = train(args.steps, args.batch_size, args.seed, args.device)
+    model, tokenizer = train(
+        args.steps, args.batch_size, args.seed, args.device, args.head_penalty, args.head_penalty_from
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)

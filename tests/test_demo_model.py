@@ -109,45 +109,34 @@ def test_held_out_examples_were_not_trained_on():
 
 
 def test_previous_token_head_then_induction_head(demo, one_thread):
-    """A previous-token head, induction heads in a later layer, and head patching that finds each:
-    on pairs that change the keys (what the previous-token head writes) the previous-token head carries the
-    largest effect, the path from it into the induction heads' keys restores it, and the induction heads
-    together restore it; on pairs that change the copied value the largest effect is on an induction head."""
+    """A previous-token head, an induction head in a later layer, and head patching that finds both: on
+    induction pairs of both kinds (16 that change the keys, 16 that change the copied word) the largest
+    effect is on the induction head and the previous-token head's is clearly non-zero; the path from the
+    previous-token head into the induction head's keys restores the key pairs."""
     prev, induction = _script().head_scores(demo, seed=11)
     helper = np.unravel_index(np.argmax(prev), prev.shape)
     assert prev[helper] >= 0.5, prev
-    inductors = [h for h in zip(*np.nonzero(induction >= 0.4)) if h[0] > helper[0]]  # induction heads above it
-    assert inductors, induction
-    assert induction[helper] < 0.2 and all(prev[h] < 0.2 for h in inductors)  # the scores discriminate
+    inductor = np.unravel_index(np.argmax(induction), induction.shape)
+    assert induction[inductor] >= 0.4 and inductor[0] > helper[0], induction
+    assert induction[helper] < 0.2 and prev[inductor] < 0.2  # the scores discriminate
 
-    key = _pairs(demo_data.induction_pairs(16, kind="key"))
-    heads = pw.patch(demo, **key, site="head_out", by_position=False).values
-    assert np.unravel_index(np.argmax(heads), heads.shape) == helper and heads[helper] >= 0.5
-    assert max(heads[h] for h in inductors) >= 0.1
-    receivers = [pw.Cell("head_k", int(layer), head=int(head)) for layer, head in inductors]
-    texts = {k: v for k, v in key.items()}
-    assert pw.path_patch(demo, **texts, receivers=receivers).values[helper] >= 0.8
-    cells = [pw.Cell("head_out", int(layer), head=int(head)) for layer, head in inductors]
-    assert pw.patch_sites(demo, **texts, cells=cells).joint >= 0.9
-
-    value = pw.patch(demo, **_pairs(demo_data.induction_pairs(16, kind="value")), site="head_out", by_position=False)
-    top = np.unravel_index(np.argmax(value.values), value.values.shape)
-    assert top in inductors and abs(value.values[helper]) < 0.05
+    key, value = (demo_data.induction_pairs(16, kind=kind) for kind in ("key", "value"))
+    heads = pw.patch(demo, **_pairs(key + value), site="head_out", by_position=False).values
+    assert np.unravel_index(np.argmax(heads), heads.shape) == inductor and heads[inductor] >= 0.9
+    assert heads[helper] >= 0.3 and np.sort(np.abs(heads), axis=None)[-3] < 0.05  # no third head takes part
+    receivers = [pw.Cell("head_k", int(inductor[0]), head=int(inductor[1]))]
+    assert pw.path_patch(demo, **_pairs(key), receivers=receivers).values[helper] >= 0.8
 
 
 def test_ioi_mechanism_is_concentrated(demo, one_thread):
-    """The three largest |effects| of the (layer, head) grid, on 16 pairs, are L1H1, L3H0 and L3H1 (the heads
-    examples/ioi_workshop.ipynb names) and carry at least 45 % of the grid's total |effect| (measured: 0.53).
-
-    Issue 15 asks for 70 %; this model does not reach it (IOI is spread over five heads of layers 1 and 3,
-    with the layer-0 MLP at S2 upstream of them). What is asserted here is what the model does.
-    """
+    """The three largest |effects| of the (layer, head) grid, on 16 pairs, carry at least 70 % of the grid's
+    total |effect| (issue 15), and they are the heads examples/ioi_workshop.ipynb names: L0H3, L1H0, L3H1."""
     heads = pw.patch(demo, **_pairs(demo_data.ioi_pairs(16)), site="head_out", by_position=False).values
     order = np.argsort(np.abs(heads).ravel())[::-1]
     top3 = {divmod(int(i), heads.shape[1]) for i in order[:3]}
-    assert top3 == {(1, 1), (3, 0), (3, 1)}
+    assert top3 == {(0, 3), (1, 0), (3, 1)}
     effects = np.abs(heads).ravel()[order]
-    assert effects[:3].sum() >= 0.45 * effects.sum()
+    assert effects[:3].sum() >= 0.7 * effects.sum()
 
 
 def test_training_is_deterministic(one_thread):

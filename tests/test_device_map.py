@@ -55,7 +55,7 @@ def test_offloaded_model_with_noise_and_joint_patching(demo, offloaded):
     plain = pw.patch(demo, "The capital of France is", noise, answer="Paris", wrong="Tokyo")
     placed = pw.patch(offloaded, "The capital of France is", noise, answer="Paris", wrong="Tokyo")
     np.testing.assert_allclose(placed.per_pair, plain.per_pair, atol=1e-5)
-    cells = [pw.Cell("head_out", 1, head=2), pw.Cell("mlp_out", 3, pos=-1)]
+    cells = [pw.Cell("head_out", 1, head=0), pw.Cell("mlp_out", 3, pos=-1)]
     assert pw.patch_sites(offloaded, **TEXTS, cells=cells).joint == pytest.approx(
         pw.patch_sites(demo, **TEXTS, cells=cells).joint, abs=1e-5
     )

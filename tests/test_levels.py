@@ -83,7 +83,9 @@ def _patcher(session):
 def test_what_feeds_a_head_is_path_patching_into_its_query_key_and_value(session, demo):
     import patchwidget as pw
 
-    computed = LEVELS["feeds"].compute(Level("feeds", layer=2, head=1), _patcher(session))
-    direct = pw.path_patch(demo, **TEXTS, receivers=[Cell("head_k", 2, head=1)], metric="logit_diff_norm")
-    np.testing.assert_allclose(computed.results["head_k"].per_pair, direct.per_pair, atol=1e-6, equal_nan=True)
-    assert np.isnan(computed.results["head_q"].values[2:]).all()  # no path from at or above layer 2
+    # L3H1 reads the IOI name through its value (examples/ioi_workshop.ipynb): a receiver with something to show.
+    computed = LEVELS["feeds"].compute(Level("feeds", layer=3, head=1), _patcher(session))
+    direct = pw.path_patch(demo, **TEXTS, receivers=[Cell("head_v", 3, head=1)], metric="logit_diff_norm")
+    np.testing.assert_allclose(computed.results["head_v"].per_pair, direct.per_pair, atol=1e-6, equal_nan=True)
+    assert np.nanmax(np.abs(direct.values)) > 0.1
+    assert np.isnan(computed.results["head_q"].values[3:]).all()  # no path from at or above layer 3

@@ -142,7 +142,7 @@ def test_joint_patching_keeps_to_the_budget(demo):
     from patchwidget.sites import model_info
 
     p = pw.demo_data.ioi_pairs(1, seed=4)[0]
-    cells = [pw.Cell("head_out", 0, head=2), pw.Cell("mlp_out", 2, pos=13), pw.Cell("resid_pre", 3, pos=-1)]
+    cells = [pw.Cell("head_out", 0, head=3), pw.Cell("mlp_out", 2, pos=13), pw.Cell("resid_pre", 3, pos=-1)]
     info, n_pos = model_info(demo), len(demo.tokenizer(p.clean)["input_ids"])
     fixed = memory.cache_bytes(info, n_pos, 155, 4, 2, info.d_model)
     budget = fixed + 2 * memory.patched_row_bytes(info, n_pos, 155, 4)  # room for two patched copies at a time

@@ -81,7 +81,7 @@ def test_prefix_reuse_in_path_patching(demo, monkeypatch, reuse_count):
     clean, corrupt = [p.clean for p in pairs], [p.corrupt for p in pairs]
     reused, full = both_ways(
         monkeypatch,
-        lambda: pw.path_patch(demo, clean, corrupt, receivers=[pw.Cell("head_q", 2, head=1)], **kw).per_pair,
+        lambda: pw.path_patch(demo, clean, corrupt, receivers=[pw.Cell("head_v", 3, head=1)], **kw).per_pair,
     )
     np.testing.assert_allclose(reused, full, atol=1e-5)
     assert reuse_count

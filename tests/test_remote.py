@@ -43,7 +43,7 @@ def test_noise_joint_and_pattern_under_remote_local(demo):
         lambda **kw: pw.patch(demo, "The capital of France is", noise, answer="Paris", wrong="Tokyo", **kw)
     )
     np.testing.assert_allclose(remote.values, local.values, atol=1e-5)
-    cells = [pw.Cell("head_out", 0, head=2), pw.Cell("attn_pattern", 1, head=1), pw.Cell("mlp_out", 2, pos=-1)]
+    cells = [pw.Cell("head_out", 0, head=3), pw.Cell("attn_pattern", 1, head=0), pw.Cell("mlp_out", 2, pos=-1)]
     local, remote = both(lambda **kw: pw.patch_sites(demo, **TEXTS, cells=cells, **kw))
     np.testing.assert_allclose(remote.per_pair_singles, local.per_pair_singles, atol=1e-5)
     assert remote.joint == pytest.approx(local.joint, abs=1e-5)
@@ -116,7 +116,7 @@ def test_every_site_through_a_remote_server(demo, client, ndif, site, method):
 def test_joint_patching_and_pattern_through_a_remote_server(demo, client, ndif):
     from patchwidget.engine import attention_pattern
 
-    cells = [pw.Cell("head_out", 0, head=2), pw.Cell("mlp_out", 2, pos=-1)]
+    cells = [pw.Cell("head_out", 0, head=3), pw.Cell("mlp_out", 2, pos=-1)]
     local = pw.patch_sites(demo, **TEXTS, cells=cells)
     remote = pw.patch_sites(client, **TEXTS, cells=cells, remote=ndif.url)
     assert remote.joint == pytest.approx(local.joint, abs=1e-5)

@@ -91,9 +91,9 @@ def test_cells_of_a_span_session_are_span_cells(demo):
         heads = Level("heads", "resid_pre", layer=1, pos=0, spans=True, span=place)
         assert session.cell(heads, {"id": "head_out", "cols": ["PLACE[0]"]}, 0, 0) is None
         # Path patching of a span session: what feeds a head, on pairs of different lengths.
-        feeds = session.compute(Level("feeds", layer=2, head=1, spans=True), pw.session.Settings())
-        direct = pw.path_patch(demo, **KW, receivers=[Cell("head_k", 2, head=1)], metric="logit_diff_norm")
-        np.testing.assert_allclose(feeds.results["head_k"].per_pair, direct.per_pair, atol=1e-6, equal_nan=True)
+        feeds = session.compute(Level("feeds", layer=3, head=1, spans=True), pw.session.Settings())
+        direct = pw.path_patch(demo, **KW, receivers=[Cell("head_v", 3, head=1)], metric="logit_diff_norm")
+        np.testing.assert_allclose(feeds.results["head_v"].per_pair, direct.per_pair, atol=1e-6, equal_nan=True)
     finally:
         session.close()
 

@@ -175,7 +175,7 @@ def test_drill_down_and_back(lab_server, page, ui_output):
         texts = heads.locator(".pw-cell[role=gridcell]").evaluate_all("cs => cs.map(c => c.textContent)")
         drawn = [[float(texts[h * len(TOKENS) + i]) for i in range(len(TOKENS))] for h in range(N_HEADS)]
         assert all(abs(d - m) <= 0.006 for dr, mr in zip(drawn, measured) for d, m in zip(dr, mr)), drawn
-        assert max(abs(v) for row in drawn for v in row) > 0.2 and sum(abs(v) > 0.1 for row in drawn for v in row) >= 2
+        assert max(abs(v) for row in drawn for v in row) > 0.5  # a head that clearly carries the answer
         probe(page, f"top/heads {layer} {pos} idle 2")
         screenshot(page, ui_output / "widget-heads.png")
 
