@@ -5,7 +5,7 @@ Seeded and reproducible; about a few minutes on 2 CPU cores. Writes
 tokenizer config files transformers reads) into ``patchwidget/demo_model/``.
 
     python scripts/train_demo_model.py            # train and write the files
-    python scripts/train_demo_model.py --check    # also print held-out accuracy
+    python scripts/train_demo_model.py --check    # also print held-out accuracy, head scores and head grids
 """
 
 from __future__ import annotations
@@ -188,6 +188,22 @@ def head_scores(model: Any, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     return prev, induction
 
 
+def patch_heads(model: Any, pairs: list[demo_data.PromptPair]) -> np.ndarray:
+    """The (layer, head) grid of ``head_out`` patching (denoising, all positions, ``logit_diff_norm``)."""
+    import patchwidget as pw
+
+    return pw.patch(
+        model,
+        [p.clean for p in pairs],
+        [p.corrupt for p in pairs],
+        answer=[p.answer for p in pairs],
+        wrong=[p.wrong for p in pairs],
+        site="head_out",
+        by_position=False,
+        metric="logit_diff_norm",
+    ).values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=STEPS)
@@ -202,7 +218,9 @@ def main() -> None:
         "--device", default="cpu", help="for quick experiments only: the bundled model is trained on CPU"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (results can depend on it)")
-    parser.add_argument("--check", action="store_true", help="print held-out accuracy per task and the head scores")
+    parser.add_argument(
+        "--check", action="store_true", help="print held-out accuracy per task, the head scores and the head grids"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = train(
@@ -221,9 +239,17 @@ def main() -> None:
         )
         import patchwidget as pw
 
-        prev, induction = head_scores(pw.load_model(args.out))
+        loaded = pw.load_model(args.out)
+        prev, induction = head_scores(loaded)
         np.set_printoptions(precision=2, suppress=True)
         print(f"previous-token score (layer x head)\n{prev}\ninduction score (layer x head)\n{induction}")
+        with torch.no_grad():
+            print(f"head weight norms (layer x head)\n{head_norms(model).numpy()}")
+        pairs = demo_data.induction_pairs(16, kind="key") + demo_data.induction_pairs(16, kind="value")
+        for name, grid_pairs in (("IOI, 16 pairs", demo_data.ioi_pairs(16)), ("induction, both kinds, 32", pairs)):
+            heads = patch_heads(loaded, grid_pairs)
+            share = np.sort(np.abs(heads), axis=None)[-3:].sum() / np.abs(heads).sum()
+            print(f"head_out grid, {name} (layer x head; top-3 share of |effect| {share:.2f})\n{heads}")
 
 
 if __name__ == "__main__":
