@@ -292,6 +292,10 @@ def test_factual_recall_claims(demo, one_thread):
             metric="logit_diff_norm",
         ).values
         assert np.unravel_index(np.argmax(other), other.shape) == (0, 3) and other[0, 3] > 0.8
+        if "seed" in kwargs:
+            assert 0.25 < other[1, 4] < 0.33 and abs(other[1, 4] - traced["mlp_out"][1, 4]) < 0.02
+        else:
+            assert 0.08 < other[0, 4] < 0.14 and other[1, 4] > other[2, 4] and 0.4 < other[1, 4] < 0.46
     # Part (c): twelve pairs whose prompts differ in prefix and length; the grid by span.
     rng, span_kw = random.Random(0), dict(clean=[], corrupt=[], answer=[], wrong=[], metric="logit_diff_norm")
     t = pw.Template("{PREFIX} {COUNTRY} is")
