@@ -41,6 +41,7 @@ import torch
 
 from . import attribution, memory, plan
 from . import metrics as M
+from . import sites as sites_mod
 from .errors import NonFiniteWarning, SettingsError
 from .grid import READ_ORDER, WRITE_ORDER, Grid, check_choice, indices, make_grid, pair_writes
 from .plan import Copy, Key
@@ -49,6 +50,7 @@ from .remote import prepare_remote, trace_kwargs
 from .result import PatchResult
 from .runs import Directed, Progress, cached_runs, with_noise
 from .sites import (
+    AFTER_LAST_MLP,
     CACHE,
     ModelInfo,
     add_noise,
@@ -59,6 +61,7 @@ from .sites import (
     last_logits,
     last_positions,
     layer_module,
+    mlp_at_last_position,
     model_info,
     on_input_device,
     prefix_cache,
@@ -389,7 +392,8 @@ def patched_metric(
     earlier ones from the target run (prefix reuse). A batch skips the blocks
     below its lowest patched layer (their outputs are the cached target run's).
     Copies are sorted by first position and layer and split into batches of least
-    work (``plan_batches``). The unembedding runs at the last position only.
+    work (``plan_batches``). The unembedding, and the last block's MLP, run at the
+    last position only.
     """
     tables = {"source": runs.source, "target": runs.target, "captured": captured or {}}
     reads = sorted(
@@ -454,6 +458,12 @@ def patched_metric(
                     write(model, info, site, layer, *writes[(layer, site)])
                 else:
                     got[(layer, site)] = view(model, info, site, layer).detach().clone().save()
+            if (
+                sites_mod.TRIM_LAST_MLP
+                and last is None
+                and not any(key == (n_layers - 1, site) for key, _ in steps for site in AFTER_LAST_MLP)
+            ):
+                mlp_at_last_position(model, info)
             if unembed is None:
                 logits = last_logits(model, info, last).detach().save()
             else:

@@ -4,11 +4,11 @@ A copy changes nothing before the first position where one of its writes puts a
 value other than the target run's own (``first_changes``); a batch runs its
 positions from its rows' smallest first position and its blocks from their
 lowest patched layer. ``plan_batches`` splits the copies into batches of least
-work under that cost, plus a fixed cost per forward pass.
+work under that cost, plus a fixed cost per block a forward pass runs.
 
 Example:
     >>> plan_batches([(0, 0), (0, 1), (5, 0)], batch_size=2, n_pos=6, n_layers=2, ids=[0, 1, 2])
-    [[0, 1], [2]]
+    [[0, 2], [1]]
 """
 
 from __future__ import annotations
@@ -50,9 +50,10 @@ def first_changes(copies: list[Copy], tables: dict[str, dict[Key, torch.Tensor]]
     return first
 
 
-# A forward pass costs about as much, beyond its rows' work, as this many positions run through every layer:
-# every pass reads all the weights (the unembedding's most of all). Tuned on the GPT-2-small shape on 2 CPU
-# cores (benchmarks/bench_resid_pre.py); smaller values split batches too finely there.
+# Each block a forward pass runs costs about as much, beyond its rows' work, as this many positions through it:
+# the pass reads the block's weights once, however few rows it holds. Tuned on the GPT-2-small shape on 2 CPU
+# cores (benchmarks/bench_resid_pre.py): 20 and 45 were slower there. A pass that starts at a higher layer
+# reads fewer blocks, so it costs less (a cost per pass, whatever its blocks, was 5-8 % slower on every-token grids).
 PASS_OVERHEAD = 30
 REMOTE_PASS_OVERHEAD = 10**9  # as few requests as batch_size allows; among those, the least work
 
@@ -72,15 +73,15 @@ def plan_batches(
 
     ``costs`` holds each copy's (first position, lowest layer). A batch runs its
     positions from its smallest first position and its blocks from its lowest
-    layer, so its work is rows x positions x layers, plus a fixed overhead per
-    pass. The copies are ordered by position then layer, by layer then position,
+    layer, so its work is rows x positions x layers, plus an overhead per block
+    it runs. The copies are ordered by position then layer, by layer then position,
     and in bands of ``w`` positions each ordered by layer (``BAND_WIDTHS``: a band's
     copies at one layer share a pass and start within ``w`` positions of each
     other, which suits grids where every position changes); for each order,
     dynamic programming finds the split of least work into consecutive runs, and
     the plan of least work is taken.
     """
-    overhead = (PASS_OVERHEAD if pass_overhead is None else pass_overhead) * n_layers
+    overhead = PASS_OVERHEAD if pass_overhead is None else pass_overhead
     plans = []
     orders = [lambda i: costs[i], lambda i: costs[i][::-1]]
     orders += [lambda i, w=w: (costs[i][0] // w, costs[i][1], costs[i][0]) for w in BAND_WIDTHS]
@@ -94,7 +95,7 @@ def plan_batches(
             for j in range(i, min(n, i + batch_size)):
                 position = min(position, costs[order[j]][0])
                 lowest = min(lowest, costs[order[j]][1])
-                work = best[i] + overhead + (j - i + 1) * (n_pos - position) * (n_layers - lowest)
+                work = best[i] + (n_layers - lowest) * (overhead + (j - i + 1) * (n_pos - position))
                 if work < best[j + 1]:
                     best[j + 1], cut[j + 1] = work, i
         batches, j = [], n

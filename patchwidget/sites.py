@@ -481,6 +481,27 @@ def answer_unembedding(model: Any, info: ModelInfo) -> tuple[torch.Tensor, torch
     return head.weight.detach(), None if head.bias is None else head.bias.detach()
 
 
+# Sites of the last block whose values at other positions than the last change when its MLP runs at the last
+# position only (``mlp_at_last_position``): a pass that writes or reads one of them there runs the MLP in full.
+AFTER_LAST_MLP = ("mlp_out", "mlp_neuron", "resid_post")
+TRIM_LAST_MLP = True  # tests turn it off to compare with the full MLP
+
+
+def mlp_at_last_position(model: Any, info: ModelInfo) -> None:
+    """Inside a trace: run the last block's MLP at the last position only.
+
+    Only the last position's logits are read, and after the last block's attention
+    nothing mixes positions, so the MLP's output at the other positions feeds
+    nothing that is read: a pass saves most of its last block's work there. The
+    MLP's output, ``(row, 1, d_model)``, broadcasts over the positions in the
+    block's residual sum; the last position gets exactly its own. Valid only when
+    every row's last real token is the last position and no write or read at the
+    last layer touches ``AFTER_LAST_MLP``.
+    """
+    mlp = layer_module(model, info, info.n_layers - 1, info.arch.mlp)
+    mlp.input = mlp.input[:, -1:]
+
+
 def answer_logits(
     model: Any, info: ModelInfo, index: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> Any:
