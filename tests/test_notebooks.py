@@ -365,6 +365,13 @@ def test_induction_claims(demo, one_thread):
     mixed = pw.patch(demo, **_pairs(key_pairs + value_pairs), site="head_out", by_position=False).values
     assert heads[0, 3] > 0.95 and heads[1, 0] > 0.95 and abs(heads_v[0, 3]) < 0.05 and heads_v[1, 0] > 0.95
     assert mixed[1, 0] > 0.95 and 0.4 < mixed[0, 3] < 0.6
+    # The widget's "what feeds this head" for L1H0 on both kinds: L0H3 into the keys only, about 0.5.
+    feeds = {
+        part: pw.path_patch(demo, **_pairs(key_pairs + value_pairs), receivers=[pw.Cell(f"head_{part}", 1, head=0)])
+        for part in ("q", "k", "v")
+    }
+    assert 0.45 < feeds["k"].values[0, 3] < 0.6 and np.abs(feeds["k"].values[0, :3]).max() < 0.01
+    assert np.abs(feeds["q"].values[0]).max() < 0.02 and np.abs(feeds["v"].values[0]).max() < 0.02
     for grid in (heads, heads_v, mixed):
         assert np.abs(np.delete(grid.ravel(), [3, 4])).max() < 0.02
     # Section 4: L0H3 -> L1H0's keys about 1, its query and values about 0; no direct path from L0H3.
