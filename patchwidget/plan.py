@@ -53,7 +53,8 @@ def first_changes(copies: list[Copy], tables: dict[str, dict[Key, torch.Tensor]]
 # Each block a forward pass runs costs about as much, beyond its rows' work, as this many positions through it:
 # the pass reads the block's weights once, however few rows it holds. Tuned on the GPT-2-small shape on 2 CPU
 # cores (benchmarks/bench_resid_pre.py): 20 and 45 were slower there. A pass that starts at a higher layer
-# reads fewer blocks, so it costs less (a cost per pass, whatever its blocks, was 5-8 % slower on every-token grids).
+# reads fewer blocks, so it costs less (one cost per pass, whatever its blocks, was about 5 % slower on
+# every-token grids).
 PASS_OVERHEAD = 30
 REMOTE_PASS_OVERHEAD = 10**9  # as few requests as batch_size allows; among those, the least work
 
