@@ -100,6 +100,22 @@ class PromptPair:
     wrong: str
 
 
+def as_prompts(pairs: list[PromptPair]) -> dict[str, list[str]]:
+    """The pairs as the keyword arguments every entry point takes: ``clean``, ``corrupt``, ``answer``, ``wrong``.
+
+    Example:
+        >>> kw = as_prompts(ioi_pairs(2))
+        >>> sorted(kw), len(kw["clean"])
+        (['answer', 'clean', 'corrupt', 'wrong'], 2)
+    """
+    return dict(
+        clean=[p.clean for p in pairs],
+        corrupt=[p.corrupt for p in pairs],
+        answer=[p.answer for p in pairs],
+        wrong=[p.wrong for p in pairs],
+    )
+
+
 def vocabulary() -> list[str]:
     """Every word of the language, special tokens first, in a fixed order."""
     words: list[str] = list(SPECIAL_TOKENS)

@@ -20,16 +20,6 @@ from patchwidget.engine import attention_pattern
 OUT = Path(__file__).resolve().parent.parent / "docs" / "induction.png"
 
 
-def as_prompts(pairs: list[demo_data.PromptPair]) -> dict:
-    return dict(
-        clean=[p.clean for p in pairs],
-        corrupt=[p.corrupt for p in pairs],
-        answer=[p.answer for p in pairs],
-        wrong=[p.wrong for p in pairs],
-        metric="logit_diff_norm",
-    )
-
-
 def main() -> None:
     model = pw.load_model()
     key, value = (demo_data.induction_pairs(16, kind=kind) for kind in ("key", "value"))
@@ -41,7 +31,7 @@ def main() -> None:
     fig = plt.figure(figsize=(13, 7.5), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.6])
     for ax, (title, pairs) in zip(top.subplots(1, 3), grids.items()):
-        r = pw.patch(model, **as_prompts(pairs), site="head_out", by_position=False)
+        r = pw.patch(model, **demo_data.as_prompts(pairs), site="head_out", by_position=False, metric="logit_diff_norm")
         r.plot(ax=ax, vmax=1, title=title)
         print(title, r.values.round(2).tolist())
     words, start = demo_data.held_out_repeats(1, seed=3)[0]

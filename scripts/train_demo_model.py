@@ -192,16 +192,8 @@ def patch_heads(model: Any, pairs: list[demo_data.PromptPair]) -> np.ndarray:
     """The (layer, head) grid of ``head_out`` patching (denoising, all positions, ``logit_diff_norm``)."""
     import patchwidget as pw
 
-    return pw.patch(
-        model,
-        [p.clean for p in pairs],
-        [p.corrupt for p in pairs],
-        answer=[p.answer for p in pairs],
-        wrong=[p.wrong for p in pairs],
-        site="head_out",
-        by_position=False,
-        metric="logit_diff_norm",
-    ).values
+    kw = demo_data.as_prompts(pairs)
+    return pw.patch(model, **kw, site="head_out", by_position=False, metric="logit_diff_norm").values
 
 
 def main() -> None:

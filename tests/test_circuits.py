@@ -113,12 +113,7 @@ def test_three_heads_carry_the_ioi_behaviour(demo):
     """The bundled model's IOI circuit (examples/ioi_workshop.ipynb): L3H1 reads at the verb what L0H3 and L1H0
     wrote there side by side, so the two patched together restore what L3H1 alone does, and more than either."""
     pairs = demo_data.ioi_pairs(8, seed=7)
-    prompts = dict(
-        clean=[p.clean for p in pairs],
-        corrupt=[p.corrupt for p in pairs],
-        answer=[p.answer for p in pairs],
-        wrong=[p.wrong for p in pairs],
-    )
+    prompts = demo_data.as_prompts(pairs)
     grid = pw.patch(demo, **prompts, site="head_out", by_position=False, metric="logit_diff_norm")
     heads = grid.top_sites(3).cells  # the three heads of largest single effect
     assert {(c.layer, c.head) for c in heads} == {(0, 3), (1, 0), (3, 1)}

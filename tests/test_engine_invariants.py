@@ -89,10 +89,7 @@ def test_ioi_head_grid_finds_a_few_heads(demo):
     pairs = demo_data.ioi_pairs(8, seed=7)
     r = pw.patch(
         demo,
-        [p.clean for p in pairs],
-        [p.corrupt for p in pairs],
-        answer=[p.answer for p in pairs],
-        wrong=[p.wrong for p in pairs],
+        **demo_data.as_prompts(pairs),
         metric="logit_diff_norm",
         site="head_out",
         by_position=False,

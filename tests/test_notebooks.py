@@ -141,13 +141,9 @@ def one_thread():
 
 
 def _pairs(pairs):
-    return dict(
-        clean=[p.clean for p in pairs],
-        corrupt=[p.corrupt for p in pairs],
-        answer=[p.answer for p in pairs],
-        wrong=[p.wrong for p in pairs],
-        metric="logit_diff_norm",
-    )
+    from patchwidget import demo_data
+
+    return {**demo_data.as_prompts(pairs), "metric": "logit_diff_norm"}
 
 
 def test_ioi_claims(demo, one_thread):
@@ -172,7 +168,8 @@ def test_ioi_claims(demo, one_thread):
     assert np.abs(attn[2]).max() < 0.01 and np.abs(np.delete(attn.ravel(), [10, 24, 55])).max() < 0.03
     assert 0.5 < mlp[0, 9] < 0.6 and 0.75 < mlp[2, 10] < 0.85 and 0.75 < mlp[3, 13] < 0.85
     # Section 3: three heads, L3H1 about 1, L1H0 about 0.7, L0H3 about 0.36, every other head 0.
-    heads = pw.patch(demo, **kw, site="head_out", by_position=False).values
+    head_grid = pw.patch(demo, **kw, site="head_out", by_position=False)
+    heads = head_grid.values
     assert heads[3, 1] > 0.95 and 0.64 < heads[1, 0] < 0.74 and 0.31 < heads[0, 3] < 0.41
     assert np.abs(np.delete(heads.ravel(), [3, 4, 13])).max() < 0.01
     by_pos = pw.patch(demo, **kw, site="head_out", layers=[0, 1, 3]).values
@@ -208,7 +205,7 @@ def test_ioi_claims(demo, one_thread):
     direct = pw.path_patch(demo, **kw).values
     assert direct[3, 1] > 0.95 and np.abs(np.delete(direct.ravel(), 13)).max() < 0.03
     held = demo_data.ioi_pairs(8, seed=99)
-    circuit = pw.patch(demo, **kw, site="head_out", by_position=False).top_sites(3)
+    circuit = head_grid.top_sites(3)
     assert {(c.layer, c.head) for c in circuit.cells} == {(3, 1), (1, 0), (0, 3)}
     check = circuit.evaluate(demo, **_pairs(held))
     assert check.joint > 0.95 and check.per_pair_joint.min() > 0.95
@@ -362,13 +359,13 @@ def test_induction_claims(demo, one_thread):
     key, value = _pairs(key_pairs), _pairs(value_pairs)
     heads = pw.patch(demo, **key, site="head_out", by_position=False).values
     heads_v = pw.patch(demo, **value, site="head_out", by_position=False).values
-    mixed = pw.patch(demo, **_pairs(key_pairs + value_pairs), site="head_out", by_position=False).values
+    both = _pairs(key_pairs + value_pairs)
+    mixed = pw.patch(demo, **both, site="head_out", by_position=False).values
     assert heads[0, 3] > 0.95 and heads[1, 0] > 0.95 and abs(heads_v[0, 3]) < 0.05 and heads_v[1, 0] > 0.95
     assert mixed[1, 0] > 0.95 and 0.4 < mixed[0, 3] < 0.6
     # The widget's "what feeds this head" for L1H0 on both kinds: L0H3 into the keys only, about 0.5.
     feeds = {
-        part: pw.path_patch(demo, **_pairs(key_pairs + value_pairs), receivers=[pw.Cell(f"head_{part}", 1, head=0)])
-        for part in ("q", "k", "v")
+        part: pw.path_patch(demo, **both, receivers=[pw.Cell(f"head_{part}", 1, head=0)]) for part in ("q", "k", "v")
     }
     assert 0.45 < feeds["k"].values[0, 3] < 0.6 and np.abs(feeds["k"].values[0, :3]).max() < 0.01
     assert np.abs(feeds["q"].values[0]).max() < 0.02 and np.abs(feeds["v"].values[0]).max() < 0.02

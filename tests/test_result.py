@@ -20,10 +20,7 @@ def result(demo):
     pairs = demo_data.ioi_pairs(2, seed=1)
     return pw.patch(
         demo,
-        [p.clean for p in pairs],
-        [p.corrupt for p in pairs],
-        answer=[p.answer for p in pairs],
-        wrong=[p.wrong for p in pairs],
+        **demo_data.as_prompts(pairs),
         site="head_out",
         layers=[2, 3],
         metric="logit_diff_norm",

@@ -55,14 +55,7 @@ def _final_norm(hf):
 
 
 def _patch(model, pairs, **kwargs):
-    return pw.patch(
-        model,
-        [p.clean for p in pairs],
-        [p.corrupt for p in pairs],
-        answer=[p.answer for p in pairs],
-        wrong=[p.wrong for p in pairs],
-        **kwargs,
-    )
+    return pw.patch(model, **demo_data.as_prompts(pairs), **kwargs)
 
 
 @pytest.mark.parametrize("name", list(TINY))
