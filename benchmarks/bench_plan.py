@@ -1,15 +1,17 @@
-"""The batch plan's position bands and the last block's trimmed MLP: exact resid_pre grids with and without each.
+"""The batch plan's position bands, the last block's trimmed MLP and packed rows: exact resid_pre grids with and
+without each.
 
 The GPT-2-small-shaped model of ``bench_resid_pre.py`` (12 layers, d_model 768,
 50,257-token vocabulary, random weights), 15 tokens, one token or every token
 differing. It prints each plan's block work on the every-token grid (rows x positions
 x layers, against the least possible: every copy from its own first position and
-lowest layer), then times four settings: position bands off or on (``plan.BAND_WIDTHS``),
-and the last block's MLP run at every position or at the last one only
-(``sites.TRIM_LAST_MLP``). Each setting runs ``--repeats`` times, the four alternating
-so that all see the same machine; the table gives the best and the median time of each,
-and the grids of all four must agree to 1e-5 (the settings change only which copies
-share a pass and which unread positions are computed).
+lowest layer), then times four settings, each adding one piece: position bands
+(``plan.BAND_WIDTHS``), the last block's MLP run at the last position only
+(``sites.TRIM_LAST_MLP``), and short copies of a pair packed end to end into shared rows
+(``plan.PACK``). Each setting runs ``--repeats`` times, the four alternating so that all
+see the same machine; the table gives the best and the median time of each, and the grids
+of all four must agree to 1e-5 (the settings change only which copies share a pass and
+which unread positions are computed).
 
     python benchmarks/bench_plan.py [--repeats 5]
 """
@@ -56,10 +58,20 @@ def main() -> None:
         done = work(batches, costs, 15, 12)
         print(f"every token differing, {name}: {len(batches)} passes, work {done} = {done / least:.2f} x the least")
     plan.BAND_WIDTHS = bands
+    ids = list(range(len(costs)))
+    rows = plan.pack_rows(ids, [0] * len(ids), [p for p, _ in costs], [15] * len(ids), [c[1] for c in costs], 15)
+    row_costs = [(row.position(15), row.lowest) for row in rows]
+    batches = plan.plan_batches(row_costs, 64, 15, 12, list(range(len(rows))))
+    done = work(batches, row_costs, 15, 12)
+    print(
+        f"every token differing, packed rows: {len(rows)} rows in {len(batches)} passes, work {done} = "
+        f"{done / least:.2f} x the least"
+    )
     settings = {
-        "position and layer orders": ((), False),
-        "also position bands": (bands, False),
-        "bands, last MLP at the last position": (bands, True),
+        "position and layer orders": ((), False, False),
+        "also position bands": (bands, False, False),
+        "bands, last MLP at the last position": (bands, True, False),
+        "bands, trimmed MLP, packed rows": (bands, True, True),
     }
     print(f"\nGPT-2-small shape, 15 tokens, resid_pre grid; CPU, {torch.get_num_threads()} torch threads\n")
     print("| tokens differing | plan | best (s) | median (s) |")
@@ -70,12 +82,12 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in settings}
         grids = {}
         for _ in range(args.repeats):
-            for name, (widths, trim) in settings.items():
-                plan.BAND_WIDTHS, sites.TRIM_LAST_MLP = widths, trim
+            for name, (widths, trim, pack) in settings.items():
+                plan.BAND_WIDTHS, sites.TRIM_LAST_MLP, plan.PACK = widths, trim, pack
                 start = time.perf_counter()
                 grids[name] = pw.patch(model, text(clean_ids), text(corrupt_ids), **kw).values
                 times[name].append(time.perf_counter() - start)
-        plan.BAND_WIDTHS, sites.TRIM_LAST_MLP = bands, True
+        plan.BAND_WIDTHS, sites.TRIM_LAST_MLP, plan.PACK = bands, True, True
         for grid in grids.values():
             np.testing.assert_allclose(grid, grids["position and layer orders"], atol=1e-5)
         for name, ts in times.items():

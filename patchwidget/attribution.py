@@ -123,8 +123,8 @@ def _estimate_rows(
     )
     clean_len, corrupt_len = prompts.lengths.split(prompts.n_pairs)
     source_len, target_len = (clean_len, corrupt_len) if direction == "denoise" else (corrupt_len, clean_len)
-    source_keep, source_last = last_positions(source_len, source_ids.shape[1])
-    target_keep, target_last = last_positions(target_len, target_ids.shape[1])
+    source_keep, source_last = last_positions(torch.arange(len(source_len)), source_len - 1, source_ids.shape[1])
+    target_keep, target_last = last_positions(torch.arange(len(target_len)), target_len - 1, target_ids.shape[1])
     # Containers filled in a trace are made and saved inside it: on a remote server only saved values come back.
     with torch.no_grad():
         with model.trace(

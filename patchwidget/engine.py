@@ -7,7 +7,7 @@ The whole algorithm, in three steps:
 2. **Patch.** Every patched copy becomes one row of a batch: a copy of the
    *target* prompt (the corrupted one when denoising) whose activations at its
    cells are overwritten with the *source* run's cached values. Many rows run in
-   one forward pass, ``batch_size`` rows at a time.
+   one forward pass, ``batch_size`` rows at a time (short copies share a row).
 3. **Measure.** The metric reads each row's logits at the last position; the
    per-pair values and their mean go into a ``PatchResult``.
 
@@ -65,7 +65,9 @@ from .sites import (
     model_info,
     on_input_device,
     prefix_cache,
+    segment_mask,
     skip_block,
+    takes_segment_mask,
     view,
 )
 from .templates import SPAN_POSITIONS
@@ -249,8 +251,9 @@ def patch(
     ``positions``, ``heads`` and ``neurons`` narrow the grid; ``by_position``
     chooses one cell per position (the default for most sites) or all chosen
     positions patched at once (the default for ``attn_pattern`` and
-    ``mlp_neuron``). At most ``batch_size`` patched copies share a forward
-    pass, fewer if ``memory_budget`` (bytes) says so. ``progress(done, total)``
+    ``mlp_neuron``). At most ``batch_size`` rows share a forward pass, fewer
+    if ``memory_budget`` (bytes) says so; a row holds one patched copy, or
+    several that start late in the prompt, packed end to end. ``progress(done, total)``
     is called after each batch. ``runs_cache``, a dict the caller keeps,
     holds the clean and corrupted runs between calls, so that a call with
     the same model, prompts, site and layers patches only its new cells.
@@ -389,11 +392,15 @@ def patched_metric(
     position where one of its writes differs from the target run's own value: if
     there is none, the copy is a no-op and takes the target run's value; else it
     computes only the positions from there on, reading the keys and values of the
-    earlier ones from the target run (prefix reuse). A batch skips the blocks
-    below its lowest patched layer (their outputs are the cached target run's).
-    Copies are sorted by first position and layer and split into batches of least
-    work (``plan_batches``). The unembedding, and the last block's MLP, run at the
-    last position only.
+    earlier ones from the target run (prefix reuse). Copies of one pair that
+    are shorter than the prompt share a row, end to end, each with its own
+    position ids, under a 4D attention mask that shows each its cached prefix
+    and its own segment only (``plan.pack_rows``; eager and SDPA attention
+    without a narrower sliding window, not on a server, not for ``attn_pattern``).
+    A batch skips the blocks below its lowest patched layer (their outputs are the
+    cached target run's). Rows are split into batches of least work
+    (``plan_batches``), at most ``batch_size`` rows each. The unembedding (and, in a
+    pass of one copy per row, the last block's MLP) runs at the last position only.
     """
     tables = {"source": runs.source, "target": runs.target, "captured": captured or {}}
     reads = sorted(
@@ -415,44 +422,53 @@ def patched_metric(
     sites = {w.site for _, writes in copies for w in writes} | {site for _, site in reads}
     if runs.target_kv is None or "attn_pattern" in sites:
         first = torch.zeros_like(first)
-    first = first.tolist()
-    lowest_layer = [min((w.layer for w in writes), default=0) for _, writes in copies]
     todo = [i for i in range(len(copies)) if not noop[i]]
     done = len(copies) - len(todo)
     if progress is not None and done:
         progress(done, len(copies))
     n_pos, n_layers = runs.target_ids.shape[1], info.n_layers
+    # Short copies of one pair share a row (plan.pack_rows) where a 4D attention mask can keep them apart.
+    packable = plan.PACK and not remote and "attn_pattern" not in sites and takes_segment_mask(model, n_pos)
+    pairs_of = [pair for pair, _ in copies]
+    ends = runs.target_len[pairs_of].tolist()
+    lowest_layer = [min((w.layer for w in writes), default=0) for _, writes in copies]
+    rows = plan.pack_rows(todo, pairs_of, first.tolist(), ends, lowest_layer, n_pos if packable else 0)
     # The logit difference reads two logits per row: unembed only those columns (exact where the
     # unembedding is a plain linear layer, see sites.answer_unembedding).
     unembed = answer_unembedding(model, info) if getattr(fn, "answer_columns_only", False) and not remote else None
     # On a server each pass is a request, whose round trip outweighs any work a finer split saves.
     overhead = plan.REMOTE_PASS_OVERHEAD if remote else None
-    costs = [(first[i], lowest_layer[i]) for i in todo]
-    for index in plan.plan_batches(costs, batch_size, n_pos, n_layers, todo, overhead):
+    costs = [(row.position(n_pos), row.lowest) for row in rows]
+    for batch in plan.plan_batches(costs, batch_size, n_pos, n_layers, list(range(len(rows))), overhead):
+        index, lay = plan.layout([rows[b] for b in batch], n_pos)
         chunk = [copies[i] for i in index]
         pairs = torch.tensor([pair for pair, _ in chunk])
-        start = min(first[i] for i in index)  # positions before it come from the target run's cache
-        writes = _batch_writes(chunk, tables, start)
+        writes = _batch_writes(chunk, tables, lay)
         # Reads and writes in forward order; a read of a site comes after a write of an earlier one.
         steps = sorted(
             [(key, "write") for key in writes] + [(key, "read") for key in reads],
             key=lambda s: (s[0][0], (WRITE_ORDER if s[1] == "write" else READ_ORDER).index(s[0][1]), s[1] == "read"),
         )
         lowest = min([layer for layer, _ in writes] + [layer for layer, _ in reads])
-        ids = runs.target_ids[pairs, start:]
-        prefix: dict[str, Any] = {"attention_mask": attend_all(model, len(pairs), runs.target_ids.shape[1])}
-        if start:
-            prefix[CACHE] = prefix_cache(model, runs.target_kv, pairs, start)
-        keep, last = last_positions(runs.target_len[pairs], runs.target_ids.shape[1], start)
+        at = (lay.pairs[:, None], lay.positions)  # each index of the pass, as (pair, prompt position)
+        ids = runs.target_ids[at]
+        inputs: dict[str, Any] = {}
+        if lay.start is None:  # packed rows: each copy's own positions, and a mask that keeps copies apart
+            inputs = {"attention_mask": segment_mask(model, plan.segment_mask(lay)), "position_ids": lay.positions}
+        else:
+            inputs = {"attention_mask": attend_all(model, len(lay.pairs), n_pos)}
+        if lay.cache_end:
+            inputs[CACHE] = prefix_cache(model, runs.target_kv, lay.pairs, lay.cache_end)
+        keep, last = last_positions(lay.copy_row, lay.copy_last, ids.shape[1])
         if unembed is not None:  # made here: names bound inside a trace's body do not come out of it
             columns = torch.unique(torch.cat([prompts.answer_ids[pairs], prompts.wrong_ids[pairs]]))
             weight, bias = unembed[0][columns], None if unembed[1] is None else unembed[1][columns]
-        with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=keep, **prefix):
+        with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=keep, **inputs):
             got = nnsight.save({})  # made inside: only saved values come back from a server
-            noise = None if runs.target_noise is None else runs.target_noise[pairs, start:]
+            noise = None if runs.target_noise is None else runs.target_noise[at]
             add_noise(model, info, noise, slice(None))
             for layer in range(lowest):
-                skip_block(layer_module(model, info, layer), runs.block_form, runs.target_blocks[layer][pairs, start:])
+                skip_block(layer_module(model, info, layer), runs.block_form, runs.target_blocks[layer][at])
             for (layer, site), kind in steps:
                 if kind == "write":
                     write(model, info, site, layer, *writes[(layer, site)])
@@ -474,7 +490,9 @@ def patched_metric(
         values = fn(logits, answer, wrong, runs.clean_logits[pairs])
         out[torch.tensor(index)] = values.float().cpu()
         for key in reads:
-            kept[key][torch.tensor(index), start:] = got[key].to(kept[key].dtype).cpu()
+            for k, i in enumerate(index):  # each copy's computed positions; the rest stay the target run's
+                f, e, o, r = (int(t[k]) for t in (lay.copy_first, lay.copy_end, lay.copy_offset, lay.copy_row))
+                kept[key][i, f:e] = got[key][r, o : o + e - f].to(kept[key].dtype).cpu()
         done += len(chunk)
         if progress is not None:
             progress(done, len(copies))
@@ -482,19 +500,24 @@ def patched_metric(
 
 
 def _batch_writes(
-    chunk: list[Copy], tables: dict[str, dict[Key, torch.Tensor]], start: int = 0
+    chunk: list[Copy], tables: dict[str, dict[Key, torch.Tensor]], lay: plan.Layout
 ) -> dict[Key, tuple[torch.Tensor, ...]]:
-    """Per (layer, site): batch rows, positions (counted from ``start``), units and the values to write there.
+    """Per (layer, site): batch rows, indices in the row (``lay.index``), units and the values to write there.
 
-    Writes before ``start`` put back the target run's own values (see ``first_changes``),
-    which the cached prefix already holds: they are left out.
+    Only writes at a copy's computed positions are kept: the ones before its first
+    position put back the target run's own values (see ``first_changes``), which the
+    cached prefix already holds, and the ones after its prompt's last token change
+    nothing that is read.
     """
     by_key: dict[Key, dict[str, list[tuple[int, int, int, int, int]]]] = {}
-    for row, (pair, writes) in enumerate(chunk):
+    first, end = lay.copy_first.tolist(), lay.copy_end.tolist()
+    for k, (pair, writes) in enumerate(chunk):
         for w in writes:
             at = w.row if w.origin == "captured" else pair  # which row of the origin's table holds the value
             by_key.setdefault((w.layer, w.site), {}).setdefault(w.origin, []).extend(
-                (row, p, read, w.unit, at) for p, read in zip(w.positions, w.read_at or w.positions) if p >= start
+                (k, p, read, w.unit, at)
+                for p, read in zip(w.positions, w.read_at or w.positions)
+                if first[k] <= p < end[k]
             )
     out = {}
     for key, origins in by_key.items():
@@ -502,8 +525,8 @@ def _batch_writes(
         for origin, entries in origins.items():
             if not entries:
                 continue
-            r, p, read, u, at = torch.tensor(entries).T
-            parts.append((r, p - start, u, tables[origin][key][at, read, u]))  # values: (write, width)
+            k, p, read, u, at = torch.tensor(entries).T
+            parts.append((lay.copy_row[k], lay.index(k, p), u, tables[origin][key][at, read, u]))  # (write, width)
         if parts:
             out[key] = tuple(torch.cat(column) for column in zip(*parts))
     return out

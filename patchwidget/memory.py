@@ -1,7 +1,8 @@
 """Fitting patching runs into a memory budget.
 
 The patched runs are the part that grows with the grid, so a budget decides how
-many patched copies share one forward pass. The estimates below count the
+many rows of patched copies share one forward pass (a row is at most a prompt
+long, whether it holds one copy or several packed). The estimates below count the
 tensors a forward pass keeps alive at its peak, per batch row, with a margin;
 they are deliberately on the high side.
 

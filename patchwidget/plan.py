@@ -13,7 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -105,3 +107,144 @@ def plan_batches(
             j = cut[j]
         plans.append((best[n], batches[::-1]))
     return min(plans, key=lambda plan: plan[0])[1]
+
+
+# --- packed rows: several short copies of one pair end to end in one row of a pass ------------------
+
+PACK = True  # tests turn it off to compare packed rows with one copy per row
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a pass: copies of pair ``pair``, each a segment ``(copy, first, end)`` that computes
+    prompt positions ``first..end-1``; ``lowest`` is the lowest layer any of them writes."""
+
+    pair: int
+    lowest: int
+    segments: tuple[tuple[int, int, int], ...]
+
+    @property
+    def width(self) -> int:
+        return sum(end - first for _, first, end in self.segments)
+
+    def position(self, n_pos: int) -> int:
+        """The first position of a one-copy row as wide as this one: its cost to ``plan_batches``.
+
+        A lone copy's row runs from its first position to the prompt's end (``layout``).
+        """
+        return self.segments[0][1] if len(self.segments) == 1 else n_pos - self.width
+
+
+def pack_rows(
+    ids: list[int], pairs: list[int], firsts: list[int], ends: list[int], lowest: list[int], capacity: int
+) -> list[Row]:
+    """Pack copies into rows of at most ``capacity`` positions; ``capacity=0`` gives one copy per row.
+
+    A copy computes only its positions ``first..end-1`` (the rest are the target
+    run's), so copies of one pair patched at the same lowest layer can share a row,
+    each seeing the target run's cached keys and values before its own first position
+    and, causally, its own segment (``segment_mask``). On an every-token grid the
+    copies from position p and from position n-1-p fill one prompt-length row
+    exactly. Best-fit decreasing: each copy, longest first, goes into the fullest row
+    it fits in.
+
+    Example:
+        >>> [r.segments for r in pack_rows([0, 1, 2], [0, 0, 0], [0, 2, 4], [6, 6, 6], [0, 0, 0], capacity=6)]
+        [((0, 0, 6),), ((1, 2, 6), (2, 4, 6))]
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in ids:
+        groups.setdefault((pairs[i], lowest[i]), []).append(i)
+    rows = []
+    for (pair, low), members in groups.items():
+        members.sort(key=lambda i: firsts[i] - ends[i])  # longest first
+        bins: list[list[tuple[int, int, int]]] = []
+        free: list[tuple[int, int]] = []  # (free positions, bin), sorted
+        for i in members:
+            length = ends[i] - firsts[i]
+            at = bisect.bisect_left(free, (length, -1))
+            if at < len(free):
+                room, b = free.pop(at)
+            else:
+                room, b = capacity, len(bins)
+                bins.append([])
+            bins[b].append((i, firsts[i], ends[i]))
+            if room - length > 0 and capacity:
+                bisect.insort(free, (room - length, b))
+        rows += [Row(pair, low, tuple(segments)) for segments in bins]
+    return rows
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a batch's copies sit in its forward pass: row ``copy_row[k]`` computes copy ``k``'s prompt
+    positions ``copy_first[k]..copy_end[k]-1`` at indices from ``copy_offset[k]`` on.
+
+    ``start`` is set when every row holds one copy: the pass then computes positions
+    ``start..n_pos-1`` of every row, with the keys and values before ``start`` cached.
+    Otherwise (packed rows) ``positions`` holds the prompt position at each index
+    of each row, ``segments`` which copy of the row it belongs to (-1 - index for
+    padding), and the cache holds positions ``< cache_end``.
+    """
+
+    pairs: torch.Tensor  # (row,)
+    positions: torch.Tensor  # (row, width)
+    segments: torch.Tensor | None  # (row, width)
+    copy_row: torch.Tensor  # (copy,)
+    copy_offset: torch.Tensor  # (copy,)
+    copy_first: torch.Tensor  # (copy,)
+    copy_end: torch.Tensor  # (copy,)
+    start: int | None
+    cache_end: int
+
+    @property
+    def copy_last(self) -> torch.Tensor:
+        """Index of each copy's last real token in its row, ``(copy,)``."""
+        return self.copy_offset + self.copy_end - 1 - self.copy_first
+
+    def index(self, copy: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """Index in its row of prompt position ``position`` of copy ``copy`` (positions from its first on)."""
+        return self.copy_offset[copy] + position - self.copy_first[copy]
+
+
+def layout(rows: list[Row], n_pos: int) -> tuple[list[int], Layout]:
+    """The copies of ``rows`` in row order, and where each sits in the pass."""
+    copies, row_of, offset, first, end = [], [], [], [], []
+    for r, row in enumerate(rows):
+        at = 0
+        for copy, f, e in row.segments:
+            copies.append(copy)
+            row_of.append(r)
+            offset.append(at)
+            first.append(f)
+            end.append(e)
+            at += e - f
+    pairs = torch.tensor([row.pair for row in rows])
+    if all(len(row.segments) == 1 for row in rows):
+        start = min(first)
+        positions = torch.arange(start, n_pos).expand(len(rows), -1)
+        offset = [f - start for f in first]
+        return copies, Layout(pairs, positions, None, *map(torch.tensor, (row_of, offset, first, end)), start, start)
+    width = max(row.width for row in rows)
+    positions = torch.zeros(len(rows), width, dtype=torch.long)
+    segments = -1 - torch.arange(width).repeat(len(rows), 1)  # padding: a segment of its own
+    for k, (r, o, f, e) in enumerate(zip(row_of, offset, first, end)):
+        positions[r, o : o + e - f] = torch.arange(f, e)
+        segments[r, o : o + e - f] = k
+    tensors = map(torch.tensor, (row_of, offset, first, end))
+    return copies, Layout(pairs, positions, segments, *tensors, None, max(first))
+
+
+def segment_mask(lay: Layout) -> torch.Tensor:
+    """Which keys each query of a packed pass sees, ``(row, 1, width, cache_end + width)``, True where it does.
+
+    A copy's token sees the cached target positions before the copy's first position,
+    and the earlier tokens of its own segment; a padding index sees itself only.
+    """
+    seg = lay.segments  # (row, width)
+    width = seg.shape[1]
+    first = torch.where(seg >= 0, lay.copy_first[seg.clamp(min=0)], 0)  # (row, width)
+    cached = torch.arange(lay.cache_end)[None, None, :] < first[:, :, None]  # (row, query, cache)
+    causal = torch.arange(width)[None, :] <= torch.arange(width)[:, None]  # (query, key)
+    own = (seg[:, :, None] == seg[:, None, :]) & causal  # (row, query, key)
+    return torch.cat([cached, own], 2)[:, None]

@@ -431,31 +431,36 @@ def prefix_cache(model: Any, kv: list[tuple[torch.Tensor, torch.Tensor]], rows: 
     return cache
 
 
-def last_positions(lengths: torch.Tensor, width: int, start: int = 0) -> tuple[int | torch.Tensor, torch.Tensor | None]:
-    """What to pass as ``logits_to_keep`` so that each row's last real token is unembedded, and where it lands.
+def last_positions(
+    rows: torch.Tensor, last: torch.Tensor, width: int
+) -> tuple[int | torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """What to pass as ``logits_to_keep`` so that the positions ``last`` of rows ``rows`` are unembedded,
+    and where they land.
 
-    Rows of a pass may end at different positions (prompts padded on the right);
-    ``lengths`` are their real lengths, ``width`` the padded one and ``start`` the
-    first position the pass computes. Returns ``(1, None)`` when every row ends
-    at the last position, else the positions to keep and each row's index into them.
+    ``last[k]`` is where the ``k``-th read (a copy, or a prompt) has its last real
+    token in row ``rows[k]`` of a pass ``width`` positions wide: rows may end at
+    different positions (prompts padded on the right), and a packed row holds
+    several copies. Returns ``(1, None)`` when there is one read per row, each at
+    the last position, else the positions to keep and each read's (row, index into them).
     """
-    last = lengths - 1 - start
-    if bool((last == width - 1 - start).all()):
+    if len(rows) == len(torch.unique(rows)) and bool((last == width - 1).all()):
         return 1, None
     keep = torch.unique(last)
-    return keep, torch.searchsorted(keep, last)
+    return keep, (rows, torch.searchsorted(keep, last))
 
 
-def at_last(kept: Any, index: torch.Tensor | None) -> Any:
-    """Each row of ``kept`` (``(row, kept position, ...)``, as ``logits_to_keep`` left it) at its
-    last real token: the last kept position, or the one ``index`` names (see ``last_positions``)."""
+def at_last(kept: Any, index: tuple[torch.Tensor, torch.Tensor] | None) -> Any:
+    """Each read of ``kept`` (``(row, kept position, ...)``, as ``logits_to_keep`` left it) at its
+    last real token: each row's last kept position, or the (row, kept position) ``index`` names
+    (see ``last_positions``)."""
     if index is None:
         return kept[:, -1]
-    return kept[torch.arange(len(index)), index.to(kept.device)]
+    rows, at = index
+    return kept[rows.to(kept.device), at.to(kept.device)]
 
 
-def last_logits(model: Any, info: ModelInfo, index: torch.Tensor | None) -> Any:
-    """Inside a trace: each row's logits at its last real token, ``(row, vocab)``."""
+def last_logits(model: Any, info: ModelInfo, index: tuple[torch.Tensor, torch.Tensor] | None) -> Any:
+    """Inside a trace: each read's logits at its last real token, ``(read, vocab)`` (see ``last_positions``)."""
     return at_last(logits_module(model, info).output, index)
 
 
@@ -503,9 +508,13 @@ def mlp_at_last_position(model: Any, info: ModelInfo) -> None:
 
 
 def answer_logits(
-    model: Any, info: ModelInfo, index: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None
+    model: Any,
+    info: ModelInfo,
+    index: tuple[torch.Tensor, torch.Tensor] | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
 ) -> Any:
-    """Inside a trace: each row's logits at its last real token for the rows of ``weight`` only,
+    """Inside a trace: each read's logits at its last real token for the rows of ``weight`` only,
     ``(row, len(weight))``; the full unembedding is skipped (a metric that reads two answers'
     logits does not need the other 50,000, and the pass then never reads their weights)."""
     head = logits_module(model, info)
@@ -516,3 +525,25 @@ def answer_logits(
         logits = logits + bias.to(rows.device, rows.dtype)
     head.skip(hidden[..., :1])
     return logits
+
+
+def takes_segment_mask(model: Any, n_pos: int) -> bool:
+    """Whether a pass of this model can take a custom 4D attention mask (``segment_mask``) in place of the causal one.
+
+    Eager and SDPA attention add the mask as given (transformers returns a 4D mask
+    as it is); other kernels (flash attention) build their own. A sliding window
+    narrower than the prompt would have to be in the mask too, so those models
+    keep one copy per row.
+    """
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    return config._attn_implementation in ("eager", "sdpa") and (window is None or window >= n_pos)
+
+
+def segment_mask(model: Any, allowed: torch.Tensor) -> torch.Tensor:
+    """The additive 4D attention mask that lets each query see the keys ``allowed`` says, in the model's dtype
+    and on its input device: 0 where allowed, the dtype's lowest value elsewhere."""
+    weight = model._module.get_input_embeddings().weight
+    dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return on_input_device(model, mask)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import patchwidget as pw
-from patchwidget import demo_data
+from patchwidget import demo_data, plan
 
 from .reference import Sizes, capture, site_hooks
 
@@ -44,9 +44,11 @@ def reference_joint(hf, source, target, cells, a, w):
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 @pytest.mark.parametrize("batch_size", [64, 3])  # 3: batches that split the rows of a pair, some with no writes
-def test_joint_and_single_effects_match_reference(demo, direction, batch_size):
+def test_joint_and_single_effects_match_reference(demo, direction, batch_size, monkeypatch):
     pairs = demo_data.ioi_pairs(2, seed=9)
-    seen = []
+    seen, passes = [], []
+    original = plan.layout
+    monkeypatch.setattr(plan, "layout", lambda rows, n_pos: passes.append((rows, n_pos)) or original(rows, n_pos))
     r = pw.patch_sites(
         demo,
         [p.clean for p in pairs],
@@ -63,9 +65,11 @@ def test_joint_and_single_effects_match_reference(demo, direction, batch_size):
     run_passes = [] if batch_size >= 4 else [min(4, batch_size * (i + 1)) for i in range(-(-4 // batch_size))]
     assert seen[: len(run_passes)] == run_passes
     copies = seen[len(run_passes) :]
-    # Batches hold at most batch_size copies; the engine may split them further to share a prefix.
+    # Passes hold at most batch_size rows, each at most a prompt long (short copies of a pair may share one).
     steps = [b - a for a, b in zip([0, *copies], copies)]
-    assert copies[-1] == 2 * 5 and all(0 < step <= batch_size for step in steps)
+    assert copies[-1] == 2 * 5 and all(step > 0 for step in steps)
+    assert passes and all(0 < len(rows) <= batch_size for rows, _ in passes)
+    assert all(row.width <= n_pos for rows, n_pos in passes for row in rows)
     hf, tok = demo._module, demo.tokenizer
     for i, p in enumerate(pairs):
         clean, corrupt = torch.tensor(tok(p.clean)["input_ids"]), torch.tensor(tok(p.corrupt)["input_ids"])
