@@ -1,19 +1,20 @@
-"""The batch plan's position bands, the last block's trimmed MLP and packed rows: exact resid_pre grids with and
-without each.
+"""The batch plan's pieces: exact resid_pre grids with and without each.
 
 The GPT-2-small-shaped model of ``bench_resid_pre.py`` (12 layers, d_model 768,
 50,257-token vocabulary, random weights), 15 tokens, one token or every token
-differing. It prints each plan's block work on the every-token grid (rows x positions
-x layers, against the least possible: every copy from its own first position and
-lowest layer), then times four settings, each adding one piece: position bands
-(``plan.BAND_WIDTHS``), the last block's MLP run at the last position only
-(``sites.TRIM_LAST_MLP``), and short copies of a pair packed end to end into shared rows
-(``plan.PACK``). Each setting runs ``--repeats`` times, the four alternating so that all
-see the same machine; the table gives the best and the median time of each, and the grids
-of all four must agree to 1e-5 (the settings change only which copies share a pass and
-which unread positions are computed).
+differing (with ``--long``, also one token of 240, the last four layers). It prints
+each plan's block work on the every-token grid (rows x positions x layers, against the
+least possible: every copy from its own first position and lowest layer), then times
+five settings, each adding one piece: position bands (``plan.BAND_WIDTHS``), the last
+block's MLP run at the last position only (``sites.TRIM_LAST_MLP``), short copies of a
+pair packed end to end into shared rows (``plan.PACK``), and passes capped at
+``plan.CPU_PASS_POSITIONS`` positions. Only the patched passes are timed (the clean and
+corrupted runs are made once, through ``runs_cache``). Each setting runs ``--repeats``
+times, the settings alternating so that all see the same machine; the table gives the
+best and the median time of each, and the grids of all settings must agree to 1e-5 (they
+change only which copies share a pass and which unread positions are computed).
 
-    python benchmarks/bench_plan.py [--repeats 5]
+    python benchmarks/bench_plan.py [--repeats 5] [--long]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_resid_pre import ANSWER, WRONG, build, prompts
+from bench_scaling import prompt_pair
 
 import patchwidget as pw
 from patchwidget import plan, sites
@@ -44,6 +46,7 @@ def work(batches: list[list[int]], costs: list[tuple[int, int]], n_pos: int, n_l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--long", action="store_true", help="also a 240-token prompt, the last four layers")
     args = parser.parse_args()
     hf, tokenizer = build(Path(tempfile.mkdtemp()))
     model = pw.load_model(hf, tokenizer=tokenizer)
@@ -67,31 +70,41 @@ def main() -> None:
         f"every token differing, packed rows: {len(rows)} rows in {len(batches)} passes, work {done} = "
         f"{done / least:.2f} x the least"
     )
+    cap = plan.CPU_PASS_POSITIONS
     settings = {
-        "position and layer orders": ((), False, False),
-        "also position bands": (bands, False, False),
-        "bands, last MLP at the last position": (bands, True, False),
-        "bands, trimmed MLP, packed rows": (bands, True, True),
+        "position and layer orders": ((), False, False, None),
+        "also position bands": (bands, False, False, None),
+        "bands, last MLP at the last position": (bands, True, False, None),
+        "bands, trimmed MLP, packed rows": (bands, True, True, None),
+        f"all, passes capped at {cap} positions": (bands, True, True, cap),
     }
-    print(f"\nGPT-2-small shape, 15 tokens, resid_pre grid; CPU, {torch.get_num_threads()} torch threads\n")
-    print("| tokens differing | plan | best (s) | median (s) |")
-    print("|---|---|---:|---:|")
-    for corrupt in ("one", "all"):
-        clean_ids, corrupt_ids = prompts(corrupt)
-        pw.patch(model, text(clean_ids), text(corrupt_ids), **kw)  # warm-up
+    print(f"\nGPT-2-small shape, resid_pre grid; CPU, {torch.get_num_threads()} torch threads\n")
+    print("| tokens | differing | plan | best (s) | median (s) |")
+    print("|---:|---|---|---:|---:|")
+    cases = [(15, "one", prompts("one"), None), (15, "all", prompts("all"), None)]
+    if args.long:  # one token of 240 differing, the grid's last four layers (the whole grid takes minutes)
+        cases.append((240, "one", prompt_pair(240), [8, 9, 10, 11]))
+    for n_pos, corrupt, (clean_ids, corrupt_ids), layers in cases:
+        args_, kwargs = (model, text(clean_ids), text(corrupt_ids)), dict(kw, layers=layers, runs_cache={})
+
+        def run(args_=args_, kwargs=kwargs) -> np.ndarray:  # the runs are made once, in the warm-up
+            return pw.patch(*args_, **kwargs).values
+
+        run()  # warm-up
         times: dict[str, list[float]] = {name: [] for name in settings}
         grids = {}
         for _ in range(args.repeats):
-            for name, (widths, trim, pack) in settings.items():
+            for name, (widths, trim, pack, positions) in settings.items():
                 plan.BAND_WIDTHS, sites.TRIM_LAST_MLP, plan.PACK = widths, trim, pack
+                plan.CPU_PASS_POSITIONS = positions if positions is not None else 10**12
                 start = time.perf_counter()
-                grids[name] = pw.patch(model, text(clean_ids), text(corrupt_ids), **kw).values
+                grids[name] = run()
                 times[name].append(time.perf_counter() - start)
-        plan.BAND_WIDTHS, sites.TRIM_LAST_MLP, plan.PACK = bands, True, True
+        plan.BAND_WIDTHS, sites.TRIM_LAST_MLP, plan.PACK, plan.CPU_PASS_POSITIONS = bands, True, True, cap
         for grid in grids.values():
             np.testing.assert_allclose(grid, grids["position and layer orders"], atol=1e-5)
         for name, ts in times.items():
-            print(f"| {corrupt} | {name} | {min(ts):.2f} | {float(np.median(ts)):.2f} |")
+            print(f"| {n_pos} | {corrupt} | {name} | {min(ts):.2f} | {float(np.median(ts)):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -428,18 +428,31 @@ def patched_metric(
         progress(done, len(copies))
     n_pos, n_layers = runs.target_ids.shape[1], info.n_layers
     # Short copies of one pair share a row (plan.pack_rows) where a 4D attention mask can keep them apart.
-    packable = plan.PACK and not remote and "attn_pattern" not in sites and takes_segment_mask(model, n_pos)
+    packable = not remote and "attn_pattern" not in sites and takes_segment_mask(model, n_pos)
     pairs_of = [pair for pair, _ in copies]
     ends = runs.target_len[pairs_of].tolist()
     lowest_layer = [min((w.layer for w in writes), default=0) for _, writes in copies]
-    rows = plan.pack_rows(todo, pairs_of, first.tolist(), ends, lowest_layer, n_pos if packable else 0)
     # The logit difference reads two logits per row: unembed only those columns (exact where the
     # unembedding is a plain linear layer, see sites.answer_unembedding).
     unembed = answer_unembedding(model, info) if getattr(fn, "answer_columns_only", False) and not remote else None
     # On a server each pass is a request, whose round trip outweighs any work a finer split saves.
     overhead = plan.REMOTE_PASS_OVERHEAD if remote else None
-    costs = [(row.position(n_pos), row.lowest) for row in rows]
-    for batch in plan.plan_batches(costs, batch_size, n_pos, n_layers, list(range(len(rows))), overhead):
+    on_cpu = not remote and model._module.get_input_embeddings().weight.device.type == "cpu"
+    rows, batches = plan.plan_rows(
+        todo,
+        pairs_of,
+        first.tolist(),
+        ends,
+        lowest_layer,
+        n_pos,
+        n_layers,
+        info.d_model,
+        batch_size,
+        pack=packable,
+        pass_overhead=overhead,
+        max_positions=plan.CPU_PASS_POSITIONS if on_cpu else None,
+    )
+    for batch in batches:
         index, lay = plan.layout([rows[b] for b in batch], n_pos)
         chunk = [copies[i] for i in index]
         pairs = torch.tensor([pair for pair, _ in chunk])

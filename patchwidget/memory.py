@@ -32,11 +32,24 @@ def kv_elements(info: ModelInfo, n_pos: int) -> int:
     return 2 * info.n_layers * n_pos * info.n_kv_heads * info.d_head
 
 
+def packed_row_elements(info: ModelInfo, n_pos: int) -> int:
+    """Elements a packed row (several copies end to end, ``plan.pack_rows``) adds to a one-copy row's forward pass.
+
+    Its queries, at most ``n_pos``, see the cached prefix and the row itself, up to
+    ``2 * n_pos`` keys: the attention scores and weights may be twice as wide, and
+    the 4D mask is as large as one head's scores.
+    """
+    t = n_pos
+    return 2 * info.n_heads * t * t + 2 * t * t
+
+
 def patched_row_bytes(info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int) -> int:
-    """Bytes per patched copy: its forward pass, the cached block outputs fed to skipped layers and
-    the target run's keys and values for the positions it does not compute."""
+    """Bytes per row of patched copies: its forward pass (a packed row's wider attention included), the
+    cached block outputs fed to skipped layers and the target run's keys and values for the positions it
+    does not compute."""
     skipped = info.n_layers * n_pos * info.d_model
-    return int(MARGIN * dtype_bytes * (forward_row_elements(info, n_pos, vocab) + skipped + kv_elements(info, n_pos)))
+    elements = forward_row_elements(info, n_pos, vocab) + packed_row_elements(info, n_pos)
+    return int(MARGIN * dtype_bytes * (elements + skipped + kv_elements(info, n_pos)))
 
 
 def cache_bytes(info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int, runs: int, site_width: int) -> int:
@@ -59,7 +72,7 @@ def rows_per_batch(
     runs: int,
     site_width: int,
 ) -> int:
-    """How many patched copies fit in one forward pass under ``budget`` bytes."""
+    """How many rows of patched copies fit in one forward pass under ``budget`` bytes."""
     if budget is None:
         return batch_size
     fixed = cache_bytes(info, n_pos, vocab, dtype_bytes, runs, site_width)
@@ -67,7 +80,7 @@ def rows_per_batch(
     if fixed + per_row > budget:
         raise MemoryBudgetError(
             f"memory_budget={budget / 2**20:.2f} MB is too small: the cached clean and corrupted runs need about "
-            f"{fixed / 2**20:.2f} MB and each patched copy about {per_row / 2**20:.2f} MB more "
+            f"{fixed / 2**20:.2f} MB and each row of patched copies about {per_row / 2**20:.2f} MB more "
             f"({n_pos} tokens); raise the budget or use fewer prompt pairs or tokens"
         )
     return max(1, min(batch_size, (budget - fixed) // per_row))

@@ -62,6 +62,10 @@ REMOTE_PASS_OVERHEAD = 10**9  # as few requests as batch_size allows; among thos
 
 
 BAND_WIDTHS = (2, 3, 4, 6, 8)  # position bands tried by plan_batches
+# On a CPU a pass of more positions than this (rows x positions) runs slower per position: its activations
+# no longer stay in the processor's caches (measured on 2 cores, GPT-2-small shape, benchmarks/bench_plan.py:
+# a 240-token grid's packed passes took 2.13 s capped at 512 positions, 6.27 s uncapped). A GPU is not capped.
+CPU_PASS_POSITIONS = 512
 
 
 def plan_batches(
@@ -71,6 +75,7 @@ def plan_batches(
     n_layers: int,
     ids: list[int],
     pass_overhead: float | None = None,
+    max_positions: int | None = None,
 ) -> list[list[int]]:
     """Split copies into batches of at most ``batch_size`` that together do the least work.
 
@@ -82,9 +87,11 @@ def plan_batches(
     copies at one layer share a pass and start within ``w`` positions of each
     other, which suits grids where every position changes); for each order,
     dynamic programming finds the split of least work into consecutive runs, and
-    the plan of least work is taken.
+    the plan of least work is taken. With ``max_positions``, a batch holds more than
+    one copy only while its rows x positions stay within it.
     """
     overhead = PASS_OVERHEAD if pass_overhead is None else pass_overhead
+    cap = math.inf if max_positions is None else max_positions
     plans = []
     orders = [lambda i: costs[i], lambda i: costs[i][::-1]]
     orders += [lambda i, w=w: (costs[i][0] // w, costs[i][1], costs[i][0]) for w in BAND_WIDTHS]
@@ -98,6 +105,8 @@ def plan_batches(
             for j in range(i, min(n, i + batch_size)):
                 position = min(position, costs[order[j]][0])
                 lowest = min(lowest, costs[order[j]][1])
+                if j > i and (j - i + 1) * (n_pos - position) > cap:
+                    break
                 work = best[i] + (n_layers - lowest) * (overhead + (j - i + 1) * (n_pos - position))
                 if work < best[j + 1]:
                     best[j + 1], cut[j + 1] = work, i
@@ -248,3 +257,67 @@ def segment_mask(lay: Layout) -> torch.Tensor:
     causal = torch.arange(width)[None, :] <= torch.arange(width)[:, None]  # (query, key)
     own = (seg[:, :, None] == seg[:, None, :]) & causal  # (row, query, key)
     return torch.cat([cached, own], 2)[:, None]
+
+
+# A position attends to every key its pass holds: the cached prefix and the positions computed. Its work
+# through a block grows as 1 + keys / (KEY_COST_PER_D * d_model) (the block's products cost about
+# 24 d_model^2 per position, attention 4 d_model per key, plus the scores' softmax and mask). A packed row
+# sees the keys of every copy in its pass, up to twice the prompt, so on long prompts, where the batch
+# plan already wastes little, packing costs more than it saves: ``plan_rows`` takes the cheaper plan.
+# Tuned on the GPT-2-small shape on 2 CPU cores (benchmarks/bench_plan.py, 15 and 240 tokens).
+KEY_COST_PER_D = 4
+
+
+def plan_cost(
+    rows: list[Row], batches: list[list[int]], n_pos: int, n_layers: int, overhead: float, key_cost: float
+) -> float:
+    """The estimated work of running ``rows`` in ``batches`` (``plan_batches``' cost, with each position's
+    attention to the pass's keys added)."""
+    total = 0.0
+    for batch in batches:
+        members = [rows[i] for i in batch]
+        lowest = min(row.lowest for row in members)
+        if all(len(row.segments) == 1 for row in members):  # one copy per row: positions start..n_pos-1
+            width, keys = n_pos - min(row.segments[0][1] for row in members), n_pos
+        else:  # packed: every row as wide as the widest, seeing the cache of the latest first position
+            width = max(row.width for row in members)
+            keys = max(first for row in members for _, first, _ in row.segments) + width
+        total += (n_layers - lowest) * (overhead + len(members) * width * (1 + keys / key_cost))
+    return total
+
+
+def plan_rows(
+    ids: list[int],
+    pairs: list[int],
+    firsts: list[int],
+    ends: list[int],
+    lowest: list[int],
+    n_pos: int,
+    n_layers: int,
+    d_model: int,
+    batch_size: int,
+    pack: bool,
+    pass_overhead: float | None = None,
+    max_positions: int | None = None,
+) -> tuple[list[Row], list[list[int]]]:
+    """The rows of the copies ``ids`` and the batches of rows to run them in.
+
+    With ``pack`` (and ``PACK``), both one copy per row and packed rows are planned
+    (``pack_rows``, ``plan_batches``) and the plan of less estimated work (``plan_cost``)
+    is taken. ``pass_overhead`` and ``max_positions`` are as in ``plan_batches``.
+
+    Example:
+        >>> rows, batches = plan_rows([0, 1], [0, 0], [0, 3], [4, 4], [0, 0], 4, 2, 768, 64, pack=True)
+        >>> [row.segments for row in rows], batches
+        ([((0, 0, 4),), ((1, 3, 4),)], [[0, 1]])
+    """
+    overhead = PASS_OVERHEAD if pass_overhead is None else pass_overhead
+    plans = []
+    for capacity in (0, n_pos) if pack and PACK else (0,):
+        rows = pack_rows(ids, pairs, firsts, ends, lowest, capacity)
+        costs = [(row.position(n_pos), row.lowest) for row in rows]
+        batches = plan_batches(costs, batch_size, n_pos, n_layers, list(range(len(rows))), overhead, max_positions)
+        cost = plan_cost(rows, batches, n_pos, n_layers, overhead, KEY_COST_PER_D * d_model)
+        plans.append((cost, rows, batches))
+    _, rows, batches = min(plans, key=lambda plan: plan[0])
+    return rows, batches

@@ -161,6 +161,29 @@ def test_pack_rows_fills_rows_of_one_pair_and_layer_within_capacity():
     assert len(plan.pack_rows(ids, pairs, firsts, ends, lowest, 0)) == len(ids)
 
 
+def test_plan_rows_packs_where_it_saves_work_and_caps_passes():
+    """Short every-token grids pack (the rectangles' waste outweighs the wider attention); a long prompt whose
+    copies start late does not (little waste, and packed rows would attend to twice the keys)."""
+    short = [(p, layer) for layer in range(12) for p in range(15)]
+    ids = list(range(len(short)))
+    rows, _ = plan.plan_rows(
+        ids, [0] * len(ids), [p for p, _ in short], [15] * len(ids), [c[1] for c in short], 15, 12, 768, 64, pack=True
+    )
+    assert any(len(row.segments) > 1 for row in rows)
+    late = list(range(120, 240))
+    rows, batches = plan.plan_rows(
+        list(range(120)), [0] * 120, late, [240] * 120, [8] * 120, 240, 12, 768, 64, pack=True, max_positions=512
+    )
+    assert all(len(row.segments) == 1 for row in rows)
+    for batch in batches:  # within the cap unless one row alone is wider
+        width = 240 - min(rows[i].segments[0][1] for i in batch)
+        assert len(batch) == 1 or len(batch) * width <= 512
+    rows, _ = plan.plan_rows(
+        ids, [0] * len(ids), [p for p, _ in short], [15] * len(ids), [c[1] for c in short], 15, 12, 768, 64, pack=False
+    )
+    assert all(len(row.segments) == 1 for row in rows)
+
+
 def test_segment_mask_shows_each_copy_its_cache_and_own_segment():
     rows = plan.pack_rows([0, 1], [0, 0], [2, 4], [6, 6], [0, 0], capacity=6)
     copies, lay = plan.layout(rows, n_pos=6)
