@@ -465,11 +465,10 @@ def patched_metric(
         lowest = min([layer for layer, _ in writes] + [layer for layer, _ in reads])
         at = (lay.pairs[:, None], lay.positions)  # each index of the pass, as (pair, prompt position)
         ids = runs.target_ids[at]
-        inputs: dict[str, Any] = {}
+        inputs: dict[str, Any] = {"attention_mask": attend_all(model, len(lay.pairs), n_pos)}
         if lay.start is None:  # packed rows: each copy's own positions, and a mask that keeps copies apart
-            inputs = {"attention_mask": segment_mask(model, plan.segment_mask(lay)), "position_ids": lay.positions}
-        else:
-            inputs = {"attention_mask": attend_all(model, len(lay.pairs), n_pos)}
+            positions = on_input_device(model, lay.positions)
+            inputs = {"attention_mask": segment_mask(model, plan.segment_mask(lay)), "position_ids": positions}
         if lay.cache_end:
             inputs[CACHE] = prefix_cache(model, runs.target_kv, lay.pairs, lay.cache_end)
         keep, last = last_positions(lay.copy_row, lay.copy_last, ids.shape[1])
