@@ -8,7 +8,7 @@ The whole algorithm, in three steps:
    *target* prompt (the corrupted one when denoising) whose activations at its
    cells are overwritten with the *source* run's cached values. Many rows run in
    one forward pass, ``batch_size`` rows at a time (short copies share a row).
-3. **Measure.** The metric reads each row's logits at the last position; the
+3. **Measure.** The metric reads each copy's logits at its last token; the
    per-pair values and their mean go into a ``PatchResult``.
 
 ``patch`` (one site over a grid, one cell per row), ``circuits.patch_sites``

@@ -16,68 +16,73 @@ from .test_engine_reference import MODELS
 SITES = ["resid_pre", "attn_out", "mlp_out", "head_out", "head_q", "head_k", "head_v"]
 
 
+def spy(monkeypatch, module, name, record):
+    """Replace ``module.name`` by a wrapper that appends ``record(*args)`` to the returned list per call."""
+    calls = []
+    original = getattr(module, name)
+
+    def counted(*args):
+        calls.append(record(*args))
+        return original(*args)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def on_and_off(monkeypatch, module, flag, run):
+    """``run()`` with ``module.flag`` True, then with it False."""
+    on = run()
+    monkeypatch.setattr(module, flag, False)
+    off = run()
+    monkeypatch.setattr(module, flag, True)
+    return on, off
+
+
 @pytest.fixture
 def reuse_count(monkeypatch):
-    """How many patched passes started after position 0."""
-    calls = []
-    original = engine.prefix_cache
-
-    def counted(model, kv, rows, end):
-        calls.append(end)
-        return original(model, kv, rows, end)
-
-    monkeypatch.setattr(engine, "prefix_cache", counted)
-    return calls
+    """Where the passes that started after position 0 started."""
+    return spy(monkeypatch, engine, "prefix_cache", lambda model, kv, rows, end: end)
 
 
 def both_ways(monkeypatch, run):
     """``run()`` with prefix reuse, then with every copy computed from position 0."""
-    reused = run()
-    monkeypatch.setattr(runs, "REUSE_PREFIX", False)
-    full = run()
-    monkeypatch.setattr(runs, "REUSE_PREFIX", True)
-    return reused, full
+    return on_and_off(monkeypatch, runs, "REUSE_PREFIX", run)
+
+
+def equal_on_and_off(model, monkeypatch, module, flag, after_each=lambda site, direction: None):
+    """Every site family in both directions on two IOI pairs gives the same values with ``module.flag`` on and
+    off, to 1e-5 relative to logit differences of up to about 10 (float32 sums in another order);
+    ``after_each(site, direction)`` runs after each comparison."""
+    pairs = demo_data.ioi_pairs(2, seed=5)
+    kw = dict(answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], metric="logit_diff", batch_size=7)
+    clean, corrupt = [p.clean for p in pairs], [p.corrupt for p in pairs]
+    for site in SITES:
+        for direction in ("denoise", "noise"):
+            on, off = on_and_off(
+                monkeypatch,
+                module,
+                flag,
+                lambda s=site, d=direction: pw.patch(model, clean, corrupt, site=s, direction=d, **kw).per_pair,
+            )
+            np.testing.assert_allclose(on, off, rtol=1e-5, atol=1e-5, err_msg=f"{site} {direction}")
+            after_each(site, direction)
 
 
 @pytest.mark.parametrize("model_name", MODELS)
 def test_prefix_reuse_equals_full_length_copies(tiny_models, model_name, monkeypatch, reuse_count):
-    model = tiny_models[model_name]
-    pairs = demo_data.ioi_pairs(2, seed=5)
-    kw = dict(answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], metric="logit_diff")
-    clean, corrupt = [p.clean for p in pairs], [p.corrupt for p in pairs]
-    for site in SITES:
-        for direction in ("denoise", "noise"):
-            reused, full = both_ways(
-                monkeypatch,
-                lambda s=site, d=direction: (
-                    pw.patch(model, clean, corrupt, site=s, direction=d, batch_size=7, **kw).per_pair
-                ),
-            )
-            np.testing.assert_allclose(reused, full, rtol=1e-5, atol=1e-5, err_msg=f"{site} {direction}")
+    equal_on_and_off(tiny_models[model_name], monkeypatch, runs, "REUSE_PREFIX")
     assert reuse_count and min(reuse_count) > 0  # the copies did start after position 0
 
 
 @pytest.fixture
 def packed_count(monkeypatch):
     """The shapes of the segment masks of packed passes (several copies in one row)."""
-    calls = []
-    original = engine.segment_mask
-
-    def counted(model, allowed):
-        calls.append(tuple(allowed.shape))
-        return original(model, allowed)
-
-    monkeypatch.setattr(engine, "segment_mask", counted)
-    return calls
+    return spy(monkeypatch, engine, "segment_mask", lambda model, allowed: tuple(allowed.shape))
 
 
 def packed_and_single(monkeypatch, run):
     """``run()`` with short copies packed into shared rows, then with one copy per row."""
-    packed = run()
-    monkeypatch.setattr(plan, "PACK", False)
-    single = run()
-    monkeypatch.setattr(plan, "PACK", True)
-    return packed, single
+    return on_and_off(monkeypatch, plan, "PACK", run)
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -86,21 +91,12 @@ def test_packed_rows_equal_one_copy_per_row(tiny_models, model_name, monkeypatch
     shows it the target run's cached keys before its first position and its own segment, give the values
     of one copy per row on every architecture. float32 sums in another order: within 1e-5, relative to
     logit differences of up to about 10 (measured: at most 1.05e-5 absolute, on the demo model)."""
-    model = tiny_models[model_name]
-    pairs = demo_data.ioi_pairs(2, seed=5)
-    kw = dict(answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], metric="logit_diff")
-    clean, corrupt = [p.clean for p in pairs], [p.corrupt for p in pairs]
-    for site in SITES:
-        for direction in ("denoise", "noise"):
-            packed_count.clear()
-            packed, single = packed_and_single(
-                monkeypatch,
-                lambda s=site, d=direction: (
-                    pw.patch(model, clean, corrupt, site=s, direction=d, batch_size=7, **kw).per_pair
-                ),
-            )
-            np.testing.assert_allclose(packed, single, rtol=1e-5, atol=1e-5, err_msg=f"{site} {direction}")
-            assert packed_count, f"{site} {direction}: no pass packed two copies in a row"
+
+    def packed(site, direction):
+        assert packed_count, f"{site} {direction}: no pass packed two copies in a row"
+        packed_count.clear()
+
+    equal_on_and_off(tiny_models[model_name], monkeypatch, plan, "PACK", packed)
 
 
 def test_packed_rows_with_spans_noise_joint_sets_and_paths(demo, monkeypatch, packed_count):
@@ -204,15 +200,7 @@ def test_segment_mask_shows_each_copy_its_cache_and_own_segment():
 @pytest.fixture
 def trim_count(monkeypatch):
     """How many patched passes ran the last block's MLP at the last position only."""
-    calls = []
-    original = engine.mlp_at_last_position
-
-    def counted(model, info):
-        calls.append(info.n_layers)
-        return original(model, info)
-
-    monkeypatch.setattr(engine, "mlp_at_last_position", counted)
-    return calls
+    return spy(monkeypatch, engine, "mlp_at_last_position", lambda model, info: info.n_layers)
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -227,10 +215,12 @@ def test_last_mlp_at_the_last_position_equals_the_full_mlp(tiny_models, model_na
     last = sites.model_info(model).n_layers - 1
     cases = [(site, None) for site in SITES] + [(site, [last]) for site in ("resid_post", "mlp_out", "mlp_neuron")]
     for site, layers in cases:
-        trimmed = pw.patch(model, clean, corrupt, site=site, layers=layers, **kw).per_pair
-        monkeypatch.setattr(sites, "TRIM_LAST_MLP", False)
-        full = pw.patch(model, clean, corrupt, site=site, layers=layers, **kw).per_pair
-        monkeypatch.setattr(sites, "TRIM_LAST_MLP", True)
+        trimmed, full = on_and_off(
+            monkeypatch,
+            sites,
+            "TRIM_LAST_MLP",
+            lambda s=site, ls=layers: pw.patch(model, clean, corrupt, site=s, layers=ls, **kw).per_pair,
+        )
         np.testing.assert_allclose(trimmed, full, atol=1e-5, err_msg=site)
     assert trim_count  # the MLP was trimmed in some passes
 
