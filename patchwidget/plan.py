@@ -315,6 +315,8 @@ def plan_rows(
     plans = []
     for capacity in (0, n_pos) if pack and PACK else (0,):
         rows = pack_rows(ids, pairs, firsts, ends, lowest, capacity)
+        if capacity and all(len(row.segments) == 1 for row in rows):
+            break  # nothing packed: the same rows as one copy per row, already planned
         costs = [(row.position(n_pos), row.lowest) for row in rows]
         batches = plan_batches(costs, batch_size, n_pos, n_layers, list(range(len(rows))), overhead, max_positions)
         cost = plan_cost(rows, batches, n_pos, n_layers, overhead, KEY_COST_PER_D * d_model)
