@@ -99,6 +99,19 @@ def test_packed_rows_equal_one_copy_per_row(tiny_models, model_name, monkeypatch
     equal_on_and_off(tiny_models[model_name], monkeypatch, plan, "PACK", packed)
 
 
+@pytest.mark.parametrize("model_name", ["gpt2-demo", "llama"])
+def test_packed_rows_equal_one_copy_per_row_under_sdpa(tiny_models, model_name, monkeypatch, packed_count):
+    """PyTorch's scaled-dot-product attention takes the same additive 4D mask as eager attention."""
+    model = tiny_models[model_name]
+    model._module.set_attn_implementation("sdpa")
+    try:
+        assert model.config._attn_implementation == "sdpa"
+        equal_on_and_off(model, monkeypatch, plan, "PACK")
+    finally:
+        model._module.set_attn_implementation("eager")
+    assert packed_count
+
+
 def test_packed_rows_with_spans_noise_joint_sets_and_paths(demo, monkeypatch, packed_count):
     """Prompts of different lengths (each copy ends at its own prompt's last token), noise on the target's
     embeddings, joint sets and path patching (which reads each copy's activations back) agree packed too."""
