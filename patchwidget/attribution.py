@@ -28,7 +28,7 @@ from . import metrics as M
 from .grid import Grid, Write, span_write
 from .prompts import PromptBatch
 from .remote import trace_kwargs
-from .sites import ModelInfo, add_noise, attend_all, last_logits, last_positions, on_input_device, raw, reshape
+from .sites import ModelInfo, add_noise, attend_all, last_logits, last_tokens, on_input_device, raw, reshape
 
 POOR_NOTE = (
     "Attribution patching is a linear estimate; it is known to be poor for {what}, where patching "
@@ -123,8 +123,8 @@ def _estimate_rows(
     )
     clean_len, corrupt_len = prompts.lengths.split(prompts.n_pairs)
     source_len, target_len = (clean_len, corrupt_len) if direction == "denoise" else (corrupt_len, clean_len)
-    source_keep, source_last = last_positions(torch.arange(len(source_len)), source_len - 1, source_ids.shape[1])
-    target_keep, target_last = last_positions(torch.arange(len(target_len)), target_len - 1, target_ids.shape[1])
+    source_keep, source_last = last_tokens(source_len, source_ids.shape[1])
+    target_keep, target_last = last_tokens(target_len, target_ids.shape[1])
     # Containers filled in a trace are made and saved inside it: on a remote server only saved values come back.
     with torch.no_grad():
         with model.trace(

@@ -465,10 +465,12 @@ def patched_metric(
         lowest = min([layer for layer, _ in writes] + [layer for layer, _ in reads])
         at = (lay.pairs[:, None], lay.positions)  # each index of the pass, as (pair, prompt position)
         ids = runs.target_ids[at]
-        inputs: dict[str, Any] = {"attention_mask": attend_all(model, len(lay.pairs), n_pos)}
+        inputs: dict[str, Any]
         if lay.start is None:  # packed rows: each copy's own positions, and a mask that keeps copies apart
             positions = on_input_device(model, lay.positions)
             inputs = {"attention_mask": segment_mask(model, plan.segment_mask(lay)), "position_ids": positions}
+        else:
+            inputs = {"attention_mask": attend_all(model, len(lay.pairs), n_pos)}
         if lay.cache_end:
             inputs[CACHE] = prefix_cache(model, runs.target_kv, lay.pairs, lay.cache_end)
         keep, last = last_positions(lay.copy_row, lay.copy_last, ids.shape[1])
@@ -501,10 +503,11 @@ def patched_metric(
             answer, wrong = torch.searchsorted(columns, answer), torch.searchsorted(columns, wrong)
         values = fn(logits, answer, wrong, runs.clean_logits[pairs])
         out[torch.tensor(index)] = values.float().cpu()
-        for key in reads:
-            for k, i in enumerate(index):  # each copy's computed positions; the rest stay the target run's
-                f, e, o, r = (int(t[k]) for t in (lay.copy_first, lay.copy_end, lay.copy_offset, lay.copy_row))
-                kept[key][i, f:e] = got[key][r, o : o + e - f].to(kept[key].dtype).cpu()
+        if reads:  # each copy's computed positions; the rest stay the target run's
+            spans = (t.tolist() for t in (lay.copy_first, lay.copy_end, lay.copy_offset, lay.copy_row))
+            for i, f, e, o, r in zip(index, *spans):
+                for key in reads:
+                    kept[key][i, f:e] = got[key][r, o : o + e - f].to(kept[key].dtype).cpu()
         done += len(chunk)
         if progress is not None:
             progress(done, len(copies))

@@ -216,6 +216,16 @@ class Layout:
         return self.copy_offset[copy] + position - self.copy_first[copy]
 
 
+def pass_shape(rows: list[Row], n_pos: int) -> tuple[int | None, int, int]:
+    """``(start, width, cache_end)`` of a pass over ``rows``: with one copy per row, every row runs
+    positions ``start..n_pos-1`` over the cache before ``start``; packed (``start`` None), every row is
+    as wide as the widest and the cache runs to the latest first position of any copy."""
+    if all(len(row.segments) == 1 for row in rows):
+        start = min(row.segments[0][1] for row in rows)
+        return start, n_pos - start, start
+    return None, max(row.width for row in rows), max(first for row in rows for _, first, _ in row.segments)
+
+
 def layout(rows: list[Row], n_pos: int) -> tuple[list[int], Layout]:
     """The copies of ``rows`` in row order, and where each sits in the pass."""
     copies, row_of, offset, first, end = [], [], [], [], []
@@ -229,19 +239,18 @@ def layout(rows: list[Row], n_pos: int) -> tuple[list[int], Layout]:
             end.append(e)
             at += e - f
     pairs = torch.tensor([row.pair for row in rows])
-    if all(len(row.segments) == 1 for row in rows):
-        start = min(first)
+    start, width, cache_end = pass_shape(rows, n_pos)
+    if start is not None:
         positions = torch.arange(start, n_pos).expand(len(rows), -1)
         offset = [f - start for f in first]
         return copies, Layout(pairs, positions, None, *map(torch.tensor, (row_of, offset, first, end)), start, start)
-    width = max(row.width for row in rows)
     positions = torch.zeros(len(rows), width, dtype=torch.long)
     segments = -1 - torch.arange(width).repeat(len(rows), 1)  # padding: a segment of its own
     for k, (r, o, f, e) in enumerate(zip(row_of, offset, first, end)):
         positions[r, o : o + e - f] = torch.arange(f, e)
         segments[r, o : o + e - f] = k
     tensors = map(torch.tensor, (row_of, offset, first, end))
-    return copies, Layout(pairs, positions, segments, *tensors, None, max(first))
+    return copies, Layout(pairs, positions, segments, *tensors, None, cache_end)
 
 
 def segment_mask(lay: Layout) -> torch.Tensor:
@@ -277,11 +286,8 @@ def plan_cost(
     for batch in batches:
         members = [rows[i] for i in batch]
         lowest = min(row.lowest for row in members)
-        if all(len(row.segments) == 1 for row in members):  # one copy per row: positions start..n_pos-1
-            width, keys = n_pos - min(row.segments[0][1] for row in members), n_pos
-        else:  # packed: every row as wide as the widest, seeing the cache of the latest first position
-            width = max(row.width for row in members)
-            keys = max(first for row in members for _, first, _ in row.segments) + width
+        _, width, cache_end = pass_shape(members, n_pos)
+        keys = cache_end + width  # every position of the pass attends over the cache and the pass
         total += (n_layers - lowest) * (overhead + len(members) * width * (1 + keys / key_cost))
     return total
 

@@ -33,7 +33,7 @@ from .sites import (
     cache_tensors,
     hidden_states,
     last_logits,
-    last_positions,
+    last_tokens,
     layer_module,
     module,
     on_input_device,
@@ -231,7 +231,7 @@ def _run_pass(
         key=lambda k: (k[0], READ_ORDER.index(k[1])),
     )
     top = max(layer for layer, _ in keys)
-    keep, index = last_positions(torch.arange(len(lengths)), lengths - 1, ids.shape[1])
+    keep, index = last_tokens(lengths, ids.shape[1])
     with model.trace(
         on_input_device(model, ids),
         **trace_kwargs(model, remote),

@@ -449,6 +449,13 @@ def last_positions(
     return keep, (rows, torch.searchsorted(keep, last))
 
 
+def last_tokens(
+    lengths: torch.Tensor, width: int
+) -> tuple[int | torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """``last_positions`` for a pass of one prompt per row, ``lengths`` its rows' real lengths."""
+    return last_positions(torch.arange(len(lengths)), lengths - 1, width)
+
+
 def at_last(kept: Any, index: tuple[torch.Tensor, torch.Tensor] | None) -> Any:
     """Each read of ``kept`` (``(row, kept position, ...)``, as ``logits_to_keep`` left it) at its
     last real token: each row's last kept position, or the (row, kept position) ``index`` names
