@@ -251,4 +251,4 @@ def _run_pass(
                 blocks.append(hidden_states(out).detach().clone().save())
         logits = last_logits(model, info, index).detach().save()
         cache = getattr(model.output, CACHE).save() if keep_kv else None
-    return dict(acts), list(blocks), logits, form[0], cache_tensors(cache) if keep_kv else None
+    return dict(acts), list(blocks), logits, form[0], cache_tensors(cache, ids.shape[1]) if keep_kv else None

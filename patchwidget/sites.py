@@ -410,14 +410,20 @@ def add_noise(model: Any, info: ModelInfo, noise: torch.Tensor | None, rows: sli
 CACHE = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
-def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+def cache_tensors(cache: Any, n_pos: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """Each layer's keys and values from a run's key-value cache, ``(row, kv_head, pos, d_head)``.
 
-    None where the run left no complete cache (a wrapper that replaced the attention
-    modules, say): the patched copies then run from position 0.
+    None where the run left no complete cache of its ``n_pos`` positions: a wrapper that
+    replaced the attention modules, say, or a sliding-window layer (Mistral's
+    ``sliding_window``, Qwen2's ``use_sliding_window``, local layers in ``layer_types``),
+    whose cache keeps only its last ``window - 1`` positions, not the first ones a patched
+    copy would read. The patched copies then run from position 0. What the cache holds is
+    observed here, not inferred from the config.
     """
     layers = getattr(cache, "layers", None)
     if not layers or any(getattr(layer, "keys", None) is None for layer in layers):
+        return None
+    if any(layer.keys.shape[-2] != n_pos or layer.values.shape[-2] != n_pos for layer in layers):
         return None
     return [(layer.keys.detach(), layer.values.detach()) for layer in layers]
 
