@@ -11,6 +11,7 @@ import torch
 import patchwidget as pw
 from patchwidget import demo_data
 
+from .close import assert_close, near
 from .reference import Sizes, site_hooks
 
 
@@ -55,7 +56,7 @@ def test_evaluate_is_the_joint_patch_on_held_out_pairs(demo, grid):
     circuit = grid.top_sites(4)
     held = circuit.evaluate(demo, **_texts(HELD_OUT))
     direct = pw.patch_sites(demo, **_texts(HELD_OUT), cells=circuit.cells)
-    np.testing.assert_allclose(held.per_pair_joint, direct.per_pair_joint, atol=1e-6)
+    assert_close(held.per_pair_joint, direct.per_pair_joint, 1e-6)
     assert held.joint > 0.5  # the heads found on some names carry the behaviour on others
 
 
@@ -83,7 +84,7 @@ def test_knockout_matches_plain_hooks(demo, grid):
     zero = circuit.knockout(demo, prompts, mode="zero")
     dh = demo.config.n_embd // demo.config.n_head
     want = _reference_knockout(demo, ids, circuit.cells, [torch.zeros(ids.shape[1], dh)] * 3)
-    torch.testing.assert_close(zero, want, atol=1e-4, rtol=0)
+    assert_close(zero, want, 1e-4)
     # mean over other prompts, position by position
     reference = [p.corrupt for p in HELD_OUT]
     mean = circuit.knockout(demo, prompts, mode="mean", reference=reference)
@@ -97,7 +98,7 @@ def test_knockout_matches_plain_hooks(demo, grid):
                 demo._module(row[None])
             handle.remove()
         means.append(torch.stack([a[:, cell.head].clone() for a in acts]).mean(0))
-    torch.testing.assert_close(mean, _reference_knockout(demo, ids, circuit.cells, means), atol=1e-4, rtol=0)
+    assert_close(mean, _reference_knockout(demo, ids, circuit.cells, means), 1e-4)
     # knocking out the circuit hurts the answer more than knocking out as many other heads
     answer = torch.tensor([demo.tokenizer(p.answer)["input_ids"][0] for p in HELD_OUT])
     wrong = torch.tensor([demo.tokenizer(p.wrong)["input_ids"][0] for p in HELD_OUT])
@@ -117,7 +118,7 @@ def test_write_inside_your_own_trace_is_the_joint_patch(demo, grid):
     joint = pw.patch_sites(
         demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, cells=circuit.cells, metric="logit_diff"
     )
-    assert float(logits[a] - logits[w]) == pytest.approx(joint.joint, abs=1e-4)
+    assert float(logits[a] - logits[w]) == near(joint.joint, 1e-4)
     with pytest.raises(pw.SettingsError, match="call circuit.sources"):
         circuit.write(demo, "When Anna and John went to the store , John gave a drink to")
 

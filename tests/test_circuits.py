@@ -8,6 +8,7 @@ import torch
 import patchwidget as pw
 from patchwidget import demo_data, plan
 
+from .close import near
 from .reference import Sizes, capture, site_hooks
 
 # Heads with weights in the bundled model (training switched the others off, and a dead head's patch is a no-op).
@@ -75,10 +76,10 @@ def test_joint_and_single_effects_match_reference(demo, direction, batch_size, m
         clean, corrupt = torch.tensor(tok(p.clean)["input_ids"]), torch.tensor(tok(p.corrupt)["input_ids"])
         source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
         a, w = tok(p.answer)["input_ids"][0], tok(p.wrong)["input_ids"][0]
-        assert r.per_pair_joint[i] == pytest.approx(reference_joint(hf, source, target, CELLS[:4], a, w), abs=1e-4)
+        assert r.per_pair_joint[i] == near(reference_joint(hf, source, target, CELLS[:4], a, w), 1e-4)
         for j, cell in enumerate(CELLS[:4]):
             single = reference_joint(hf, source, target, [cell], a, w)
-            assert r.per_pair_singles[i, j] == pytest.approx(single, abs=1e-4)
+            assert r.per_pair_singles[i, j] == near(single, 1e-4)
 
 
 def test_singles_agree_with_patch_and_pattern_cell(demo):
@@ -95,7 +96,7 @@ def test_singles_agree_with_patch_and_pattern_cell(demo):
         heads=[0],
         metric="logit_diff_norm",
     )
-    assert r.singles[4] == pytest.approx(grid.values[0, 0], abs=1e-4)
+    assert r.singles[4] == near(grid.values[0, 0], 1e-4)
     heads = pw.patch(
         demo,
         p.clean,
@@ -106,11 +107,11 @@ def test_singles_agree_with_patch_and_pattern_cell(demo):
         by_position=False,
         metric="logit_diff_norm",
     )
-    assert r.singles[0] == pytest.approx(heads.values[0, 3], abs=1e-4)
-    assert r.singles[1] == pytest.approx(heads.values[1, 0], abs=1e-4)
+    assert r.singles[0] == near(heads.values[0, 3], 1e-4)
+    assert r.singles[1] == near(heads.values[1, 0], 1e-4)
     df = r.to_dataframe()
     assert list(df["cells"])[-2:] == ["sum of singles", "all together"]
-    assert r.sum_of_singles == pytest.approx(r.singles.sum(), abs=1e-5)  # normalised: the baseline is 0
+    assert r.sum_of_singles == near(r.singles.sum(), 1e-5)  # normalised: the baseline is 0
 
 
 def test_three_heads_carry_the_ioi_behaviour(demo):

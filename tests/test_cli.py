@@ -12,6 +12,8 @@ import pytest
 import patchwidget as pw
 from patchwidget.cli import main
 
+from .close import assert_close, near
+
 FACT = [
     "--clean",
     "The capital of France is",
@@ -41,7 +43,7 @@ def test_json_output_matches_the_api(demo, tmp_path, capsys):
         site="attn_out",
         metric="logit_diff_norm",
     )
-    np.testing.assert_allclose(saved.values, direct.values, atol=1e-6)
+    assert_close(saved.values, direct.values, 1e-6)
     assert f"wrote {out}" in capsys.readouterr().out
 
 
@@ -58,7 +60,7 @@ def test_remote_simulation_and_memory_budget_options(demo, tmp_path):
         wrong="Tokyo",
         metric="logit_diff_norm",
     )
-    np.testing.assert_allclose(pw.PatchResult.load(out).values, direct.values, atol=1e-6)
+    assert_close(pw.PatchResult.load(out).values, direct.values, 1e-6)
 
 
 def test_demo_table_png_and_html(tmp_path, capsys):
@@ -74,7 +76,7 @@ def test_demo_table_png_and_html(tmp_path, capsys):
         wrong="John",
         metric="logit_diff_norm",
     )
-    assert float(lines[-1].split()[-1]) == pytest.approx(ioi.values[-1, -1], abs=0.001)  # the table shows the grid
+    assert float(lines[-1].split()[-1]) == near(ioi.values[-1, -1], 0.001)  # the table shows the grid
     png = tmp_path / "grid.png"
     assert main(["run", "--out", str(png), "--site", "head_out", "--by-position", "no"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -87,7 +89,7 @@ def test_demo_table_png_and_html(tmp_path, capsys):
     (panel,) = state["view"]["panels"]
     direct = pw.patch(pw.load_model(), *FACT[1::2][:2], answer="Paris", wrong="Tokyo", metric="logit_diff_norm")
     assert panel["id"] == "resid_pre" and panel["cols"] == [f"{t} ({i})" for i, t in enumerate(direct.tokens)]
-    np.testing.assert_allclose(np.array(panel["values"], dtype=float), direct.values, atol=1e-5)
+    assert_close(np.array(panel["values"], dtype=float), direct.values, 1e-5)
     assert state["breadcrumb"] == [{"label": "resid_pre"}] and data["controls"]["site"] == "resid_pre"
 
 
@@ -146,7 +148,7 @@ def test_template_prompts_of_different_lengths(demo, capsys, tmp_path):
     n = len(direct.coords["layer"])  # each line: a span's label (may hold spaces), then one value per layer
     rows = {" ".join(line.split()[:-n]): [float(x) for x in line.split()[-n:]] for line in table[1:]}
     assert list(rows) == direct.coords["span"]
-    np.testing.assert_allclose(rows["PLACE"], direct.values[:, direct.coords["span"].index("PLACE")], atol=1e-3)
+    assert_close(rows["PLACE"], direct.values[:, direct.coords["span"].index("PLACE")], 1e-3)
     page = tmp_path / "spans.html"
     assert main([*args, "--out", str(page)]) == 0
     text = page.read_text()

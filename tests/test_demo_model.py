@@ -17,6 +17,7 @@ import torch
 import patchwidget as pw
 from patchwidget import demo_data
 
+from .close import assert_close
 from .test_notebooks import _pairs  # the notebooks' claims and these measure the same way
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "train_demo_model.py"
@@ -175,7 +176,7 @@ def test_load_model_accepts_wrapped_and_plain_models(demo):
     p = demo_data.fact_pairs(1)[0]
     a = pw.patch(wrapped, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong)
     b = pw.patch(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong)
-    assert torch.allclose(torch.tensor(a.values), torch.tensor(b.values), atol=1e-5)
+    assert_close(torch.tensor(a.values), torch.tensor(b.values), 1e-5)
     with pytest.raises(pw.PatchwidgetError, match="needs its tokenizer"):
         pw.load_model(hf)
     with pytest.raises(pw.PatchwidgetError, match="cannot load a model from 'int'"):

@@ -8,11 +8,12 @@ hooks, the same meta-device parameters in the module tree.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import patchwidget as pw
 from patchwidget import demo_data
+
+from .close import assert_close, near
 
 PAIRS = demo_data.ioi_pairs(2, seed=6)
 TEXTS = dict(
@@ -47,15 +48,15 @@ def test_offloaded_model_gives_the_plain_models_numbers(demo, offloaded, site, m
     kw = {"neurons": [1, 2]} if site == "mlp_neuron" else {}
     plain = pw.patch(demo, **TEXTS, site=site, method=method, **kw)
     placed = pw.patch(offloaded, **TEXTS, site=site, method=method, **kw)
-    np.testing.assert_allclose(placed.per_pair, plain.per_pair, atol=1e-5)
+    assert_close(placed.per_pair, plain.per_pair, 1e-5)
 
 
 def test_offloaded_model_with_noise_and_joint_patching(demo, offloaded):
     noise = pw.noise("France", samples=2)
     plain = pw.patch(demo, "The capital of France is", noise, answer="Paris", wrong="Tokyo")
     placed = pw.patch(offloaded, "The capital of France is", noise, answer="Paris", wrong="Tokyo")
-    np.testing.assert_allclose(placed.per_pair, plain.per_pair, atol=1e-5)
+    assert_close(placed.per_pair, plain.per_pair, 1e-5)
     cells = [pw.Cell("head_out", 1, head=0), pw.Cell("mlp_out", 3, pos=-1)]
-    assert pw.patch_sites(offloaded, **TEXTS, cells=cells).joint == pytest.approx(
-        pw.patch_sites(demo, **TEXTS, cells=cells).joint, abs=1e-5
+    assert pw.patch_sites(offloaded, **TEXTS, cells=cells).joint == near(
+        pw.patch_sites(demo, **TEXTS, cells=cells).joint, 1e-5
     )

@@ -9,6 +9,8 @@ import pytest
 import patchwidget as pw
 from patchwidget import demo_data
 
+from .close import assert_close, near
+
 MODELS = ["gpt2-demo", "gpt_neox", "llama", "qwen2-gqa", "mistral-gqa", "gemma-gqa", "gptj"]
 
 
@@ -30,7 +32,7 @@ def test_layer0_resid_pre_restores_exactly_at_the_differing_token(tiny_models, m
     )
     expected = np.zeros(n)
     expected[pos] = 1.0
-    np.testing.assert_allclose(r.values[0], expected, atol=1e-4)
+    assert_close(r.values[0], expected, 1e-4)
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -53,7 +55,7 @@ def test_last_layer_resid_post_at_last_position_restores_exactly(tiny_models, mo
         )
         # Denoising restores the clean run (1); noising reproduces the corrupted run (0).
         assert r.values.shape == (1, 1)
-        assert r.values[0, 0] == pytest.approx(1.0 if direction == "denoise" else 0.0, abs=1e-4)
+        assert r.values[0, 0] == near(1.0 if direction == "denoise" else 0.0, 1e-4)
 
 
 def test_baselines_and_normalisation(demo):
@@ -63,8 +65,8 @@ def test_baselines_and_normalisation(demo):
     raw = pw.patch(demo, *args, **kw)
     norm = pw.patch(demo, *args, metric="logit_diff_norm", **kw)
     assert np.all(raw.clean_baseline > 0) and np.all(raw.corrupt_baseline < 0)
-    np.testing.assert_allclose(raw.normalized().per_pair, norm.per_pair, atol=1e-5)
-    np.testing.assert_allclose(norm.values, norm.per_pair.mean(0), atol=1e-6)
+    assert_close(raw.normalized().per_pair, norm.per_pair, 1e-5)
+    assert_close(norm.values, norm.per_pair.mean(0), 1e-6)
     assert norm.per_pair.shape == (3, 2, raw.values.shape[1])
 
 
@@ -74,7 +76,7 @@ def test_ioi_resid_stream_moves_from_second_subject_to_final_token(demo):
     r = pw.patch(demo, [p.clean for p in pairs], [p.corrupt for p in pairs], metric="logit_diff_norm", **answers)
     s2 = r.tokens.index(",") + 1  # the second subject follows the comma in the template
     end = len(r.tokens) - 1
-    assert r.values[0].argmax() == s2 and r.values[0, s2] == pytest.approx(1.0, abs=1e-4)
+    assert r.values[0].argmax() == s2 and r.values[0, s2] == near(1.0, 1e-4)
     assert not r.values[:, :s2].any()  # causal: nothing before the only token that differs
     # In between, the information is carried by S2 and the token after it (the bundled model passes it through
     # the verb, where layer 3 reads it from the last token), and by nothing else.
@@ -123,6 +125,6 @@ def test_attribution_leaves_the_model_without_gradients_and_splits_exactly(demo)
     seen = []
     whole = pw.patch(demo, **kw)
     split = pw.patch(demo, **kw, batch_size=2, progress=lambda done, total: seen.append((done, total)))
-    np.testing.assert_allclose(split.per_pair, whole.per_pair, atol=1e-5)
+    assert_close(split.per_pair, whole.per_pair, 1e-5)
     assert seen == [(2, 3), (3, 3)]
     assert all(p.grad is None for p in demo._module.parameters())

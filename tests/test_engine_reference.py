@@ -10,6 +10,7 @@ import torch
 import patchwidget as pw
 from patchwidget import demo_data
 
+from .close import assert_close
 from .reference import reference_patch
 
 ALL_SITES = list(pw.SITES)
@@ -89,8 +90,8 @@ def test_engine_matches_reference(tiny_models, model_name, site):
             spread = np.abs(expected - result.corrupt_baseline.reshape((-1,) + (1,) * (expected.ndim - 1)))
             if direction == "denoise":
                 assert spread.max() > 1e-3
-            np.testing.assert_allclose(result.per_pair, expected, atol=1e-4, rtol=0, err_msg=f"batch {batch_size}")
-            np.testing.assert_allclose(result.values, expected.mean(0), atol=1e-4, rtol=0)
+            assert_close(result.per_pair, expected, 1e-4, err_msg=f"batch {batch_size}")
+            assert_close(result.values, expected.mean(0), 1e-4)
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -109,7 +110,7 @@ def test_single_pair_and_joint_positions_match_reference(tiny_models, model_name
             direction="noise",
         )
         expected = reference_values(model, [p], site, "noise", {}, by_position)
-        np.testing.assert_allclose(result.per_pair, expected, atol=1e-4, rtol=0)
+        assert_close(result.per_pair, expected, 1e-4)
 
 
 def test_metrics_match_reference(demo):
@@ -128,7 +129,7 @@ def test_metrics_match_reference(demo):
     for name, want in expected.items():
         metric = (lambda lg: lg[:, a] * 2) if name == "custom" else name
         result = pw.patch(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, site="attn_out", metric=metric)
-        np.testing.assert_allclose(result.values, want.numpy(), atol=1e-4, rtol=0, err_msg=name)
+        assert_close(result.values, want.numpy(), 1e-4, err_msg=name)
 
 
 @pytest.mark.parametrize("model_name", ["gpt2-demo", "llama", "qwen2-gqa"])
@@ -170,4 +171,4 @@ def test_attribution_matches_reference(tiny_models, model_name, site):
         )
         if not pw.SITES[site].unit:
             expected = expected[0]
-        np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=f"{site} {direction}")
+        assert_close(got, expected, 1e-4, err_msg=f"{site} {direction}")

@@ -18,6 +18,8 @@ import patchwidget as pw
 from patchwidget import demo_data
 from patchwidget.result import PatchResult
 
+from .close import assert_close
+
 PAIRS = demo_data.ioi_pairs(4, seed=9)
 TEXTS = dict(
     clean=[p.clean for p in PAIRS],
@@ -87,7 +89,7 @@ def test_train_mode_patches_as_eval_mode_and_is_put_back(demo, tokenizer):
         np.testing.assert_array_equal(first.per_pair, second.per_pair)
         assert model._module.training and all(m.training for m in model._module.modules())
         model._module.eval()
-        np.testing.assert_allclose(pw.patch(model, **TEXTS, **kw).per_pair, first.per_pair, atol=1e-6)
+        assert_close(pw.patch(model, **TEXTS, **kw).per_pair, first.per_pair, 1e-6)
         model._module.train()
     joint = [pw.patch_sites(model, **TEXTS, cells=[pw.Cell("resid_pre", 1, pos=-1)]).joint for _ in range(2)]
     assert joint[0] == joint[1]
@@ -154,8 +156,8 @@ def test_attribution_works_with_frozen_weights(demo, tokenizer):
         got_resid = pw.patch(demo, **TEXTS, method="attribution", layers=[2]).per_pair
     finally:
         demo._module.requires_grad_(True)
-    np.testing.assert_allclose(got, want, atol=1e-4)
-    np.testing.assert_allclose(got_resid, pw.patch(demo, **TEXTS, method="attribution", layers=[2]).per_pair, atol=1e-4)
+    assert_close(got, want, 1e-4)
+    assert_close(got_resid, pw.patch(demo, **TEXTS, method="attribution", layers=[2]).per_pair, 1e-4)
     assert all(p.grad is None for p in demo._module.parameters())
 
 
@@ -185,7 +187,7 @@ def test_the_clean_and_corrupted_runs_batch_and_report_progress(demo, monkeypatc
     monkeypatch.undo()
     assert max(passes) <= 4  # the 20 runs too, not only the patched copies
     assert seen[:5] == [(4, 20), (8, 20), (12, 20), (16, 20), (20, 20)]  # the runs' progress, before the cells'
-    np.testing.assert_allclose(small.per_pair, pw.patch(demo, **texts, site="mlp_out").per_pair, atol=1e-5)
+    assert_close(small.per_pair, pw.patch(demo, **texts, site="mlp_out").per_pair, 1e-5)
 
 
 # --- files ---------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 import patchwidget as pw
 from patchwidget import plan
 
+from .close import assert_close, near
+
 
 class _MallInfo2(ctypes.Structure):
     _fields_ = [
@@ -81,7 +83,7 @@ def check_budget_bounds(patch_with, budget: int):
     assert peak < budget, f"peak {peak / 2**20:.0f} MB over the {budget / 2**20:.0f} MB budget"
     unbounded, unbounded_peak = peak_during(lambda: patch_with(None))
     assert unbounded_peak > budget  # the budget is what kept the first run small
-    torch.testing.assert_close(torch.tensor(result.per_pair), torch.tensor(unbounded.per_pair), atol=1e-4, rtol=0)
+    assert_close(torch.tensor(result.per_pair), torch.tensor(unbounded.per_pair), 1e-4)
     return result
 
 
@@ -164,6 +166,6 @@ def test_joint_patching_keeps_to_the_budget(demo):
     )
     assert batches == [2, 4]
     whole = pw.patch_sites(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, cells=cells)
-    assert r.joint == pytest.approx(whole.joint, abs=1e-5)
+    assert r.joint == near(whole.joint, 1e-5)
     with pytest.raises(pw.PatchwidgetError, match="too small"):
         pw.patch_sites(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, cells=cells, memory_budget=1000)

@@ -9,6 +9,7 @@ import torch
 
 import patchwidget as pw
 
+from .close import assert_close, near
 from .reference import reference_patch, run
 
 PROMPT = "The capital of France is"
@@ -45,22 +46,22 @@ def test_noise_corruption_matches_reference(demo, direction, site):
         values.append(diff[:, 0] if site != "head_out" else diff)
         plain = run(hf, ids, noise=noise)
         corrupt.append((plain[a] - plain[w]).item())
-    np.testing.assert_allclose(result.values, np.mean(values, 0), atol=1e-4)
-    np.testing.assert_allclose(result.corrupt_baseline, [np.mean(corrupt)], atol=1e-4)
+    assert_close(result.values, np.mean(values, 0), 1e-4)
+    assert_close(result.corrupt_baseline, [np.mean(corrupt)], 1e-4)
 
 
 def test_noise_hurts_and_subject_position_restores(demo):
     r = pw.patch(demo, PROMPT, pw.noise("France"), answer="Paris", wrong="Tokyo", metric="prob")
     assert r.clean_baseline[0] > 0.9 and r.corrupt_baseline[0] < 0.5
-    assert r.values[0, 3] == pytest.approx(r.clean_baseline[0], abs=1e-4)  # layer 0 at the subject: exact
+    assert r.values[0, 3] == near(r.clean_baseline[0], 1e-4)  # layer 0 at the subject: exact
 
 
 def test_noise_by_position_and_scale_zero(demo):
     clean = pw.patch(demo, PROMPT, pw.noise(positions=[3], scale=0.0, samples=2), answer="Paris", wrong="Tokyo")
-    np.testing.assert_allclose(clean.values, clean.clean_baseline[0], atol=1e-5)  # no noise: nothing changes
+    assert_close(clean.values, clean.clean_baseline[0], 1e-5)  # no noise: nothing changes
     by_word = pw.patch(demo, PROMPT, pw.noise("France", samples=2), answer="Paris", wrong="Tokyo", layers=[1])
     by_pos = pw.patch(demo, PROMPT, pw.noise(positions=[-2], samples=2), answer="Paris", wrong="Tokyo", layers=[1])
-    np.testing.assert_allclose(by_word.values, by_pos.values, atol=1e-6)
+    assert_close(by_word.values, by_pos.values, 1e-6)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import torch
 import patchwidget as pw
 from patchwidget import demo_data
 
+from .close import assert_close
 from .reference import reference_path_patch
 
 MODELS = ["gpt2-demo", "gpt_neox", "qwen2-gqa"]
@@ -67,7 +68,7 @@ def test_sender_sweep_matches_the_plain_twin(tiny_models, model_name, direction)
         got = result.per_pair.reshape(len(pairs), -1)
         reachable = np.array([s[0][0] < top for s in every])
         assert np.isnan(got[:, ~reachable]).all()  # no path from at or above the receivers' layer
-        np.testing.assert_allclose(got[:, reachable], want, atol=1e-4, rtol=0, err_msg=f"{receivers}")
+        assert_close(got[:, reachable], want, 1e-4, err_msg=f"{receivers}")
         # The comparison has power: some paths move the metric.
         base = (result.corrupt_baseline if direction == "denoise" else result.clean_baseline)[:, None]
         assert np.nanmax(np.abs(got - base)) > 1e-3
@@ -82,7 +83,7 @@ def test_a_sender_set_patched_together_matches_the_plain_twin(tiny_models, model
         got = pw.path_patch(model, **_texts(p), receivers=receivers, senders=senders)
         assert got.dims == () and got.per_pair.shape == (1,)
         plain = [(c.site, c.layer, c.head) for c in receivers] if receivers != "logits" else "logits"
-        np.testing.assert_allclose(got.per_pair, _reference(model, p, "denoise", [senders], plain)[:, 0], atol=1e-4)
+        assert_close(got.per_pair, _reference(model, p, "denoise", [senders], plain)[:, 0], 1e-4)
 
 
 def test_last_layer_senders_to_the_logits_are_head_patching(demo):
@@ -90,14 +91,14 @@ def test_last_layer_senders_to_the_logits_are_head_patching(demo):
     pairs = demo_data.ioi_pairs(3, seed=2)
     path = pw.path_patch(demo, **_texts(pairs), metric="logit_diff_norm")
     heads = pw.patch(demo, **_texts(pairs), site="head_out", by_position=False, layers=[3], metric="logit_diff_norm")
-    np.testing.assert_allclose(path.per_pair[:, 3], heads.per_pair[:, 0], atol=1e-5)
+    assert_close(path.per_pair[:, 3], heads.per_pair[:, 0], 1e-5)
 
 
 def test_no_sender_gives_the_target_metric(demo):
     pairs = demo_data.ioi_pairs(2, seed=2)
     for receivers in ["logits", [pw.Cell("head_q", 2, head=0)]]:
         none = pw.path_patch(demo, **_texts(pairs), senders=[], receivers=receivers)
-        np.testing.assert_allclose(none.per_pair, none.corrupt_baseline, atol=1e-6)
+        assert_close(none.per_pair, none.corrupt_baseline, 1e-6)
 
 
 def test_the_widget_and_a_runs_cache_share_the_runs(demo):
@@ -138,4 +139,4 @@ def test_path_patching_runs_remotely_as_locally(demo):
     receivers = [pw.Cell("head_q", 3, head=0)]
     here = pw.path_patch(demo, **_texts(pairs), receivers=receivers)
     there = pw.path_patch(demo, **_texts(pairs), receivers=receivers, remote="local")
-    np.testing.assert_allclose(there.per_pair, here.per_pair, atol=1e-5, equal_nan=True)
+    assert_close(there.per_pair, here.per_pair, 1e-5)

@@ -4,13 +4,13 @@ computed over every position, on every architecture."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 import patchwidget as pw
 from patchwidget import demo_data, engine, plan, runs, sites
 
+from .close import assert_close
 from .test_engine_reference import MODELS
 
 SITES = ["resid_pre", "attn_out", "mlp_out", "head_out", "head_q", "head_k", "head_v"]
@@ -64,7 +64,7 @@ def equal_on_and_off(model, monkeypatch, module, flag, after_each=lambda site, d
                 flag,
                 lambda s=site, d=direction: pw.patch(model, clean, corrupt, site=s, direction=d, **kw).per_pair,
             )
-            np.testing.assert_allclose(on, off, rtol=1e-5, atol=1e-5, err_msg=f"{site} {direction}")
+            assert_close(on, off, 1e-5, err_msg=f"{site} {direction}")
             after_each(site, direction)
 
 
@@ -126,20 +126,20 @@ def test_packed_rows_with_spans_noise_joint_sets_and_paths(demo, monkeypatch, pa
         packed, single = packed_and_single(
             monkeypatch, lambda s=site: pw.patch(demo, clean, corrupt, site=s, within="PLACE", **kw).per_pair
         )
-        np.testing.assert_allclose(packed, single, rtol=1e-5, atol=1e-5, err_msg=site)
+        assert_close(packed, single, 1e-5, err_msg=site)
     prompt = demo_data.fact_pairs(1, seed=0)[0]
     one = dict(answer=prompt.answer, wrong=prompt.wrong, metric="logit_diff")
     noise = pw.noise(positions=[1, 2])
     packed, single = packed_and_single(
         monkeypatch, lambda: pw.patch(demo, prompt.clean, noise, site="resid_pre", **one).per_pair
     )
-    np.testing.assert_allclose(packed, single, rtol=1e-5, atol=1e-5)
+    assert_close(packed, single, 1e-5)
     cells = [pw.Cell("head_out", 1, head=0, pos=-1), pw.Cell("mlp_out", 1, pos=-3), pw.Cell("resid_pre", 1, pos=-4)]
     packed, single = packed_and_single(
         monkeypatch, lambda: vars(pw.patch_sites(demo, prompt.clean, prompt.corrupt, cells=cells, **one))
     )
     for key in ("per_pair_joint", "per_pair_singles"):
-        np.testing.assert_allclose(packed[key], single[key], rtol=1e-5, atol=1e-5)
+        assert_close(packed[key], single[key], 1e-5)
     pairs = demo_data.ioi_pairs(2, seed=3)
     kw = dict(answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], metric="logit_diff")
     clean, corrupt = [p.clean for p in pairs], [p.corrupt for p in pairs]
@@ -147,7 +147,7 @@ def test_packed_rows_with_spans_noise_joint_sets_and_paths(demo, monkeypatch, pa
     packed, single = packed_and_single(
         monkeypatch, lambda: pw.path_patch(demo, clean, corrupt, receivers=receivers, **kw).per_pair
     )
-    np.testing.assert_allclose(packed, single, rtol=1e-5, atol=1e-5)
+    assert_close(packed, single, 1e-5)
     assert packed_count
 
 
@@ -234,7 +234,7 @@ def test_last_mlp_at_the_last_position_equals_the_full_mlp(tiny_models, model_na
             "TRIM_LAST_MLP",
             lambda s=site, ls=layers: pw.patch(model, clean, corrupt, site=s, layers=ls, **kw).per_pair,
         )
-        np.testing.assert_allclose(trimmed, full, atol=1e-5, err_msg=site)
+        assert_close(trimmed, full, 1e-5, err_msg=site)
     assert trim_count  # the MLP was trimmed in some passes
 
 
@@ -244,14 +244,14 @@ def test_prefix_reuse_with_noise_and_joint_sets(demo, monkeypatch, reuse_count):
     kw = dict(answer=prompt.answer, wrong=prompt.wrong, metric="logit_diff")
     noise = pw.noise(positions=[1, 2])
     reused, full = both_ways(monkeypatch, lambda: pw.patch(demo, prompt.clean, noise, site="mlp_out", **kw).per_pair)
-    np.testing.assert_allclose(reused, full, atol=1e-5)
+    assert_close(reused, full, 1e-5)
     cells = [pw.Cell("head_out", 1, head=0, pos=-1), pw.Cell("mlp_out", 0, pos=-2), pw.Cell("resid_pre", 2, pos=-3)]
     reused, full = both_ways(
         monkeypatch,
         lambda: vars(pw.patch_sites(demo, prompt.clean, prompt.corrupt, cells=cells, **kw)),
     )
     for key in ("per_pair_joint", "per_pair_singles"):
-        np.testing.assert_allclose(reused[key], full[key], atol=1e-5)
+        assert_close(reused[key], full[key], 1e-5)
     assert reuse_count
 
 
@@ -264,7 +264,7 @@ def test_prefix_reuse_in_path_patching(demo, monkeypatch, reuse_count):
         monkeypatch,
         lambda: pw.path_patch(demo, clean, corrupt, receivers=[pw.Cell("head_v", 3, head=1)], **kw).per_pair,
     )
-    np.testing.assert_allclose(reused, full, atol=1e-5)
+    assert_close(reused, full, 1e-5)
     assert reuse_count
 
 
@@ -306,13 +306,13 @@ def test_runs_without_a_complete_cache_run_copies_from_position_0(demo, monkeypa
     class Layer:
         keys = values = None
 
-    assert sites.cache_tensors(None) is None
-    assert sites.cache_tensors(type("Cache", (), {"layers": [Layer()]})()) is None
+    assert sites.cache_tensors(None, 5) is None
+    assert sites.cache_tensors(type("Cache", (), {"layers": [Layer()]})(), 5) is None
     prompt = demo_data.fact_pairs(1, seed=0)[0]
     kw = dict(answer=prompt.answer, wrong=prompt.wrong, metric="logit_diff")
     expected = pw.patch(demo, prompt.clean, prompt.corrupt, **kw).per_pair
-    monkeypatch.setattr(runs, "cache_tensors", lambda cache: None)
-    np.testing.assert_allclose(pw.patch(demo, prompt.clean, prompt.corrupt, **kw).per_pair, expected, atol=1e-5)
+    monkeypatch.setattr(runs, "cache_tensors", lambda cache, n_pos: None)
+    assert_close(pw.patch(demo, prompt.clean, prompt.corrupt, **kw).per_pair, expected, 1e-5)
 
 
 @pytest.mark.parametrize("model_name", ["gpt2-demo", "llama", "gemma-gqa"])
@@ -335,4 +335,4 @@ def test_logit_difference_from_two_columns_equals_the_full_unembedding(tiny_mode
 
     full = pw.patch(model, clean, corrupt, metric=full_logit_diff, **kw).per_pair
     assert not calls
-    np.testing.assert_allclose(narrow, full, atol=1e-5)
+    assert_close(narrow, full, 1e-5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from .close import near
 from .reference import capture, reference_patch, reference_span_patch
 
 SOURCE = "When Mary and John went to the store , John gave a drink to"  # 14 tokens
@@ -63,7 +64,7 @@ def test_same_length_same_positions_equals_reference_patch(gpt2, ids, site, laye
     got = reference_span_patch(
         gpt2, ids["source"], ids["target"], site, layer, positions, positions, ids["answer"], ids["wrong"], unit
     )
-    assert got == pytest.approx(expected, abs=1e-6)
+    assert got == near(expected, 1e-6)
     assert abs(got - logit_diff(gpt2, ids["target"], ids["answer"], ids["wrong"])) > 1e-3  # the patch did something
 
 
@@ -73,7 +74,7 @@ def test_every_position_of_the_residual_stream_gives_the_source_run(gpt2, ids, l
     got = reference_span_patch(
         gpt2, ids["source"], ids["target"], "resid_pre", layer, everything, everything, ids["answer"], ids["wrong"]
     )
-    assert got == pytest.approx(logit_diff(gpt2, ids["source"], ids["answer"], ids["wrong"]), abs=1e-5)
+    assert got == near(logit_diff(gpt2, ids["source"], ids["answer"], ids["wrong"]), 1e-5)
 
 
 def test_positions_pair_up_across_lengths_at_the_embeddings(gpt2, ids):
@@ -88,7 +89,7 @@ def test_positions_pair_up_across_lengths_at_the_embeddings(gpt2, ids):
         for s, t in zip(src_pos, tgt_pos):
             embeds[t] = wte[source[s]] + wpe[s] - wpe[t]
         logits = gpt2(inputs_embeds=embeds[None]).logits[0, -1]
-    assert got == pytest.approx(float(logits[ids["answer"]] - logits[ids["wrong"]]), abs=1e-5)
+    assert got == near(float(logits[ids["answer"]] - logits[ids["wrong"]]), 1e-5)
     assert abs(got - logit_diff(gpt2, target, ids["answer"], ids["wrong"])) > 1e-3
 
 
@@ -99,7 +100,7 @@ def test_all_heads_at_once_equal_the_attention_output_across_lengths(gpt2, ids, 
     positions = ([1, 3, 9, 13], [1, 3, 11, 15])
     heads = reference_span_patch(*args, "head_out", layer, *positions, ids["answer"], ids["wrong"], None)
     whole = reference_span_patch(*args, "attn_out", layer, *positions, ids["answer"], ids["wrong"])
-    assert heads == pytest.approx(whole, abs=1e-5)
+    assert heads == near(whole, 1e-5)
     dead = (LIVE_HEAD[layer] + 1) % 4  # a head without weights: patching it alone changes nothing
     one_head = reference_span_patch(*args, "head_out", layer, *positions, ids["answer"], ids["wrong"], dead)
     assert abs(one_head - heads) > 1e-3  # unit= is one head, not all of them
@@ -111,14 +112,14 @@ def test_the_last_layer_at_the_last_position_reads_like_the_source_across_length
     source, target = ids["source"], ids["longer"]
     # After the last block only the final norm and the unembedding act, position by position.
     got = reference_span_patch(gpt2, source, target, "resid_post", last, [13], [15], ids["answer"], ids["wrong"])
-    assert got == pytest.approx(logit_diff(gpt2, source, ids["answer"], ids["wrong"]), abs=1e-5)
+    assert got == near(logit_diff(gpt2, source, ids["answer"], ids["wrong"]), 1e-5)
     # mlp_out there: the target's own residual stream before the MLP plus the source's MLP output, unembedded.
     got = reference_span_patch(gpt2, source, target, "mlp_out", last, [13], [15], ids["answer"], ids["wrong"])
     mid = capture(gpt2, target, "resid_mid", last)[15, 0]  # (d_model,)
     mlp = capture(gpt2, source, "mlp_out", last)[13, 0]
     with torch.no_grad():
         logits = gpt2.lm_head(gpt2.transformer.ln_f(mid + mlp))
-    assert got == pytest.approx(float(logits[ids["answer"]] - logits[ids["wrong"]]), abs=1e-5)
+    assert got == near(float(logits[ids["answer"]] - logits[ids["wrong"]]), 1e-5)
 
 
 @pytest.mark.parametrize(

@@ -3,11 +3,12 @@ execution gives the numbers of a plain local run."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import patchwidget as pw
 from patchwidget import demo_data
+
+from .close import assert_close, near
 
 PAIRS = demo_data.ioi_pairs(2, seed=6)
 TEXTS = dict(
@@ -33,8 +34,8 @@ def test_every_site_and_method_under_remote_local(demo, site, method):
                 demo, **TEXTS, site=site, method=method, direction=d, layers=[1, 3], **kwargs, **kw
             )
         )
-        np.testing.assert_allclose(remote.per_pair, local.per_pair, atol=1e-5)
-        np.testing.assert_allclose(remote.clean_baseline, local.clean_baseline, atol=1e-5)
+        assert_close(remote.per_pair, local.per_pair, 1e-5)
+        assert_close(remote.clean_baseline, local.clean_baseline, 1e-5)
 
 
 def test_noise_joint_and_pattern_under_remote_local(demo):
@@ -42,21 +43,21 @@ def test_noise_joint_and_pattern_under_remote_local(demo):
     local, remote = both(
         lambda **kw: pw.patch(demo, "The capital of France is", noise, answer="Paris", wrong="Tokyo", **kw)
     )
-    np.testing.assert_allclose(remote.values, local.values, atol=1e-5)
+    assert_close(remote.values, local.values, 1e-5)
     cells = [pw.Cell("head_out", 0, head=3), pw.Cell("attn_pattern", 1, head=0), pw.Cell("mlp_out", 2, pos=-1)]
     local, remote = both(lambda **kw: pw.patch_sites(demo, **TEXTS, cells=cells, **kw))
-    np.testing.assert_allclose(remote.per_pair_singles, local.per_pair_singles, atol=1e-5)
-    assert remote.joint == pytest.approx(local.joint, abs=1e-5)
+    assert_close(remote.per_pair_singles, local.per_pair_singles, 1e-5)
+    assert remote.joint == near(local.joint, 1e-5)
     from patchwidget.engine import attention_pattern
 
     local, remote = both(lambda **kw: attention_pattern(demo, PAIRS[0].clean, 1, 2, **kw))
-    np.testing.assert_allclose(remote, local, atol=1e-6)
+    assert_close(remote, local, 1e-6)
 
 
 def test_widget_session_under_remote_local(demo):
     w = pw.explore(demo, **TEXTS, remote="local", preview=False)
     local = pw.patch(demo, **TEXTS, metric="logit_diff_norm")
-    np.testing.assert_allclose(w.result.values, local.values, atol=1e-5)
+    assert_close(w.result.values, local.values, 1e-5)
     w.close()
 
 
@@ -90,8 +91,8 @@ def ndif(demo):
 def test_remote_server_gives_local_numbers_in_a_few_requests(demo, client, ndif, method):
     local = pw.patch(demo, **TEXTS, method=method)
     remote = pw.patch(client, **TEXTS, method=method, remote=ndif.url)
-    np.testing.assert_allclose(remote.per_pair, local.per_pair, atol=1e-5)
-    np.testing.assert_allclose(remote.corrupt_baseline, local.corrupt_baseline, atol=1e-5)
+    assert_close(remote.per_pair, local.per_pair, 1e-5)
+    assert_close(remote.corrupt_baseline, local.corrupt_baseline, 1e-5)
     cells = local.per_pair.size  # 2 pairs x 4 layers x every token
     assert cells > 100
     if method == "exact":  # one request caches both runs, then batches of 64 patched copies (no-op cells skipped)
@@ -110,7 +111,7 @@ def test_every_site_through_a_remote_server(demo, client, ndif, site, method):
         remote = pw.patch(
             client, **TEXTS, site=site, direction=direction, method=method, layers=[1, 3], remote=ndif.url, **kwargs
         )
-        np.testing.assert_allclose(remote.per_pair, local.per_pair, atol=1e-5)
+        assert_close(remote.per_pair, local.per_pair, 1e-5)
 
 
 def test_joint_patching_and_pattern_through_a_remote_server(demo, client, ndif):
@@ -119,12 +120,12 @@ def test_joint_patching_and_pattern_through_a_remote_server(demo, client, ndif):
     cells = [pw.Cell("head_out", 0, head=3), pw.Cell("mlp_out", 2, pos=-1)]
     local = pw.patch_sites(demo, **TEXTS, cells=cells)
     remote = pw.patch_sites(client, **TEXTS, cells=cells, remote=ndif.url)
-    assert remote.joint == pytest.approx(local.joint, abs=1e-5)
-    np.testing.assert_allclose(remote.per_pair_singles, local.per_pair_singles, atol=1e-5)
-    np.testing.assert_allclose(
+    assert remote.joint == near(local.joint, 1e-5)
+    assert_close(remote.per_pair_singles, local.per_pair_singles, 1e-5)
+    assert_close(
         attention_pattern(client, PAIRS[0].clean, 1, 2, remote=ndif.url),
         attention_pattern(demo, PAIRS[0].clean, 1, 2),
-        atol=1e-6,
+        1e-6,
     )
     assert ndif.requests == 2 + 1
 
@@ -135,7 +136,7 @@ def test_noise_corruption_through_a_remote_server(demo, client, ndif):
     remote = pw.patch(
         client, "The capital of France is", noise, answer="Paris", wrong="Tokyo", site="mlp_out", remote=ndif.url
     )
-    np.testing.assert_allclose(remote.per_pair, local.per_pair, atol=1e-5)
+    assert_close(remote.per_pair, local.per_pair, 1e-5)
     assert ndif.requests == 3  # the embeddings' scale (the weights are on the server), the runs, the patched copies
 
 
@@ -159,7 +160,7 @@ def test_widget_progress_shows_the_servers_queue_and_run_status(demo, client, nd
     assert {"status": "QUEUED", "description": "position 1"} in seen
     assert "server" not in w.status  # done: the line goes with the progress bar
     local = pw.patch(demo, **TEXTS, site="head_out", layers=[2], metric="logit_diff_norm")
-    np.testing.assert_allclose(w.result.values, local.values, atol=1e-5)
+    assert_close(w.result.values, local.values, 1e-5)
     w.close()
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import patchwidget as pw
 from patchwidget import demo_data
+
+from .close import assert_close, near
 
 PAIRS = demo_data.ioi_pairs(8)
 TEXTS = dict(
@@ -27,7 +28,7 @@ def test_the_found_set_is_small_and_its_faithfulness_is_an_independent_joint_pat
     heads_by_position = 4 * 4 * len(demo.tokenizer(PAIRS[0].clean)["input_ids"])
     assert len(found.cells) <= heads_by_position // 20  # much smaller than the exhaustive grid
     joint = pw.patch_sites(demo, **TEXTS, cells=found.cells, metric="logit_diff_norm")
-    assert found.faithfulness == pytest.approx(joint.joint, abs=1e-5)
+    assert found.faithfulness == near(joint.joint, 1e-5)
     assert [row["level"] for row in found.trace] == ["layers", "heads", "positions"]
     assert all(row["why"] for row in found.trace)
 
@@ -37,11 +38,11 @@ def test_the_curve_is_joint_patches_of_the_top_ranked_cells(demo, found):
     ranked = curve["ranked"]
     assert curve["size"][-1] == len(ranked) and curve["percent"][-1] == 100
     every = pw.patch_sites(demo, **TEXTS, cells=ranked, metric="logit_diff_norm")
-    assert curve["faithfulness"][-1] == pytest.approx(every.joint, abs=1e-5)  # the 100 % point
+    assert curve["faithfulness"][-1] == near(every.joint, 1e-5)  # the 100 % point
     for size, value, per_pair in zip(curve["size"], curve["faithfulness"], curve["per_pair"]):
         single = pw.patch_sites(demo, **TEXTS, cells=ranked[:size], metric="logit_diff_norm")
-        assert value == pytest.approx(single.joint, abs=1e-5)
-        np.testing.assert_allclose(per_pair, single.per_pair_joint, atol=1e-5)
+        assert value == near(single.joint, 1e-5)
+        assert_close(per_pair, single.per_pair_joint, 1e-5)
     assert 0 < curve["cpr"] <= 1.01 and curve["cmd"] >= 0
 
 
@@ -141,10 +142,10 @@ def test_template_prompts_are_searched_by_span(demo, method):
     assert positioned and all(c.pos in spans for c in positioned)
     assert all(label.split("@")[-1].strip() != "last token" for label, _ in found.trace[-1]["ranked"])
     joint = pw.patch_sites(demo, **kw, cells=found.cells, metric="logit_diff_norm")
-    assert found.faithfulness == pytest.approx(joint.joint, abs=1e-5)
+    assert found.faithfulness == near(joint.joint, 1e-5)
     ranked = found.curve["ranked"]
     every = pw.patch_sites(demo, **kw, cells=ranked, metric="logit_diff_norm")
-    assert found.curve["faithfulness"][-1] == pytest.approx(every.joint, abs=1e-5)
+    assert found.curve["faithfulness"][-1] == near(every.joint, 1e-5)
 
 
 def test_a_circuit_of_span_cells_saves_loads_and_evaluates_on_new_prompts(demo, tmp_path):
@@ -157,6 +158,6 @@ def test_a_circuit_of_span_cells_saves_loads_and_evaluates_on_new_prompts(demo, 
     held_out = _shapes(2, seed=4)  # other names and places, the same three shapes
     joint = back.evaluate(demo, **held_out)
     direct = pw.patch_sites(demo, **held_out, cells=found.cells, metric="logit_diff_norm")
-    assert joint.joint == pytest.approx(direct.joint, abs=1e-6)
+    assert joint.joint == near(direct.joint, 1e-6)
     with pytest.raises(pw.SettingsError, match="span label"):
         back.knockout(demo, [str(p) for p in held_out["clean"][:1]])

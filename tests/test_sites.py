@@ -9,7 +9,6 @@ other form, and the numbers must not change.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,6 +16,7 @@ import patchwidget as pw
 from patchwidget import demo_data
 from patchwidget.sites import attention_weights, hidden_states, output_form
 
+from .close import assert_close
 from .conftest import TINY
 
 SITES = ["resid_pre", "resid_post", "attn_out", "mlp_out", "head_out"]
@@ -71,7 +71,7 @@ def test_blocks_returning_the_other_form_give_the_same_numbers(tokenizer, name):
             kwargs = dict(site=site, method=method, batch_size=3, direction="denoise")
             want = _patch(plain, pairs, **kwargs).per_pair
             got = _patch(wrapped, pairs, **kwargs).per_pair
-            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"{name} {site} {method}")
+            assert_close(got, want, 1e-5, err_msg=f"{name} {site} {method}")
     assert flipped, "the wrapped blocks never ran"
     assert _block_form(wrapped) != _block_form(plain)
 

@@ -11,6 +11,7 @@ from patchwidget.grid import Cell
 from patchwidget.levels import LEVELS, Level
 from patchwidget.view import computed_states
 
+from .close import assert_close, near
 from .test_spans import UNEQUAL, args
 from .test_widget import send, wait_idle
 
@@ -29,7 +30,7 @@ def test_the_first_grid_is_by_span(widget, demo):
     columns = [s.label for s in UNEQUAL[0][0].spans(demo.tokenizer)]
     assert panel["col_dim"] == "span" and panel["cols"] == columns
     want = pw.patch(demo, **KW, metric="logit_diff_norm")
-    np.testing.assert_allclose(np.array(panel["values"], dtype=float), want.values, atol=1e-5)
+    assert_close(np.array(panel["values"], dtype=float), want.values, 1e-5)
     assert widget.breadcrumb == [{"label": "resid_pre"}]
 
 
@@ -40,14 +41,14 @@ def test_a_span_cell_opens_its_positions_then_the_heads_there(widget, demo):
     (panel,) = widget.view["panels"]
     want = pw.patch(demo, **KW, metric="logit_diff_norm", within="PLACE")
     assert panel["cols"] == want.coords["span"] == ["PLACE[0]"]  # "store"/"park" have one token: one position
-    np.testing.assert_allclose(np.array(panel["values"], dtype=float), want.values, atol=1e-5)
+    assert_close(np.array(panel["values"], dtype=float), want.values, 1e-5)
     assert [c["label"] for c in widget.breadcrumb] == ["resid_pre", "PLACE by position"]
     spread = want.spread()
-    np.testing.assert_allclose(np.array(panel["spread"], dtype=float), spread, atol=1e-5)  # two pairs: spread shown
+    assert_close(np.array(panel["spread"], dtype=float), spread, 1e-5)  # two pairs: spread shown
     send(widget, type="drill", request_id=2, panel="resid_pre", row=2, col=0)
     wait_idle(widget, 2)
     heads = pw.patch(demo, **KW, metric="logit_diff_norm", site="head_out", layers=[2], within="PLACE")
-    np.testing.assert_allclose(np.array(widget.view["panels"][0]["values"], dtype=float), heads.values[0], atol=1e-5)
+    assert_close(np.array(widget.view["panels"][0]["values"], dtype=float), heads.values[0], 1e-5)
     assert [p["kind"] for p in widget.path] == ["top", "span", "heads"]
     # The head's breakdown is by span; its pattern is the first clean prompt's, by token, and is not
     # patched (the pairs' PLACE spans differ in length, so key positions do not pair up).
@@ -70,7 +71,7 @@ def test_mlp_span_opens_neurons_at_a_position(widget, demo):
     assert widget.breadcrumb[-1]["label"] == "L0 neurons at 'S2[0]'"
     full = pw.patch(demo, **KW, metric="logit_diff_norm", site="mlp_neuron", layers=[0], within="S2")
     values = np.abs(np.array(widget.view["panels"][0]["values"], dtype=float)[:, 0])
-    assert values[0] == pytest.approx(np.abs(full.values).max(), abs=1e-5)
+    assert values[0] == near(np.abs(full.values).max(), 1e-5)
 
 
 def test_cells_of_a_span_session_are_span_cells(demo):
@@ -93,7 +94,7 @@ def test_cells_of_a_span_session_are_span_cells(demo):
         # Path patching of a span session: what feeds a head, on pairs of different lengths.
         feeds = session.compute(Level("feeds", layer=3, head=1, spans=True), pw.session.Settings())
         direct = pw.path_patch(demo, **KW, receivers=[Cell("head_v", 3, head=1)], metric="logit_diff_norm")
-        np.testing.assert_allclose(feeds.results["head_v"].per_pair, direct.per_pair, atol=1e-6, equal_nan=True)
+        assert_close(feeds.results["head_v"].per_pair, direct.per_pair, 1e-6)
     finally:
         session.close()
 

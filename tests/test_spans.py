@@ -9,6 +9,7 @@ import torch
 
 import patchwidget as pw
 
+from .close import assert_close, near
 from .reference import reference_path_patch, reference_span_patch
 
 T = pw.Template("When {IO} and {S1} went to the {PLACE} , {S2} gave a {OBJ} to")
@@ -65,7 +66,7 @@ def test_span_grid_matches_the_plain_reference(demo, site, direction):
                         demo._module, src_ids, tgt_ids, site, layer, read, write, a, w, unit
                     )
                     got = r.per_pair[i, layer, j, c] if unit is not None else r.per_pair[i, layer, c]
-                    assert got == pytest.approx(expected, abs=1e-4), (i, src_span.label, layer, unit)
+                    assert got == near(expected, 1e-4), (i, src_span.label, layer, unit)
 
 
 def test_last_token_of_each_span(demo):
@@ -79,7 +80,7 @@ def test_last_token_of_each_span(demo):
         a, w = tok(answer)["input_ids"][0], tok(wrong)["input_ids"][0]
         for layer in range(demo.config.n_layer):
             expected = reference_span_patch(demo._module, src_ids, tgt_ids, "resid_pre", layer, read, write, a, w)
-            assert r.per_pair[i, layer, place] == pytest.approx(expected, abs=1e-4)
+            assert r.per_pair[i, layer, place] == near(expected, 1e-4)
 
 
 @pytest.mark.parametrize("model_name", ["gpt2-demo", "gpt_neox", "llama", "gemma-gqa"])
@@ -103,7 +104,7 @@ def test_padding_changes_nothing(tiny_models, model_name):
                 for i, pair in enumerate(ACROSS):
                     alone = run([pair], **settings).per_pair
                     # 1e-5, relative to values of size ~7 too: float32 sums in batches of another shape
-                    np.testing.assert_allclose(both[i], alone[0], rtol=1e-5, atol=1e-5, err_msg=f"{settings} pair {i}")
+                    assert_close(both[i], alone[0], 1e-5, err_msg=f"{settings} pair {i}")
 
 
 def test_plain_strings_of_different_lengths_point_to_templates(demo):
@@ -181,15 +182,13 @@ def test_path_patching_across_lengths_matches_the_plain_twin(tiny_models, model_
                 model, clean, corrupt, **kw, senders=senders, receivers=receivers, direction=direction, batch_size=3
             )
             want = _path_reference(model, pairs, direction, senders, receivers)
-            np.testing.assert_allclose(got.per_pair, want, atol=1e-4, rtol=0, err_msg=f"{receivers} {senders}")
+            assert_close(got.per_pair, want, 1e-4, err_msg=f"{receivers} {senders}")
             base = got.corrupt_baseline if direction == "denoise" else got.clean_baseline
             moved = max(moved, np.abs(got.per_pair - base).max())
     assert moved > 1e-2  # the comparison has power
     sweep = pw.path_patch(model, clean, corrupt, **kw, direction=direction)
     assert sweep.dims == ("layer", "head")
-    np.testing.assert_allclose(
-        sweep.per_pair[:, 0, 1], _path_reference(model, pairs, direction, [(0, 1)], "logits"), atol=1e-4
-    )
+    assert_close(sweep.per_pair[:, 0, 1], _path_reference(model, pairs, direction, [(0, 1)], "logits"), 1e-4)
 
 
 def test_span_results_plot_save_and_load(demo, tmp_path):
@@ -221,10 +220,10 @@ def test_patch_sites_with_span_cells_matches_the_span_grid(demo):
     joint = pw.patch_sites(demo, clean, corrupt, cells=cells, metric="logit_diff", **kw)
     spans = grid.coords["span"]
     for j, cell in enumerate(cells):
-        np.testing.assert_allclose(joint.per_pair_singles[:, j], grid.per_pair[:, 1, spans.index(cell.pos)], atol=1e-5)
+        assert_close(joint.per_pair_singles[:, j], grid.per_pair[:, 1, spans.index(cell.pos)], 1e-5)
     both = [spans.index("S2"), spans.index("PLACE")]
     together = pw.patch(demo, clean, corrupt, layers=[1], positions=both, by_position=False, metric="logit_diff", **kw)
-    np.testing.assert_allclose(joint.per_pair_joint, together.per_pair[:, 0], atol=1e-5)
+    assert_close(joint.per_pair_joint, together.per_pair[:, 0], 1e-5)
     with pytest.raises(pw.SettingsError, match="span label"):
         pw.patch_sites(demo, clean, corrupt, cells=[pw.Cell("resid_pre", 1, pos=3)], **kw)
     with pytest.raises(pw.SettingsError, match="needs prompts made from a template"):
@@ -253,12 +252,12 @@ def test_within_opens_a_span_into_the_positions_every_pair_has(demo):
     for i, (read, written) in enumerate(zip(src[-2:], tgt[-2:])):  # aligned from the last token
         for layer in range(demo.config.n_layer):
             expected = reference_span_patch(demo._module, src_ids, tgt_ids, "resid_pre", layer, [read], [written], a, w)
-            assert r.per_pair[0, layer, i] == pytest.approx(expected, abs=1e-4)
+            assert r.per_pair[0, layer, i] == near(expected, 1e-4)
     # With a pair whose PLACE has one token, only the last position is one every pair has.
     kw = args([pair, UNEQUAL[0]])
     both = pw.patch(demo, kw.pop("clean"), kw.pop("corrupt"), within="PLACE", metric="logit_diff", **kw)
     assert both.coords["span"] == ["PLACE[0]"]
-    np.testing.assert_allclose(both.per_pair[0, :, 0], r.per_pair[0, :, 1], atol=1e-5)
+    assert_close(both.per_pair[0, :, 0], r.per_pair[0, :, 1], 1e-5)
     kw = args(UNEQUAL)
     with pytest.raises(pw.SettingsError, match="not a span of the template"):
         pw.patch(demo, kw.pop("clean"), kw.pop("corrupt"), within="NOPE", **kw)

@@ -13,6 +13,7 @@ import pytest
 import patchwidget as pw
 from patchwidget import demo_data
 
+from .close import assert_close
 from .test_widget import TEXTS, send, wait_idle
 
 
@@ -85,5 +86,5 @@ def test_results_do_not_depend_on_batch_size_or_repetition(tiny_models, site):
     args = ([p.clean for p in pairs], [p.corrupt for p in pairs])
     reference = pw.patch(model, *args, batch_size=1000, **kw).per_pair
     for batch_size in (1, 7, 64):
-        np.testing.assert_allclose(pw.patch(model, *args, batch_size=batch_size, **kw).per_pair, reference, atol=1e-5)
+        assert_close(pw.patch(model, *args, batch_size=batch_size, **kw).per_pair, reference, 1e-5)
     np.testing.assert_array_equal(pw.patch(model, *args, batch_size=1000, **kw).per_pair, reference)

@@ -13,6 +13,8 @@ import patchwidget as pw
 from patchwidget import demo_data
 from patchwidget.session import Level, Settings
 
+from .close import assert_close, near
+
 PAIRS = demo_data.ioi_pairs(2, seed=3)
 TEXTS = dict(
     clean=[p.clean for p in PAIRS],
@@ -55,7 +57,7 @@ def test_first_grid_is_ready_on_return(widget):
     panel = widget.view["panels"][0]
     assert (len(panel["rows"]), len(panel["cols"])) == (4, 14)
     assert widget.result.dims == ("layer", "pos") and widget.result.n_pairs == 2
-    np.testing.assert_allclose(np.array(panel["values"], dtype=float), widget.result.values, atol=1e-5)
+    assert_close(np.array(panel["values"], dtype=float), widget.result.values, 1e-5)
     assert widget.breadcrumb == [{"label": "resid_pre"}]
     assert widget.controls["n_pairs"] == 2 and widget.status["state"] == "idle"
 
@@ -71,7 +73,7 @@ def test_drill_down_and_back(widget):
     assert [p["id"] for p in widget.view["panels"]] == ["components", "pattern"]
     assert widget.view["panels"][0]["rows"] == ["q", "k", "v", "out"]
     pattern = np.array(widget.view["panels"][1]["values"], dtype=float)
-    np.testing.assert_allclose(pattern.sum(1), 1.0, atol=1e-4)  # each query's attention sums to 1
+    assert_close(pattern.sum(1), 1.0, 1e-4)  # each query's attention sums to 1
     assert len(widget.breadcrumb) == 3
     # Going back is instant: the level is cached, no worker round trip.
     send(widget, type="back", request_id=3, level=0)
@@ -89,16 +91,14 @@ def test_mlp_cell_lists_top_neurons(widget):
     assert len(panel["rows"]) == 20 and panel["rows"][0].startswith("N")
     assert np.all(np.diff(values) <= 1e-9)  # sorted by size of effect
     full = widget.result.values[0]
-    assert values[0] == pytest.approx(np.abs(full).max(), abs=1e-5)
+    assert values[0] == near(np.abs(full).max(), 1e-5)
 
 
 def test_pair_choice_and_settings(widget):
     mean = widget.view["panels"][0]["values"]
     send(widget, type="set", request_id=1, key="pair", value=1)
     assert widget.status["request_id"] == 1
-    np.testing.assert_allclose(
-        np.array(widget.view["panels"][0]["values"], dtype=float), widget.result.per_pair[1], atol=1e-5
-    )
+    assert_close(np.array(widget.view["panels"][0]["values"], dtype=float), widget.result.per_pair[1], 1e-5)
     send(widget, type="set", request_id=2, key="direction", value="noise")
     wait_idle(widget, 2)
     assert widget.controls["direction"] == "noise" and widget.result.settings["direction"] == "noise"
@@ -160,10 +160,8 @@ def test_joint_patch_of_selected_cells(widget):
     wait_idle(widget, 2)
     box = widget.view["joint"]
     assert box["cells"] == [f"head_out L1 H{h} @13" for h in range(4)]
-    assert box["joint"] == pytest.approx(widget.joint.joint, abs=1e-5)
-    np.testing.assert_allclose(
-        box["singles"], np.array(widget.view["panels"][0]["values"], dtype=float)[:, 13], atol=1e-4
-    )
+    assert box["joint"] == near(widget.joint.joint, 1e-5)
+    assert_close(box["singles"], np.array(widget.view["panels"][0]["values"], dtype=float)[:, 13], 1e-4)
     assert widget.path[-1]["kind"] == "heads"  # the drill-down path is unchanged
     send(widget, type="joint", request_id=3, cells=[{"panel": "head_out", "row": 9, "col": 0}])
     assert widget.status["state"] == "error" and "row must be" in widget.status["message"]
@@ -184,7 +182,7 @@ def test_keep_as_circuit(widget, demo):
 
 def test_consistency_is_sent_with_the_mean(widget):
     panel = widget.view["panels"][0]
-    np.testing.assert_allclose(np.array(panel["spread"], dtype=float), widget.result.spread(), atol=1e-5)
+    assert_close(np.array(panel["spread"], dtype=float), widget.result.spread(), 1e-5)
     assert panel["flips"] == widget.result.sign_flips().tolist()
     send(widget, type="set", request_id=1, key="pair", value=0)
     assert "spread" not in widget.view["panels"][0]
@@ -207,7 +205,7 @@ def test_pair_change_and_joint_during_an_estimate_still_end_exact(demo, monkeypa
     send(w, type="set", request_id=2, key="pair", value=1)
     hold.set()
     assert wait_idle(w, 2)["state"] == "idle" and w.view["exact"] is True
-    np.testing.assert_allclose(np.array(w.view["panels"][0]["values"], dtype=float), w.result.per_pair[1][0], atol=1e-5)
+    assert_close(np.array(w.view["panels"][0]["values"], dtype=float), w.result.per_pair[1][0], 1e-5)
     w.close()
 
 
@@ -242,7 +240,7 @@ def test_patching_from_the_notebook_while_the_widget_computes(demo):
     alone = pw.patch(demo, **fact).values
     for i in range(5):
         w.session.submit(100 + i, Level("neurons", layer=i % 4, pos=9), Settings(metric="prob"))
-        np.testing.assert_allclose(pw.patch(demo, **fact).values, alone, atol=1e-5)
+        assert_close(pw.patch(demo, **fact).values, alone, 1e-5)
     wait_for(lambda: (Level("neurons", layer=0, pos=9), Settings(metric="prob")) in w.session.cache, 60, "request 104")
     w.close()
     assert w.status["state"] != "error"
@@ -272,7 +270,7 @@ def test_find_circuit_from_the_widget(widget, demo):
     assert ranked["title"].startswith(f"Found {len(found.cells)} cells")
     assert [r for r in ranked["rows"] if r.startswith("● ")] == [f"● {c.label}" for c in found.cells]
     assert trace["rows"] == ["layers", "heads", "positions"]
-    np.testing.assert_allclose(curve["values"][0], found.curve["faithfulness"], atol=1e-5)
+    assert_close(curve["values"][0], found.curve["faithfulness"], 1e-5)
     direct = pw.find_circuit(demo, **TEXTS, target=0.8, method="exact")  # the widget uses its method setting
     assert direct.cells == found.cells
     send(widget, type="find", request_id=2, target=1.5)
