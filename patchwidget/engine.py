@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import threading
 import warnings
@@ -58,6 +59,7 @@ from .sites import (
     answer_unembedding,
     attend_all,
     check_site_supported,
+    check_wrapped,
     last_logits,
     last_positions,
     layer_module,
@@ -84,18 +86,25 @@ _TRACE_LOCK = threading.RLock()
 def entry_point(fn: F) -> F:
     """Run ``fn(model, ...)`` (or a method ``fn(self, model, ...)``) under the trace lock, with the model in eval mode.
 
-    Dropout in ``train()`` mode would make every patched copy differ at random;
-    the model's own mode is put back afterwards, even after an error.
+    The model is found by the signature's parameter name, so ``patch(model=m, ...)``
+    gets the same checks as ``patch(m, ...)``; anything but a model wrapped by
+    ``pw.load_model`` is refused, saying how to wrap it. Dropout in ``train()`` mode
+    would make every patched copy differ at random; the model's own mode is put back
+    afterwards, even after an error.
     """
+    signature = inspect.signature(fn)
 
     @functools.wraps(fn)
     def locked(*args: Any, **kwargs: Any) -> Any:
-        model = next((a for a in args[:2] if hasattr(a, "_module")), None)  # fn(model, ...) or a method's
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"{fn.__qualname__}(): {err}") from None
+        model = bound.arguments.get("model")
+        check_wrapped(model)
         with _TRACE_LOCK:
-            torch_module = getattr(model, "_module", None)
-            modes = [(m, m.training) for m in torch_module.modules()] if torch_module is not None else []
-            if torch_module is not None:
-                torch_module.eval()
+            modes = [(m, m.training) for m in model._module.modules()]
+            model._module.eval()
             try:
                 return fn(*args, **kwargs)
             finally:

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch
 from transformers import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .errors import UnknownSiteError, UnsupportedModelError
+from .errors import ModelLoadError, UnknownSiteError, UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -189,12 +190,32 @@ class ModelInfo:
         return 1
 
 
+def check_wrapped(model: Any) -> None:
+    """Refuse anything but a model wrapped for nnsight (``pw.load_model``), saying how to wrap it."""
+    if hasattr(model, "_module") and hasattr(model, "trace"):
+        return
+    if model is None or isinstance(model, str | os.PathLike):
+        how = "pw.load_model()" if model is None else f"pw.load_model({str(model)!r})"
+        raise ModelLoadError(f"model is {model!r}, not a loaded model: load it first with model = {how}")
+    if hasattr(model, "config") and hasattr(model, "forward"):
+        raise ModelLoadError(
+            f"model is a plain {type(model).__name__}, which patchwidget runs through nnsight: "
+            "wrap it with model = pw.load_model(hf_model, tokenizer=tokenizer)"
+        )
+    raise ModelLoadError(
+        f"model is an object of type {type(model).__name__!r}, not a model from pw.load_model(...) "
+        "(the bundled model, a hub name or folder, or a Hugging Face model with tokenizer=...)"
+    )
+
+
 def model_info(model: Any) -> ModelInfo:
     """Read the architecture and sizes of a wrapped model.
 
     Raises ``UnsupportedModelError`` naming the model type and the supported
-    ones when the architecture is not in the table.
+    ones when the architecture is not in the table, and anything but a wrapped model
+    (``check_wrapped``).
     """
+    check_wrapped(model)
     config = model.config
     model_type = getattr(config, "model_type", type(model).__name__)
     if model_type not in ARCHITECTURES:
