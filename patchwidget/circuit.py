@@ -33,7 +33,7 @@ from .files import write_atomic
 from .grid import READ_ORDER, WRITE_ORDER, Cell, cell_write
 from .prompts import Texts, token_strings
 from .runs import Progress
-from .sites import ModelInfo, logits_module, model_info, on_input_device, view
+from .sites import ModelInfo, model_info, on_input_device, view
 
 FORMAT = "patchwidget.Circuit"
 VERSION = 1
@@ -141,7 +141,7 @@ class Circuit:
                 values = {(w.layer, w.site): torch.zeros(()) for w in writes}  # broadcast over positions and width
             with model.trace(on_input_device(model, ids), logits_to_keep=1):
                 _put(model, info, writes, values)
-                logits = logits_module(model, info).output[:, -1].detach().save()
+                logits = model.output.logits[:, -1].detach().save()  # the model's own logits
         return logits.float().cpu()
 
     @entry_point
@@ -172,7 +172,7 @@ class Circuit:
             >>> circuit.sources(model, clean)                # doctest: +SKIP
             >>> with model.trace(corrupt):                   # doctest: +SKIP
             ...     circuit.write(model, clean)
-            ...     logits = model.lm_head.output.save()
+            ...     logits = model.output.logits.save()
         """
         info = model_info(model)
         if isinstance(source, str):

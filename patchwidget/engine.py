@@ -442,8 +442,9 @@ def patched_metric(
     ends = runs.target_len[pairs_of].tolist()
     lowest_layer = [min((w.layer for w in writes), default=0) for _, writes in copies]
     # The logit difference reads two logits per row: unembed only those columns (exact where the
-    # unembedding is a plain linear layer, see sites.answer_unembedding).
-    unembed = answer_unembedding(model, info) if getattr(fn, "answer_columns_only", False) and not remote else None
+    # unembedding is a plain linear layer whose output the model returns unchanged, see sites.answer_unembedding).
+    narrow = getattr(fn, "answer_columns_only", False) and not remote and runs.plain_logits
+    unembed = answer_unembedding(model, info) if narrow else None
     # On a server each pass is a request, whose round trip outweighs any work a finer split saves.
     overhead = plan.REMOTE_PASS_OVERHEAD if remote else None
     on_cpu = not remote and model._module.get_input_embeddings().weight.device.type == "cpu"

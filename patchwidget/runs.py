@@ -38,6 +38,7 @@ from .sites import (
     module,
     on_input_device,
     output_form,
+    unembedded_logits,
     view,
 )
 
@@ -99,6 +100,7 @@ class Runs:
     lengths: torch.Tensor  # (run,) real lengths
     block_form: int = 0  # how the blocks returned their output in these runs (sites.output_form)
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (keys, values), (run, kv_head, pos, d_head)
+    plain_logits: bool = True  # the model's logits were the unembedding's output, unchanged (observed)
 
     @property
     def clean_logits(self) -> torch.Tensor:
@@ -123,6 +125,7 @@ class Runs:
             clean_logits=self.clean_logits,
             target_noise=noise if direction == "denoise" else None,
             target_kv=None if self.kv is None else [(k[tgt], v[tgt]) for k, v in self.kv],
+            plain_logits=self.plain_logits,
         )
 
 
@@ -140,6 +143,7 @@ class Directed:
     clean_logits: torch.Tensor  # (pair, vocab)
     target_noise: torch.Tensor | None = None  # (pair, pos, d_model) when the target run is the noised one
     target_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, (pair, kv_head, pos, d_head)
+    plain_logits: bool = True  # see Runs.plain_logits
 
 
 def cached_runs(
@@ -212,7 +216,8 @@ def run_cache(
     kv = None
     if keep_kv and all(p[4] is not None and len(p[4]) == info.n_layers for p in parts):
         kv = [tuple(torch.cat([p[4][layer][i] for p in parts]) for i in (0, 1)) for layer in range(info.n_layers)]
-    return Runs(prompts.n_pairs, acts, blocks, logits, ids, prompts.lengths, parts[0][3], kv)
+    plain = all(p[5] for p in parts)
+    return Runs(prompts.n_pairs, acts, blocks, logits, ids, prompts.lengths, parts[0][3], kv, plain)
 
 
 def _run_pass(
@@ -224,7 +229,7 @@ def _run_pass(
     noise: torch.Tensor | None,
     remote: bool | str,
     keep_kv: bool = False,
-) -> tuple[dict[Key, torch.Tensor], list[torch.Tensor], torch.Tensor, int, list | None]:
+) -> tuple[dict[Key, torch.Tensor], list[torch.Tensor], torch.Tensor, int, list | None, bool]:
     """One trace over some rows of the runs."""
     keys = sorted(
         {(layer, site) for site, layers in reads.items() for layer in layers},
@@ -249,6 +254,9 @@ def _run_pass(
                 out = layer_module(model, info, layer).output
                 form[0] = output_form(out)  # observed, to skip blocks in the patched runs in the same form
                 blocks.append(hidden_states(out).detach().clone().save())
+        unembedded = unembedded_logits(model, info, index).detach().save()
         logits = last_logits(model, info, index).detach().save()
         cache = getattr(model.output, CACHE).save() if keep_kv else None
-    return dict(acts), list(blocks), logits, form[0], cache_tensors(cache, ids.shape[1]) if keep_kv else None
+    # Whether the model changes its logits after the unembedding (scales or caps them), seen in this run.
+    plain = bool(torch.equal(unembedded, logits))
+    return dict(acts), list(blocks), logits, form[0], cache_tensors(cache, ids.shape[1]) if keep_kv else None, plain

@@ -494,7 +494,18 @@ def at_last(kept: Any, index: tuple[torch.Tensor, torch.Tensor] | None) -> Any:
 
 
 def last_logits(model: Any, info: ModelInfo, index: tuple[torch.Tensor, torch.Tensor] | None) -> Any:
-    """Inside a trace: each read's logits at its last real token, ``(read, vocab)`` (see ``last_positions``)."""
+    """Inside a trace: each read's logits at its last real token, ``(read, vocab)`` (see ``last_positions``).
+
+    These are the model's own output logits, not the unembedding's output: some models
+    transform logits after it (Granite divides by ``logits_scaling``, Gemma 2 soft-caps,
+    Cohere multiplies by ``logit_scale``), and the model's output has every such step.
+    """
+    return at_last(model.output.logits, index)
+
+
+def unembedded_logits(model: Any, info: ModelInfo, index: tuple[torch.Tensor, torch.Tensor] | None) -> Any:
+    """Inside a trace: what the unembedding itself returned at each read's last token, ``(read, vocab)``:
+    compared with ``last_logits`` to see whether the model transforms its logits after it."""
     return at_last(logits_module(model, info).output, index)
 
 
@@ -509,13 +520,13 @@ def attend_all(model: Any, rows: int, width: int) -> torch.Tensor:
 
 
 def answer_unembedding(model: Any, info: ModelInfo) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """The unembedding's weight and bias, where logits are exactly ``hidden @ weight.T + bias``:
-    a plain linear layer with its weights here (not on a server), and no logit soft-capping or
-    scaling after it. None otherwise."""
+    """The unembedding's weight and bias, where its output is exactly ``hidden @ weight.T + bias``:
+    a plain linear layer with its weights here (not on a server). None otherwise.
+
+    That the model's logits are the unembedding's output, with nothing after it, is not
+    declared here but observed on the runs (``runs.Runs.plain_logits``)."""
     head = logits_module(model, info)._module
-    config = model.config
-    plain = type(head) is torch.nn.Linear and head.weight.device.type != "meta"
-    if not plain or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+    if type(head) is not torch.nn.Linear or head.weight.device.type == "meta":
         return None
     return head.weight.detach(), None if head.bias is None else head.bias.detach()
 

@@ -44,7 +44,9 @@ NAMES = {
         v="self_attn.v_proj",
     ),
 }
-NAMES["qwen2"] = NAMES["mistral"] = NAMES["gemma"] = NAMES["llama"]
+NAMES["qwen2"] = NAMES["mistral"] = NAMES["gemma"] = NAMES["granite"] = NAMES["llama"]
+NAMES["gemma2"] = {**NAMES["llama"], "ln2": "pre_feedforward_layernorm"}  # its post-attention norm is on the branch
+NAMES["cohere"] = {**NAMES["llama"], "ln2": None}  # attention and MLP read the same normed input
 NAMES["gptj"] = dict(
     layers="transformer.h",
     attn="attn",
