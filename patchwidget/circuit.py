@@ -182,7 +182,7 @@ class Circuit:
                 )
             source = self._sources[(id(model), source)]
         n_pos = next(iter(source.values())).shape[0]
-        _put(model, info, self._writes(info, n_pos), source)
+        _put(model, info, self._writes(info, n_pos), source, n_pos)
 
     def _writes(self, info: ModelInfo, n_pos: int) -> list:
         writes = [cell_write(c, info, n_pos) for c in self.cells]
@@ -213,7 +213,7 @@ class Circuit:
             "cells": [_cell_dict(c) for c in self.cells],
             "values": [float(v) for v in self.values],
             "provenance": self.provenance,
-            "faithfulness": self.faithfulness,
+            "faithfulness": None if self.faithfulness is None else float(self.faithfulness),
             "reached": self.reached,
             "trace": self.trace,
             "curve": {**self.curve, "ranked": [_cell_dict(c) for c in self.curve.get("ranked", [])]},
@@ -232,7 +232,7 @@ class Circuit:
         """Read a circuit written by ``save``; a damaged or altered file raises ``ResultFileError``."""
         try:
             data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # RecursionError: a value nested too deep
             raise ResultFileError(f"could not read {str(path)!r}: {type(err).__name__}: {err}") from err
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ResultFileError(f"{str(path)!r} is not a patchwidget circuit (missing format marker)")
@@ -333,11 +333,20 @@ def _activations(model: Any, info: ModelInfo, writes: list, ids: torch.Tensor) -
     return {key: value.cpu() for key, value in got.items()}
 
 
-def _put(model: Any, info: ModelInfo, writes: list, values: dict) -> None:
+def _put(model: Any, info: ModelInfo, writes: list, values: dict, n_pos: int | None = None) -> None:
     """Inside a trace: each write's site takes ``values[(layer, site)]`` (``(pos, unit, width)``, or a scalar)
-    at its positions and unit, in every row of the batch, in forward order."""
+    at its positions and unit, in every row of the batch, in forward order.
+
+    With ``n_pos`` (the source run's length), a traced batch of another length is refused
+    before the first write: a longer one would keep its extra positions unpatched, and the
+    positions of the circuit's cells (``pos=-1``, say) would name other tokens in it."""
     for layer, site in sorted({(w.layer, w.site) for w in writes}, key=lambda k: (k[0], WRITE_ORDER.index(k[1]))):
         target = view(model, info, site, layer)  # (batch, pos, unit, width)
+        if n_pos is not None and target.shape[1] != n_pos:
+            raise SettingsError(
+                f"the traced prompt has {target.shape[1]} tokens but the circuit's source prompt has {n_pos}: "
+                "Circuit.write patches a prompt of the source's length, position by position"
+            )
         value = values[(layer, site)]
         for w in (w for w in writes if (w.layer, w.site) == (layer, site)):
             ps = list(w.positions)

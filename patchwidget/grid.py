@@ -90,6 +90,16 @@ class Cell:
     neuron: int | None = None
     pos: int | str | None = None
 
+    def __post_init__(self) -> None:
+        # Indices taken from NumPy (np.unravel_index over a grid, say) become plain ints, so that
+        # a circuit of such cells saves as JSON and compares equal to one typed by hand.
+        for name in ("layer", "head", "neuron", "pos"):
+            value = getattr(self, name)
+            if isinstance(value, np.integer):
+                object.__setattr__(self, name, int(value))
+            elif isinstance(value, np.str_):
+                object.__setattr__(self, name, str(value))
+
     @property
     def label(self) -> str:
         unit = f" H{self.head}" if self.head is not None else f" N{self.neuron}" if self.neuron is not None else ""

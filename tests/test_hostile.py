@@ -320,3 +320,43 @@ def test_an_old_request_id_and_a_dict_index_get_an_error_status(demo):
         "message": "unknown panel {'id': 'resid_pre'}; the view has ['resid_pre']",
     }
     widget.close()
+
+
+# --- issue 25: a circuit written into another length, deep JSON, NumPy indices ------------------------
+
+
+@pytest.mark.parametrize("traced", [" Mary and", ""])
+def test_circuit_write_refuses_a_trace_of_another_length_before_writing(demo, traced):
+    clean = PAIRS[0].clean
+    circuit = pw.Circuit([pw.Cell("head_out", 1, head=0, pos=-1), pw.Cell("resid_pre", 2)])
+    circuit.sources(demo, clean)
+    prompt = clean + traced if traced else " ".join(clean.split()[:5])
+    n_traced, n_source = (len(demo.tokenizer(t)["input_ids"]) for t in (prompt, clean))
+    assert n_traced != n_source
+    with pytest.raises(pw.SettingsError, match=f"the traced prompt has {n_traced} tokens but the circuit's source"):
+        with demo.trace(prompt):
+            circuit.write(demo, clean)
+    with demo.trace(clean):  # the source's own length is written as before
+        circuit.write(demo, clean)
+        logits = demo.output.logits[0, -1].save()
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("loader", ["circuit", "result"])
+def test_a_deeply_nested_file_is_a_result_file_error(tmp_path, loader):
+    path = tmp_path / "deep.json"
+    path.write_text('{"format": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    load = pw.Circuit.load if loader == "circuit" else PatchResult.load
+    with pytest.raises(pw.ResultFileError, match="could not read|malformed|not a patchwidget"):
+        load(path)
+
+
+def test_cells_with_numpy_indices_save_load_and_equal_plain_ones(demo, tmp_path):
+    grid = pw.patch(demo, **TEXTS, site="head_out", by_position=False, metric="logit_diff_norm")
+    layer, head = np.unravel_index(np.argmax(grid.values), grid.values.shape)  # NumPy integers, as users index
+    circuit = pw.Circuit([pw.Cell("head_out", layer, head=head), pw.Cell("mlp_out", np.int32(0), pos=np.int64(-1))])
+    circuit.faithfulness = np.float32(0.5)
+    assert circuit.cells[0] == pw.Cell("head_out", int(layer), head=int(head))
+    assert all(type(c.layer) is int for c in circuit.cells) and type(circuit.cells[1].pos) is int
+    loaded = pw.Circuit.load(circuit.save(tmp_path / "c.json"))
+    assert loaded.cells == circuit.cells and loaded.faithfulness == 0.5
