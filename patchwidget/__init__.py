@@ -10,6 +10,7 @@ Example:
 
 from . import demo_data
 from .circuit import Circuit
+from .circuit_search import find_circuit
 from .circuits import JointResult, patch_sites
 from .engine import DIRECTIONS, METHODS, patch
 from .errors import (
@@ -27,19 +28,21 @@ from .errors import (
     UnknownSiteError,
     UnsupportedModelError,
 )
+from .faithful import ABLATIONS, faithfulness, faithfulness_nodes
 from .grid import Cell
 from .metrics import METRICS
 from .models import DEMO_MODEL_DIR, load_model
 from .path import path_patch
 from .prompts import Noise, noise
 from .result import PatchResult
-from .search import find_circuit
+from .search import find_bottleneck
 from .sites import SITES, Arch, register_architecture
 from .templates import Prompt, Template
 from .widget import PatchWidget, explore
 
 # The public names, sorted: classes and constants, then functions and modules.
 __all__ = [
+    "ABLATIONS",
     "DEMO_MODEL_DIR",
     "DIRECTIONS",
     "METHODS",
@@ -69,6 +72,9 @@ __all__ = [
     "UnsupportedModelError",
     "demo_data",
     "explore",
+    "faithfulness",
+    "faithfulness_nodes",
+    "find_bottleneck",
     "find_circuit",
     "load_model",
     "noise",

@@ -36,7 +36,9 @@ from .runs import Progress
 from .sites import ModelInfo, model_info, on_input_device, view
 
 FORMAT = "patchwidget.Circuit"
-VERSION = 1
+# 2: ``faithfulness`` is MIB's f (find_circuit); the denoising search's number is ``restore``. A version-1
+# file's "faithfulness" was that restore, and loads as what it was.
+VERSION = 2
 
 
 @dataclass
@@ -50,10 +52,11 @@ class Circuit:
     cells: list[Cell]
     values: list[float] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
-    faithfulness: float | None = None  # find_circuit: the exact joint restore of the set (1 = all of the effect)
-    reached: bool | None = None  # find_circuit: whether the set reached its target
-    trace: list[dict] = field(default_factory=list)  # find_circuit: what each level opened and kept, and why
-    curve: dict[str, Any] = field(default_factory=dict)  # find_circuit: the faithfulness curve, with cpr and cmd
+    faithfulness: float | None = None  # find_circuit: MIB's f, what the set does on its own (1 = all of it)
+    reached: bool | None = None  # find_circuit / find_bottleneck: whether the set reached its target
+    trace: list[dict] = field(default_factory=list)  # what the search ranked and kept, and why
+    curve: dict[str, Any] = field(default_factory=dict)  # f (with cpr, cmd) or the restore (with area) by size
+    restore: float | None = None  # find_bottleneck: the joint denoising restore of the set (not faithfulness)
     _sources: dict = field(default_factory=dict, repr=False, compare=False)  # sources() results, for write()
 
     def __post_init__(self) -> None:
@@ -65,19 +68,48 @@ class Circuit:
     def __repr__(self) -> str:
         shown = ", ".join(c.label for c in self.cells[:5]) + (", ..." if len(self.cells) > 5 else "")
         faith = "" if self.faithfulness is None else f"; faithfulness {self.faithfulness:.3f}"
-        return f"Circuit({len(self.cells)} cells: {shown}{faith})"
+        restore = "" if self.restore is None else f"; restores {self.restore:.3f} when copied"
+        return f"Circuit({len(self.cells)} cells: {shown}{faith}{restore})"
 
     def plot_curve(self, ax: Any = None, show: bool | None = None) -> Any:
-        """The faithfulness curve of ``find_circuit``: joint restore against the share of cells kept.
+        """The curve of the search that found the circuit: f against the share of nodes kept (``find_circuit``,
+        with CPR and CMD), or the joint restore (``find_bottleneck``).
 
         Each pair's curve is drawn faintly behind the mean. Example:
             >>> circuit.plot_curve().savefig("curve.png")  # doctest: +SKIP
         """
         if not self.curve:
-            raise SettingsError("this circuit has no faithfulness curve: it comes from find_circuit")
+            raise SettingsError("this circuit has no curve: it comes from find_circuit or find_bottleneck")
         from .plot import plot_curve
 
-        return plot_curve(self.curve, self.faithfulness, ax=ax, show=show)
+        found = self.faithfulness if self.curve.get("kind") == "faithfulness" else self.restore
+        return plot_curve(self.curve, found, ax=ax, show=show)
+
+    def plot(self, ax: Any = None, show: bool | None = None) -> Any:
+        """The circuit diagram: every node of the model by layer (embeddings at the bottom, logits at the top),
+        the circuit's nodes filled and sized by their effect, its faithfulness in the title.
+
+        Example:
+            >>> pw.find_circuit(model, **prompts).plot().savefig("circuit.png")  # doctest: +SKIP
+        """
+        from .plot import plot_circuit
+
+        shape = self.provenance.get("shape") or {}
+        if not shape:
+            raise SettingsError("this circuit does not record its model's shape, so its diagram cannot be drawn")
+        return plot_circuit(self, shape["n_layers"], shape["n_heads"], ax=ax, show=show)
+
+    def faithfulness_on(self, model: Any, clean: Texts, corrupt: Texts, **kwargs: Any) -> float:
+        """MIB's faithfulness of this circuit on other prompt pairs: the held-out check
+        (``pw.faithfulness(model, clean, corrupt, circuit=self, ...)``; the same keywords).
+
+        Example:
+            >>> found.faithfulness_on(model, **held_out)  # doctest: +SKIP
+        """
+        from .faithful import faithfulness
+
+        self.check_model(model)
+        return faithfulness(model, clean, corrupt, circuit=self, **kwargs)
 
     # --- use -----------------------------------------------------------------------------------
 
@@ -199,6 +231,8 @@ class Circuit:
                 f"this circuit was found on a model of shape {found}, but this model has {info.shape()}"
             )
         for cell in self.cells:  # also checks cells against a model when no shape was recorded
+            if cell.site == "embed":
+                continue
             if isinstance(cell.pos, str):  # a span label: which positions it names depends on the prompts
                 cell = replace(cell, pos=None)
             cell_write(cell, info, 1 if cell.pos is None else max(cell.pos, -cell.pos - 1) + 1)
@@ -214,6 +248,7 @@ class Circuit:
             "values": [float(v) for v in self.values],
             "provenance": self.provenance,
             "faithfulness": None if self.faithfulness is None else float(self.faithfulness),
+            "restore": None if self.restore is None else float(self.restore),
             "reached": self.reached,
             "trace": self.trace,
             "curve": {**self.curve, "ranked": [_cell_dict(c) for c in self.curve.get("ranked", [])]},
@@ -236,22 +271,39 @@ class Circuit:
             raise ResultFileError(f"could not read {str(path)!r}: {type(err).__name__}: {err}") from err
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ResultFileError(f"{str(path)!r} is not a patchwidget circuit (missing format marker)")
-        if data.get("version") != VERSION:
+        if data.get("version") not in (1, VERSION):
             raise ResultFileError(f"unsupported circuit format version {data.get('version')!r}")
         try:
+            if data["version"] == 1:
+                data = _from_version_1(data)
             cells = [_cell(c) for c in data["cells"]]
             values = [float(v) for v in data.get("values", [])]
             provenance = dict(data.get("provenance", {}))
-            faithfulness = None if data.get("faithfulness") is None else float(data["faithfulness"])
+            faithfulness, restore = (
+                None if data.get(k) is None else float(data[k]) for k in ("faithfulness", "restore")
+            )
             reached = data.get("reached")
             if reached is not None and not isinstance(reached, bool):
                 raise ValueError(f"reached must be true, false or null, got {reached!r}")
             trace, curve = list(data.get("trace", [])), dict(data.get("curve", {}))
             if "ranked" in curve:
                 curve["ranked"] = [_cell(c) for c in curve["ranked"]]
-            return cls(cells, values, provenance, faithfulness, reached, trace, curve)
+            return cls(cells, values, provenance, faithfulness, reached, trace, curve, restore)
         except (KeyError, TypeError, ValueError) as err:
             raise ResultFileError(f"circuit file {str(path)!r} is malformed: {err}") from err
+
+
+def _from_version_1(data: dict) -> dict:
+    """A version-1 file as version 2: its "faithfulness" (and curve) were the denoising search's joint restore."""
+    data = {**data, "faithfulness": None, "restore": data.get("faithfulness")}
+    curve = dict(data.get("curve") or {})
+    if curve:
+        curve = {**curve, "kind": "restore", "restore": curve.pop("faithfulness", []), "area": curve.pop("cpr", None)}
+        curve.pop("cmd", None)
+    trace = [{**row, "restore": row.get("faithfulness")} for row in data.get("trace", [])]
+    for row in trace:
+        row.pop("faithfulness", None)
+    return {**data, "curve": curve, "trace": trace}
 
 
 def _cell_dict(cell: Cell) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import torch
 from . import metrics as M
 from .engine import entry_point, fit_budget, patched_metric, prepare, summarize, warn_non_finite
 from .errors import SettingsError
-from .grid import Cell, cell_write, layers_by_site, pair_writes
+from .grid import EMBED, Cell, cell_write, layers_by_site, pair_writes
 from .prompts import Noise, Texts
 from .runs import Progress, cached_runs, with_noise
 
@@ -113,7 +113,7 @@ def patch_sites(
         corrupt,
         answer=answer,
         wrong=wrong,
-        sites={cell.site for cell in cells if isinstance(cell, Cell)},
+        sites={"resid_pre" if cell.site == EMBED else cell.site for cell in cells if isinstance(cell, Cell)},
         metric=metric,
         direction=direction,
         batch_size=batch_size,

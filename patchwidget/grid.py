@@ -73,6 +73,9 @@ class Write(NamedTuple):
     read_at: tuple[int, ...] | None = None
 
 
+EMBED = "embed"  # the node of the token and position embeddings: written as resid_pre at layer 0
+
+
 @dataclass(frozen=True)
 class Cell:
     """One site to patch: a layer, a head or neuron where the site has them,
@@ -85,7 +88,7 @@ class Cell:
     """
 
     site: str
-    layer: int
+    layer: int | None = None  # None only for the "embed" node (token and position embeddings)
     head: int | None = None
     neuron: int | None = None
     pos: int | str | None = None
@@ -104,7 +107,8 @@ class Cell:
     def label(self) -> str:
         unit = f" H{self.head}" if self.head is not None else f" N{self.neuron}" if self.neuron is not None else ""
         where = "" if self.pos is None else f" @{self.pos}"
-        return f"{self.site} L{self.layer}{unit}{where}"
+        layer = "" if self.layer is None else f" L{self.layer}"
+        return f"{self.site}{layer}{unit}{where}"
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,10 @@ def cell_write(cell: Cell, info: ModelInfo, n_pos: int, columns: Sequence[str] |
     """
     if not isinstance(cell, Cell):
         raise SettingsError(f"cells must be patchwidget.Cell objects, got {cell!r}")
+    if cell.site == EMBED:  # the embeddings' output is the residual stream entering the first block
+        if cell.layer is not None or cell.head is not None or cell.neuron is not None:
+            raise SettingsError(f"{cell.label}: the 'embed' node has no layer, head or neuron; give Cell('embed')")
+        cell = Cell("resid_pre", 0, pos=cell.pos)
     check_site_supported(cell.site, info)
     indices([cell.layer], info.n_layers, "layer", "layers")
     unit = SITES[cell.site].unit

@@ -328,7 +328,8 @@ def _search_panels(computed: Computed, v: View) -> list[dict]:
     else:
         state = "reached" if c.reached else "did not reach"
         title = (
-            f"Found {len(c.cells)} cells: together they restore {c.faithfulness:.3f} ({state} {computed.level.target})"
+            f"Bottleneck of {len(c.cells)} cells: copied together they restore {c.restore:.3f} "
+            f"({state} {computed.level.target})"
         )
     kept = {cell.label for cell in c.cells}
     marked = [("● " if label in kept else "") + label for label, _ in last["ranked"]]
@@ -349,18 +350,16 @@ def _search_panels(computed: Computed, v: View) -> list[dict]:
         "count",
         [row["level"] for row in c.trace],
         ["candidates", "kept", "restore"],
-        np.array([[row["candidates"], row["kept"], row["faithfulness"]] for row in c.trace], dtype=float),
+        np.array([[row["candidates"], row["kept"], row["restore"]] for row in c.trace], dtype=float),
         False,
         diverging=False,
     )
     if not c.curve:
         return [ranked, steps]
     curve = c.curve
-    title = (
-        f"Faithfulness curve (top cells of the last level, together): CPR {curve['cpr']:.2f}, CMD {curve['cmd']:.2f}"
-    )
+    title = f"Restore curve (top cells of the last level, copied together): area {curve['area']:.2f}"
     cols = [f"{p:g}% ({k})" for p, k in zip(curve["percent"], curve["size"])]
-    faith = panel("curve", title, "", "cells", ["restored"], cols, np.asarray([curve["faithfulness"]]), False)
+    faith = panel("curve", title, "", "cells", ["restored"], cols, np.asarray([curve["restore"]]), False)
     return [ranked, steps, faith]
 
 
@@ -445,7 +444,7 @@ LEVELS: dict[str, LevelKind] = {
         ),
     ),
     "search": LevelKind(
-        label=lambda level, tokens: f"find circuit (target {level.target})",
+        label=lambda level, tokens: f"find bottleneck (target {level.target})",
         compute=lambda level, p: Computed(
             level,
             {},

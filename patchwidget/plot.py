@@ -81,24 +81,77 @@ def plot_result(
     return fig
 
 
-def plot_curve(curve: dict, faithfulness: float | None, ax: Any = None, show: bool | None = None) -> Any:
-    """Draw a faithfulness curve (see ``search.find_circuit``); returns the Figure."""
-    if ax is None:
-        fig = NotebookFigure(figsize=(5.5, 3.6), layout="constrained")
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+def plot_curve(curve: dict, found: float | None, ax: Any = None, show: bool | None = None) -> Any:
+    """Draw a search's curve against circuit size; returns the Figure.
+
+    ``curve["kind"]`` says which: ``"faithfulness"`` (``find_circuit``: MIB's f, with CPR and
+    CMD) or ``"restore"`` (``find_bottleneck``: the joint denoising restore, with its area).
+    """
+    fig, ax = _figure(ax, (5.5, 3.6))
+    faithful = curve.get("kind") == "faithfulness"
     x = np.asarray(curve["percent"])
     for pair in np.asarray(curve["per_pair"]).T:
         ax.plot(x, pair, color="#9ab", linewidth=0.8, alpha=0.6)
-    ax.plot(x, curve["faithfulness"], marker="o", color="#c33", label="mean over pairs")
+    ax.plot(x, curve["faithfulness" if faithful else "restore"], marker="o", color="#c33", label="mean over pairs")
     ax.axhline(1.0, color="#555", linewidth=0.8, linestyle="--")
     ax.set_xscale("log")
-    ax.set_xlabel("cells patched together (% of the finest level, largest first)")
-    ax.set_ylabel("share of the effect restored")
-    found = "" if faithfulness is None else f"; found set {faithfulness:.2f}"
-    ax.set_title(f"Faithfulness: CPR {curve['cpr']:.2f}, CMD {curve['cmd']:.2f}{found}", fontsize=10)
+    if faithful:
+        ax.set_xlabel("nodes kept (% of all, top-ranked first); everything else corrupted")
+        ax.set_ylabel("faithfulness f (MIB)")
+        shown = "" if found is None else f"; found circuit {found:.2f}"
+        ax.set_title(f"Faithfulness: CPR {curve['cpr']:.2f}, CMD {curve['cmd']:.2f}{shown}", fontsize=10)
+    else:
+        ax.set_xlabel("cells copied together (% of the finest level, largest first)")
+        ax.set_ylabel("share of the effect restored")
+        shown = "" if found is None else f"; found set {found:.2f}"
+        ax.set_title(f"Bottleneck restore: area {curve['area']:.2f}{shown}", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
+    return _shown(fig, show)
+
+
+def plot_circuit(circuit: Any, n_layers: int, n_heads: int, ax: Any = None, show: bool | None = None) -> Any:
+    """Draw a circuit of nodes: one row per layer (embeddings at the bottom, logits at the top), each
+    layer's heads then its MLP; the circuit's nodes filled, sized by |effect|, the rest hollow."""
+    fig, ax = _figure(ax, (1.6 + 0.55 * (n_heads + 1), 1.4 + 0.6 * (n_layers + 2)))
+    effect = dict(zip((c.label for c in circuit.cells), circuit.values or [1.0] * len(circuit.cells)))
+    largest = max([abs(v) for v in effect.values()] + [1e-12])
+
+    def node(x: float, y: float, label: str, text: str) -> None:
+        kept = label in effect
+        size = 80 + 420 * abs(effect[label]) / largest if kept else 60
+        face = "#c33" if kept else "white"
+        ax.scatter([x], [y], s=size, facecolor=face, edgecolor="#333", linewidth=0.8, zorder=3)
+        ax.annotate(text, (x, y), xytext=(0, -17), textcoords="offset points", ha="center", fontsize=6, color="#333")
+
+    node(n_heads / 2, 0, "embed", "embed")
+    for layer in range(n_layers):
+        ax.axhline(layer + 1, color="#eee", linewidth=0.6, zorder=0)
+        for head in range(n_heads):
+            node(head, layer + 1, f"head_out L{layer} H{head}", f"L{layer}H{head}")
+        node(n_heads + 0.4, layer + 1, f"mlp_out L{layer}", f"MLP{layer}")
+    ax.scatter([n_heads / 2], [n_layers + 1], marker="s", s=120, color="#333", zorder=3)
+    ax.annotate(
+        "logits", (n_heads / 2, n_layers + 1), xytext=(0, 8), textcoords="offset points", ha="center", fontsize=7
+    )
+    ax.set_xlim(-0.8, n_heads + 1.2)
+    ax.set_ylim(-0.8, n_layers + 1.6)
+    ax.set_yticks(range(n_layers + 2), ["embed", *[f"layer {i}" for i in range(n_layers)], "logits"], fontsize=7)
+    ax.set_xticks([])
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    faith = "" if circuit.faithfulness is None else f": faithfulness {circuit.faithfulness:.2f}"
+    ax.set_title(f"Circuit of {len(circuit.cells)} nodes{faith}\n(filled: in the circuit, sized by effect)", fontsize=9)
+    return _shown(fig, show)
+
+
+def _figure(ax: Any, size: tuple[float, float]) -> tuple[Any, Any]:
+    if ax is not None:
+        return ax.figure, ax
+    fig = NotebookFigure(figsize=size, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _shown(fig: Any, show: bool | None) -> Any:
     if isinstance(fig, NotebookFigure) and show is not False:
         fig.show_in_notebook()
     return fig

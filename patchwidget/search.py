@@ -1,4 +1,9 @@
-"""Guided search: find a small set of sites that carries the behaviour, coarse to fine.
+"""Find a bottleneck: a small set of sites that, copied alone into the corrupted run, carries the answer.
+
+This is the denoising question ("which activations, patched in from the clean run, restore the
+behaviour?"), searched coarse to fine; it is not whether a set does the task on its own, which
+is a circuit's faithfulness (``patchwidget.faithfulness``, ``find_circuit``). On the bundled
+model's IOI pairs the last head on the path restores everything here and does nothing alone.
 
 The algorithm, level by level (``levels``, in this order):
 
@@ -12,14 +17,15 @@ gradient estimate; ``"exact"``: one patched copy each), and the smallest prefix 
 whose **exact joint patch** restores at least ``target`` of the normalised effect is kept (greedy
 over the ranking; every prefix is verified in one batched pass). If no prefix reaches the target,
 the whole level is kept and the search goes on; ``circuit.reached`` says whether the final set
-reached it. The faithfulness curve patches the top-ranked cells of the last level jointly at MIB's
-sizes (0.1 to 100 % of that level's cells).
+reached it. The restore curve patches the top-ranked cells of the last level jointly at MIB's
+sizes (0.1 to 100 % of that level's cells); its ``area`` is the area under it (this is not MIB's
+CPR, which is an area under faithfulness).
 
 Example:
     >>> import patchwidget as pw
     >>> pairs = pw.demo_data.ioi_pairs(8)
-    >>> circuit = pw.find_circuit(pw.load_model(), [p.clean for p in pairs], [p.corrupt for p in pairs],
-    ...                           answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], target=0.8)
+    >>> circuit = pw.find_bottleneck(pw.load_model(), [p.clean for p in pairs], [p.corrupt for p in pairs],
+    ...                              answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], target=0.8)
     >>> circuit.reached, len(circuit.cells) < 10
     (True, True)
 """
@@ -42,7 +48,7 @@ from .prompts import Noise, Texts
 from .runs import Progress, cached_runs, with_noise
 from .templates import LAST_TOKEN
 
-__all__ = ["CURVE_PERCENTS", "LEVELS", "find_circuit"]
+__all__ = ["CURVE_PERCENTS", "LEVELS", "find_bottleneck"]
 
 LEVELS = ("layers", "heads", "neurons", "positions")
 CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)  # MIB's circuit sizes, in % of the finest level
@@ -51,7 +57,7 @@ TOP_SHOWN = 20  # candidates of each level recorded in the trace, largest estima
 
 
 @entry_point
-def find_circuit(
+def find_bottleneck(
     model: Any,
     clean: Texts,
     corrupt: Texts | Noise,
@@ -71,9 +77,10 @@ def find_circuit(
 ) -> Circuit:
     """Search coarse to fine for the smallest set of sites whose joint patch restores ``target`` of the effect.
 
-    Returns a ``Circuit`` with ``faithfulness`` (the exact joint restore of the set, over all
-    pairs), ``reached``, ``trace`` (what each level opened, kept and why) and ``curve``
-    (the faithfulness curve, with ``cpr`` and ``cmd``); ``circuit.plot_curve()`` draws it.
+    Returns a ``Circuit`` with ``restore`` (the exact joint restore of the set, over all
+    pairs; not faithfulness, see the module docstring), ``reached``, ``trace`` (what each
+    level opened, kept and why) and ``curve`` (the restore curve, with its ``area``);
+    ``circuit.plot_curve()`` draws it.
     ``on_level(circuit)``, if given, sees the set kept after each level as the search goes
     (the widget draws it), with ``reached`` None until the search ends.
 
@@ -83,7 +90,7 @@ def find_circuit(
     each cell's ``pos`` a span label, patched aligned as ``patch`` aligns spans.
 
     Example:
-        >>> circuit = find_circuit(model, clean, corrupt, answer="Mary", wrong="John", target=0.8)  # doctest: +SKIP
+        >>> circuit = find_bottleneck(model, clean, corrupt, answer="Mary", wrong="John", target=0.8)  # doctest: +SKIP
     """
     levels = _check_levels(levels)
     if not isinstance(target, int | float) or isinstance(target, bool) or not 0 < target <= 1:
@@ -177,7 +184,7 @@ def find_circuit(
                 "level": level,
                 "candidates": len(candidates),
                 "kept": size,
-                "faithfulness": faith[size],
+                "restore": faith[size],
                 "reached": bool(reaching),
                 "why": (
                     f"the top {size} of {len(candidates)} by {method} estimate restore {faith[size]:.3f}"
@@ -188,7 +195,7 @@ def find_circuit(
         )
         if on_level is not None:
             cells = [_cell(w, len(columns), labels) for w in kept]
-            on_level(Circuit(cells, [e for _, e in ranked[:size]], {}, faith[size], None, list(trace)))
+            on_level(Circuit(cells, [e for _, e in ranked[:size]], {}, restore=faith[size], trace=list(trace)))
 
     curve = _curve(ranked, measured, restore, len(columns), labels)
     final = measured[len(kept)].numpy()
@@ -198,7 +205,7 @@ def find_circuit(
         cells,
         [effect_of[w] for w in kept],
         {**provenance(model, request), "method": method, "search": {"target": target, "levels": list(levels)}},
-        faithfulness=float(final.mean()),
+        restore=float(final.mean()),
         reached=bool(final.mean() >= target),
         trace=trace,
         curve=curve,
@@ -206,7 +213,7 @@ def find_circuit(
 
 
 def _curve(ranked: list, measured: dict, restore: Any, n_pos: int, labels: list[str] | None) -> dict[str, Any]:
-    """The faithfulness curve over the last level's ranking, at MIB's sizes.
+    """The restore curve over the last level's ranking, at MIB's sizes.
 
     The prefixes the search already patched are read from ``measured``; the others are
     patched together in one more batched pass (and added to ``measured``).
@@ -223,10 +230,10 @@ def _curve(ranked: list, measured: dict, restore: Any, n_pos: int, labels: list[
         "ranked": [_cell(w, n_pos, labels) for w, _ in ranked],  # the finest level's cells, largest estimate first
         "percent": [float(100 * f) for f in fractions],
         "size": sizes,
-        "faithfulness": mean.tolist(),
+        "kind": "restore",
+        "restore": mean.tolist(),
         "per_pair": per_pair.tolist(),
-        "cpr": float(np.trapezoid(ys, xs)),  # area under the curve, the empty set counted as 0 at 0 %
-        "cmd": float(np.trapezoid(np.abs(1 - ys), xs)),  # area between the curve and 1
+        "area": float(np.trapezoid(ys, xs)),  # area under the curve, the empty set counted as 0 at 0 %
     }
 
 

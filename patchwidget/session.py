@@ -32,7 +32,7 @@ from .path import path_patch
 from .prompts import Texts, prepare_prompts
 from .remote import prepare_remote, reporting
 from .result import PatchResult
-from .search import find_circuit
+from .search import find_bottleneck
 from .sites import ModelInfo, model_info
 
 __all__ = ["Cancelled", "Computed", "Level", "Session", "Settings"]
@@ -261,7 +261,7 @@ class _Patcher:
         s = self.session
         common = self._common()
         common["metric"] = "logit_diff" if common["metric"] == "logit_diff_norm" else common["metric"]
-        return find_circuit(s.model, target=target, method=self.settings.method, on_level=on_level, **common)
+        return find_bottleneck(s.model, target=target, method=self.settings.method, on_level=on_level, **common)
 
     def pattern(self, layer: int, head: int) -> np.ndarray:
         s = self.session

@@ -411,3 +411,80 @@ def reference_span_patch(
 
     logits = run(model, target_ids, site, layer, write)
     return float(logits[answer] - logits[wrong])
+
+
+# --- faithfulness as MIB defines it -------------------------------------------
+
+
+def reference_faithfulness(model, pairs, kept, ablation="patch"):
+    """MIB's f(C) = (m(C) - m(empty)) / (m(N) - m(empty)), means over pairs, written out plainly.
+
+    ``pairs`` is a list of (clean_ids, corrupt_ids, answer, wrong); ``kept`` maps each component of
+    the circuit, ``("embed", 0, 0)``, ``("head_out", layer, head)`` or ``("mlp_out", layer, 0)``, to
+    None (kept at every position) or a set of positions. m(C) runs each clean prompt with a hook on
+    every other component (and on the kept ones at their other positions) that overwrites it with
+    its activation on that pair's corrupted prompt (``ablation="mean"``: the mean over all the
+    corrupted prompts), one run per pair; the logit difference at the last position. ``kept`` may
+    also be a list of such maps, one per pair (a span's positions differ from pair to pair).
+    """
+    kept_of = kept if isinstance(kept, list) else [kept] * len(pairs)
+    cfg, sizes = model.config, Sizes(model.config)
+    everything = {("embed", 0, 0)} | {
+        (site, layer, unit)
+        for layer in range(cfg.num_hidden_layers)
+        for site, units in (("head_out", range(sizes.h)), ("mlp_out", [0]))
+        for unit in units
+    }
+    where = {("embed", 0): ("resid_pre", 0)}  # the embeddings' output enters the first block
+
+    def corrupted(ids):
+        out = {}
+        for site, layer in {(s, la) for s, la, _ in everything}:
+            out[(site, layer)] = capture(model, ids, *where.get((site, layer), (site, layer)))
+        return out
+
+    values = [corrupted(c) for _, c, _, _ in pairs]
+    if ablation == "mean":
+        mean = {k: torch.stack([v[k] for v in values]).mean(0) for k in values[0]}
+        values = [mean] * len(pairs)
+
+    def metric(ids, a, w, replace, circuit):
+        handles = []
+        for site, layer in {(s, la) for s, la, _ in everything}:
+            units = [u for s, la, u in everything if (s, la) == (site, layer)]
+
+            def write(act, site=site, layer=layer, units=units, replace=replace):
+                for u in units:
+                    keep = circuit.get((site, layer, u), set())  # None: kept at every position
+                    if keep is None:
+                        continue
+                    for p in range(act.shape[0]):
+                        if p not in keep and p - act.shape[0] not in keep:
+                            act[p, u] = replace[(site, layer)][p, u]
+
+            handles.append(site_hooks(model, *where.get((site, layer), (site, layer)), sizes, write))
+        try:
+            with torch.no_grad():
+                logits = model(ids[None]).logits[0, -1]
+        finally:
+            for h in handles:
+                h.remove()
+        return float(logits[a] - logits[w])
+
+    m_c, m_empty, m_full = [], [], []
+    for (clean, _, a, w), replace, kept in zip(pairs, values, kept_of):
+        m_c.append(metric(clean, a, w, replace, kept))
+        m_empty.append(metric(clean, a, w, replace, {}))
+        m_full.append(metric(clean, a, w, replace, {c: None for c in everything}))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return (mean(m_c) - mean(m_empty)) / (mean(m_full) - mean(m_empty))
+
+
+def reference_areas(percents, f):
+    """MIB's CPR and CMD of a faithfulness curve: trapezoids over the fractions, one pair of points at a time."""
+    cpr = cmd = 0.0
+    for i in range(len(f) - 1):
+        width = (percents[i + 1] - percents[i]) / 100
+        cpr += width * (f[i] + f[i + 1]) / 2
+        cmd += width * (abs(1 - f[i]) + abs(1 - f[i + 1])) / 2
+    return cpr, cmd

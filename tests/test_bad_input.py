@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import patchwidget as pw
 
@@ -71,8 +72,12 @@ def test_unknown_architecture_names_what_is_missing():
     class Config:
         model_type = "mamba"
 
-    class Fake:
+    class Fake:  # wrapped as far as patchwidget looks (an nnsight model's _module and trace)
         config = Config()
+        _module = torch.nn.Linear(1, 1)
+
+        def trace(self, *args, **kwargs):
+            raise AssertionError("refused before any trace")
 
     with pytest.raises(pw.UnsupportedModelError, match=r"'mamba' is not supported; supported: gemma, gpt2, .*register"):
         pw.patch(Fake(), CLEAN, CORRUPT, answer="Paris", wrong="Tokyo")

@@ -256,22 +256,22 @@ def test_bad_explore_arguments_leave_no_thread_behind(demo, kwargs, message):
     assert threading.active_count() == threads
 
 
-def test_find_circuit_from_the_widget(widget, demo):
+def test_find_bottleneck_from_the_widget(widget, demo):
     titles = []
     widget.observe(lambda change: titles.append(change["new"]["panels"][0]["title"]), names="view")
     send(widget, type="find", request_id=1, target=0.8)
     assert wait_idle(widget, 1, timeout=120)["state"] == "idle"
     found = widget.circuit
-    assert found is not None and found.reached and found.faithfulness >= 0.8
-    assert widget.path[-1]["kind"] == "search" and widget.breadcrumb[-1]["label"] == "find circuit (target 0.8)"
+    assert found is not None and found.reached and found.restore >= 0.8 and found.faithfulness is None
+    assert widget.path[-1]["kind"] == "search" and widget.breadcrumb[-1]["label"] == "find bottleneck (target 0.8)"
     # The levels were shown as the search went, then the result.
     assert [t.split(":")[0] for t in titles[:-1]] == ["Level 'layers'", "Level 'heads'", "Level 'positions'"]
     ranked, trace, curve = widget.view["panels"]
-    assert ranked["title"].startswith(f"Found {len(found.cells)} cells")
+    assert ranked["title"].startswith(f"Bottleneck of {len(found.cells)} cells: copied together they restore")
     assert [r for r in ranked["rows"] if r.startswith("● ")] == [f"● {c.label}" for c in found.cells]
     assert trace["rows"] == ["layers", "heads", "positions"]
-    assert_close(curve["values"][0], found.curve["faithfulness"], 1e-5)
-    direct = pw.find_circuit(demo, **TEXTS, target=0.8, method="exact")  # the widget uses its method setting
+    assert_close(curve["values"][0], found.curve["restore"], 1e-5)
+    direct = pw.find_bottleneck(demo, **TEXTS, target=0.8, method="exact")  # the widget uses its method setting
     assert direct.cells == found.cells
     send(widget, type="find", request_id=2, target=1.5)
     assert widget.status["state"] == "error" and "target must be a number in (0, 1]" in widget.status["message"]

@@ -88,13 +88,13 @@ function rangeControl(vmax, autoMax, onVmax) {
   ]);
 }
 
-// "Find circuit": the share of the effect to restore (controls.target is Python's default), and the button.
+// "Find bottleneck" (find_bottleneck): the share of the effect to restore (controls.target is Python's default).
 function findControl(target, onFind) {
   const input = h("input", {
     type: "number",
     class: "pw-target",
     "data-pw-key": "ctl:target",
-    "aria-label": "Share of the effect the circuit must restore",
+    "aria-label": "Share of the effect the copied cells must restore",
     min: "0.05",
     max: "1",
     step: "0.05",
@@ -105,8 +105,8 @@ function findControl(target, onFind) {
     if (Number.isFinite(value) && value > 0 && value <= 1) onFind(value);
     else input.value = String(target ?? 0.8);
   };
-  return h("div", { class: "pw-control pw-find", role: "group", "aria-label": "Find circuit" }, [
-    h("button", { type: "button", class: "pw-find-button", "data-pw-key": "find", onclick: find }, "Find circuit"),
+  return h("div", { class: "pw-control pw-find", role: "group", "aria-label": "Find bottleneck" }, [
+    h("button", { type: "button", class: "pw-find-button", "data-pw-key": "find", onclick: find }, "Find bottleneck"),
     h("label", {}, ["restoring ≥ ", input]),
   ]);
 }
