@@ -209,12 +209,25 @@ def test_ioi_claims(demo, one_thread):
     assert {(c.layer, c.head) for c in circuit.cells} == {(3, 1), (1, 0), (0, 3)}
     check = circuit.evaluate(demo, **_pairs(held))
     assert check.joint > 0.95 and check.per_pair_joint.min() > 0.95
-    # Exercise 6: one cell, L3H1 at the last token, at target 0.8 and 0.9; each level keeps one cell.
+    # Exercise 6, part 1: the bottleneck is one cell, L3H1 at the last token, at target 0.8 and 0.9 (each level
+    # keeps one cell), restoring about 1.03; its faithfulness is 0.000, the embeddings and three heads under 0.01.
     for target in (0.8, 0.9):
-        found = pw.find_circuit(demo, **texts, target=target)
-        assert found.cells == [pw.Cell("head_out", 3, head=1, pos=13)] and found.faithfulness > 1.0
-        assert [row["level"] for row in found.trace] == ["layers", "heads", "positions"]
-        assert all(row["why"].startswith("the top 1 of") for row in found.trace)
+        bottleneck = pw.find_bottleneck(demo, **texts, target=target)
+        assert bottleneck.cells == [pw.Cell("head_out", 3, head=1, pos=13)] and 1.0 < bottleneck.restore < 1.06
+        assert [row["level"] for row in bottleneck.trace] == ["layers", "heads", "positions"]
+        assert all(row["why"].startswith("the top 1 of") for row in bottleneck.trace)
+    assert abs(pw.faithfulness(demo, **texts, circuit=bottleneck)) < 5e-4
+    three = [pw.Cell("embed"), *[pw.Cell("head_out", la, head=h) for la, h in ((0, 3), (1, 0), (3, 1))]]
+    assert abs(pw.faithfulness(demo, **texts, circuit=three)) < 0.01
+    # Part 2: eight nodes (embeddings, L0H3, L1H0, L3H1, the four MLPs), faithfulness 1.000, also held out;
+    # the curve near 0 up to 4 of 21 nodes and 1.0 from 10; CPR 0.65, CMD 0.35.
+    found = pw.find_circuit(demo, **texts, target=0.9)
+    mlps = {pw.Cell("mlp_out", la) for la in range(4)}
+    assert set(found.cells) == set(three) | mlps and abs(found.faithfulness - 1) < 5e-4
+    assert abs(found.faithfulness_on(demo, **_pairs(held) | {"metric": "logit_diff"}) - 1) < 5e-4
+    f = dict(zip(found.curve["size"], found.curve["faithfulness"]))
+    assert len(found.curve["ranked"]) == 21 and f[4] < 0.01 and f[10] > 0.999
+    assert round(found.curve["cpr"], 2) == 0.65 and round(found.curve["cmd"], 2) == 0.35
     # Exercise 5: noising S2 entering layer 0 or the verb from layer 2 destroys the answer; heads: L3H1 does.
     noised = pw.patch(demo, **kw, site="resid_pre", direction="noise").values
     assert noised[0, 9] < 0.05 and 0.32 < noised[1, 9] < 0.42 and 0.6 < noised[1, 10] < 0.7
@@ -398,6 +411,14 @@ def test_induction_claims(demo, one_thread):
     )
     for cells in others:
         assert accuracy(cells) > 0.95
+    # Section 5 (the circuit on its own): seven nodes, L0H3, L1H0, the embeddings and the four MLPs, faithfulness
+    # 1.000; the embeddings and the two heads alone about 0.03; CPR 0.65, CMD 0.35.
+    texts = {k: v for k, v in both.items() if k != "metric"}
+    found = pw.find_circuit(demo, **texts, target=0.9)
+    two = [pw.Cell("embed"), pw.Cell("head_out", 0, head=3), pw.Cell("head_out", 1, head=0)]
+    assert set(found.cells) == set(two) | {pw.Cell("mlp_out", la) for la in range(4)}
+    assert abs(found.faithfulness - 1) < 1e-3 and 0.02 < pw.faithfulness(demo, **texts, circuit=two) < 0.045
+    assert round(found.curve["cpr"], 2) == 0.65 and round(found.curve["cmd"], 2) == 0.35
     # Exercise 2: the same grid at length 9, offset 7.
     longer = pw.patch(
         demo, **_pairs(demo_data.induction_pairs(16, length=9, offset=7)), site="head_out", by_position=False
