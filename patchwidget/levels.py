@@ -43,7 +43,7 @@ class Level:
     head: int | None = None
     pos: int | None = None
     cells: tuple[Cell, ...] = ()  # for kind "joint": the cells patched together
-    target: float | None = None  # for kind "search": the share of the effect the set must restore
+    target: float | None = None  # for kinds "search" and "circuit": the share the set must restore, or do alone
     spans: bool = False  # the prompts are made from a template: columns are spans, ``pos`` indexes them
     span: int | None = None  # the span whose positions this level's columns are (``patch(within=...)``)
 
@@ -68,7 +68,7 @@ class Computed:
     pattern: np.ndarray | None = None  # (query, key) attention of the clean run
     joint: JointResult | None = None
     exact: bool = True  # False for an attribution preview that exact values will replace
-    circuit: Any = None  # for kind "search": the Circuit found
+    circuit: Any = None  # for kinds "search" and "circuit": the Circuit found
 
 
 class Patcher(Protocol):
@@ -88,6 +88,8 @@ class Patcher(Protocol):
     def path(self, receivers: str | list[Cell]) -> PatchResult: ...
 
     def find(self, target: float, on_level: Callable[[Any], None]) -> Any: ...
+
+    def find_circuit(self, target: float) -> Any: ...
 
     def show(self, partial: Computed) -> None: ...
 
@@ -363,6 +365,51 @@ def _search_panels(computed: Computed, v: View) -> list[dict]:
     return [ranked, steps, faith]
 
 
+# --- the circuit view: find_circuit's nodes by layer ----------------------------------------------
+
+CIRCUIT_PANEL = "circuit"
+
+
+def _circuit_panels(computed: Computed, v: View) -> list[dict]:
+    """The circuit as a grid in forward order: the embeddings, then one row per layer, its MLP in the first
+    column and its heads after it; a node in the circuit shows its effect (the metric's change when it alone
+    is corrupted), every other node no value. Then MIB's curve."""
+    c = computed.circuit
+    n_layers, n_heads = c.provenance["shape"]["n_layers"], c.provenance["shape"]["n_heads"]
+    values = np.full((n_layers + 1, n_heads + 1), np.nan)
+    for cell, effect in zip(c.cells, c.values):
+        if cell.site == "embed":
+            values[0, 0] = effect
+        else:
+            values[cell.layer + 1, 0 if cell.site == "mlp_out" else cell.head + 1] = effect
+    state = "reached" if c.reached else "did not reach"
+    title = (
+        f"Circuit of {len(c.cells)} nodes: on their own, everything else corrupted, they do {c.faithfulness:.3f} "
+        f"of the task (faithfulness as MIB defines it; {state} {computed.level.target}). Nodes with a value "
+        "are the circuit's, with their effect when corrupted alone; click a head for its breakdown, an MLP for "
+        "its grid"
+    )
+    rows = ["embed"] + [f"L{layer}" for layer in range(n_layers)]
+    grid = panel(CIRCUIT_PANEL, title, "layer", "node", rows, ["MLP"] + [f"H{h}" for h in range(n_heads)], values, True)
+    curve = c.curve
+    title = (
+        f"Faithfulness at MIB's circuit sizes (top-ranked nodes kept): CPR {curve['cpr']:.2f}, CMD {curve['cmd']:.2f}"
+    )
+    cols = [f"{p:g}% ({k})" for p, k in zip(curve["percent"], curve["size"])]
+    faith = panel("curve", title, "", "nodes", ["faithfulness"], cols, np.asarray([curve["faithfulness"]]), False)
+    return [grid, faith]
+
+
+def _circuit_opens(level: Level, panel: str, row: int, col: int) -> Level | None:
+    """A head node opens its breakdown (query, key, value, output, then what feeds it); an MLP node the
+    mlp_out grid (layers by token, then its top neurons); the embeddings nothing narrower."""
+    if panel != CIRCUIT_PANEL or row == 0:
+        return None
+    if col == 0:
+        return Level("top", site="mlp_out", spans=level.spans)
+    return level.open("head", layer=row - 1, head=col - 1)
+
+
 # --- one MLP's top neurons at one token ----------------------------------------------------------
 
 
@@ -451,6 +498,12 @@ LEVELS: dict[str, LevelKind] = {
             circuit=p.find(level.target, lambda partial: p.show(Computed(level, {}, exact=False, circuit=partial))),
         ),
         panels=_search_panels,
+    ),
+    "circuit": LevelKind(
+        label=lambda level, tokens: f"find circuit (target {level.target})",
+        compute=lambda level, p: Computed(level, {}, circuit=p.find_circuit(level.target)),
+        panels=_circuit_panels,
+        opens=_circuit_opens,
     ),
     "joint": LevelKind(
         label=lambda level, tokens: f"{len(level.cells)} cells together",

@@ -123,6 +123,7 @@ MESSAGES: dict[str, tuple[str, ...]] = {
     "set": ("key", "value"),  # change site, direction, metric, method or pair
     "joint": ("cells",),  # patch these {panel, row, col} cells together
     "keep": ("cells",),  # keep these {panel, row, col} cells as widget.circuit
-    "find": ("target",),  # search for a circuit restoring this share of the effect (find_circuit)
+    "find": ("target",),  # search for a bottleneck restoring this share of the effect (find_bottleneck)
+    "circuit": ("target",),  # find the circuit doing this share of the task on its own (find_circuit)
     "cancel": (),  # stop the request with this request_id
 }

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .circuit_search import find_circuit
 from .circuits import JointResult, patch_sites
 from .engine import attention_pattern, check_batching, patch
 from .errors import PatchwidgetError
@@ -262,6 +263,13 @@ class _Patcher:
         common = self._common()
         common["metric"] = "logit_diff" if common["metric"] == "logit_diff_norm" else common["metric"]
         return find_bottleneck(s.model, target=target, method=self.settings.method, on_level=on_level, **common)
+
+    def find_circuit(self, target: float) -> Any:
+        s = self.session
+        common = self._common()
+        del common["direction"]  # a circuit is always the clean run with everything outside it corrupted
+        common["metric"] = "logit_diff" if common["metric"] == "logit_diff_norm" else common["metric"]
+        return find_circuit(s.model, target=target, method=self.settings.method, **common)
 
     def pattern(self, layer: int, head: int) -> np.ndarray:
         s = self.session

@@ -150,11 +150,12 @@ class PatchWidget(anywidget.AnyWidget):
             self._request(request_id, self._levels[: level + 1], self._settings)
         elif kind == "set":
             self._set(request_id, msg.get("key"), msg.get("value"))
-        elif kind == "find":
+        elif kind in ("find", "circuit"):  # find_bottleneck, find_circuit
             target = msg.get("target")
             if not isinstance(target, int | float) or isinstance(target, bool) or not 0 < target <= 1:
                 raise MessageError(f"target must be a number in (0, 1], got {target!r}")
-            self._request(request_id, [*self._levels, Level("search", target=float(target))], self._settings)
+            level = Level("search" if kind == "find" else "circuit", target=float(target))
+            self._request(request_id, [*self._levels, level], self._settings)
         elif kind == "keep":
             cells = msg.get("cells")
             if not isinstance(cells, list) or not cells:

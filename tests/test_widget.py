@@ -277,3 +277,33 @@ def test_find_bottleneck_from_the_widget(widget, demo):
     assert widget.status["state"] == "error" and "target must be a number in (0, 1]" in widget.status["message"]
     send(widget, type="back", request_id=3, level=0)
     assert wait_idle(widget, 3)["state"] == "idle" and widget.circuit is found  # kept until replaced
+
+
+def test_find_circuit_from_the_widget_ends_on_the_circuit_view(widget, demo):
+    send(widget, type="circuit", request_id=1, target=0.9)
+    assert wait_idle(widget, 1, timeout=120)["state"] == "idle"
+    found = widget.circuit
+    direct = pw.find_circuit(demo, **TEXTS, target=0.9, method="exact")  # the widget uses its method setting
+    assert found.cells == direct.cells and found.faithfulness == near(direct.faithfulness, 1e-6)
+    assert widget.breadcrumb[-1]["label"] == "find circuit (target 0.9)"
+    grid, curve = widget.view["panels"]
+    assert grid["title"].startswith(f"Circuit of {len(found.cells)} nodes: on their own")
+    assert grid["rows"] == ["embed", "L0", "L1", "L2", "L3"] and grid["cols"] == ["MLP", "H0", "H1", "H2", "H3"]
+    values = np.array(grid["values"], dtype=float)
+    shown = {(r, c) for r, c in zip(*np.nonzero(np.isfinite(values)))}
+    want = {
+        (0, 0) if c.site == "embed" else (c.layer + 1, 0 if c.site == "mlp_out" else c.head + 1) for c in found.cells
+    }
+    assert shown == want
+    assert_close(curve["values"][0], found.curve["faithfulness"], 1e-5)
+    # A head node opens its breakdown, an MLP node the mlp_out grid; the embeddings open nothing.
+    send(widget, type="drill", request_id=2, panel="circuit", row=4, col=2)
+    assert wait_idle(widget, 2, timeout=60)["state"] == "idle" and widget.breadcrumb[-1]["label"] == "L3 H1"
+    send(widget, type="back", request_id=3, level=1)
+    assert wait_idle(widget, 3)["state"] == "idle" and widget.view["panels"][0]["id"] == "circuit"
+    send(widget, type="drill", request_id=4, panel="circuit", row=2, col=0)
+    assert wait_idle(widget, 4, timeout=60)["state"] == "idle" and widget.breadcrumb[-1]["label"] == "mlp_out"
+    send(widget, type="back", request_id=5, level=1)
+    assert wait_idle(widget, 5)["state"] == "idle"
+    send(widget, type="drill", request_id=6, panel="circuit", row=0, col=0)
+    assert widget.status["state"] == "error" and "no narrower sites" in widget.status["message"]

@@ -88,31 +88,44 @@ function rangeControl(vmax, autoMax, onVmax) {
   ]);
 }
 
-// "Find bottleneck" (find_bottleneck): the share of the effect to restore (controls.target is Python's default).
-function findControl(target, onFind) {
+// The searches: "Find circuit" (find_circuit: the nodes that do the target share of the task on their own) and
+// "Find bottleneck" (find_bottleneck: the cells that, copied into the corrupted run, restore it), one target
+// control for both (controls.target is Python's default).
+function findControl(target, onFind, onCircuit) {
   const input = h("input", {
     type: "number",
     class: "pw-target",
     "data-pw-key": "ctl:target",
-    "aria-label": "Share of the effect the copied cells must restore",
+    "aria-label": "Target: the share of the task the circuit does, or the bottleneck restores",
     min: "0.05",
     max: "1",
     step: "0.05",
     value: String(target ?? 0.8),
   });
-  const find = () => {
+  const run = (send) => () => {
     const value = input.valueAsNumber;
-    if (Number.isFinite(value) && value > 0 && value <= 1) onFind(value);
+    if (Number.isFinite(value) && value > 0 && value <= 1) send(value);
     else input.value = String(target ?? 0.8);
   };
-  return h("div", { class: "pw-control pw-find", role: "group", "aria-label": "Find bottleneck" }, [
-    h("button", { type: "button", class: "pw-find-button", "data-pw-key": "find", onclick: find }, "Find bottleneck"),
-    h("label", {}, ["restoring ≥ ", input]),
+  return h("div", { class: "pw-control pw-find", role: "group", "aria-label": "Find a circuit or a bottleneck" }, [
+    onCircuit
+      ? h(
+          "button",
+          { type: "button", class: "pw-circuit-button", "data-pw-key": "circuit", onclick: run(onCircuit) },
+          "Find circuit",
+        )
+      : null,
+    h(
+      "button",
+      { type: "button", class: "pw-find-button", "data-pw-key": "find", onclick: run(onFind) },
+      "Find bottleneck",
+    ),
+    h("label", {}, ["target ", input]),
   ]);
 }
 
-// handlers: onSet(key, value) for protocol "set" requests, onVmax(value|null), onFind(target).
-export function renderControls(controls, { vmax, autoMax, onSet, onVmax, onFind }) {
+// handlers: onSet(key, value) for protocol "set" requests, onVmax(value|null), onFind(target), onCircuit(target).
+export function renderControls(controls, { vmax, autoMax, onSet, onVmax, onFind, onCircuit }) {
   return [
     h(
       "div",
@@ -125,7 +138,7 @@ export function renderControls(controls, { vmax, autoMax, onSet, onVmax, onFind 
       selectControl("method", "Method", choices(controls.methods), controls.method, onSet),
       controls.n_pairs > 1 ? selectControl("pair", "Pair", pairOptions(controls.n_pairs), controls.pair, onSet) : null,
       rangeControl(vmax, autoMax, onVmax),
-      onFind ? findControl(controls.target, onFind) : null,
+      onFind ? findControl(controls.target, onFind, onCircuit) : null,
     ]),
   ];
 }

@@ -101,7 +101,15 @@ describe("widget", () => {
     expect($(".pw-grid").getAttribute("aria-label")).toBe("heads");
   });
 
-  it("asks Python to find a circuit with the target in the control", () => {
+  it("asks Python to find a circuit, or a bottleneck, with the target in the control", () => {
+    $(".pw-target").value = "0.9";
+    $(".pw-circuit-button").click();
+    expect(model.sent.at(-1)).toEqual({ type: "circuit", request_id: 1, target: 0.9 });
+    expect($(".pw-circuit-button").textContent).toBe("Find circuit");
+    expect($(".pw-find-button").textContent).toBe("Find bottleneck");
+  });
+
+  it("asks Python to find a bottleneck with the target in the control", () => {
     expect($(".pw-target").value).toBe("0.8");
     $(".pw-target").value = "0.9";
     $(".pw-find-button").click();

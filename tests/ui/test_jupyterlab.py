@@ -198,6 +198,32 @@ def test_drill_down_and_back(lab_server, page, ui_output):
         )
         wait_settled(page)
         expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "L3 heads"])
+
+        # Find circuit (README, "Find the circuit"; the IOI workshop's exercise 6) ends on the circuit view;
+        # clicking a head node opens its breakdown, Escape comes back, Enter on an MLP node opens mlp_out.
+        page.locator(f"{WIDGET} .pw-target").fill("0.9")
+        page.locator(f"{WIDGET} .pw-circuit-button").click()
+        circuit = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Circuit of 8 nodes: on their own"]')
+        expect(circuit).to_have_count(1, timeout=KERNEL_TIMEOUT)
+        wait_settled(page)
+        expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "L3 heads", "find circuit (target 0.9)"])
+        expect(circuit.locator("th[role=rowheader]")).to_have_text(["embed", "L0", "L1", "L2", "L3"])
+        kept = circuit.locator(".pw-cell[role=gridcell]").evaluate_all(
+            "cs => cs.filter(c => /\\d/.test(c.textContent)).map(c => [c.dataset.row, c.dataset.col])"
+        )
+        nodes = {("0", "0"), ("1", "4"), ("2", "1"), ("4", "2")} | {(str(r), "0") for r in range(1, 5)}
+        assert set(map(tuple, kept)) == nodes, kept  # the embeddings, L0H3, L1H0, L3H1 and the four MLPs
+        circuit.locator('.pw-cell[data-row="4"][data-col="2"]').click()
+        expect(page.locator(CRUMBS).last).to_have_text("L3 H1", timeout=ACTION_TIMEOUT)
+        wait_settled(page)
+        page.locator(f"{WIDGET} .pw-grid[role=grid] .pw-cell").first.focus()
+        page.keyboard.press("Escape")
+        expect(circuit).to_have_count(1, timeout=ACTION_TIMEOUT)
+        wait_settled(page)
+        circuit.locator('.pw-cell[data-row="3"][data-col="0"]').focus()
+        page.keyboard.press("Enter")
+        expect(page.locator(CRUMBS).last).to_have_text("mlp_out", timeout=ACTION_TIMEOUT)
+        wait_settled(page)
     except BaseException:
         try:
             page.screenshot(path=str(ui_output / "failure-page.png"), full_page=True, timeout=10_000)
