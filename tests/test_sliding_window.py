@@ -18,7 +18,8 @@ from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2Fo
 import patchwidget as pw
 from patchwidget import demo_data
 
-from .close import assert_close
+from .close import assert_close, near
+from .reference import reference_faithfulness
 from .test_circuits import reference_joint
 from .test_engine_reference import reference_values
 from .test_path import _reference as reference_path
@@ -98,9 +99,9 @@ def test_patch_sites_and_path_patch_match_the_plain_reference(windowed):
     )
 
 
-def test_find_circuit_matches_the_plain_reference(windowed):
-    """The found set's faithfulness is its joint restore, normalised per pair, as plain hooks compute it."""
-    found = pw.find_circuit(windowed, **TEXTS, target=0.8)
+def test_find_bottleneck_matches_the_plain_reference(windowed):
+    """The found set's restore is its joint patch, normalised per pair, as plain hooks compute it."""
+    found = pw.find_bottleneck(windowed, **TEXTS, target=0.8)
     tok, hf = windowed.tokenizer, windowed._module
     restored = []
     for p in PAIRS:
@@ -111,4 +112,21 @@ def test_find_circuit_matches_the_plain_reference(windowed):
                 float(hf(ids[None]).logits[0, -1, a] - hf(ids[None]).logits[0, -1, w]) for ids in (clean, corrupt)
             )
         restored.append((reference_joint(hf, clean, corrupt, found.cells, a, w) - low) / (high - low))
-    assert_close(found.faithfulness, np.mean(restored), 1e-4)
+    assert_close(found.restore, np.mean(restored), 1e-4)
+
+
+def test_faithfulness_and_find_circuit_match_the_plain_reference(windowed):
+    found = pw.find_circuit(windowed, **TEXTS, target=0.8)
+    nodes = pw.faithfulness_nodes(3, 4)
+    plain = [
+        (
+            *(torch.tensor(windowed.tokenizer(t)["input_ids"]) for t in (p.clean, p.corrupt)),
+            windowed.tokenizer(p.answer)["input_ids"][0],
+            windowed.tokenizer(p.wrong)["input_ids"][0],
+        )
+        for p in PAIRS
+    ]
+    for cells in (found.cells, nodes[::2], [nodes[0], *nodes[5:]]):
+        kept = {("embed", 0, 0) if c.site == "embed" else (c.site, c.layer, c.head or 0): None for c in cells}
+        want = reference_faithfulness(windowed._module, plain, kept)
+        assert pw.faithfulness(windowed, **TEXTS, circuit=cells) == near(want, 1e-4)
