@@ -8,7 +8,7 @@ the activations. Two workloads:
 - attribution: four 128-token prompt pairs, head_out at every layer and position.
 
 Each runs without a budget, without a budget and without the CPU's cap on positions per
-pass (``plan.CPU_PASS_POSITIONS``; a GPU has none, so this is what a GPU would batch),
+pass (``plan.CPU_PASS_POSITIONS``, ``Speedups.max_positions``; a GPU has none, so this is what a GPU would batch),
 and with the budget. Each row runs once after a warm-up call of the same workload (so
 one-time allocations do not count) and reports the largest rise of the C heap while it
 ran, sampled every 2 ms, as in bench_resid_pre.py.
@@ -59,14 +59,13 @@ def main() -> None:
     for name, kwargs in WORKLOADS.items():
         pw.patch(model, **kwargs)  # warm-up
         results = []
-        cap = plan.CPU_PASS_POSITIONS
         for limit, shown in ((None, "none"), ("uncapped", "none, no CPU cap"), (budget, f"{args.budget_mb:.0f} MB")):
-            plan.CPU_PASS_POSITIONS = 10**12 if limit == "uncapped" else cap
+            speedups = plan.Speedups(max_positions=None) if limit == "uncapped" else None
             with PeakMemory() as mem:
                 start = time.perf_counter()
-                results.append(pw.patch(model, **kwargs, memory_budget=None if limit == "uncapped" else limit))
+                budgeted = None if limit == "uncapped" else limit
+                results.append(pw.patch(model, **kwargs, memory_budget=budgeted, speedups=speedups))
                 seconds = time.perf_counter() - start
-            plan.CPU_PASS_POSITIONS = cap
             print(f"| {name} | {shown} | {mem.peak / 2**20:.0f} | {seconds:.2f} |")
         gap = max(abs(results[0].per_pair - r.per_pair).max() for r in results[1:])
         assert gap < 1e-4, f"{name}: the budgeted result differs by {gap}"

@@ -6,9 +6,10 @@ differing (with ``--long``, also one token of 240, the last four layers). It pri
 each plan's block work on the every-token grid (rows x positions x layers, against the
 least possible: every copy from its own first position and lowest layer), then times
 five settings, each adding one piece: position bands (``plan.BAND_WIDTHS``), the last
-block's MLP run at the last position only (``sites.TRIM_LAST_MLP``), short copies of a
-pair packed end to end into shared rows (``plan.PACK``), and passes capped at
-``plan.CPU_PASS_POSITIONS`` positions. Only the patched passes are timed (the clean and
+block's MLP run at the last position only (``Speedups.trim_last_mlp``), short copies of
+a pair packed end to end into shared rows (``Speedups.pack``), and passes capped at
+``plan.CPU_PASS_POSITIONS`` positions (``Speedups.max_positions``), each switched through
+the ``speedups`` argument of ``patch``. Only the patched passes are timed (the clean and
 corrupted runs are made once, through ``runs_cache``). Each setting runs ``--repeats``
 times, the settings alternating so that all see the same machine; the table gives the
 best and the median time of each, and the grids of all settings must agree to 1e-5 (they
@@ -31,7 +32,7 @@ from bench_resid_pre import ANSWER, WRONG, build, prompts
 from bench_scaling import prompt_pair
 
 import patchwidget as pw
-from patchwidget import plan, sites
+from patchwidget import plan
 
 warnings.filterwarnings("ignore")
 
@@ -71,12 +72,13 @@ def main() -> None:
         f"{done / least:.2f} x the least"
     )
     cap = plan.CPU_PASS_POSITIONS
+    off = dict(trim_last_mlp=False, pack=False, max_positions=None)
     settings = {
-        "position and layer orders": ((), False, False, None),
-        "also position bands": (bands, False, False, None),
-        "bands, last MLP at the last position": (bands, True, False, None),
-        "bands, trimmed MLP, packed rows": (bands, True, True, None),
-        f"all, passes capped at {cap} positions": (bands, True, True, cap),
+        "position and layer orders": ((), plan.Speedups(**off)),
+        "also position bands": (bands, plan.Speedups(**off)),
+        "bands, last MLP at the last position": (bands, plan.Speedups(pack=False, max_positions=None)),
+        "bands, trimmed MLP, packed rows": (bands, plan.Speedups(max_positions=None)),
+        f"all, passes capped at {cap} positions": (bands, plan.Speedups()),
     }
     print(f"\nGPT-2-small shape, resid_pre grid; CPU, {torch.get_num_threads()} torch threads\n")
     print("| tokens | differing | plan | best (s) | median (s) |")
@@ -87,20 +89,19 @@ def main() -> None:
     for n_pos, corrupt, (clean_ids, corrupt_ids), layers in cases:
         args_, kwargs = (model, text(clean_ids), text(corrupt_ids)), dict(kw, layers=layers, runs_cache={})
 
-        def run(args_=args_, kwargs=kwargs) -> np.ndarray:  # the runs are made once, in the warm-up
-            return pw.patch(*args_, **kwargs).values
+        def run(speedups=None, args_=args_, kwargs=kwargs) -> np.ndarray:  # the runs are made once, in the warm-up
+            return pw.patch(*args_, **kwargs, speedups=speedups).values
 
         run()  # warm-up
         times: dict[str, list[float]] = {name: [] for name in settings}
         grids = {}
         for _ in range(args.repeats):
-            for name, (widths, trim, pack, positions) in settings.items():
-                plan.BAND_WIDTHS, sites.TRIM_LAST_MLP, plan.PACK = widths, trim, pack
-                plan.CPU_PASS_POSITIONS = positions if positions is not None else 10**12
+            for name, (widths, speedups) in settings.items():
+                plan.BAND_WIDTHS = widths  # the planner's own table of orders, not a request's speed-up
                 start = time.perf_counter()
-                grids[name] = run()
+                grids[name] = run(speedups)
                 times[name].append(time.perf_counter() - start)
-        plan.BAND_WIDTHS, sites.TRIM_LAST_MLP, plan.PACK, plan.CPU_PASS_POSITIONS = bands, True, True, cap
+        plan.BAND_WIDTHS = bands
         for grid in grids.values():
             np.testing.assert_allclose(grid, grids["position and layer orders"], atol=1e-5)
         for name, ts in times.items():

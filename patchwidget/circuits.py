@@ -86,6 +86,7 @@ def patch_sites(
     memory_budget: int | None = None,
     progress: Progress | None = None,
     remote: bool | str = False,
+    speedups: Any = None,
 ) -> JointResult:
     """Patch every cell alone and all cells together, in batched runs.
 
@@ -93,7 +94,7 @@ def patch_sites(
     ``batch_size``, ``memory_budget`` and ``progress`` are as in ``patch``.
     With prompts made from a template, a cell's ``pos`` is a span label (or None
     for every span), patched at each pair's own positions of that span, aligned
-    from its last token as in ``patch``.
+    from its last token as in ``patch``. ``speedups`` as in ``patch``.
 
     Example:
         >>> import patchwidget as pw
@@ -119,6 +120,7 @@ def patch_sites(
         batch_size=batch_size,
         memory_budget=memory_budget,
         remote=remote,
+        speedups=speedups,
     )
     info, prompts = request.info, request.prompts
     writes = [cell_write(cell, info, prompts.n_pos, prompts.columns) for cell in cells]
@@ -135,9 +137,11 @@ def patch_sites(
         for members in [(w,) for w in writes] + [tuple(writes)]
     ]
     with torch.no_grad():
-        runs = cached_runs(None, model, info, reads, rows, noise, remote, per_pass, progress)
+        runs = cached_runs(
+            None, model, info, reads, rows, noise, remote, per_pass, progress, request.speedups.reuse_prefix
+        )
         directed = runs.directed(direction, noise)
-        values = patched_metric(model, info, directed, copies, rows, request.fn, per_pass, progress, remote)
+        values = patched_metric(model, request, directed, copies, rows, per_pass, progress)
     values, clean_base, corrupt_base = summarize(
         values.view(rows.n_pairs, len(cells) + 1),
         rows,

@@ -40,18 +40,16 @@ import nnsight
 import numpy as np
 import torch
 
-from . import attribution, memory, plan
+from . import attribution, memory, passes, plan
 from . import metrics as M
-from . import sites as sites_mod
 from .errors import NonFiniteWarning, SettingsError
-from .grid import READ_ORDER, WRITE_ORDER, Grid, check_choice, indices, make_grid, pair_writes
+from .grid import READ_ORDER, Grid, check_choice, indices, make_grid, pair_writes
 from .plan import Copy, Key
 from .prompts import Noise, PromptBatch, Texts, prepare_prompts
 from .remote import prepare_remote, trace_kwargs
 from .result import PatchResult
 from .runs import Directed, Progress, cached_runs, with_noise
 from .sites import (
-    AFTER_LAST_MLP,
     CACHE,
     ModelInfo,
     add_noise,
@@ -61,7 +59,6 @@ from .sites import (
     check_site_supported,
     check_wrapped,
     last_logits,
-    last_positions,
     layer_module,
     mlp_at_last_position,
     model_info,
@@ -130,6 +127,7 @@ class Request:
     batch_size: int
     memory_budget: float | None
     remote: bool | str
+    speedups: plan.Speedups  # the exact speed-ups that apply, chosen once here (plan.choose)
 
 
 def prepare(
@@ -146,14 +144,18 @@ def prepare(
     batch_size: int = 64,
     memory_budget: float | None = None,
     remote: bool | str = False,
+    speedups: plan.Speedups | None = None,
 ) -> Request:
     """Check everything a patching request depends on, before any forward pass.
 
     Every entry point (``patch``, ``patch_sites``, ``path_patch``, ``find_circuit``)
     starts here, so a check added here protects all of them. Prompts made from a
-    template are accepted here; each entry point patches them by span.
+    template are accepted here; each entry point patches them by span. The exact
+    speed-ups of ``speedups`` (default: all) that apply to the request are chosen
+    here, once (``plan.choose``).
     """
     info = model_info(model)
+    sites = list(sites)
     for site in sites:
         check_site_supported(site, info)
         if site == "attn_pattern" and model.config._attn_implementation != "eager":
@@ -180,7 +182,18 @@ def prepare(
             "two prompts do not pair up when their spans differ in length; patch head_q/head_k/head_v or "
             "head_out instead"
         )
-    return Request(info, prompts, fn, metric, direction, method, int(batch_size), memory_budget, remote)
+    if speedups is not None and not isinstance(speedups, plan.Speedups):
+        raise SettingsError(f"speedups must be a patchwidget.plan.Speedups or None, got {speedups!r}")
+    device = model._module.get_input_embeddings().weight.device.type
+    chosen = plan.choose(
+        speedups or plan.Speedups(),
+        remote=bool(remote),
+        on_cpu=device == "cpu",
+        packable=takes_segment_mask(model, prompts.n_pos),
+        columns_metric=getattr(fn, "answer_columns_only", False),
+        sites=set(sites),
+    )
+    return Request(info, prompts, fn, metric, direction, method, int(batch_size), memory_budget, remote, chosen)
 
 
 def check_batching(batch_size: Any, memory_budget: Any) -> None:
@@ -243,6 +256,7 @@ def patch(
     progress: Progress | None = None,
     remote: bool | str = False,
     runs_cache: dict | None = None,
+    speedups: plan.Speedups | None = None,
 ) -> PatchResult:
     """Patch one site over a grid of cells and measure the metric per cell.
 
@@ -266,6 +280,8 @@ def patch(
     is called after each batch. ``runs_cache``, a dict the caller keeps,
     holds the clean and corrupted runs between calls, so that a call with
     the same model, prompts, site and layers patches only its new cells.
+    ``speedups`` (a ``patchwidget.plan.Speedups``) switches the exact speed-ups
+    off, for tests and benchmarks; none of them changes a number.
 
     Example:
         >>> from patchwidget import load_model, patch
@@ -287,6 +303,7 @@ def patch(
         batch_size=batch_size,
         memory_budget=memory_budget,
         remote=remote,
+        speedups=speedups,
     )
     info, prompts = request.info, request.prompts
     check_choice(span_positions, SPAN_POSITIONS, "span_positions")
@@ -302,16 +319,16 @@ def patch(
         )
     else:
         with torch.no_grad():
-            runs = cached_runs(
-                runs_cache, model, info, {grid.site: grid.layers}, rows, noise, remote, per_pass, progress
-            )
+            reads = {grid.site: grid.layers}
+            keep_kv = request.speedups.reuse_prefix
+            runs = cached_runs(runs_cache, model, info, reads, rows, noise, remote, per_pass, progress, keep_kv)
             copies = [
                 (pair, pair_writes((cell,), rows, pair, direction, span_positions))
                 for pair in range(rows.n_pairs)
                 for cell in grid.cells()
             ]
             directed = runs.directed(direction, noise)
-            per_row = patched_metric(model, info, directed, copies, rows, request.fn, per_pass, progress, remote)
+            per_row = patched_metric(model, request, directed, copies, rows, per_pass, progress)
         per_row = per_row.view(rows.n_pairs, *grid.shape)
         clean_logits, corrupt_logits = runs.clean_logits, runs.corrupt_logits
     per_pair, clean_base, corrupt_base = summarize(
@@ -378,183 +395,109 @@ def summarize(
 
 def patched_metric(
     model: Any,
-    info: ModelInfo,
+    request: Request,
     runs: Directed,
     copies: list[Copy],
     prompts: PromptBatch,
-    fn: M.MetricFn,
     batch_size: int,
-    progress: Progress | None,
-    remote: bool | str = False,
+    progress: Progress | None = None,
     captured: dict[Key, torch.Tensor] | None = None,
     capture: dict[str, list[int]] | None = None,
 ) -> Any:
     """The metric of every patched copy, ``(copy,)``.
 
-    A copy is ``(pair, writes)``: a copy of pair ``pair``'s target prompt with
-    each ``Write`` applied (see ``grid.Write``); ``captured`` holds the values of
-    writes whose origin is ``"captured"``. With ``capture`` (site -> layers),
-    each copy's activations there are recorded too, and ``(values, captured)``
-    is returned, the captured tensors ``(copy, pos, unit, width)``.
-
-    Four things keep this fast and exact. A copy changes nothing before the first
-    position where one of its writes differs from the target run's own value: if
-    there is none, the copy is a no-op and takes the target run's value; else it
-    computes only the positions from there on, reading the keys and values of the
-    earlier ones from the target run (prefix reuse). Copies of one pair that
-    are shorter than the prompt share a row, end to end, each with its own
-    position ids, under a 4D attention mask that shows each its cached prefix
-    and its own segment only (``plan.pack_rows``; eager and SDPA attention
-    without a narrower sliding window, not on a server, not for ``attn_pattern``).
-    A batch skips the blocks below its lowest patched layer (their outputs are the
-    cached target run's). Rows are split into batches of least work
-    (``plan_batches``), at most ``batch_size`` rows each. The unembedding (and, in a
-    pass of one copy per row, the last block's MLP) runs at the last position only.
+    A copy is ``(pair, writes)``: a copy of pair ``pair``'s target prompt with each
+    ``Write`` applied (see ``grid.Write``); ``captured`` holds the values of writes
+    whose origin is ``"captured"``. With ``capture`` (site -> layers), each copy's
+    activations there are recorded too, and ``(values, captured)`` is returned, the
+    captured tensors ``(copy, pos, unit, width)``. ``passes.plan_passes`` plans the
+    passes (no-op copies, prefix reuse, packed rows, at most ``batch_size`` rows
+    each, with the request's ``speedups``); ``run_pass`` runs each.
     """
+    fn, info = request.fn, request.info
     tables = {"source": runs.source, "target": runs.target, "captured": captured or {}}
     reads = sorted(
         {(layer, site) for site, layers in (capture or {}).items() for layer in layers},
         key=lambda k: (k[0], READ_ORDER.index(k[1])),
     )
-    kept: dict[Key, torch.Tensor] = {key: runs.target[key][[pair for pair, _ in copies]].clone() for key in reads}
+    kept = {key: runs.target[key][[pair for pair, _ in copies]].clone() for key in reads}
+    pairs_of = torch.tensor([pair for pair, _ in copies], dtype=torch.long)
+    speedups = request.speedups
+    unembed = answer_unembedding(model, info) if speedups.two_columns and runs.plain_logits else None
+    shape = passes.Shape(
+        runs.target_ids.shape[1],
+        info.n_layers,
+        info.d_model,
+        runs.target_len[pairs_of].tolist(),
+        reuse=speedups.reuse_prefix and runs.target_kv is not None,
+        two_columns=unembed is not None,
+    )
+    ids = (prompts.answer_ids, prompts.wrong_ids)
+    planned = passes.plan_passes(copies, tables, reads, shape, speedups, batch_size, *ids)
     out = torch.empty(len(copies))
-    first = plan.first_changes(copies, tables)
-    noop = first == plan.NO_CHANGE
-    if noop.any():  # patching in an identical activation changes nothing: the target run's own value
-        pairs = torch.tensor([pair for (pair, _), same in zip(copies, noop) if same])
-        out[noop] = (
-            fn(runs.target_logits[pairs], prompts.answer_ids[pairs], prompts.wrong_ids[pairs], runs.clean_logits[pairs])
-            .float()
-            .cpu()
-        )
-    # The attention pattern's write and read span every key position: those copies run from position 0.
-    sites = {w.site for _, writes in copies for w in writes} | {site for _, site in reads}
-    if runs.target_kv is None or "attn_pattern" in sites:
-        first = torch.zeros_like(first)
-    todo = [i for i in range(len(copies)) if not noop[i]]
-    done = len(copies) - len(todo)
+    if planned.noop:  # patching in an identical activation changes nothing: the target run's own value
+        pairs = pairs_of[planned.noop]
+        args = (prompts.answer_ids[pairs], prompts.wrong_ids[pairs], runs.clean_logits[pairs])
+        out[planned.noop] = fn(runs.target_logits[pairs], *args).float().cpu()
+    done = len(planned.noop)
     if progress is not None and done:
         progress(done, len(copies))
-    n_pos, n_layers = runs.target_ids.shape[1], info.n_layers
-    # Short copies of one pair share a row (plan.pack_rows) where a 4D attention mask can keep them apart.
-    packable = not remote and "attn_pattern" not in sites and takes_segment_mask(model, n_pos)
-    pairs_of = [pair for pair, _ in copies]
-    ends = runs.target_len[pairs_of].tolist()
-    lowest_layer = [min((w.layer for w in writes), default=0) for _, writes in copies]
-    # The logit difference reads two logits per row: unembed only those columns (exact where the
-    # unembedding is a plain linear layer whose output the model returns unchanged, see sites.answer_unembedding).
-    narrow = getattr(fn, "answer_columns_only", False) and not remote and runs.plain_logits
-    unembed = answer_unembedding(model, info) if narrow else None
-    # On a server each pass is a request, whose round trip outweighs any work a finer split saves.
-    overhead = plan.REMOTE_PASS_OVERHEAD if remote else None
-    on_cpu = not remote and model._module.get_input_embeddings().weight.device.type == "cpu"
-    rows, batches = plan.plan_rows(
-        todo,
-        pairs_of,
-        first.tolist(),
-        ends,
-        lowest_layer,
-        n_pos,
-        n_layers,
-        info.d_model,
-        batch_size,
-        pack=packable,
-        pass_overhead=overhead,
-        max_positions=plan.CPU_PASS_POSITIONS if on_cpu else None,
-    )
-    for batch in batches:
-        index, lay = plan.layout([rows[b] for b in batch], n_pos)
-        chunk = [copies[i] for i in index]
-        pairs = torch.tensor([pair for pair, _ in chunk])
-        writes = _batch_writes(chunk, tables, lay)
-        # Reads and writes in forward order; a read of a site comes after a write of an earlier one.
-        steps = sorted(
-            [(key, "write") for key in writes] + [(key, "read") for key in reads],
-            key=lambda s: (s[0][0], (WRITE_ORDER if s[1] == "write" else READ_ORDER).index(s[0][1]), s[1] == "read"),
-        )
-        lowest = min([layer for layer, _ in writes] + [layer for layer, _ in reads])
-        at = (lay.pairs[:, None], lay.positions)  # each index of the pass, as (pair, prompt position)
-        ids = runs.target_ids[at]
-        inputs: dict[str, Any]
-        if lay.start is None:  # packed rows: each copy's own positions, and a mask that keeps copies apart
-            positions = on_input_device(model, lay.positions)
-            inputs = {"attention_mask": segment_mask(model, plan.segment_mask(lay)), "position_ids": positions}
-        else:
-            inputs = {"attention_mask": attend_all(model, len(lay.pairs), n_pos)}
-        if lay.cache_end:
-            inputs[CACHE] = prefix_cache(model, runs.target_kv, lay.pairs, lay.cache_end)
-        keep, last = last_positions(lay.copy_row, lay.copy_last, ids.shape[1])
-        if unembed is not None:  # made here: names bound inside a trace's body do not come out of it
-            columns = torch.unique(torch.cat([prompts.answer_ids[pairs], prompts.wrong_ids[pairs]]))
-            weight, bias = unembed[0][columns], None if unembed[1] is None else unembed[1][columns]
-        with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=keep, **inputs):
-            got = nnsight.save({})  # made inside: only saved values come back from a server
-            noise = None if runs.target_noise is None else runs.target_noise[at]
-            add_noise(model, info, noise, slice(None))
-            for layer in range(lowest):
-                skip_block(layer_module(model, info, layer), runs.block_form, runs.target_blocks[layer][at])
-            for (layer, site), kind in steps:
-                if kind == "write":
-                    write(model, info, site, layer, *writes[(layer, site)])
-                else:
-                    got[(layer, site)] = view(model, info, site, layer).detach().clone().save()
-            if (
-                sites_mod.TRIM_LAST_MLP
-                and last is None
-                and not any(key == (n_layers - 1, site) for key, _ in steps for site in AFTER_LAST_MLP)
-            ):
-                mlp_at_last_position(model, info)
-            if unembed is None:
-                logits = last_logits(model, info, last).detach().save()
-            else:
-                logits = answer_logits(model, info, last, weight, bias).detach().save()
+    for p in planned.passes:
+        logits, got = run_pass(model, info, runs, p, unembed, request.remote)
+        pairs = pairs_of[p.copies]
         answer, wrong = prompts.answer_ids[pairs], prompts.wrong_ids[pairs]
-        if unembed is not None:  # the logits' columns are `columns`, in order
-            answer, wrong = torch.searchsorted(columns, answer), torch.searchsorted(columns, wrong)
-        values = fn(logits, answer, wrong, runs.clean_logits[pairs])
-        out[torch.tensor(index)] = values.float().cpu()
-        if reads:  # each copy's computed positions; the rest stay the target run's
-            spans = (t.tolist() for t in (lay.copy_first, lay.copy_end, lay.copy_offset, lay.copy_row))
-            for i, f, e, o, r in zip(index, *spans):
-                for key in reads:
-                    kept[key][i, f:e] = got[key][r, o : o + e - f].to(kept[key].dtype).cpu()
-        done += len(chunk)
+        if p.columns is not None:  # the logits' columns are p.columns, in order
+            answer, wrong = torch.searchsorted(p.columns, answer), torch.searchsorted(p.columns, wrong)
+        out[torch.tensor(p.copies)] = fn(logits, answer, wrong, runs.clean_logits[pairs]).float().cpu()
+        lay = p.lay  # each copy's computed positions of what it read; the rest stay the target run's
+        spans = (t.tolist() for t in (lay.copy_first, lay.copy_end, lay.copy_offset, lay.copy_row))
+        for i, f, e, o, r in zip(p.copies, *spans):
+            for key in reads:
+                kept[key][i, f:e] = got[key][r, o : o + e - f].to(kept[key].dtype).cpu()
+        done += len(p.copies)
         if progress is not None:
             progress(done, len(copies))
     return (out, kept) if capture is not None else out
 
 
-def _batch_writes(
-    chunk: list[Copy], tables: dict[str, dict[Key, torch.Tensor]], lay: plan.Layout
-) -> dict[Key, tuple[torch.Tensor, ...]]:
-    """Per (layer, site): batch rows, indices in the row (``lay.index``), units and the values to write there.
-
-    Only writes at a copy's computed positions are kept: the ones before its first
-    position put back the target run's own values (see ``first_changes``), which the
-    cached prefix already holds, and the ones after its prompt's last token change
-    nothing that is read.
-    """
-    by_key: dict[Key, dict[str, list[tuple[int, int, int, int, int]]]] = {}
-    first, end = lay.copy_first.tolist(), lay.copy_end.tolist()
-    for k, (pair, writes) in enumerate(chunk):
-        for w in writes:
-            at = w.row if w.origin == "captured" else pair  # which row of the origin's table holds the value
-            by_key.setdefault((w.layer, w.site), {}).setdefault(w.origin, []).extend(
-                (k, p, read, w.unit, at)
-                for p, read in zip(w.positions, w.read_at or w.positions)
-                if first[k] <= p < end[k]
-            )
-    out = {}
-    for key, origins in by_key.items():
-        parts = []
-        for origin, entries in origins.items():
-            if not entries:
-                continue
-            k, p, read, u, at = torch.tensor(entries).T
-            parts.append((lay.copy_row[k], lay.index(k, p), u, tables[origin][key][at, read, u]))  # (write, width)
-        if parts:
-            out[key] = tuple(torch.cat(column) for column in zip(*parts))
-    return out
+def run_pass(
+    model: Any,
+    info: ModelInfo,
+    runs: Directed,
+    p: passes.Pass,
+    unembed: tuple[torch.Tensor, torch.Tensor | None] | None,
+    remote: bool | str,
+) -> tuple[Any, dict]:
+    """One planned pass, inside one trace: its last-token logits ``(copy, vocab or len(p.columns))`` and its reads."""
+    lay = p.lay
+    at = (lay.pairs[:, None], lay.positions)  # each index of the pass, as (pair, prompt position)
+    ids = runs.target_ids[at]
+    if p.mask is not None:  # packed rows: each copy's own positions, and a mask that keeps copies apart
+        inputs = {"attention_mask": segment_mask(model, p.mask), "position_ids": on_input_device(model, lay.positions)}
+    else:
+        inputs = {"attention_mask": attend_all(model, len(lay.pairs), runs.target_ids.shape[1])}
+    if p.cache_end:
+        inputs[CACHE] = prefix_cache(model, runs.target_kv, lay.pairs, p.cache_end)
+    if p.columns is not None:  # made here: names bound inside a trace's body do not come out of it
+        weight, bias = unembed[0][p.columns], None if unembed[1] is None else unembed[1][p.columns]
+    with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=p.keep, **inputs):
+        got = nnsight.save({})  # made inside: only saved values come back from a server
+        noise = None if runs.target_noise is None else runs.target_noise[at]
+        add_noise(model, info, noise, slice(None))
+        for layer in range(p.skip_below):
+            skip_block(layer_module(model, info, layer), runs.block_form, runs.target_blocks[layer][at])
+        for (layer, site), kind in p.steps:
+            if kind == "write":
+                write(model, info, site, layer, *p.writes[(layer, site)])
+            else:
+                got[(layer, site)] = view(model, info, site, layer).detach().clone().save()
+        if p.trim_last_mlp:
+            mlp_at_last_position(model, info)
+        if p.columns is None:
+            logits = last_logits(model, info, p.last).detach().save()
+        else:
+            logits = answer_logits(model, info, p.last, weight, bias).detach().save()
+    return logits, got
 
 
 def write(

@@ -158,15 +158,7 @@ class CircuitRuns:
         copies = [(row, complement(k, self.every, self.rows, row)) for row in range(self.rows.n_pairs) for k in kept]
         with torch.no_grad():
             values = patched_metric(
-                self.model,
-                info,
-                self.directed,
-                copies,
-                self.rows,
-                self.request.fn,
-                self.per_pass,
-                progress or self.progress,
-                self.request.remote,
+                self.model, self.request, self.directed, copies, self.rows, self.per_pass, progress or self.progress
             )
         samples = self.rows.n_pairs // self.n_pairs
         return values.float().view(self.n_pairs, samples, len(sets)).mean(1).T  # (set, pair)
@@ -222,7 +214,8 @@ def circuit_runs(
     per_pass = fit_budget(model, request, sites, rows)
     reads = {"resid_pre": [0], "head_out": list(range(info.n_layers)), "mlp_out": list(range(info.n_layers))}
     with torch.no_grad():
-        runs = cached_runs(runs_cache, model, info, reads, rows, noise, remote, per_pass, progress)
+        keep_kv = request.speedups.reuse_prefix
+        runs = cached_runs(runs_cache, model, info, reads, rows, noise, remote, per_pass, progress, keep_kv)
     directed = runs.directed("noise", noise)
     if ablation == "mean":  # every row's source value: the mean over the corrupted prompts, position by position
         directed = replace(

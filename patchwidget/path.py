@@ -65,6 +65,7 @@ def path_patch(
     progress: Progress | None = None,
     remote: bool | str = False,
     runs_cache: dict | None = None,
+    speedups: Any = None,
 ) -> PatchResult:
     """Patch the paths from sender heads to receivers (the logits, or heads' queries, keys or values).
 
@@ -102,6 +103,7 @@ def path_patch(
         batch_size=batch_size,
         memory_budget=memory_budget,
         remote=remote,
+        speedups=speedups,
     )
     info, prompts = request.info, request.prompts
     receiver_writes = [cell_write(c, info, prompts.n_pos, prompts.columns) for c in receiver_cells]
@@ -112,7 +114,8 @@ def path_patch(
     per_pass = fit_budget(model, request, reads, rows)
 
     with torch.no_grad():
-        runs = cached_runs(runs_cache, model, info, reads, rows, noise, remote, per_pass, progress)
+        keep_kv = request.speedups.reuse_prefix
+        runs = cached_runs(runs_cache, model, info, reads, rows, noise, remote, per_pass, progress, keep_kv)
         directed = runs.directed(direction, noise)
         computed = [s for s, ok in zip(sets, reachable) if ok]
         copies = [
@@ -151,21 +154,18 @@ def _run(
     direction: str,
 ) -> torch.Tensor:
     """Run 2 (and, for head receivers, run 3) of every copy; the metric per copy."""
-    info, fn = request.info, request.fn
     if not copies:
         return torch.empty(0)
     if not receiver_writes:  # receivers="logits": the metric of run 2
-        return patched_metric(model, info, runs, copies, rows, fn, per_pass, progress, request.remote)
+        return patched_metric(model, request, runs, copies, rows, per_pass, progress)
     capture = layers_by_site(receiver_writes)
     twice = _twice(progress, len(copies))
-    _, captured = patched_metric(
-        model, info, runs, copies, rows, fn, per_pass, twice(0), request.remote, capture=capture
-    )
+    _, captured = patched_metric(model, request, runs, copies, rows, per_pass, twice(0), capture=capture)
     run3 = [
         (pair, tuple(_at_target(w, rows, pair, direction)._replace(origin="captured", row=i) for w in receiver_writes))
         for i, (pair, _) in enumerate(copies)
     ]
-    return patched_metric(model, info, runs, run3, rows, fn, per_pass, twice(1), request.remote, captured=captured)
+    return patched_metric(model, request, runs, run3, rows, per_pass, twice(1), captured=captured)
 
 
 def _twice(progress: Progress | None, n: int) -> Any:

@@ -118,9 +118,59 @@ def plan_batches(
     return min(plans, key=lambda plan: plan[0])[1]
 
 
-# --- packed rows: several short copies of one pair end to end in one row of a pass ------------------
+# --- the exact speed-ups, chosen once per request -------------------------------------------------
 
-PACK = True  # tests turn it off to compare packed rows with one copy per row
+
+@dataclass(frozen=True)
+class Speedups:
+    """Which exact speed-ups a request's patched copies take. None of them changes a number (each is
+    checked on and off on every architecture, ``tests/test_prefix.py``); ``choose`` keeps those that apply.
+
+    Example:
+        >>> Speedups(pack=False).reuse_prefix
+        True
+    """
+
+    reuse_prefix: bool = True  # a copy computes from its first changed position over the target run's cached keys
+    pack: bool = True  # short copies of one pair share a row, end to end, under a 4D attention mask
+    trim_last_mlp: bool = True  # the last block's MLP runs at the last position only where nothing else is read
+    two_columns: bool = True  # the logit difference unembeds only the answer and wrong columns
+    max_positions: int | None = CPU_PASS_POSITIONS  # rows x positions per pass on a CPU (None: no cap)
+    pass_overhead: float = PASS_OVERHEAD  # the cost of one block a pass runs, in positions through it
+
+
+NONE = Speedups(False, False, False, False, None)  # every copy whole, one per row: the plain batched loop
+
+
+def choose(
+    wanted: Speedups, *, remote: bool, on_cpu: bool, packable: bool, columns_metric: bool, sites: set[str]
+) -> Speedups:
+    """The speed-ups of ``wanted`` that apply to a request, decided once when it is prepared.
+
+    On a server every pass is a request (its round trip outweighs any work a finer split saves, and the
+    cached keys and values would travel back); the attention pattern's writes and reads span every key
+    position, so its copies run whole and unpacked; packing needs a model that takes a 4D mask
+    (``packable``); two columns need a metric that reads only the answer and wrong logits; the pass cap
+    is a CPU's. Whether the runs' cache holds every position and whether the unembedding's output is
+    the model's logits are observed on the runs (``runs.Runs``).
+
+    Example:
+        >>> chosen = choose(Speedups(), remote=True, on_cpu=True, packable=True, columns_metric=True, sites=set())
+        >>> chosen.reuse_prefix, chosen.pack, chosen.max_positions
+        (False, False, None)
+    """
+    pattern = "attn_pattern" in sites
+    return Speedups(
+        reuse_prefix=wanted.reuse_prefix and not remote and not pattern,
+        pack=wanted.pack and not remote and not pattern and packable,
+        trim_last_mlp=wanted.trim_last_mlp,
+        two_columns=wanted.two_columns and columns_metric and not remote,
+        max_positions=wanted.max_positions if on_cpu and not remote else None,
+        pass_overhead=REMOTE_PASS_OVERHEAD if remote else wanted.pass_overhead,
+    )
+
+
+# --- packed rows: several short copies of one pair end to end in one row of a pass ------------------
 
 
 @dataclass(frozen=True)
@@ -308,7 +358,7 @@ def plan_rows(
 ) -> tuple[list[Row], list[list[int]]]:
     """The rows of the copies ``ids`` and the batches of rows to run them in.
 
-    With ``pack`` (and ``PACK``), both one copy per row and packed rows are planned
+    With ``pack``, both one copy per row and packed rows are planned
     (``pack_rows``, ``plan_batches``) and the plan of less estimated work (``plan_cost``)
     is taken. ``pass_overhead`` and ``max_positions`` are as in ``plan_batches``.
 
@@ -319,7 +369,7 @@ def plan_rows(
     """
     overhead = PASS_OVERHEAD if pass_overhead is None else pass_overhead
     plans = []
-    for capacity in (0, n_pos) if pack and PACK else (0,):
+    for capacity in (0, n_pos) if pack else (0,):
         rows = pack_rows(ids, pairs, firsts, ends, lowest, capacity)
         if capacity and all(len(row.segments) == 1 for row in rows):
             break  # nothing packed: the same rows as one copy per row, already planned

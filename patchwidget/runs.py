@@ -82,11 +82,6 @@ def embedding_std(model: Any, info: ModelInfo, remote: bool | str = False) -> fl
 # --- step 1: the clean and corrupted runs --------------------------------------------------------
 
 
-# Patched copies compute only from their first patched position on, reading the keys and values
-# of the positions before it from the target run (False: every copy runs from position 0).
-REUSE_PREFIX = True
-
-
 @dataclass
 class Runs:
     """What the clean and corrupted runs leave behind; every tensor is
@@ -156,6 +151,7 @@ def cached_runs(
     remote: bool | str,
     rows_per_pass: int,
     progress: Progress | None = None,
+    keep_kv: bool = True,
 ) -> Runs:
     """``run_cache``, remembered in ``store`` under everything its result depends on.
 
@@ -163,7 +159,7 @@ def cached_runs(
     all its sites once, and every grid it ranks with reuses those runs.
     """
     if store is None:
-        return run_cache(model, info, reads, prompts, noise, remote, rows_per_pass, progress)
+        return run_cache(model, info, reads, prompts, noise, remote, rows_per_pass, progress, keep_kv)
     same = (
         id(model),
         prompts.clean_ids.numpy().tobytes(),
@@ -177,7 +173,7 @@ def cached_runs(
     # Every layer, so that any later grid of these sites finds its layers.
     every_layer = {site: list(range(info.n_layers)) for site in reads}
     runs = store[(*same, tuple(sorted(reads)))] = run_cache(
-        model, info, every_layer, prompts, noise, remote, rows_per_pass, progress
+        model, info, every_layer, prompts, noise, remote, rows_per_pass, progress, keep_kv
     )
     return runs
 
@@ -191,18 +187,20 @@ def run_cache(
     remote: bool | str = False,
     rows_per_pass: int = 64,
     progress: Progress | None = None,
+    keep_kv: bool = True,
 ) -> Runs:
     """Traces over the clean and corrupted prompts, recording ``reads`` (site -> layers) and what patching needs.
 
     The runs take at most ``rows_per_pass`` prompts a pass (clean and corrupted
     ones alike), so that many prompt pairs fit the same memory as the patched
-    copies; when they take several passes, each reports ``progress``. Run here
-    (not remotely), they also keep every layer's keys and values, which patched
-    copies reuse for the positions before their first patched one.
+    copies; when they take several passes, each reports ``progress``. With
+    ``keep_kv`` (the request's ``Speedups.reuse_prefix``; never on a server, which
+    would send them all back) they also keep every layer's keys and values, which
+    patched copies reuse for the positions before their first patched one.
     """
     ids = torch.cat([prompts.clean_ids, prompts.corrupt_ids])  # (run, pos)
     noise_all = None if noise is None else torch.cat([torch.zeros_like(noise), noise])
-    keep_kv = REUSE_PREFIX and not remote  # a server would send every layer's keys and values back
+    keep_kv = keep_kv and not remote  # a server would send every layer's keys and values back
     parts = []
     for start in range(0, len(ids), rows_per_pass):
         rows = slice(start, min(start + rows_per_pass, len(ids)))

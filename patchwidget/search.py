@@ -131,8 +131,9 @@ def find_bottleneck(
         positions=None if labels is None else columns,
     )
     with torch.no_grad():
+        every = {s: list(range(info.n_layers)) for s in sites}
         runs = cached_runs(
-            store, model, info, {s: list(range(info.n_layers)) for s in sites}, rows, noise, remote, per_pass
+            store, model, info, every, rows, noise, remote, per_pass, None, request.speedups.reuse_prefix
         )
     directed = runs.directed(direction, noise)
     fn = request.fn
@@ -156,7 +157,7 @@ def find_bottleneck(
         """The exact joint restore of each set, per pair: ``(set, pair)``, normalised to the target run's 0."""
         copies = [(pair, pair_writes(s, rows, pair, direction)) for pair in range(rows.n_pairs) for s in sets]
         with torch.no_grad():
-            values = patched_metric(model, info, directed, copies, rows, fn, per_pass, report, remote)
+            values = patched_metric(model, request, directed, copies, rows, per_pass, report)
         values = values.view(n, samples, len(sets)).mean(1)  # (pair, set)
         return ((values - target_base[:, None]) / span[:, None]).T
 

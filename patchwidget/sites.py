@@ -534,7 +534,6 @@ def answer_unembedding(model: Any, info: ModelInfo) -> tuple[torch.Tensor, torch
 # Sites of the last block whose values at other positions than the last change when its MLP runs at the last
 # position only (``mlp_at_last_position``): a pass that writes or reads one of them there runs the MLP in full.
 AFTER_LAST_MLP = ("mlp_out", "mlp_neuron", "resid_post")
-TRIM_LAST_MLP = True  # tests turn it off to compare with the full MLP
 
 
 def mlp_at_last_position(model: Any, info: ModelInfo) -> None:

@@ -90,10 +90,10 @@ def check_budget_bounds(patch_with, budget: int):
 def test_512_token_prompt_stays_under_the_budget(gpt2_small, monkeypatch):
     # On a CPU passes are capped at a few hundred positions anyway, which would keep the unbudgeted run
     # small too; without the cap (as on a GPU) only the budget bounds a pass.
-    monkeypatch.setattr(plan, "CPU_PASS_POSITIONS", 10**12)
     clean, corrupt = word_prompts(512, 1)
     # 64 positions: their copies fill about 4 rows of 512 per layer, even packed end to end
-    kw = dict(answer="Mary", wrong="John", layers=[6, 11], positions=list(range(448, 512)))
+    uncapped = plan.Speedups(max_positions=None)
+    kw = dict(answer="Mary", wrong="John", layers=[6, 11], positions=list(range(448, 512)), speedups=uncapped)
     result = check_budget_bounds(
         lambda budget: pw.patch(gpt2_small, clean, corrupt, memory_budget=budget, **kw), 450 * 2**20
     )

@@ -4,6 +4,8 @@ computed over every position, on every architecture."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -29,13 +31,9 @@ def spy(monkeypatch, module, name, record):
     return calls
 
 
-def on_and_off(monkeypatch, module, flag, run):
-    """``run()`` with ``module.flag`` True, then with it False."""
-    on = run()
-    monkeypatch.setattr(module, flag, False)
-    off = run()
-    monkeypatch.setattr(module, flag, True)
-    return on, off
+def on_and_off(flag, run):
+    """``run(speedups)`` with every exact speed-up, then with ``flag`` (a field of ``plan.Speedups``) off."""
+    return run(plan.Speedups()), run(replace(plan.Speedups(), **{flag: False}))
 
 
 @pytest.fixture
@@ -44,13 +42,13 @@ def reuse_count(monkeypatch):
     return spy(monkeypatch, engine, "prefix_cache", lambda model, kv, rows, end: end)
 
 
-def both_ways(monkeypatch, run):
-    """``run()`` with prefix reuse, then with every copy computed from position 0."""
-    return on_and_off(monkeypatch, runs, "REUSE_PREFIX", run)
+def both_ways(run):
+    """``run(speedups)`` with prefix reuse, then with every copy computed from position 0."""
+    return on_and_off("reuse_prefix", run)
 
 
-def equal_on_and_off(model, monkeypatch, module, flag, after_each=lambda site, direction: None):
-    """Every site family in both directions on two IOI pairs gives the same values with ``module.flag`` on and
+def equal_on_and_off(model, flag, after_each=lambda site, direction: None):
+    """Every site family in both directions on two IOI pairs gives the same values with speed-up ``flag`` on and
     off, to 1e-5 relative to logit differences of up to about 10 (float32 sums in another order);
     ``after_each(site, direction)`` runs after each comparison."""
     pairs = demo_data.ioi_pairs(2, seed=5)
@@ -59,10 +57,10 @@ def equal_on_and_off(model, monkeypatch, module, flag, after_each=lambda site, d
     for site in SITES:
         for direction in ("denoise", "noise"):
             on, off = on_and_off(
-                monkeypatch,
-                module,
                 flag,
-                lambda s=site, d=direction: pw.patch(model, clean, corrupt, site=s, direction=d, **kw).per_pair,
+                lambda sp, s=site, d=direction: (
+                    pw.patch(model, clean, corrupt, site=s, direction=d, speedups=sp, **kw).per_pair
+                ),
             )
             assert_close(on, off, 1e-5, err_msg=f"{site} {direction}")
             after_each(site, direction)
@@ -70,7 +68,7 @@ def equal_on_and_off(model, monkeypatch, module, flag, after_each=lambda site, d
 
 @pytest.mark.parametrize("model_name", MODELS)
 def test_prefix_reuse_equals_full_length_copies(tiny_models, model_name, monkeypatch, reuse_count):
-    equal_on_and_off(tiny_models[model_name], monkeypatch, runs, "REUSE_PREFIX")
+    equal_on_and_off(tiny_models[model_name], "reuse_prefix")
     assert reuse_count and min(reuse_count) > 0  # the copies did start after position 0
 
 
@@ -80,9 +78,9 @@ def packed_count(monkeypatch):
     return spy(monkeypatch, engine, "segment_mask", lambda model, allowed: tuple(allowed.shape))
 
 
-def packed_and_single(monkeypatch, run):
-    """``run()`` with short copies packed into shared rows, then with one copy per row."""
-    return on_and_off(monkeypatch, plan, "PACK", run)
+def packed_and_single(run):
+    """``run(speedups)`` with short copies packed into shared rows, then with one copy per row."""
+    return on_and_off("pack", run)
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -96,7 +94,7 @@ def test_packed_rows_equal_one_copy_per_row(tiny_models, model_name, monkeypatch
         assert packed_count, f"{site} {direction}: no pass packed two copies in a row"
         packed_count.clear()
 
-    equal_on_and_off(tiny_models[model_name], monkeypatch, plan, "PACK", packed)
+    equal_on_and_off(tiny_models[model_name], "pack", packed)
 
 
 @pytest.mark.parametrize("model_name", ["gpt2-demo", "llama"])
@@ -106,7 +104,7 @@ def test_packed_rows_equal_one_copy_per_row_under_sdpa(tiny_models, model_name, 
     model._module.set_attn_implementation("sdpa")
     try:
         assert model.config._attn_implementation == "sdpa"
-        equal_on_and_off(model, monkeypatch, plan, "PACK")
+        equal_on_and_off(model, "pack")
     finally:
         model._module.set_attn_implementation("eager")
     assert packed_count
@@ -124,19 +122,19 @@ def test_packed_rows_with_spans_noise_joint_sets_and_paths(demo, monkeypatch, pa
     kw = dict(answer=["Mary"] * 2, wrong=["John"] * 2, metric="logit_diff")
     for site in ("resid_pre", "head_out"):
         packed, single = packed_and_single(
-            monkeypatch, lambda s=site: pw.patch(demo, clean, corrupt, site=s, within="PLACE", **kw).per_pair
+            lambda sp, s=site: pw.patch(demo, clean, corrupt, site=s, within="PLACE", speedups=sp, **kw).per_pair
         )
         assert_close(packed, single, 1e-5, err_msg=site)
     prompt = demo_data.fact_pairs(1, seed=0)[0]
     one = dict(answer=prompt.answer, wrong=prompt.wrong, metric="logit_diff")
     noise = pw.noise(positions=[1, 2])
     packed, single = packed_and_single(
-        monkeypatch, lambda: pw.patch(demo, prompt.clean, noise, site="resid_pre", **one).per_pair
+        lambda sp: pw.patch(demo, prompt.clean, noise, site="resid_pre", speedups=sp, **one).per_pair
     )
     assert_close(packed, single, 1e-5)
     cells = [pw.Cell("head_out", 1, head=0, pos=-1), pw.Cell("mlp_out", 1, pos=-3), pw.Cell("resid_pre", 1, pos=-4)]
     packed, single = packed_and_single(
-        monkeypatch, lambda: vars(pw.patch_sites(demo, prompt.clean, prompt.corrupt, cells=cells, **one))
+        lambda sp: vars(pw.patch_sites(demo, prompt.clean, prompt.corrupt, cells=cells, speedups=sp, **one))
     )
     for key in ("per_pair_joint", "per_pair_singles"):
         assert_close(packed[key], single[key], 1e-5)
@@ -145,7 +143,7 @@ def test_packed_rows_with_spans_noise_joint_sets_and_paths(demo, monkeypatch, pa
     clean, corrupt = [p.clean for p in pairs], [p.corrupt for p in pairs]
     receivers = [pw.Cell("head_v", 3, head=1)]
     packed, single = packed_and_single(
-        monkeypatch, lambda: pw.path_patch(demo, clean, corrupt, receivers=receivers, **kw).per_pair
+        lambda sp: pw.path_patch(demo, clean, corrupt, receivers=receivers, speedups=sp, **kw).per_pair
     )
     assert_close(packed, single, 1e-5)
     assert packed_count
@@ -229,10 +227,10 @@ def test_last_mlp_at_the_last_position_equals_the_full_mlp(tiny_models, model_na
     cases = [(site, None) for site in SITES] + [(site, [last]) for site in ("resid_post", "mlp_out", "mlp_neuron")]
     for site, layers in cases:
         trimmed, full = on_and_off(
-            monkeypatch,
-            sites,
-            "TRIM_LAST_MLP",
-            lambda s=site, ls=layers: pw.patch(model, clean, corrupt, site=s, layers=ls, **kw).per_pair,
+            "trim_last_mlp",
+            lambda sp, s=site, ls=layers: (
+                pw.patch(model, clean, corrupt, site=s, layers=ls, speedups=sp, **kw).per_pair
+            ),
         )
         assert_close(trimmed, full, 1e-5, err_msg=site)
     assert trim_count  # the MLP was trimmed in some passes
@@ -243,12 +241,11 @@ def test_prefix_reuse_with_noise_and_joint_sets(demo, monkeypatch, reuse_count):
     prompt = demo_data.fact_pairs(1, seed=0)[0]
     kw = dict(answer=prompt.answer, wrong=prompt.wrong, metric="logit_diff")
     noise = pw.noise(positions=[1, 2])
-    reused, full = both_ways(monkeypatch, lambda: pw.patch(demo, prompt.clean, noise, site="mlp_out", **kw).per_pair)
+    reused, full = both_ways(lambda sp: pw.patch(demo, prompt.clean, noise, site="mlp_out", speedups=sp, **kw).per_pair)
     assert_close(reused, full, 1e-5)
     cells = [pw.Cell("head_out", 1, head=0, pos=-1), pw.Cell("mlp_out", 0, pos=-2), pw.Cell("resid_pre", 2, pos=-3)]
     reused, full = both_ways(
-        monkeypatch,
-        lambda: vars(pw.patch_sites(demo, prompt.clean, prompt.corrupt, cells=cells, **kw)),
+        lambda sp: vars(pw.patch_sites(demo, prompt.clean, prompt.corrupt, cells=cells, speedups=sp, **kw)),
     )
     for key in ("per_pair_joint", "per_pair_singles"):
         assert_close(reused[key], full[key], 1e-5)
@@ -261,8 +258,9 @@ def test_prefix_reuse_in_path_patching(demo, monkeypatch, reuse_count):
     kw = dict(answer=[p.answer for p in pairs], wrong=[p.wrong for p in pairs], metric="logit_diff")
     clean, corrupt = [p.clean for p in pairs], [p.corrupt for p in pairs]
     reused, full = both_ways(
-        monkeypatch,
-        lambda: pw.path_patch(demo, clean, corrupt, receivers=[pw.Cell("head_v", 3, head=1)], **kw).per_pair,
+        lambda sp: (
+            pw.path_patch(demo, clean, corrupt, receivers=[pw.Cell("head_v", 3, head=1)], speedups=sp, **kw).per_pair
+        ),
     )
     assert_close(reused, full, 1e-5)
     assert reuse_count
