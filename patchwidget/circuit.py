@@ -36,6 +36,9 @@ from .runs import Progress
 from .sites import ModelInfo, model_info, on_input_device, view
 
 FORMAT = "patchwidget.Circuit"
+# The one default target of every search (find_circuit, find_bottleneck, the widget's target control): the share
+# of the task a found circuit must do on its own, or a bottleneck restore.
+DEFAULT_TARGET = 0.9
 # 2: ``faithfulness`` is MIB's f (find_circuit); the denoising search's number is ``restore``. A version-1
 # file's "faithfulness" was that restore, and loads as what it was.
 VERSION = 2

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .circuit import Circuit
+from .circuit import DEFAULT_TARGET, Circuit
 from .engine import METHODS, entry_point, patch, provenance
 from .errors import SettingsError
 from .faithful import CircuitRuns, circuit_runs, curve, faithfulness_nodes, ratio
@@ -52,7 +52,7 @@ def find_circuit(
     *,
     answer: Texts,
     wrong: Texts,
-    target: float = 0.9,
+    target: float = DEFAULT_TARGET,
     method: str = "attribution",
     ablation: str = "patch",
     metric: M.Metric = "logit_diff",

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .circuit import Circuit
+from .circuit import DEFAULT_TARGET, Circuit
 from .engine import METHODS, entry_point, fit_budget, patch, patched_metric, prepare, provenance
 from .errors import SettingsError
 from .grid import Cell, Write, check_choice, pair_writes
@@ -64,7 +64,7 @@ def find_bottleneck(
     *,
     answer: Texts,
     wrong: Texts,
-    target: float = 0.9,
+    target: float = DEFAULT_TARGET,
     levels: Sequence[str] = ("layers", "heads", "positions"),
     metric: M.Metric = "logit_diff",
     direction: str = "denoise",

@@ -14,6 +14,7 @@ import base64
 import io
 from typing import TYPE_CHECKING
 
+from .circuit import DEFAULT_TARGET
 from .circuits import JointResult
 from .engine import DIRECTIONS, METHODS
 from .levels import LEVELS, TOP_SITES, Computed, Level
@@ -60,7 +61,7 @@ def controls(site: str, settings: Settings, pair: str | int, n_pairs: int) -> Co
         "methods": [{"value": m, "label": METHOD_LABELS[m]} for m in METHODS],
         "pair": pair,
         "n_pairs": n_pairs,
-        "target": 0.8,
+        "target": DEFAULT_TARGET,
     }
 
 

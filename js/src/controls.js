@@ -100,12 +100,12 @@ function findControl(target, onFind, onCircuit) {
     min: "0.05",
     max: "1",
     step: "0.05",
-    value: String(target ?? 0.8),
+    value: String(target ?? 0.9),
   });
   const run = (send) => () => {
     const value = input.valueAsNumber;
     if (Number.isFinite(value) && value > 0 && value <= 1) send(value);
-    else input.value = String(target ?? 0.8);
+    else input.value = String(target ?? 0.9);
   };
   return h("div", { class: "pw-control pw-find", role: "group", "aria-label": "Find a circuit or a bottleneck" }, [
     onCircuit
