@@ -26,19 +26,11 @@ import patchwidget as pw
 from patchwidget import demo_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_find_bottleneck import best  # noqa: E402  (the script's folder is on the path)
+
 from tests.reference import reference_faithfulness  # noqa: E402  (the plain twin, not the engine)
 
 warnings.filterwarnings("ignore")
-
-
-def best(fn, repeats: int):
-    fn()  # warm-up
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), out
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ from .runs import Progress
 
 __all__ = ["find_circuit"]
 
+LEVELS = ("nodes",)  # the level a circuit is found at: its components are nodes (edges are to come)
 CHUNK = 8  # prefixes evaluated per batched pass while looking for the smallest that reaches the target
 TOP_SHOWN = 20  # ranked nodes recorded in the trace
 
@@ -53,6 +54,7 @@ def find_circuit(
     answer: Texts,
     wrong: Texts,
     target: float = DEFAULT_TARGET,
+    level: str = "nodes",
     method: str = "attribution",
     ablation: str = "patch",
     metric: M.Metric = "logit_diff",
@@ -65,7 +67,8 @@ def find_circuit(
 
     Returns a ``Circuit`` of nodes with ``faithfulness`` (f of the set, over all pairs),
     ``reached``, ``trace`` (the ranking and why the set was kept) and ``curve`` (f at MIB's
-    sizes, 0.1 to 100 % of the nodes, per pair and on average, with ``cpr`` and ``cmd``);
+    sizes, 0.1 to 100 % of the nodes, per pair and on average, with ``cpr`` and ``cmd``;
+    ``level="nodes"``, the only level yet, finds a set of nodes);
     ``circuit.plot()`` draws the circuit, ``circuit.plot_curve()`` the curve.
 
     Example:
@@ -75,6 +78,7 @@ def find_circuit(
     """
     if not isinstance(target, int | float) or isinstance(target, bool) or not 0 < target <= 1:
         raise SettingsError(f"target must be a number in (0, 1], got {target!r}")
+    check_choice(level, LEVELS, "level")
     check_choice(method, METHODS, "method")
     store: dict = {}
     texts = dict(clean=clean, corrupt=corrupt, answer=answer, wrong=wrong)

@@ -114,7 +114,9 @@ def png(result: PatchResult) -> str:
 def computed_states(session: Session, top: Level, settings: Settings, pair: str | int) -> tuple[list[dict], dict]:
     """Every cached level reachable from ``top`` by clicks, as front-end states, and the clicks between them.
 
-    ``edges`` maps ``"state|panel|row|col"`` to the state that click opens.
+    ``edges`` maps ``"state|panel|row|col"`` to the state that click opens, and
+    ``"0|circuit|target"`` (``"0|find|target"``) to a circuit (bottleneck) found in the
+    notebook, which the first grid's *Find circuit* (*Find bottleneck*) button opens.
     """
     tokens = session.labels
     states: list[dict] = []
@@ -136,4 +138,11 @@ def computed_states(session: Session, top: Level, settings: Settings, pair: str 
                     child = session.drill(path[-1], panel["id"], row, col)
                     if child is not None and (child, settings) in session.cache:
                         todo.append(([*path, child], f"{state_id}|{panel['id']}|{row}|{col}"))
+        if state_id == 0:  # the searches run in the notebook, replayed from the first grid by their buttons
+            for level, kept in session.cache:
+                if kept == settings and level.kind in SEARCH_MESSAGES:
+                    todo.append(([*path, level], f"0|{SEARCH_MESSAGES[level.kind]}|{level.target}"))
     return states, edges
+
+
+SEARCH_MESSAGES = {"circuit": "circuit", "search": "find"}  # a search level's kind -> the message its button sends

@@ -244,9 +244,26 @@ def test_the_diagram_draws_every_node_and_fills_the_circuits(demo):
         (dict(circuit=[pw.Cell("embed", pos="S2")]), "span label, which needs prompts made from a template"),
         (dict(circuit="embed"), "a pw.Circuit or a list"),
         (dict(circuit=[], ablation="zero"), "ablation"),
+        (dict(circuit=[], batch_size=0), "batch_size"),
     ],
 )
 def test_bad_circuits_are_refused_before_compute(demo, monkeypatch, change, message):
     monkeypatch.setattr(demo, "trace", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a forward pass ran")))
     with pytest.raises(pw.PatchwidgetError, match=message):
         pw.faithfulness(demo, **demo_data.as_prompts(demo_data.ioi_pairs(2)), **{"circuit": [], **change})
+
+
+def test_find_circuit_refuses_an_unknown_level_before_compute(demo, monkeypatch):
+    monkeypatch.setattr(demo, "trace", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a forward pass ran")))
+    with pytest.raises(pw.SettingsError, match="level"):
+        pw.find_circuit(demo, **demo_data.as_prompts(demo_data.ioi_pairs(2)), level="edges")
+
+
+def test_faithfulness_under_remote_local_and_in_small_batches_gives_the_local_number(demo):
+    prompts = demo_data.as_prompts(demo_data.ioi_pairs(3, seed=4))
+    cells = [pw.Cell("embed"), pw.Cell("head_out", 1, head=0), pw.Cell("mlp_out", 0), pw.Cell("mlp_out", 2)]
+    local = pw.faithfulness(demo, **prompts, circuit=cells)
+    seen = []
+    batched = pw.faithfulness(demo, **prompts, circuit=cells, batch_size=1, progress=lambda d, t: seen.append((d, t)))
+    assert batched == near(local, 1e-5) and seen and seen[-1][0] == seen[-1][1]
+    assert pw.faithfulness(demo, **prompts, circuit=cells, remote="local") == near(local, 1e-5)

@@ -233,3 +233,39 @@ def test_offline_page_opens_a_span_into_its_positions(page, tmp_path, ui_output,
         page.screenshot(path=str(ui_output / "failure-spans.png"), full_page=True, timeout=10_000)
         raise
     assert not widget_errors(page), "JavaScript errors in the page:\n" + "\n".join(page.errors)
+
+
+def test_offline_page_replays_the_circuit_view(page, tmp_path, ui_output, demo):
+    """A circuit found in the notebook is in the saved page: Find circuit on the first grid opens the circuit
+    view, and a click on a head node opens its breakdown (both computed in the notebook)."""
+    from playwright.sync_api import expect
+
+    import patchwidget as pw
+    from patchwidget.levels import Level
+
+    widget = pw.explore(demo, CLEAN, CORRUPT, answer="Mary", wrong="John", preview=False)
+    found = Level("circuit", target=0.9)
+    head = widget.session.drill(found, "circuit", 4, 2)  # L3H1
+    for level in (found, head):
+        widget.session.cache[(level, widget._settings)] = widget.session.compute(level, widget._settings)
+    path = widget.save_html(tmp_path / "circuit.html")
+    widget.close()
+    try:
+        page.goto(path.as_uri(), wait_until="load")
+        expect(page.locator(TOP_GRID)).to_have_count(1, timeout=TIMEOUT)
+        page.locator(f"{WIDGET} .pw-target").fill("0.8")
+        page.locator(f"{WIDGET} .pw-circuit-button").click()  # never run at 0.8: the page says so
+        expect(page.locator(f"{WIDGET} .pw-error")).to_contain_text("No search with this target")
+        page.locator(f"{WIDGET} .pw-target").fill("0.9")
+        page.locator(f"{WIDGET} .pw-circuit-button").click()
+        circuit = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Circuit of 8 nodes"]')
+        expect(circuit).to_have_count(1, timeout=TIMEOUT)
+        expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "find circuit (target 0.9)"])
+        circuit.locator('.pw-cell[data-row="4"][data-col="2"]').click()
+        expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "find circuit (target 0.9)", "L3 H1"], timeout=TIMEOUT)
+        page.locator(f"{CRUMBS}[data-level='1']").click()
+        expect(circuit).to_have_count(1, timeout=TIMEOUT)
+    except BaseException:
+        page.screenshot(path=str(ui_output / "failure-circuit.png"), full_page=True, timeout=10_000)
+        raise
+    assert not widget_errors(page), "JavaScript errors in the page:\n" + "\n".join(page.errors)
