@@ -26,9 +26,9 @@ import patchwidget as pw
 from patchwidget import demo_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_find_bottleneck import best  # noqa: E402  (the script's folder is on the path)
+from bench_find_bottleneck import best
 
-from tests.reference import reference_faithfulness  # noqa: E402  (the plain twin, not the engine)
+from tests.reference import reference_faithfulness
 
 warnings.filterwarnings("ignore")
 

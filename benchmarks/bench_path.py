@@ -30,8 +30,8 @@ import torch
 import patchwidget as pw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_resid_pre import ANSWER, WRONG, build, prompts  # noqa: E402
-from tests.reference import reference_path_patch  # noqa: E402
+from benchmarks.bench_resid_pre import ANSWER, WRONG, build, prompts
+from tests.reference import reference_path_patch
 
 warnings.filterwarnings("ignore")
 

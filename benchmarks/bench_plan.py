@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     hf, tokenizer = build(Path(tempfile.mkdtemp()))
     model = pw.load_model(hf, tokenizer=tokenizer)
-    text = lambda ids: " ".join(f"t{i}" for i in ids)  # noqa: E731
+    text = lambda ids: " ".join(f"t{i}" for i in ids)
     kw = dict(answer=f"t{ANSWER}", wrong=f"t{WRONG}", metric="logit_diff")
     bands = plan.BAND_WIDTHS
     costs = [(p, layer) for layer in range(12) for p in range(15)]  # every token differs: (first position, layer)

@@ -200,7 +200,7 @@ def main() -> None:
     hf = hf.to(args.device)
     model = pw.load_model(hf, tokenizer=tokenizer)
     clean_ids, corrupt_ids = prompts(args.corrupt)
-    text = lambda ids: " ".join(f"t{i}" for i in ids)  # noqa: E731
+    text = lambda ids: " ".join(f"t{i}" for i in ids)
     kw = dict(answer=f"t{ANSWER}", wrong=f"t{WRONG}", metric="logit_diff")
 
     rows = []

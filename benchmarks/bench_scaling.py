@@ -50,7 +50,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp())
     hf, tokenizer = build(folder)
     model = pw.load_model(hf, tokenizer=tokenizer)
-    text = lambda ids: " ".join(f"t{i}" for i in ids)  # noqa: E731
+    text = lambda ids: " ".join(f"t{i}" for i in ids)
     kw = dict(answer=f"t{ANSWER}", wrong=f"t{WRONG}", metric="logit_diff")
     pw.patch(model, text(prompt_pair(8)[0]), text(prompt_pair(8)[1]), **kw)  # warm-up
 
@@ -64,7 +64,7 @@ def main() -> None:
     )
     for n_pos in args.lengths:
         clean, corrupt = prompt_pair(n_pos)
-        run = lambda c=clean, k=corrupt: pw.patch(model, text(c), text(k), **kw).values  # noqa: E731
+        run = lambda c=clean, k=corrupt: pw.patch(model, text(c), text(k), **kw).values
         grid, t_pw, mem_pw = timed(run, args.repeats)
         tl = ["not run", "", ""]
         if n_pos <= args.tl_max:

@@ -75,7 +75,7 @@ def resolve(metric: Metric, vocab: int | None = None) -> MetricFn:
     """
     check_metric(metric)
     if metric in ("logit_diff", "logit_diff_norm"):
-        fn = lambda logits, answer, wrong, clean: logit_diff(logits, answer, wrong)  # noqa: E731
+        fn = lambda logits, answer, wrong, clean: logit_diff(logits, answer, wrong)
         fn.answer_columns_only = True  # the engine may unembed only the answer and wrong columns for it
         return fn
     if metric == "prob":

@@ -131,8 +131,8 @@ def site_hooks(model, site, layer, sizes, fn):
         target = get(block, module_path) if module_path else block
         return target.register_forward_hook(hook)
 
-    whole = lambda x: x[0].unsqueeze(1)  # noqa: E731  (pos, 1, d_model)
-    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    whole = lambda x: x[0].unsqueeze(1)  # (pos, 1, d_model)
+    first = lambda out: out[0] if isinstance(out, tuple) else out
     if site == "resid_pre":
         return pre("", whole)
     if site == "resid_mid":
@@ -476,7 +476,7 @@ def reference_faithfulness(model, pairs, kept, ablation="patch"):
         m_c.append(metric(clean, a, w, replace, kept))
         m_empty.append(metric(clean, a, w, replace, {}))
         m_full.append(metric(clean, a, w, replace, {c: None for c in everything}))
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs)
     return (mean(m_c) - mean(m_empty)) / (mean(m_full) - mean(m_empty))
 
 

@@ -102,7 +102,7 @@ def test_knockout_matches_plain_hooks(demo, grid):
     # knocking out the circuit hurts the answer more than knocking out as many other heads
     answer = torch.tensor([demo.tokenizer(p.answer)["input_ids"][0] for p in HELD_OUT])
     wrong = torch.tensor([demo.tokenizer(p.wrong)["input_ids"][0] for p in HELD_OUT])
-    diff = lambda logits: (logits[range(len(answer)), answer] - logits[range(len(answer)), wrong]).mean()  # noqa: E731
+    diff = lambda logits: (logits[range(len(answer)), answer] - logits[range(len(answer)), wrong]).mean()
     others = pw.Circuit([c for c in (pw.Cell("head_out", 0, head=h) for h in range(4)) if c not in circuit.cells][:3])
     assert diff(circuit.knockout(demo, prompts, mode="mean")) < diff(others.knockout(demo, prompts, mode="mean"))
 

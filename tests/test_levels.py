@@ -51,7 +51,7 @@ def test_each_level_computes_and_draws_its_panels(session, level, label, panel_s
 
 
 def test_clicks_open_the_narrower_level(session):
-    opens = lambda level, panel, row, col: LEVELS[level.kind].opens(level, panel, row, col)  # noqa: E731
+    opens = lambda level, panel, row, col: LEVELS[level.kind].opens(level, panel, row, col)
     assert opens(Level("top", "resid_pre"), "resid_pre", 2, 9) == Level("heads", "resid_pre", layer=2, pos=9)
     assert opens(Level("top", "mlp_out"), "mlp_out", 1, 3) == Level("neurons", "mlp_out", layer=1, pos=3)
     assert opens(Level("top", "head_out"), "head_out", 3, 1) == Level("head", "head_out", layer=3, head=1)
