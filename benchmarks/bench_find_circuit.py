@@ -26,9 +26,9 @@ import patchwidget as pw
 from patchwidget import demo_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_find_bottleneck import best
+from bench_find_bottleneck import best  # the script's folder is on the path
 
-from tests.reference import reference_faithfulness
+from tests.reference import reference_faithfulness  # the plain twin, not the engine
 
 warnings.filterwarnings("ignore")
 
