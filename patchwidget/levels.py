@@ -243,7 +243,7 @@ def _head_panels(computed: Computed, v: View) -> list[dict]:
             rows,
             v.columns(parts),
             values,
-            False,
+            True,  # q, k or v opens what feeds this head; out opens its direct path to the logits
         ),
         panel(
             "pattern",

@@ -23,7 +23,7 @@ def session(demo):
 
 
 def test_every_kind_is_one_entry(session):
-    assert set(LEVELS) == {"top", "span", "heads", "head", "feeds", "direct", "neurons", "search", "joint"}
+    assert set(LEVELS) == {"top", "span", "heads", "head", "feeds", "direct", "neurons", "search", "circuit", "joint"}
     for kind, entry in LEVELS.items():
         assert callable(entry.label) and callable(entry.compute) and callable(entry.panels), kind
 
@@ -38,6 +38,7 @@ def test_every_kind_is_one_entry(session):
         (Level("neurons", layer=0, pos=9), f"L0 neurons at {TOKENS_OF_PAIR_0[9]!r}", [("neurons", N_TOP_NEURONS, 1)]),
         (Level("feeds", layer=2, head=1), "what feeds L2 H1", [("head_q", 4, 4), ("head_k", 4, 4), ("head_v", 4, 4)]),
         (Level("direct", layer=2, head=1), "direct to logits", [("logits", 4, 4)]),
+        (Level("circuit", target=0.9), "find circuit (target 0.9)", [("circuit", 5, 5), ("curve", 1, 10)]),
     ],
 )
 def test_each_level_computes_and_draws_its_panels(session, level, label, panel_shapes):
