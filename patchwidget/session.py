@@ -30,7 +30,7 @@ from .errors import PatchwidgetError
 from .grid import Cell
 from .levels import LEVELS, Computed, Level
 from .path import path_patch
-from .prompts import Texts, prepare_prompts
+from .prompts import Texts, prepare_prompts, token_strings
 from .remote import prepare_remote, reporting
 from .result import PatchResult
 from .search import find_bottleneck
@@ -135,6 +135,14 @@ class Session:
     def labels(self) -> list[str]:
         """What the grids' columns are: the first clean prompt's tokens, or a template's spans."""
         return self.prompts.columns if self.prompts.columns is not None else self.prompts.tokens
+
+    def labels_for(self, pair: str | int) -> list[str]:
+        """The columns of the data drawn for ``pair``: that pair's own clean tokens when one pair is on show
+        (pairs of one template differ in their slot words), else ``labels``."""
+        if pair == "mean" or self.prompts.columns is not None:
+            return self.labels
+        length = self.prompts.n_pos if self.prompts.clean_len is None else int(self.prompts.clean_len[pair])
+        return token_strings(self.model.tokenizer, self.prompts.clean_ids[pair][:length].tolist())
 
     def top(self, site: str) -> Level:
         """The first level of a drill-down on ``site``."""

@@ -68,8 +68,9 @@ def controls(site: str, settings: Settings, pair: str | int, n_pairs: int) -> Co
 def level_view(
     request_id: int, levels: list[Level], computed: Computed, settings: Settings, session: Session, pair: str | int
 ) -> View:
-    """The ``view`` trait for the last of ``levels``: columns labelled by the session's tokens or spans."""
-    tokens = session.labels
+    """The ``view`` trait for the last of ``levels``: columns labelled by the tokens of the pair on show
+    (the first pair's for the mean) or by the template's spans."""
+    tokens = session.labels_for(pair)
     first = next(iter(computed.results.values()), None)
     note = first.settings.get("note", "") if first is not None else ""
     if not computed.exact and computed.circuit is not None:
@@ -118,7 +119,7 @@ def computed_states(session: Session, top: Level, settings: Settings, pair: str 
     ``"0|circuit|target"`` (``"0|find|target"``) to a circuit (bottleneck) found in the
     notebook, which the first grid's *Find circuit* (*Find bottleneck*) button opens.
     """
-    tokens = session.labels
+    tokens = session.labels_for(pair)
     states: list[dict] = []
     edges: dict[str, int] = {}
     todo: list[tuple[list[Level], str | None]] = [([top], None)]

@@ -274,7 +274,7 @@ class PatchWidget(anywidget.AnyWidget):
         self._computed = computed
         view = V.level_view(request_id, self._levels, computed, self._settings, self.session, self._pair)
         self.view = {**view, "joint": self._joint_box} if self._joint_box is not None else view
-        self.breadcrumb = V.breadcrumb(self._levels, self.session.labels)
+        self.breadcrumb = V.breadcrumb(self._levels, self.session.labels_for(self._pair))
         self.controls = V.controls(self._levels[0].site, self._settings, self._pair, self.session.prompts.n_pairs)
         self.status = V.status("idle" if computed.exact else "running", request_id)
         self.path = [asdict(level) for level in self._levels]

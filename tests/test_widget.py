@@ -307,3 +307,20 @@ def test_find_circuit_from_the_widget_ends_on_the_circuit_view(widget, demo):
     assert wait_idle(widget, 5)["state"] == "idle"
     send(widget, type="drill", request_id=6, panel="circuit", row=0, col=0)
     assert widget.status["state"] == "error" and "no narrower sites" in widget.status["message"]
+
+
+def test_one_pair_on_show_labels_the_columns_with_its_own_tokens(widget, demo):
+    """Issue 28, item 2: with pair 1 chosen the columns, title and breadcrumb are pair 1's tokens, not pair 0's."""
+    tok = demo.tokenizer
+    own = [tok.decode([i]) for i in tok(PAIRS[1].clean)["input_ids"]]
+    first = [tok.decode([i]) for i in tok(PAIRS[0].clean)["input_ids"]]
+    assert own != first  # the pairs' names differ, so the test has power
+    send(widget, type="set", request_id=1, key="pair", value=1)
+    assert wait_idle(widget, 1)["state"] == "idle"
+    assert widget.view["panels"][0]["cols"] == [f"{t} ({i})" for i, t in enumerate(own)]
+    send(widget, type="drill", request_id=2, panel="resid_pre", row=1, col=9)
+    assert wait_idle(widget, 2)["state"] == "idle"
+    assert widget.breadcrumb[-1]["label"] == "L1 heads" and widget.view["panels"][0]["cols"][9] == f"{own[9]} (9)"
+    send(widget, type="set", request_id=3, key="pair", value="mean")
+    assert wait_idle(widget, 3)["state"] == "idle"
+    assert widget.view["panels"][0]["cols"] == [f"{t} ({i})" for i, t in enumerate(first)]
