@@ -168,14 +168,11 @@ def _estimates(model, texts, metric, batch_size, memory_budget, remote, store, i
         site: (g.per_pair - g.clean_baseline.reshape((-1,) + (1,) * (g.per_pair.ndim - 1))).mean(0)
         for site, g in grids.items()
     }
-    out = []
-    for cell in faithfulness_nodes(info.n_layers, info.n_heads):
-        values = change[cell.site]
-        out.append(
-            values[0]
-            if cell.site == EMBED
-            else values[cell.layer, cell.head]
-            if cell.head is not None
-            else values[cell.layer]
-        )
-    return np.array([float(np.asarray(v).reshape(-1)[0]) for v in out])
+
+    def effect(cell: Cell) -> float:
+        values = change[cell.site]  # (1,): resid_pre at layer 0; (layer,) for MLPs; (layer, head) for heads
+        if cell.site == EMBED:
+            return float(values[0])
+        return float(values[cell.layer, cell.head] if cell.site == "head_out" else values[cell.layer])
+
+    return np.array([effect(cell) for cell in faithfulness_nodes(info.n_layers, info.n_heads)])
