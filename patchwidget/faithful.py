@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .engine import Request, entry_point, fit_budget, patched_metric, prepare
+from .engine import Request, entry_point, fit_budget, patched_metric, prepare, summarize
 from .errors import SettingsError
 from .grid import EMBED, Cell, Write, check_choice, indices
 from .prompts import Noise, PromptBatch, Texts
@@ -144,12 +144,19 @@ class CircuitRuns:
     directed: Directed  # source: the corrupted (or mean) values; target: the clean run
     per_pass: int
     every: list[Node]
-    clean: torch.Tensor  # m(N) per pair
+    logits: tuple[torch.Tensor, torch.Tensor]  # the clean and corrupted runs' logits, (row, vocab)
+    clean: torch.Tensor  # m(N) per pair, in the request's metric
     progress: Progress | None
 
     @property
     def n_pairs(self) -> int:
         return self.request.prompts.n_pairs
+
+    def per_pair(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-row metrics ``(row, ...)`` as per-pair ones ``(pair, ...)`` in the request's metric: the mean
+        over noise samples, then for ``logit_diff_norm`` each pair rescaled so its clean run is 1 and its
+        corrupted run 0 (``engine.summarize``, as every grid does)."""
+        return summarize(values, self.rows, self.n_pairs, self.request.fn, self.request.metric, *self.logits)[0]
 
     def measure(self, sets: list[Sequence[Cell]], progress: Progress | None = None) -> torch.Tensor:
         """m(C) per set and pair, ``(set, pair)``: one patched copy of each row's clean prompt per set."""
@@ -160,8 +167,7 @@ class CircuitRuns:
             values = patched_metric(
                 self.model, self.request, self.directed, copies, self.rows, self.per_pass, progress or self.progress
             )
-        samples = self.rows.n_pairs // self.n_pairs
-        return values.float().view(self.n_pairs, samples, len(sets)).mean(1).T  # (set, pair)
+        return self.per_pair(values.view(self.rows.n_pairs, len(sets))).T  # (set, pair)
 
 
 def circuit_runs(
@@ -221,11 +227,11 @@ def circuit_runs(
         directed = replace(
             directed, source={k: v.mean(0, keepdim=True).expand_as(v).clone() for k, v in directed.source.items()}
         )
-    ids = (rows.answer_ids, rows.wrong_ids, runs.clean_logits)
-    samples = rows.n_pairs // prompts.n_pairs
-    clean_metric = request.fn(runs.clean_logits, *ids).float().cpu().view(prompts.n_pairs, samples).mean(1)
     every = [_node(c, info.n_layers, info.n_heads) for c in faithfulness_nodes(info.n_layers, info.n_heads)]
-    return CircuitRuns(model, request, rows, directed, per_pass, every, clean_metric, progress)
+    logits = (runs.clean_logits, runs.corrupt_logits)
+    m_full = request.fn(runs.clean_logits, rows.answer_ids, rows.wrong_ids, runs.clean_logits)
+    m_full = summarize(m_full, rows, prompts.n_pairs, request.fn, request.metric, *logits)[0]
+    return CircuitRuns(model, request, rows, directed, per_pass, every, logits, m_full, progress)
 
 
 def ratio(m_circuit: torch.Tensor, m_empty: torch.Tensor, m_full: torch.Tensor) -> float:
@@ -262,6 +268,13 @@ def faithfulness(
     1 means the circuit alone, everything else corrupted, gives the full model's
     metric; 0 means it does no more than the empty circuit. ``ablation="mean"``
     replaces the components outside with their mean over the corrupted prompts.
+
+    ``metric`` is the m of the formula, computed as every grid computes it. The
+    default ``"logit_diff"`` is MIB's: the means of the raw logit differences.
+    With ``"logit_diff_norm"`` each pair's logit difference is first rescaled by
+    that pair's clean (1) and corrupted (0) runs, so every pair weighs the same
+    whatever its scale; the number then differs from MIB's whenever the pairs'
+    scales differ (see the README's *Faithfulness*).
 
     Example:
         >>> pw.faithfulness(model, **prompts, circuit=[pw.Cell("head_out", 3, head=1)])  # doctest: +SKIP

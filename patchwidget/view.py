@@ -113,37 +113,51 @@ def png(result: PatchResult) -> str:
 
 
 def computed_states(session: Session, top: Level, settings: Settings, pair: str | int) -> tuple[list[dict], dict]:
-    """Every cached level reachable from ``top`` by clicks, as front-end states, and the clicks between them.
+    """Every cached level reachable from ``top`` by clicks, each once, as front-end states, and the clicks
+    between them.
 
-    ``edges`` maps ``"state|panel|row|col"`` to the state that click opens, and
-    ``"0|circuit|target"`` (``"0|find|target"``) to a circuit (bottleneck) found in the
-    notebook, which the first grid's *Find circuit* (*Find bottleneck*) button opens.
+    Each state holds a level's view and its breadcrumb label (``crumb``); the page builds
+    the breadcrumb from the path it has followed. ``edges`` maps ``"state|panel|row|col"``
+    to the state that click opens, and ``"0|circuit|target"`` (``"0|find|target"``) to a
+    circuit (bottleneck) found in the notebook, which the first grid's *Find circuit*
+    (*Find bottleneck*) button opens. Levels link back to each other (a head, what feeds
+    it, a sender head), so this is a walk over a graph: each level is visited once.
+
+    Example:
+        >>> states, edges = computed_states(w.session, w._levels[0], w._settings, "mean")  # doctest: +SKIP
+        >>> states[0]["crumb"]  # doctest: +SKIP
+        {'label': 'resid_pre'}
     """
     tokens = session.labels_for(pair)
+    if (top, settings) not in session.cache:
+        return [], {}
+    order, ids = [top], {top: 0}
     states: list[dict] = []
     edges: dict[str, int] = {}
-    todo: list[tuple[list[Level], str | None]] = [([top], None)]
-    while todo:
-        path, parent = todo.pop(0)
-        computed = session.cache.get((path[-1], settings))
-        if computed is None:
-            continue
-        state_id = len(states)
-        if parent is not None:
-            edges[parent] = state_id
-        view = {**level_view(0, path, computed, settings, session, pair), "note": "", "exact": True}
-        states.append({"view": view, "breadcrumb": breadcrumb(path, tokens)})
-        for panel in view["panels"]:
-            for row in range(len(panel["rows"]) if panel["clickable"] else 0):
-                for col in range(len(panel["cols"])):
-                    child = session.drill(path[-1], panel["id"], row, col)
-                    if child is not None and (child, settings) in session.cache:
-                        todo.append(([*path, child], f"{state_id}|{panel['id']}|{row}|{col}"))
-        if state_id == 0:  # the searches run in the notebook, replayed from the first grid by their buttons
-            for level, kept in session.cache:
-                if kept == settings and level.kind in SEARCH_MESSAGES:
-                    todo.append(([*path, level], f"0|{SEARCH_MESSAGES[level.kind]}|{level.target}"))
+    for state_id, level in enumerate(order):  # grows while walked: breadth first, each level once
+        computed = session.cache[(level, settings)]
+        view = {**level_view(0, [level], computed, settings, session, pair), "note": "", "exact": True}
+        states.append({"view": view, "crumb": {"label": level.label(tokens)}})
+        for key, child in _links(session, level, view, settings, state_id):
+            if child not in ids:
+                ids[child] = len(order)
+                order.append(child)
+            edges[key] = ids[child]
     return states, edges
+
+
+def _links(session: Session, level: Level, view: dict, settings: Settings, state_id: int):
+    """The computed levels one click from ``level`` (shown as ``view``): (edge key, level) pairs."""
+    for panel in view["panels"]:
+        for row in range(len(panel["rows"]) if panel["clickable"] else 0):
+            for col in range(len(panel["cols"])):
+                child = session.drill(level, panel["id"], row, col)
+                if child is not None and (child, settings) in session.cache:
+                    yield f"{state_id}|{panel['id']}|{row}|{col}", child
+    if state_id == 0:  # the searches run in the notebook, replayed from the first grid by their buttons
+        for found, kept in list(session.cache):
+            if kept == settings and found.kind in SEARCH_MESSAGES:
+                yield f"0|{SEARCH_MESSAGES[found.kind]}|{found.target}", found
 
 
 SEARCH_MESSAGES = {"circuit": "circuit", "search": "find"}  # a search level's kind -> the message its button sends

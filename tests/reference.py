@@ -416,7 +416,7 @@ def reference_span_patch(
 # --- faithfulness as MIB defines it -------------------------------------------
 
 
-def reference_faithfulness(model, pairs, kept, ablation="patch"):
+def reference_faithfulness(model, pairs, kept, ablation="patch", metric="logit_diff"):
     """MIB's f(C) = (m(C) - m(empty)) / (m(N) - m(empty)), means over pairs, written out plainly.
 
     ``pairs`` is a list of (clean_ids, corrupt_ids, answer, wrong); ``kept`` maps each component of
@@ -426,6 +426,8 @@ def reference_faithfulness(model, pairs, kept, ablation="patch"):
     its activation on that pair's corrupted prompt (``ablation="mean"``: the mean over all the
     corrupted prompts), one run per pair; the logit difference at the last position. ``kept`` may
     also be a list of such maps, one per pair (a span's positions differ from pair to pair).
+    ``metric="logit_diff_norm"``: each pair's logit difference rescaled by that pair's own plain
+    clean and corrupted runs (clean 1, corrupted 0) before the means.
     """
     kept_of = kept if isinstance(kept, list) else [kept] * len(pairs)
     cfg, sizes = model.config, Sizes(model.config)
@@ -448,7 +450,7 @@ def reference_faithfulness(model, pairs, kept, ablation="patch"):
         mean = {k: torch.stack([v[k] for v in values]).mean(0) for k in values[0]}
         values = [mean] * len(pairs)
 
-    def metric(ids, a, w, replace, circuit):
+    def patched(ids, a, w, replace, circuit):
         handles = []
         for site, layer in {(s, la) for s, la, _ in everything}:
             units = [u for s, la, u in everything if (s, la) == (site, layer)]
@@ -471,11 +473,20 @@ def reference_faithfulness(model, pairs, kept, ablation="patch"):
                 h.remove()
         return float(logits[a] - logits[w])
 
+    def plain(ids, a, w):
+        with torch.no_grad():
+            logits = model(ids[None]).logits[0, -1]
+        return float(logits[a] - logits[w])
+
     m_c, m_empty, m_full = [], [], []
-    for (clean, _, a, w), replace, kept in zip(pairs, values, kept_of):
-        m_c.append(metric(clean, a, w, replace, kept))
-        m_empty.append(metric(clean, a, w, replace, {}))
-        m_full.append(metric(clean, a, w, replace, {c: None for c in everything}))
+    for (clean, corrupt, a, w), replace, kept in zip(pairs, values, kept_of):
+        scale = lambda x: x
+        if metric == "logit_diff_norm":
+            high, low = plain(clean, a, w), plain(corrupt, a, w)
+            scale = lambda x, high=high, low=low: (x - low) / (high - low)
+        m_c.append(scale(patched(clean, a, w, replace, kept)))
+        m_empty.append(scale(patched(clean, a, w, replace, {})))
+        m_full.append(scale(patched(clean, a, w, replace, {c: None for c in everything})))
     mean = lambda xs: sum(xs) / len(xs)
     return (mean(m_c) - mean(m_empty)) / (mean(m_full) - mean(m_empty))
 

@@ -65,6 +65,39 @@ def test_faithfulness_matches_the_plain_twin_on_random_node_sets(tiny_models, mo
     assert pw.faithfulness(model, **demo_data.as_prompts(pairs), circuit=[], ablation=ablation) == 0.0
 
 
+@pytest.mark.parametrize("model_name", ["gpt_neox", "qwen2-gqa"])
+@pytest.mark.parametrize("ablation", ["patch", "mean"])
+def test_a_normalised_metric_gives_the_normalised_f(tiny_models, model_name, ablation):
+    """metric='logit_diff_norm': each pair's metric rescaled (clean 1, corrupted 0), then MIB's ratio of
+    means; once silently the raw logit difference's f, a different number (issue 37, item 2)."""
+    model = tiny_models[model_name]
+    pairs = demo_data.ioi_pairs(3, seed=13)
+    plain, prompts = _plain(model, pairs), demo_data.as_prompts(pairs)
+    apart = 0.0
+    for cells in _random_sets(model, np.random.default_rng(1), 3)[2:]:
+        got = pw.faithfulness(model, **prompts, circuit=cells, ablation=ablation, metric="logit_diff_norm")
+        want = reference_faithfulness(model._module, plain, _kept(cells), ablation, metric="logit_diff_norm")
+        raw = reference_faithfulness(model._module, plain, _kept(cells), ablation)
+        assert got == near(want, 1e-4), [c.label for c in cells]
+        apart = max(apart, abs(want - raw))
+    assert apart > 1e-3, "the sets chosen do not tell the two metrics apart"
+
+
+def test_find_circuit_under_a_normalised_metric_stops_on_that_metric(tiny_models):
+    model = tiny_models["gpt_neox"]
+    pairs = demo_data.ioi_pairs(3, seed=13)
+    plain = _plain(model, pairs)
+    found = pw.find_circuit(model, **demo_data.as_prompts(pairs), target=0.9, metric="logit_diff_norm")
+    assert found.provenance["metric"] == "logit_diff_norm"
+    for k, f in zip(found.curve["size"], found.curve["faithfulness"]):
+        kept = _kept(found.curve["ranked"][:k])
+        assert f == near(reference_faithfulness(model._module, plain, kept, metric="logit_diff_norm"), 1e-4), k
+    want = reference_faithfulness(model._module, plain, _kept(found.cells), metric="logit_diff_norm")
+    assert found.faithfulness == near(want, 1e-4)
+    raw = reference_faithfulness(model._module, plain, _kept(found.cells))
+    assert abs(want - raw) > 1e-3, "this circuit does not tell the two metrics apart"
+
+
 def test_nodes_kept_at_some_positions_only(demo):
     pairs = demo_data.ioi_pairs(3, seed=2)
     cells = [

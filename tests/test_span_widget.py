@@ -105,4 +105,4 @@ def test_offline_states_of_a_span_session(widget):
     wait_idle(widget, 1)
     states, edges = computed_states(widget.session, widget.session.top("resid_pre"), widget._settings, "mean")
     assert len(states) == 2 and edges == {f"0|resid_pre|1|{place}": 1}
-    assert states[1]["breadcrumb"][-1]["label"] == "PLACE by position"
+    assert states[1]["crumb"]["label"] == "PLACE by position"

@@ -35,6 +35,10 @@ PROBE = (
 )
 
 
+# The workshop's save step (README, "Keep what you found"): the page written from a cell.
+SAVE = "p = w.save_html('saved.html'); print('SAVED', p.name, p.stat().st_size // 1024, 'KiB')"
+
+
 def choose_drill_down() -> tuple[int, int, list[list[float]]]:
     """The layer whose heads grid shows the most (the largest total |effect|), measured here with the
     widget's default metric, and the token where its largest cell is: where the README's picture is taken.
@@ -63,6 +67,7 @@ def write_notebook(folder: Path) -> Path:
             "w"
         ),
         nbformat.v4.new_code_cell(PROBE),
+        nbformat.v4.new_code_cell(SAVE),
     ]
     path = folder / "patchwidget_e2e.ipynb"
     nbformat.write(nb, path)
@@ -145,7 +150,7 @@ def test_drill_down_and_back(lab_server, page, ui_output):
     (ui_output / "failure-page.png").unlink(missing_ok=True)  # only ever from this run
     try:
         page.goto(f"{lab_server.url}/lab/tree/{notebook.name}", wait_until="domcontentloaded")
-        expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(2, timeout=KERNEL_TIMEOUT)
+        expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(3, timeout=KERNEL_TIMEOUT)
         wait_kernel_idle(page)
 
         # Run the explore cell; the widget shows the resid_pre grid, layers x tokens.
@@ -244,6 +249,13 @@ def test_drill_down_and_back(lab_server, page, ui_output):
         page.keyboard.press("Enter")
         expect(page.locator(CRUMBS).last).to_have_text("mlp_out", timeout=ACTION_TIMEOUT)
         wait_settled(page)
+
+        # Saving the page after path patching (whose levels link back to each other) returns, and the
+        # page, opened from the disk, follows the saved path: circuit, L3 H1, what feeds it, direct, L3 H1.
+        run_cell(page, 2)
+        saved = page.locator(".jp-Notebook .jp-CodeCell").nth(2).locator(".jp-OutputArea-output")
+        expect(saved).to_contain_text("SAVED saved.html", timeout=ACTION_TIMEOUT)
+        follow_saved_page(page, lab_server.root / "saved.html")
     except BaseException:
         try:
             page.screenshot(path=str(ui_output / "failure-page.png"), full_page=True, timeout=10_000)
@@ -305,3 +317,32 @@ def test_remote_queue_status_shows_in_the_progress_bar(lab_server, page, ui_outp
         raise
 
     assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
+
+
+def follow_saved_page(page, path: Path) -> None:
+    """Open the offline page over file:// and follow path patching through it, cycles included."""
+    from playwright.sync_api import expect
+
+    page.goto(path.as_uri(), wait_until="load")
+    expect(page.locator(TOP_GRID)).to_have_count(1, timeout=ACTION_TIMEOUT)
+    page.locator(f"{WIDGET} .pw-target").fill("0.9")
+    page.locator(f"{WIDGET} .pw-circuit-button").click()
+    circuit = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Circuit of 8 nodes"]')
+    expect(circuit).to_have_count(1, timeout=ACTION_TIMEOUT)
+    circuit.locator('.pw-cell[data-row="4"][data-col="2"]').click()
+    parts = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="L3 H1: query, key, value and output"]')
+    expect(parts).to_have_count(1, timeout=ACTION_TIMEOUT)
+    parts.locator('.pw-cell[data-row="0"][data-col="13"]').click()
+    expect(page.locator(CRUMBS)).to_have_text(
+        ["resid_pre", "find circuit (target 0.9)", "L3 H1", "what feeds L3 H1"], timeout=ACTION_TIMEOUT
+    )
+    page.locator(f"{CRUMBS}[data-level='2']").click()
+    parts.locator('.pw-cell[data-row="3"][data-col="13"]').focus()
+    page.keyboard.press("Enter")
+    expect(page.locator(CRUMBS).last).to_have_text("direct to logits", timeout=ACTION_TIMEOUT)
+    # The direct path's L3 H1 opens the head again: the same saved level, one step deeper.
+    page.locator(f'{WIDGET} .pw-grid[role=grid] .pw-cell[data-row="3"][data-col="1"]').click()
+    expect(page.locator(CRUMBS)).to_have_text(
+        ["resid_pre", "find circuit (target 0.9)", "L3 H1", "direct to logits", "L3 H1"], timeout=ACTION_TIMEOUT
+    )
+    expect(page.locator(f"{WIDGET} .pw-error")).to_have_count(0)
