@@ -105,14 +105,18 @@ class Circuit:
     def faithfulness_on(self, model: Any, clean: Texts, corrupt: Texts, **kwargs: Any) -> float:
         """MIB's faithfulness of this circuit on other prompt pairs: the held-out check
         (``pw.faithfulness(model, clean, corrupt, circuit=self, ...)``; the same keywords).
+        ``ablation`` and ``metric`` default to the ones the circuit records (those
+        ``find_circuit`` used), so the check measures what the search measured.
 
         Example:
             >>> found.faithfulness_on(model, **held_out)  # doctest: +SKIP
         """
-        from .faithful import faithfulness
+        from .faithful import ABLATIONS, faithfulness
 
         self.check_model(model)
-        return faithfulness(model, clean, corrupt, circuit=self, **kwargs)
+        recorded = {"ablation": ABLATIONS, "metric": M.METRICS}  # a callable metric is recorded by name only
+        defaults = {k: self.provenance[k] for k, known in recorded.items() if self.provenance.get(k) in known}
+        return faithfulness(model, clean, corrupt, circuit=self, **{**defaults, **kwargs})
 
     # --- use -----------------------------------------------------------------------------------
 
@@ -300,9 +304,9 @@ def _from_version_1(data: dict) -> dict:
     """A version-1 file as version 2: its "faithfulness" (and curve) were the denoising search's joint restore."""
     data = {**data, "faithfulness": None, "restore": data.get("faithfulness")}
     curve = dict(data.get("curve") or {})
-    if curve:
-        curve = {**curve, "kind": "restore", "restore": curve.pop("faithfulness", []), "area": curve.pop("cpr", None)}
-        curve.pop("cmd", None)
+    if curve:  # only the keys a restore curve has: MIB's names (faithfulness, CPR, CMD) never survive
+        kept = {k: curve[k] for k in ("ranked", "percent", "size", "per_pair") if k in curve}
+        curve = {**kept, "kind": "restore", "restore": curve.get("faithfulness", []), "area": curve.get("cpr")}
     trace = [{**row, "restore": row.get("faithfulness")} for row in data.get("trace", [])]
     for row in trace:
         row.pop("faithfulness", None)

@@ -27,12 +27,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -99,16 +100,46 @@ def entry_point(fn: F) -> F:
             raise TypeError(f"{fn.__qualname__}(): {err}") from None
         model = bound.arguments.get("model")
         check_wrapped(model)
-        with _TRACE_LOCK:
+        with _TRACE_LOCK, drawn_progress(bound.arguments.get("progress"), fn.__name__) as progress:
+            if "progress" in bound.arguments:
+                bound.arguments["progress"] = progress
             modes = [(m, m.training) for m in model._module.modules()]
             model._module.eval()
             try:
-                return fn(*args, **kwargs)
+                return fn(*bound.args, **bound.kwargs)
             finally:
                 for m, training in modes:
                     m.training = training
 
     return locked  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def drawn_progress(progress: Any, what: str) -> Iterator[Progress | None]:
+    """``progress`` as the callback the loop calls, ``progress(done, total)``: None or a callable as given,
+    ``True`` a tqdm bar (in a notebook, its widget) closed when the call ends; anything else is refused.
+
+    Example:
+        >>> with drawn_progress(None, "patch") as report:
+        ...     report is None
+        True
+    """
+    if progress is None or (callable(progress) and not isinstance(progress, bool)):
+        yield progress
+        return
+    if progress is not True:
+        raise SettingsError(
+            f"progress must be None, True (draw a progress bar) or a callable progress(done, total), got {progress!r}"
+        )
+    from tqdm.auto import tqdm
+
+    with tqdm(total=0, desc=what, unit="copy") as bar:
+
+        def report(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield report
 
 
 # --- the one validation preamble ---------------------------------------------------------------

@@ -234,6 +234,25 @@ def circuit_runs(
     return CircuitRuns(model, request, rows, directed, per_pass, every, logits, m_full, progress)
 
 
+def circuit_cells(circuit: Any) -> list[Cell]:
+    """The nodes of ``circuit``: a ``pw.Circuit``, a list (or tuple, or set) of ``pw.Cell`` nodes, or one
+    ``pw.Cell`` (a one-node circuit); anything else is refused naming these forms.
+
+    Example:
+        >>> circuit_cells(Cell("head_out", 3, head=1))
+        [Cell(site='head_out', layer=3, head=1, neuron=None, pos=None)]
+    """
+    if isinstance(circuit, Cell):
+        return [circuit]
+    cells = getattr(circuit, "cells", circuit)
+    if isinstance(cells, list | tuple | set | frozenset):
+        return list(cells)
+    raise SettingsError(
+        "circuit must be a pw.Circuit, a list of pw.Cell nodes or one pw.Cell (for example "
+        f"[pw.Cell('embed'), pw.Cell('head_out', 3, head=1)]), got {circuit!r}"
+    )
+
+
 def ratio(m_circuit: torch.Tensor, m_empty: torch.Tensor, m_full: torch.Tensor) -> float:
     """MIB's f from per-pair metrics: (mean m(C) - mean m(∅)) / (mean m(N) - mean m(∅))."""
     span = float(m_full.mean() - m_empty.mean())
@@ -263,8 +282,8 @@ def faithfulness(
 ) -> float:
     """How much of the behaviour a circuit does on its own: MIB's faithfulness f(C) (see the module docstring).
 
-    ``circuit`` is a ``pw.Circuit`` of nodes or a list of nodes (``Cell("embed")``,
-    ``Cell("head_out", l, head=h)``, ``Cell("mlp_out", l)``), possibly empty.
+    ``circuit`` is a ``pw.Circuit`` of nodes, a list of nodes (``Cell("embed")``,
+    ``Cell("head_out", l, head=h)``, ``Cell("mlp_out", l)``), possibly empty, or one node.
     1 means the circuit alone, everything else corrupted, gives the full model's
     metric; 0 means it does no more than the empty circuit. ``ablation="mean"``
     replaces the components outside with their mean over the corrupted prompts.
@@ -280,9 +299,7 @@ def faithfulness(
         >>> pw.faithfulness(model, **prompts, circuit=[pw.Cell("head_out", 3, head=1)])  # doctest: +SKIP
         0.0
     """
-    cells = list(getattr(circuit, "cells", circuit)) if not isinstance(circuit, str) else None
-    if cells is None:
-        raise SettingsError(f"circuit must be a pw.Circuit or a list of pw.Cell nodes, got {circuit!r}")
+    cells = circuit_cells(circuit)
     runs = circuit_runs(
         model,
         clean,

@@ -83,7 +83,7 @@ def rows_per_batch(
             f"{fixed / 2**20:.2f} MB and each row of patched copies about {per_row / 2**20:.2f} MB more "
             f"({n_pos} tokens); raise the budget or use fewer prompt pairs or tokens"
         )
-    return max(1, min(batch_size, (budget - fixed) // per_row))
+    return int(max(1, min(batch_size, (budget - fixed) // per_row)))  # a budget may be a float
 
 
 def attribution_row_bytes(info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int, site_width: int) -> int:
@@ -106,4 +106,4 @@ def attribution_rows(
             f"needs about {per_row / 2**20:.2f} MB for one prompt pair ({n_pos} tokens) and cannot be split "
             "further; raise the budget, use fewer tokens, or use method='exact'"
         )
-    return max(1, min(batch_size, budget // per_row))
+    return int(max(1, min(batch_size, budget // per_row)))

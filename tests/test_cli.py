@@ -90,7 +90,7 @@ def test_demo_table_png_and_html(tmp_path, capsys):
     direct = pw.patch(pw.load_model(), *FACT[1::2][:2], answer="Paris", wrong="Tokyo", metric="logit_diff_norm")
     assert panel["id"] == "resid_pre" and panel["cols"] == [f"{t} ({i})" for i, t in enumerate(direct.tokens)]
     assert_close(np.array(panel["values"], dtype=float), direct.values, 1e-5)
-    assert state["breadcrumb"] == [{"label": "resid_pre"}] and data["controls"]["site"] == "resid_pre"
+    assert state["crumb"] == {"label": "resid_pre"} and data["controls"]["site"] == "resid_pre"
 
 
 def test_help_has_examples():

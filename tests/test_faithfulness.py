@@ -275,7 +275,7 @@ def test_the_diagram_draws_every_node_and_fills_the_circuits(demo):
         (dict(circuit=[pw.Cell("head_out", 0)]), "head_out nodes name a head"),
         (dict(circuit=[pw.Cell("embed", 2)]), "'embed' node has no layer"),
         (dict(circuit=[pw.Cell("embed", pos="S2")]), "span label, which needs prompts made from a template"),
-        (dict(circuit="embed"), "a pw.Circuit or a list"),
+        (dict(circuit="embed"), "a pw.Circuit, a list of pw.Cell nodes or one"),
         (dict(circuit=[], ablation="zero"), "ablation"),
         (dict(circuit=[], batch_size=0), "batch_size"),
     ],

@@ -360,3 +360,109 @@ def test_cells_with_numpy_indices_save_load_and_equal_plain_ones(demo, tmp_path)
     assert all(type(c.layer) is int for c in circuit.cells) and type(circuit.cells[1].pos) is int
     loaded = pw.Circuit.load(circuit.save(tmp_path / "c.json"))
     assert loaded.cells == circuit.cells and loaded.faithfulness == 0.5
+
+
+# --- issue 37: progress, budgets, circuits and files as users give them ---------------------------------
+
+NODES = [pw.Cell("embed"), pw.Cell("head_out", 3, head=1), *[pw.Cell("mlp_out", layer) for layer in range(4)]]
+CALLS = {  # every entry point that takes progress= and memory_budget=
+    "patch": lambda m, **kw: pw.patch(m, **TEXTS, site="mlp_out", **kw),
+    "patch_sites": lambda m, **kw: pw.patch_sites(m, **TEXTS, cells=[pw.Cell("mlp_out", 1)], **kw),
+    "path_patch": lambda m, **kw: pw.path_patch(m, **TEXTS, receivers="logits", **kw),
+    "faithfulness": lambda m, **kw: pw.faithfulness(m, **TEXTS, circuit=NODES, **kw),
+    "find_circuit": lambda m, **kw: pw.find_circuit(m, **TEXTS, **kw),
+    "find_bottleneck": lambda m, **kw: pw.find_bottleneck(m, **TEXTS, **kw),
+    "Circuit.evaluate": lambda m, **kw: pw.Circuit(NODES[1:2]).evaluate(m, **TEXTS, **kw),
+}
+
+
+@pytest.mark.parametrize("name", CALLS)
+@pytest.mark.parametrize("progress", [1, "tqdm", object()])
+def test_a_progress_that_is_not_callable_is_refused_before_compute(no_forward, name, progress):
+    with pytest.raises(pw.SettingsError, match=r"progress must be .*True.*callable"):
+        CALLS[name](no_forward, progress=progress)
+
+
+@pytest.mark.parametrize("name", ["patch", "faithfulness"])
+def test_progress_true_draws_a_bar(demo, name, capsys):
+    CALLS[name](demo, progress=True)
+    err = capsys.readouterr().err
+    assert re.search(r"100%\|.*\| (\d+)/\1 ", err), err[-300:]
+
+
+@pytest.mark.parametrize("name", ["patch", "patch_sites", "faithfulness"])
+@pytest.mark.parametrize("budget", [3e6, 2.5 * 2**20])
+def test_a_memory_budget_may_be_a_float(demo, name, budget):
+    got, want = CALLS[name](demo, memory_budget=budget), CALLS[name](demo, memory_budget=int(budget))
+    if name == "faithfulness":
+        assert got == want
+    else:
+        values = (lambda r: r.per_pair_joint) if name == "patch_sites" else (lambda r: r.per_pair)
+        assert_close(values(got), values(want), 1e-6)
+
+
+@pytest.mark.parametrize("circuit", [None, 3, "head_out L3 H1", {"embed": 1}])
+def test_a_circuit_of_another_kind_is_refused_naming_the_forms(no_forward, circuit):
+    with pytest.raises(pw.SettingsError, match=r"circuit must be a pw\.Circuit, a list of pw\.Cell nodes or one"):
+        pw.faithfulness(no_forward, **TEXTS, circuit=circuit)
+
+
+def test_a_single_cell_is_a_one_node_circuit(demo):
+    one = pw.Cell("head_out", 3, head=1)
+    assert pw.faithfulness(demo, **TEXTS, circuit=one) == pw.faithfulness(demo, **TEXTS, circuit=[one])
+
+
+def test_a_folder_that_takes_no_new_file_names_the_users_path(tmp_path, monkeypatch):
+    import tempfile
+
+    path = tmp_path / "grid.json"
+    _result().save(path)
+    before = path.read_bytes()
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".grid.json.x1y2.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(pw.ResultFileError, match=re.escape(f"cannot write to {str(path)!r}: Permission denied")):
+        _result().save(path)
+    assert path.read_bytes() == before
+
+
+def test_saved_files_take_the_umask_and_a_replaced_file_keeps_its_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        fresh = _result().save(tmp_path / "fresh.json")
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.json"
+        kept.write_text("{}")
+        kept.chmod(0o640)
+        _result().save(kept)
+        assert kept.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_a_version_1_circuit_keeps_no_mib_keys_in_its_restore_curve(tmp_path):
+    old = {
+        "format": "patchwidget.Circuit",
+        "version": 1,
+        "cells": [{"site": "head_out", "layer": 3, "head": 1}],
+        "faithfulness": 0.95,
+        "curve": {"percent": [50, 100], "size": [0, 1], "faithfulness": [0.0, 0.95], "cpr": 0.5, "cmd": 0.3},
+    }
+    (tmp_path / "v1.json").write_text(json.dumps(old))
+    loaded = pw.Circuit.load(tmp_path / "v1.json")
+    again = pw.Circuit.load(loaded.save(tmp_path / "v2.json"))
+    for curve in (loaded.curve, again.curve):
+        assert curve["kind"] == "restore" and curve["restore"] == [0.0, 0.95] and curve["area"] == 0.5
+        assert not {"faithfulness", "cpr", "cmd"} & set(curve), curve
+
+
+def test_faithfulness_on_takes_the_circuits_own_ablation_and_metric(demo):
+    found = pw.find_circuit(demo, **TEXTS, ablation="mean", metric="logit_diff_norm", target=0.9)
+    held = demo_data.as_prompts(demo_data.ioi_pairs(4, seed=21))
+    same = pw.faithfulness(demo, **held, circuit=found, ablation="mean", metric="logit_diff_norm")
+    assert found.faithfulness_on(demo, **held) == same
+    assert found.faithfulness_on(demo, **held, ablation="patch") == pw.faithfulness(
+        demo, **held, circuit=found, ablation="patch", metric="logit_diff_norm"
+    )

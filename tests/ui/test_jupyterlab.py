@@ -36,7 +36,16 @@ PROBE = (
 
 
 # The workshop's save step (README, "Keep what you found"): the page written from a cell.
-SAVE = "p = w.save_html('saved.html'); print('SAVED', p.name, p.stat().st_size // 1024, 'KiB')"
+SAVE = "p = w.save_html('saved.html'); print('SAVED', p.name, oct(p.stat().st_mode & 0o777))"
+
+
+def umask_mode() -> str:
+    """The mode a new file gets here (the kernel inherits this process's umask), as ``oct`` prints it."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    return oct(0o666 & ~umask)
 
 
 def choose_drill_down() -> tuple[int, int, list[list[float]]]:
@@ -254,7 +263,8 @@ def test_drill_down_and_back(lab_server, page, ui_output):
         # page, opened from the disk, follows the saved path: circuit, L3 H1, what feeds it, direct, L3 H1.
         run_cell(page, 2)
         saved = page.locator(".jp-Notebook .jp-CodeCell").nth(2).locator(".jp-OutputArea-output")
-        expect(saved).to_contain_text("SAVED saved.html", timeout=ACTION_TIMEOUT)
+        # A new file gets the umask's mode (0o600 before), so a page copied to a shared folder stays readable.
+        expect(saved).to_have_text(f"SAVED saved.html {umask_mode()}", timeout=ACTION_TIMEOUT)
         follow_saved_page(page, lab_server.root / "saved.html")
     except BaseException:
         try:
