@@ -8,7 +8,7 @@ the activations. Two workloads:
 - attribution: four 128-token prompt pairs, head_out at every layer and position.
 
 Each runs without a budget, without a budget and without the CPU's cap on positions per
-pass (``plan.CPU_PASS_POSITIONS``, ``Speedups.max_positions``; a GPU has none, so this is what a GPU would batch),
+pass (``batches.CPU_PASS_POSITIONS``, ``Speedups.max_positions``; a GPU has none, so this is what a GPU would batch),
 and with the budget. Each row runs once after a warm-up call of the same workload (so
 one-time allocations do not count) and reports the largest rise of the C heap while it
 ran, sampled every 2 ms, as in bench_resid_pre.py.
@@ -27,7 +27,7 @@ from bench_resid_pre import PeakMemory
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 import patchwidget as pw
-from patchwidget import plan
+from patchwidget.core import batches
 
 WORDS = ["apple", "river", "stone", "cloud", "window", "table", "orange", "forest"]
 
@@ -60,7 +60,7 @@ def main() -> None:
         pw.patch(model, **kwargs)  # warm-up
         results = []
         for limit, shown in ((None, "none"), ("uncapped", "none, no CPU cap"), (budget, f"{args.budget_mb:.0f} MB")):
-            speedups = plan.Speedups(max_positions=None) if limit == "uncapped" else None
+            speedups = batches.Speedups(max_positions=None) if limit == "uncapped" else None
             with PeakMemory() as mem:
                 start = time.perf_counter()
                 budgeted = None if limit == "uncapped" else limit

@@ -5,10 +5,10 @@ The GPT-2-small-shaped model of ``bench_resid_pre.py`` (12 layers, d_model 768,
 differing (with ``--long``, also one token of 240, the last four layers). It prints
 each plan's block work on the every-token grid (rows x positions x layers, against the
 least possible: every copy from its own first position and lowest layer), then times
-five settings, each adding one piece: position bands (``plan.BAND_WIDTHS``), the last
+five settings, each adding one piece: position bands (``batches.BAND_WIDTHS``), the last
 block's MLP run at the last position only (``Speedups.trim_last_mlp``), short copies of
 a pair packed end to end into shared rows (``Speedups.pack``), and passes capped at
-``plan.CPU_PASS_POSITIONS`` positions (``Speedups.max_positions``), each switched through
+``batches.CPU_PASS_POSITIONS`` positions (``Speedups.max_positions``), each switched through
 the ``speedups`` argument of ``patch``. Only the patched passes are timed (the clean and
 corrupted runs are made once, through ``runs_cache``). Each setting runs ``--repeats``
 times, the settings alternating so that all see the same machine; the table gives the
@@ -32,7 +32,7 @@ from bench_resid_pre import ANSWER, WRONG, build, prompts
 from bench_scaling import prompt_pair
 
 import patchwidget as pw
-from patchwidget import plan
+from patchwidget.core import batches
 
 warnings.filterwarnings("ignore")
 
@@ -53,32 +53,32 @@ def main() -> None:
     model = pw.load_model(hf, tokenizer=tokenizer)
     text = lambda ids: " ".join(f"t{i}" for i in ids)
     kw = dict(answer=f"t{ANSWER}", wrong=f"t{WRONG}", metric="logit_diff")
-    bands = plan.BAND_WIDTHS
+    bands = batches.BAND_WIDTHS
     costs = [(p, layer) for layer in range(12) for p in range(15)]  # every token differs: (first position, layer)
     least = sum((15 - p) * (12 - layer) for p, layer in costs)
     for name, widths in (("position and layer orders", ()), ("also position bands", bands)):
-        plan.BAND_WIDTHS = widths
-        batches = plan.plan_batches(costs, 64, 15, 12, list(range(len(costs))))
-        done = work(batches, costs, 15, 12)
-        print(f"every token differing, {name}: {len(batches)} passes, work {done} = {done / least:.2f} x the least")
-    plan.BAND_WIDTHS = bands
+        batches.BAND_WIDTHS = widths
+        groups = batches.plan_batches(costs, 64, 15, 12, list(range(len(costs))))
+        done = work(groups, costs, 15, 12)
+        print(f"every token differing, {name}: {len(groups)} passes, work {done} = {done / least:.2f} x the least")
+    batches.BAND_WIDTHS = bands
     ids = list(range(len(costs)))
-    rows = plan.pack_rows(ids, [0] * len(ids), [p for p, _ in costs], [15] * len(ids), [c[1] for c in costs], 15)
+    rows = batches.pack_rows(ids, [0] * len(ids), [p for p, _ in costs], [15] * len(ids), [c[1] for c in costs], 15)
     row_costs = [(row.position(15), row.lowest) for row in rows]
-    batches = plan.plan_batches(row_costs, 64, 15, 12, list(range(len(rows))))
-    done = work(batches, row_costs, 15, 12)
+    groups = batches.plan_batches(row_costs, 64, 15, 12, list(range(len(rows))))
+    done = work(groups, row_costs, 15, 12)
     print(
-        f"every token differing, packed rows: {len(rows)} rows in {len(batches)} passes, work {done} = "
+        f"every token differing, packed rows: {len(rows)} rows in {len(groups)} passes, work {done} = "
         f"{done / least:.2f} x the least"
     )
-    cap = plan.CPU_PASS_POSITIONS
+    cap = batches.CPU_PASS_POSITIONS
     off = dict(trim_last_mlp=False, pack=False, max_positions=None)
     settings = {
-        "position and layer orders": ((), plan.Speedups(**off)),
-        "also position bands": (bands, plan.Speedups(**off)),
-        "bands, last MLP at the last position": (bands, plan.Speedups(pack=False, max_positions=None)),
-        "bands, trimmed MLP, packed rows": (bands, plan.Speedups(max_positions=None)),
-        f"all, passes capped at {cap} positions": (bands, plan.Speedups()),
+        "position and layer orders": ((), batches.Speedups(**off)),
+        "also position bands": (bands, batches.Speedups(**off)),
+        "bands, last MLP at the last position": (bands, batches.Speedups(pack=False, max_positions=None)),
+        "bands, trimmed MLP, packed rows": (bands, batches.Speedups(max_positions=None)),
+        f"all, passes capped at {cap} positions": (bands, batches.Speedups()),
     }
     print(f"\nGPT-2-small shape, resid_pre grid; CPU, {torch.get_num_threads()} torch threads\n")
     print("| tokens | differing | plan | best (s) | median (s) |")
@@ -97,11 +97,11 @@ def main() -> None:
         grids = {}
         for _ in range(args.repeats):
             for name, (widths, speedups) in settings.items():
-                plan.BAND_WIDTHS = widths  # the planner's own table of orders, not a request's speed-up
+                batches.BAND_WIDTHS = widths  # the planner's own table of orders, not a request's speed-up
                 start = time.perf_counter()
                 grids[name] = run(speedups)
                 times[name].append(time.perf_counter() - start)
-        plan.BAND_WIDTHS = bands
+        batches.BAND_WIDTHS = bands
         for grid in grids.values():
             np.testing.assert_allclose(grid, grids["position and layer orders"], atol=1e-5)
         for name, ts in times.items():

@@ -8,11 +8,18 @@ Example:
     >>> fig = result.plot()
 """
 
-from . import demo_data
-from .circuit import Circuit
-from .circuit_search import find_circuit
-from .circuits import JointResult, patch_sites
-from .engine import DIRECTIONS, METHODS, patch
+from .circuits.circuit import Circuit
+from .circuits.faithfulness import ABLATIONS, faithfulness, faithfulness_nodes
+from .circuits.joint import JointResult, patch_sites
+from .core.batches import Speedups
+from .core.cells import Cell
+from .core.engine import DIRECTIONS, METHODS, attention_pattern
+from .core.metrics import METRICS
+from .core.sites import SITES, Arch, register_architecture
+from .data import demo_data
+from .data.models import DEMO_MODEL_DIR, load_model
+from .data.prompts import Noise, noise
+from .data.templates import Prompt, Template
 from .errors import (
     MemoryBudgetError,
     MessageError,
@@ -28,17 +35,12 @@ from .errors import (
     UnknownSiteError,
     UnsupportedModelError,
 )
-from .faithful import ABLATIONS, faithfulness, faithfulness_nodes
-from .grid import Cell
-from .metrics import METRICS
-from .models import DEMO_MODEL_DIR, load_model
-from .path import path_patch
-from .prompts import Noise, noise
-from .result import PatchResult
-from .search import find_bottleneck
-from .sites import SITES, Arch, register_architecture
-from .templates import Prompt, Template
-from .widget import PatchWidget, explore
+from .grids.patch import patch
+from .grids.path import path_patch
+from .grids.result import PatchResult
+from .search.bottleneck import find_bottleneck
+from .search.nodes import find_circuit
+from .ui.widget import PatchWidget, explore
 
 # The public names, sorted: classes and constants, then functions and modules.
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "METHODS",
     "METRICS",
     "SITES",
+    "Speedups",
     "Arch",
     "Cell",
     "Circuit",
@@ -70,6 +73,7 @@ __all__ = [
     "UnknownMetricError",
     "UnknownSiteError",
     "UnsupportedModelError",
+    "attention_pattern",
     "demo_data",
     "explore",
     "faithfulness",

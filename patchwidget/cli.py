@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .result import PatchResult
+    from .grids.result import PatchResult
 
 EXAMPLES = """examples:
   patchwidget run                                   # the bundled model's IOI example, printed as a table
@@ -40,9 +40,9 @@ OUTPUTS = (".png", ".svg", ".pdf", ".json", ".npz", ".html")
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``patchwidget`` command."""
-    from .engine import DIRECTIONS
-    from .metrics import METRICS
-    from .sites import SITES
+    from .core.engine import DIRECTIONS
+    from .core.metrics import METRICS
+    from .core.sites import SITES
 
     parser = argparse.ArgumentParser(
         prog="patchwidget",
@@ -102,8 +102,8 @@ def _int_list(text: str) -> list[int]:
 
 def _fill(parser: argparse.ArgumentParser, template: str, clean: str, corrupt: str) -> dict:
     """The clean and corrupted prompts from ``--template`` and slot values ``NAME=value,NAME=value``."""
+    from .data.templates import Template
     from .errors import PatchwidgetError
-    from .templates import Template
 
     prompts = {}
     try:
@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
             parser.error(str(err).replace("\n", " "))
     if args.out is not None and args.out.suffix == ".html":
-        from .levels import TOP_SITES
-        from .widget import PatchWidget
+        from .ui.levels import TOP_SITES
+        from .ui.widget import PatchWidget
 
         if args.site not in TOP_SITES or by_position is not None or args.layers is not None:
             parser.error(

@@ -8,13 +8,23 @@ Example:
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from matplotlib.figure import Figure
 
-if TYPE_CHECKING:  # plot draws results; result imports plot only when asked to draw
-    from .result import PatchResult
+
+class PatchResult(Protocol):
+    """What plot reads of a result (``grids.result.PatchResult`` is one): plot sits on the ground floor,
+    below the results it draws, so it names the shape it needs instead of importing the class."""
+
+    dims: tuple[str, ...]
+    settings: dict[str, Any]
+
+    @property
+    def values(self) -> np.ndarray: ...
+
+    def labels(self, dim: str) -> list[str]: ...
 
 
 def grid_2d(result: PatchResult) -> tuple[np.ndarray, list[str], list[str]]:

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 
 import patchwidget as pw
 from patchwidget import demo_data
-from patchwidget.engine import attention_pattern
+from patchwidget.core.engine import attention_pattern
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "induction.png"
 

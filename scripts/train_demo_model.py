@@ -2,7 +2,7 @@
 
 Seeded and reproducible; about a few minutes on 2 CPU cores. Writes
 ``config.json``, ``model.safetensors``, ``tokenizer.json`` (and the small
-tokenizer config files transformers reads) into ``patchwidget/demo_model/``.
+tokenizer config files transformers reads) into ``patchwidget/data/demo_model/``.
 
     python scripts/train_demo_model.py            # train and write the files
     python scripts/train_demo_model.py --check    # also print held-out accuracy, head scores and head grids
@@ -23,7 +23,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from patchwidget import demo_data
 
-OUT = Path(__file__).resolve().parent.parent / "patchwidget" / "demo_model"
+OUT = Path(__file__).resolve().parent.parent / "patchwidget" / "data" / "demo_model"
 EOS, UNK = demo_data.SPECIAL_TOKENS
 STEPS, BATCH_SIZE, SEED = 3000, 64, 0  # the bundled model's run (tests replay its data stream)
 # A group-lasso penalty on each head's weights, switched on once the tasks are
@@ -171,7 +171,7 @@ def head_scores(model: Any, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     the token after its first occurrence, on 20 held-out repeated sequences. ``model`` is a loaded
     patchwidget model; ``seed`` draws the texts and sequences.
     """
-    from patchwidget.engine import attention_pattern
+    from patchwidget.core.engine import attention_pattern
 
     rng = random.Random(seed)
     texts = [" ".join(rng.sample(demo_data.INDUCTION_WORDS, 30)) for _ in range(20)]

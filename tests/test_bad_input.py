@@ -84,7 +84,7 @@ def test_unknown_architecture_names_what_is_missing():
 
 
 def test_a_site_map_naming_missing_modules_lists_them(demo, monkeypatch):
-    from patchwidget import sites
+    from patchwidget.core import sites
 
     wrong = sites.Arch(**{**sites.ARCHITECTURES["gpt2"].__dict__, "mlp_proj_out": "mlp.down", "final_norm": "ln"})
     monkeypatch.setitem(sites.ARCHITECTURES, "gpt2", wrong)
@@ -96,7 +96,7 @@ def test_a_site_map_naming_missing_modules_lists_them(demo, monkeypatch):
 
 
 def test_register_architecture_makes_a_new_model_type_work(demo, monkeypatch):
-    from patchwidget import sites
+    from patchwidget.core import sites
 
     monkeypatch.setattr(demo.config, "model_type", "my_gpt")
     with pytest.raises(pw.UnsupportedModelError, match="'my_gpt' is not supported"):

@@ -55,7 +55,7 @@ def test_deterministic_and_both_methods(demo, found):
 
 def test_a_target_it_cannot_reach_gives_the_best_set_and_says_so(demo, monkeypatch):
     """The bundled model reaches any target, so every joint restore is halved here: no set can reach 0.8."""
-    from patchwidget import search
+    from patchwidget.search import bottleneck as search
 
     real = search._smallest_reaching
     monkeypatch.setattr(

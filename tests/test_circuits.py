@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import patchwidget as pw
-from patchwidget import demo_data, plan
+from patchwidget import demo_data
+from patchwidget.core import batches
 
 from .close import near
 from .reference import Sizes, capture, site_hooks
@@ -48,8 +49,8 @@ def reference_joint(hf, source, target, cells, a, w):
 def test_joint_and_single_effects_match_reference(demo, direction, batch_size, monkeypatch):
     pairs = demo_data.ioi_pairs(2, seed=9)
     seen, passes = [], []
-    original = plan.layout
-    monkeypatch.setattr(plan, "layout", lambda rows, n_pos: passes.append((rows, n_pos)) or original(rows, n_pos))
+    original = batches.layout
+    monkeypatch.setattr(batches, "layout", lambda rows, n_pos: passes.append((rows, n_pos)) or original(rows, n_pos))
     r = pw.patch_sites(
         demo,
         [p.clean for p in pairs],

@@ -12,7 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import patchwidget as pw
 from patchwidget import demo_data
-from patchwidget.engine import attention_pattern
+from patchwidget.core.engine import attention_pattern
 
 TEXTS = demo_data.as_prompts(demo_data.ioi_pairs(2, seed=3))
 CELLS = [pw.Cell("head_out", 1, head=0), pw.Cell("mlp_out", 0, pos=-1)]

@@ -11,7 +11,7 @@ import torch
 
 import patchwidget as pw
 from patchwidget import demo_data
-from patchwidget import faithful as F
+from patchwidget.circuits import faithfulness as F
 
 from .close import assert_close, near
 from .reference import reference_areas, reference_faithfulness

@@ -16,7 +16,7 @@ import torch
 
 import patchwidget as pw
 from patchwidget import demo_data
-from patchwidget.result import PatchResult
+from patchwidget.grids.result import PatchResult
 
 from .close import assert_close
 
@@ -253,7 +253,7 @@ HOSTILE = ["<!--<script>", "</script><b>x", "__BUNDLE__", "__CSS__", "&amp;", "\
 
 
 def test_hostile_tokens_cannot_change_the_offline_page(demo, tmp_path):
-    from patchwidget.export import script_json, standalone_html
+    from patchwidget.ui.export import script_json, standalone_html
 
     data = {"start": 0, "states": [{"view": {"title": t}} for t in HOSTILE], "edges": {}, "vmax": None}
     page = standalone_html(data, title="<b>IOI</b> __DATA__")

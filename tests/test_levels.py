@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from patchwidget.grid import Cell
-from patchwidget.levels import LEVELS, N_TOP_NEURONS, Level, View
-from patchwidget.session import Session, Settings
+from patchwidget.core.cells import Cell
+from patchwidget.ui.levels import LEVELS, N_TOP_NEURONS, Level, View
+from patchwidget.ui.session import Session, Settings
 
 from .close import assert_close
 from .test_widget import PAIRS, TEXTS
@@ -77,7 +77,7 @@ def test_the_cell_under_a_click_comes_from_indices_not_labels(session):
 
 
 def _patcher(session):
-    from patchwidget.session import _Patcher
+    from patchwidget.ui.session import _Patcher
 
     return _Patcher(session, Settings(), lambda done, total: None)
 

@@ -21,7 +21,8 @@ from transformers import (
 )
 
 import patchwidget as pw
-from patchwidget import demo_data, engine, sites
+from patchwidget import demo_data
+from patchwidget.core import engine, sites
 
 from .close import assert_close
 from .test_engine_reference import reference_values

@@ -12,7 +12,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import patchwidget as pw
-from patchwidget import plan
+from patchwidget.core import batches
 
 from .close import assert_close, near
 
@@ -92,7 +92,7 @@ def test_512_token_prompt_stays_under_the_budget(gpt2_small, monkeypatch):
     # small too; without the cap (as on a GPU) only the budget bounds a pass.
     clean, corrupt = word_prompts(512, 1)
     # 64 positions: their copies fill about 4 rows of 512 per layer, even packed end to end
-    uncapped = plan.Speedups(max_positions=None)
+    uncapped = batches.Speedups(max_positions=None)
     kw = dict(answer="Mary", wrong="John", layers=[6, 11], positions=list(range(448, 512)), speedups=uncapped)
     result = check_budget_bounds(
         lambda budget: pw.patch(gpt2_small, clean, corrupt, memory_budget=budget, **kw), 450 * 2**20
@@ -114,8 +114,8 @@ def test_budget_too_small_fails_before_compute(demo, monkeypatch):
 
 
 def test_budget_sets_rows_per_batch(demo):
-    from patchwidget import memory
-    from patchwidget.sites import model_info
+    from patchwidget.core import memory
+    from patchwidget.core.sites import model_info
 
     info = model_info(demo)
     per_row = memory.patched_row_bytes(info, 14, 155, 4)
@@ -145,8 +145,8 @@ def test_attribution_budget_too_small_for_one_pair_fails_before_compute(demo, mo
 
 
 def test_joint_patching_keeps_to_the_budget(demo):
-    from patchwidget import memory
-    from patchwidget.sites import model_info
+    from patchwidget.core import memory
+    from patchwidget.core.sites import model_info
 
     p = pw.demo_data.ioi_pairs(1, seed=4)[0]
     cells = [pw.Cell("head_out", 0, head=3), pw.Cell("mlp_out", 2, pos=13), pw.Cell("resid_pre", 3, pos=-1)]

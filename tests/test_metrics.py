@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import patchwidget as pw
-from patchwidget import metrics as M
+from patchwidget.core import metrics as M
 
 LOGITS = torch.tensor([[2.0, 0.5, 0.0], [0.0, 1.0, 3.0]])
 ANSWER, WRONG = torch.tensor([0, 2]), torch.tensor([1, 1])

@@ -151,7 +151,7 @@ def test_ioi_claims(demo, one_thread):
 
     import patchwidget as pw
     from patchwidget import demo_data
-    from patchwidget.engine import attention_pattern
+    from patchwidget.core.engine import attention_pattern
 
     pairs = demo_data.ioi_pairs(8)
     kw = _pairs(pairs)
@@ -333,7 +333,7 @@ def test_induction_claims(demo, one_thread):
 
     import patchwidget as pw
     from patchwidget import demo_data
-    from patchwidget.engine import attention_pattern
+    from patchwidget.core.engine import attention_pattern
 
     # Section 1: every held-out shape is predicted (almost) perfectly over the whole second copy.
     hits = {}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from patchwidget import passes, plan
-from patchwidget.grid import Write
+from patchwidget.core import batches, passes
+from patchwidget.core.cells import Write
 
 N_POS, N_LAYERS, D = 6, 2, 8
 
@@ -33,7 +33,7 @@ def _plan(copies, tables, speedups, reuse=True, batch_size=64, reads=()):
 
 def test_copies_before_the_first_change_are_no_ops_and_the_rest_start_where_they_change():
     copies = _grid()
-    planned = _plan(copies, _tables(changed_from=2), plan.Speedups(pack=False))
+    planned = _plan(copies, _tables(changed_from=2), batches.Speedups(pack=False))
     # positions 0 and 1 copy the target's own value at both layers: no-ops, never run
     assert sorted(planned.noop) == [0, 1, 6, 7]
     ran = sorted(i for p in planned.passes for i in p.copies)
@@ -52,47 +52,50 @@ def test_copies_before_the_first_change_are_no_ops_and_the_rest_start_where_they
 
 
 def test_without_reuse_every_copy_runs_from_position_0():
-    planned = _plan(_grid(), _tables(changed_from=2), plan.Speedups(pack=False), reuse=False)
+    planned = _plan(_grid(), _tables(changed_from=2), batches.Speedups(pack=False), reuse=False)
     assert all(p.cache_end == 0 and p.lay.start == 0 for p in planned.passes)
     assert sorted(planned.noop) == [0, 1, 6, 7]  # no-ops are still skipped
 
 
 def test_packing_puts_short_copies_of_a_pair_end_to_end_under_a_mask():
     copies = _grid(layers=[1])
-    planned = _plan(copies, _tables(changed_from=0), plan.Speedups())
+    planned = _plan(copies, _tables(changed_from=0), batches.Speedups())
     packed = [p for p in planned.passes if p.mask is not None]
     assert packed, "an every-token grid of one layer packs"
     for p in packed:
         assert p.mask.shape == (len(p.lay.pairs), 1, p.lay.positions.shape[1], p.cache_end + p.lay.positions.shape[1])
         assert p.last is not None and not p.trim_last_mlp  # several copies a row: their last tokens are read
-    unpacked = _plan(copies, _tables(changed_from=0), plan.Speedups(pack=False))
+    unpacked = _plan(copies, _tables(changed_from=0), batches.Speedups(pack=False))
     assert all(p.mask is None for p in unpacked.passes)
 
 
 def test_batch_size_bounds_rows_and_the_last_mlp_is_trimmed_only_where_nothing_after_it_is_read():
     copies = _grid(layers=[0])
-    planned = _plan(copies, _tables(changed_from=0), plan.Speedups(pack=False), batch_size=2)
+    planned = _plan(copies, _tables(changed_from=0), batches.Speedups(pack=False), batch_size=2)
     assert all(len(p.lay.pairs) <= 2 for p in planned.passes)
     assert all(p.trim_last_mlp for p in planned.passes)
-    reading = _plan(copies, _tables(changed_from=0), plan.Speedups(pack=False), reads=[(N_LAYERS - 1, "resid_post")])
+    reading = _plan(copies, _tables(changed_from=0), batches.Speedups(pack=False), reads=[(N_LAYERS - 1, "resid_post")])
     assert not any(p.trim_last_mlp for p in reading.passes)
     assert all(p.steps[-1] == ((N_LAYERS - 1, "resid_post"), "read") for p in reading.passes)
-    off = _plan(copies, _tables(changed_from=0), plan.Speedups(pack=False, trim_last_mlp=False))
+    off = _plan(copies, _tables(changed_from=0), batches.Speedups(pack=False, trim_last_mlp=False))
     assert not any(p.trim_last_mlp for p in off.passes)
 
 
 def test_choose_keeps_only_the_speed_ups_that_apply():
-    every = plan.Speedups()
-    local = plan.choose(every, remote=False, on_cpu=True, packable=True, columns_metric=True, sites={"resid_pre"})
+    every = batches.Speedups()
+    local = batches.choose(every, remote=False, on_cpu=True, packable=True, columns_metric=True, sites={"resid_pre"})
     assert local == every
-    gpu = plan.choose(every, remote=False, on_cpu=False, packable=True, columns_metric=True, sites={"resid_pre"})
+    gpu = batches.choose(every, remote=False, on_cpu=False, packable=True, columns_metric=True, sites={"resid_pre"})
     assert gpu.max_positions is None
-    pattern = plan.choose(every, remote=False, on_cpu=True, packable=True, columns_metric=False, sites={"attn_pattern"})
+    pattern = batches.choose(
+        every, remote=False, on_cpu=True, packable=True, columns_metric=False, sites={"attn_pattern"}
+    )
     assert not pattern.reuse_prefix and not pattern.pack and not pattern.two_columns
-    sliding = plan.choose(every, remote=False, on_cpu=True, packable=False, columns_metric=True, sites=set())
+    sliding = batches.choose(every, remote=False, on_cpu=True, packable=False, columns_metric=True, sites=set())
     assert not sliding.pack and sliding.reuse_prefix
-    server = plan.choose(every, remote=True, on_cpu=True, packable=True, columns_metric=True, sites=set())
-    assert server.pass_overhead == plan.REMOTE_PASS_OVERHEAD and not server.reuse_prefix
+    server = batches.choose(every, remote=True, on_cpu=True, packable=True, columns_metric=True, sites=set())
+    assert server.pass_overhead == batches.REMOTE_PASS_OVERHEAD and not server.reuse_prefix
     assert (
-        plan.choose(plan.NONE, remote=False, on_cpu=True, packable=True, columns_metric=True, sites=set()) == plan.NONE
+        batches.choose(batches.NONE, remote=False, on_cpu=True, packable=True, columns_metric=True, sites=set())
+        == batches.NONE
     )

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import patchwidget as pw
-from patchwidget import demo_data, engine, plan, runs, sites
+from patchwidget import demo_data
+from patchwidget.core import batches, engine, runs, sites
 
 from .close import assert_close
 from .test_engine_reference import MODELS
@@ -32,8 +33,8 @@ def spy(monkeypatch, module, name, record):
 
 
 def on_and_off(flag, run):
-    """``run(speedups)`` with every exact speed-up, then with ``flag`` (a field of ``plan.Speedups``) off."""
-    return run(plan.Speedups()), run(replace(plan.Speedups(), **{flag: False}))
+    """``run(speedups)`` with every exact speed-up, then with ``flag`` (a field of ``batches.Speedups``) off."""
+    return run(batches.Speedups()), run(replace(batches.Speedups(), **{flag: False}))
 
 
 @pytest.fixture
@@ -156,7 +157,7 @@ def test_pack_rows_fills_rows_of_one_pair_and_layer_within_capacity():
     firsts = [i % 15 for i in ids]
     lowest = [(i // 15) % 3 for i in ids]
     ends = [n_pos - pair for pair in pairs]  # the second pair's prompt is one token shorter
-    rows = plan.pack_rows(ids, pairs, firsts, ends, lowest, n_pos)
+    rows = batches.pack_rows(ids, pairs, firsts, ends, lowest, n_pos)
     segments = [segment for row in rows for segment in row.segments]
     assert sorted(copy for copy, _, _ in segments) == ids
     for row in rows:
@@ -165,7 +166,7 @@ def test_pack_rows_fills_rows_of_one_pair_and_layer_within_capacity():
     # The first pair's 15 copies per layer have lengths 15..1 (120 positions): 8 full rows, no waste.
     first_pair = [row for row in rows if row.pair == 0]
     assert len(first_pair) == 3 * 8 and all(row.width == n_pos for row in first_pair)
-    assert len(plan.pack_rows(ids, pairs, firsts, ends, lowest, 0)) == len(ids)
+    assert len(batches.pack_rows(ids, pairs, firsts, ends, lowest, 0)) == len(ids)
 
 
 def test_plan_rows_packs_where_it_saves_work_and_caps_passes():
@@ -173,29 +174,29 @@ def test_plan_rows_packs_where_it_saves_work_and_caps_passes():
     copies start late does not (little waste, and packed rows would attend to twice the keys)."""
     short = [(p, layer) for layer in range(12) for p in range(15)]
     ids = list(range(len(short)))
-    rows, _ = plan.plan_rows(
+    rows, _ = batches.plan_rows(
         ids, [0] * len(ids), [p for p, _ in short], [15] * len(ids), [c[1] for c in short], 15, 12, 768, 64, pack=True
     )
     assert any(len(row.segments) > 1 for row in rows)
     late = list(range(120, 240))
-    rows, batches = plan.plan_rows(
+    rows, groups = batches.plan_rows(
         list(range(120)), [0] * 120, late, [240] * 120, [8] * 120, 240, 12, 768, 64, pack=True, max_positions=512
     )
     assert all(len(row.segments) == 1 for row in rows)
-    for batch in batches:  # within the cap unless one row alone is wider
+    for batch in groups:  # within the cap unless one row alone is wider
         width = 240 - min(rows[i].segments[0][1] for i in batch)
         assert len(batch) == 1 or len(batch) * width <= 512
-    rows, _ = plan.plan_rows(
+    rows, _ = batches.plan_rows(
         ids, [0] * len(ids), [p for p, _ in short], [15] * len(ids), [c[1] for c in short], 15, 12, 768, 64, pack=False
     )
     assert all(len(row.segments) == 1 for row in rows)
 
 
 def test_segment_mask_shows_each_copy_its_cache_and_own_segment():
-    rows = plan.pack_rows([0, 1], [0, 0], [2, 4], [6, 6], [0, 0], capacity=6)
-    copies, lay = plan.layout(rows, n_pos=6)
+    rows = batches.pack_rows([0, 1], [0, 0], [2, 4], [6, 6], [0, 0], capacity=6)
+    copies, lay = batches.layout(rows, n_pos=6)
     assert lay.start is None and lay.cache_end == 4
-    allowed = plan.segment_mask(lay)[0, 0]  # (query, cache + key)
+    allowed = batches.segment_mask(lay)[0, 0]  # (query, cache + key)
     # Row: copy 0 at positions 2..5 (indices 0-3), copy 1 at 4..5 (indices 4-5).
     assert lay.positions[0].tolist() == [2, 3, 4, 5, 4, 5]
     expected = torch.zeros(6, 10, dtype=torch.bool)
@@ -270,12 +271,12 @@ def test_batch_plan_covers_every_copy_once_within_batch_size(monkeypatch):
     costs = sorted((p, layer) for p in range(15) for layer in range(12) for _ in range(3))
     ids = list(range(len(costs)))
     for batch_size in (1, 7, 64, 1000):
-        batches = plan.plan_batches(costs, batch_size, 15, 12, ids)
-        assert sorted(i for b in batches for i in b) == ids
-        assert all(0 < len(b) <= batch_size for b in batches)
+        groups = batches.plan_batches(costs, batch_size, 15, 12, ids)
+        assert sorted(i for b in groups for i in b) == ids
+        assert all(0 < len(b) <= batch_size for b in groups)
     # Least work under the cost model it states: below full batches in the same order, and below
     # every copy run from position 0 in full batches sorted by layer (the engine before prefix reuse).
-    overhead = plan.PASS_OVERHEAD  # per block a pass runs
+    overhead = batches.PASS_OVERHEAD  # per block a pass runs
 
     def work(batches):
         return sum(
@@ -283,7 +284,7 @@ def test_batch_plan_covers_every_copy_once_within_batch_size(monkeypatch):
             for b in batches
         )
 
-    planned = work(plan.plan_batches(costs, 64, 15, 12, ids))
+    planned = work(batches.plan_batches(costs, 64, 15, 12, ids))
     assert planned < work([ids[i : i + 64] for i in range(0, len(ids), 64)])
     by_layer = sorted(ids, key=lambda i: costs[i][1])
     before = sum(
@@ -292,14 +293,14 @@ def test_batch_plan_covers_every_copy_once_within_batch_size(monkeypatch):
     assert planned < 0.9 * before
     # Bands of positions ordered by layer: on a grid where every position changes, below the best
     # split of either plain order (the planner before bands), by more than 5 % (measured: 6 %).
-    monkeypatch.setattr(plan, "BAND_WIDTHS", ())
-    plain = work(plan.plan_batches(costs, 64, 15, 12, ids))
+    monkeypatch.setattr(batches, "BAND_WIDTHS", ())
+    plain = work(batches.plan_batches(costs, 64, 15, 12, ids))
     assert planned < 0.95 * plain
 
 
 def test_runs_without_a_complete_cache_run_copies_from_position_0(demo, monkeypatch):
     """A wrapper that replaced the attention modules leaves no keys: the copies run whole, still exact."""
-    from patchwidget import sites
+    from patchwidget.core import sites
 
     class Layer:
         keys = values = None

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import patchwidget as pw
-from patchwidget.prompts import prepare_prompts, token_strings
+from patchwidget.data.prompts import prepare_prompts
+from patchwidget.data.templates import token_strings
 
 
 def test_a_pair_becomes_token_ids_answers_and_tokens(tokenizer):

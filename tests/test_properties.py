@@ -105,7 +105,7 @@ page_text = st.one_of(
 def test_no_token_changes_the_offline_page(tokens, title):
     import json
 
-    from patchwidget.export import standalone_html
+    from patchwidget.ui.export import standalone_html
 
     data = {"start": 0, "states": [{"breadcrumb": [{"label": t} for t in tokens]}], "edges": {}, "vmax": None}
     page = standalone_html(data, title=title)

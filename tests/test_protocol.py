@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import patchwidget as pw
-from patchwidget import protocol
+from patchwidget.ui import protocol
 
 FIXTURE = Path(__file__).resolve().parent.parent / "js" / "tests" / "fixtures" / "contract.json"
 TRAITS = ("view", "controls", "status", "breadcrumb", "vmax", "selection")

@@ -48,7 +48,7 @@ def test_noise_joint_and_pattern_under_remote_local(demo):
     local, remote = both(lambda **kw: pw.patch_sites(demo, **TEXTS, cells=cells, **kw))
     assert_close(remote.per_pair_singles, local.per_pair_singles, 1e-5)
     assert remote.joint == near(local.joint, 1e-5)
-    from patchwidget.engine import attention_pattern
+    from patchwidget.core.engine import attention_pattern
 
     local, remote = both(lambda **kw: attention_pattern(demo, PAIRS[0].clean, 1, 2, **kw))
     assert_close(remote, local, 1e-6)
@@ -115,7 +115,7 @@ def test_every_site_through_a_remote_server(demo, client, ndif, site, method):
 
 
 def test_joint_patching_and_pattern_through_a_remote_server(demo, client, ndif):
-    from patchwidget.engine import attention_pattern
+    from patchwidget.core.engine import attention_pattern
 
     cells = [pw.Cell("head_out", 0, head=3), pw.Cell("mlp_out", 2, pos=-1)]
     local = pw.patch_sites(demo, **TEXTS, cells=cells)
@@ -165,7 +165,7 @@ def test_widget_progress_shows_the_servers_queue_and_run_status(demo, client, nd
 
 
 def test_cancel_stops_waiting_for_the_server(demo, client, ndif):
-    from patchwidget.session import Level, Session, Settings
+    from patchwidget.ui.session import Level, Session, Settings
 
     results, statuses = [], []
 

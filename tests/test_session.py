@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from patchwidget.session import Level, Session, Settings
+from patchwidget.ui.session import Level, Session, Settings
 
 from .test_widget import TEXTS
 

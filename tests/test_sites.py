@@ -14,7 +14,7 @@ import torch
 
 import patchwidget as pw
 from patchwidget import demo_data
-from patchwidget.sites import attention_weights, hidden_states, output_form
+from patchwidget.core.sites import attention_weights, hidden_states, output_form
 
 from .close import assert_close
 from .conftest import TINY
@@ -83,7 +83,7 @@ def _block_form(model):
     layers = model._module.get_decoder()
     path = "layers" if hasattr(layers, "layers") else "h"
     with torch.no_grad(), model.trace(torch.tensor([[1, 2, 3]])):
-        block = getattr(pw.sites.module(model, model._module.base_model_prefix), path)[0]
+        block = getattr(pw.core.sites.module(model, model._module.base_model_prefix), path)[0]
         form = nnsight.save([output_form(block.output)])
     return form[0]
 

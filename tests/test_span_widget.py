@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import patchwidget as pw
-from patchwidget.grid import Cell
-from patchwidget.levels import LEVELS, Level
-from patchwidget.view import computed_states
+from patchwidget.core.cells import Cell
+from patchwidget.ui.levels import LEVELS, Level
+from patchwidget.ui.view import computed_states
 
 from .close import assert_close, near
 from .test_spans import UNEQUAL, args
@@ -75,12 +75,12 @@ def test_mlp_span_opens_neurons_at_a_position(widget, demo):
 
 
 def test_cells_of_a_span_session_are_span_cells(demo):
-    session = pw.session.Session(demo, **KW, preview=False)
+    session = pw.ui.session.Session(demo, **KW, preview=False)
     try:
         top = session.top("resid_pre")
         assert top.spans
-        computed = session.compute(top, pw.session.Settings())
-        (panel,) = LEVELS["top"].panels(computed, pw.levels.View(session.labels))
+        computed = session.compute(top, pw.ui.session.Settings())
+        (panel,) = LEVELS["top"].panels(computed, pw.ui.levels.View(session.labels))
         place = panel["cols"].index("PLACE")
         assert session.drill(top, "resid_pre", 1, place) == Level("span", "resid_pre", layer=1, spans=True, span=place)
         assert session.cell(top, panel, 1, place) == Cell("resid_pre", 1, pos="PLACE")
@@ -92,7 +92,7 @@ def test_cells_of_a_span_session_are_span_cells(demo):
         heads = Level("heads", "resid_pre", layer=1, pos=0, spans=True, span=place)
         assert session.cell(heads, {"id": "head_out", "cols": ["PLACE[0]"]}, 0, 0) is None
         # Path patching of a span session: what feeds a head, on pairs of different lengths.
-        feeds = session.compute(Level("feeds", layer=3, head=1, spans=True), pw.session.Settings())
+        feeds = session.compute(Level("feeds", layer=3, head=1, spans=True), pw.ui.session.Settings())
         direct = pw.path_patch(demo, **KW, receivers=[Cell("head_v", 3, head=1)], metric="logit_diff_norm")
         assert_close(feeds.results["head_v"].per_pair, direct.per_pair, 1e-6)
     finally:

@@ -15,8 +15,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast
 
+from patchwidget.data.templates import LAST_TOKEN, Prompt, Span, Template, align, columns
 from patchwidget.errors import PromptError, SettingsError
-from patchwidget.templates import LAST_TOKEN, Prompt, Span, Template, align, columns
 
 IOI = Template("When {IO} and {S1} went to the {PLACE} , {S2} gave a drink to")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 
 import patchwidget as pw
-from patchwidget.view import computed_states
+from patchwidget.ui.view import computed_states
 
 CLEAN = "When Mary and John went to the store , John gave a drink to"
 CORRUPT = "When Mary and John went to the store , Mary gave a drink to"

@@ -11,7 +11,7 @@ import pytest
 
 import patchwidget as pw
 from patchwidget import demo_data
-from patchwidget.session import Level, Settings
+from patchwidget.ui.session import Level, Settings
 
 from .close import assert_close, near
 

@@ -241,7 +241,7 @@ def test_offline_page_replays_the_circuit_view(page, tmp_path, ui_output, demo):
     from playwright.sync_api import expect
 
     import patchwidget as pw
-    from patchwidget.levels import Level
+    from patchwidget.ui.levels import Level
 
     widget = pw.explore(demo, CLEAN, CORRUPT, answer="Mary", wrong="John", preview=False)
     found = Level("circuit", target=0.9)

@@ -1,0 +1,546 @@
+"""The drill-down levels, as one table.
+
+Each kind of level (the layer grid, one layer's heads, one head's breakdown,
+one MLP's top neurons, cells patched together) is one ``LevelKind`` entry of
+``LEVELS``. An entry says how its level is labelled, computed, drawn as panels,
+what a click on a panel cell opens, and which patchable cell sits under a panel
+cell. The session and the widget only look levels up here, and entries receive
+indices (never labels to parse). A new level is one entry plus its test.
+
+Example:
+    >>> Level("top", site="resid_pre").label(["When", "Mary"])
+    'resid_pre'
+    >>> LEVELS["heads"].opens(Level("heads", layer=2), "head_out", 1, 3)
+    Level(kind='head', site='resid_pre', layer=2, head=1, pos=None, cells=())
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..circuits.joint import JointResult
+from ..core.cells import Cell
+from ..core.sites import SITES, ModelInfo
+from ..grids.result import PatchResult
+
+TOP_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out")
+N_TOP_NEURONS = 20
+HEAD_PARTS = ("head_q", "head_k", "head_v", "head_out")
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of the drill-down path: what to compute (``kind`` is a key of ``LEVELS``)."""
+
+    kind: str
+    site: str = "resid_pre"
+    layer: int | None = None
+    head: int | None = None
+    pos: int | None = None
+    cells: tuple[Cell, ...] = ()  # for kind "joint": the cells patched together
+    target: float | None = None  # for kinds "search" and "circuit": the share the set must restore, or do alone
+    spans: bool = False  # the prompts are made from a template: columns are spans, ``pos`` indexes them
+    span: int | None = None  # the span whose positions this level's columns are (``patch(within=...)``)
+
+    def label(self, tokens: list[str]) -> str:
+        return LEVELS[self.kind].label(self, tokens)
+
+    def at(self, tokens: list[str]) -> str:
+        """The column this level was opened at, as text: a token, a span, or a position within a span."""
+        return tokens[self.pos] if self.span is None else f"{tokens[self.span]}[{self.pos}]"
+
+    def open(self, kind: str, **fields: Any) -> Level:
+        """A level below this one (same site and prompts)."""
+        return Level(kind, self.site, spans=self.spans, **fields)
+
+
+@dataclass
+class Computed:
+    """The results of one level: named panels, each a PatchResult or a pattern."""
+
+    level: Level
+    results: dict[str, PatchResult]
+    pattern: np.ndarray | None = None  # (query, key) attention of the clean run
+    joint: JointResult | None = None
+    exact: bool = True  # False for an attribution preview that exact values will replace
+    circuit: Any = None  # for kinds "search" and "circuit": the Circuit found
+
+
+class Patcher(Protocol):
+    """What a level's ``compute`` may ask of the session."""
+
+    info: ModelInfo
+
+    def run(self, site: str, **kwargs: Any) -> PatchResult: ...
+
+    def joint(self, cells: list[Cell]) -> JointResult: ...
+
+    def pattern(self, layer: int, head: int) -> np.ndarray: ...
+
+    @property
+    def pattern_patchable(self) -> bool: ...
+
+    def path(self, receivers: str | list[Cell]) -> PatchResult: ...
+
+    def find(self, target: float, on_level: Callable[[Any], None]) -> Any: ...
+
+    def find_circuit(self, target: float) -> Any: ...
+
+    def show(self, partial: Computed) -> None: ...
+
+
+@dataclass(frozen=True)
+class View:
+    """What drawing a level's panels needs: the column labels (the prompt's tokens, or a
+    template's spans), the pair on show, and the first clean prompt's tokens (for patterns)."""
+
+    tokens: list[str]
+    pair: str | int = "mean"
+    prompt_tokens: list[str] | None = None
+
+    @property
+    def cols(self) -> list[str]:
+        return [f"{t} ({i})" for i, t in enumerate(self.tokens)]
+
+    def columns(self, result: PatchResult) -> list[str]:
+        """A by-position result's column labels: its spans where it has them, else the tokens."""
+        return [str(c) for c in result.coords["span"]] if "span" in result.dims else self.cols
+
+    @property
+    def token_cols(self) -> list[str]:
+        tokens = self.prompt_tokens or self.tokens
+        return [f"{t} ({i})" for i, t in enumerate(tokens)]
+
+    def values(self, result: PatchResult) -> np.ndarray:
+        return result.values if self.pair == "mean" else result.per_pair[self.pair]
+
+    def consistency(self, result: PatchResult, pick: Any = slice(None)) -> dict:
+        """Spread and sign flips across pairs, shown when the view is the mean of several."""
+        if self.pair != "mean" or result.n_pairs < 2:
+            return {}
+        return {"spread": table(result.spread()[pick]), "flips": result.sign_flips()[pick].tolist()}
+
+
+@dataclass(frozen=True)
+class LevelKind:
+    """One row of the table of drill-down levels."""
+
+    label: Callable[[Level, list[str]], str]
+    compute: Callable[[Level, Patcher], Computed]
+    panels: Callable[[Computed, View], list[dict]]
+    opens: Callable[[Level, str, int, int], Level | None] = lambda level, panel, row, col: None
+    cell: Callable[[Level, dict, int, int, ModelInfo], Cell | None] = lambda level, panel, row, col, info: None
+    preview: bool = False  # an attribution estimate is drawn first while the exact values are computed
+
+
+# --- the layer grid of one site -----------------------------------------------------------------
+
+
+def _top_compute(level: Level, p: Patcher) -> Computed:
+    by_position = False if level.site == "head_out" else None  # head_out starts as (layer, head)
+    return Computed(level, {level.site: p.run(level.site, by_position=by_position)})
+
+
+def _top_panels(computed: Computed, v: View) -> list[dict]:
+    site = computed.level.site
+    r = computed.results[site]
+    if site == "head_out":
+        title = f"head_out: {SITES['head_out'].doc}, all tokens at once"
+        return [
+            panel("head_out", title, "layer", "head", r.labels("layer"), r.labels("head"), v.values(r), True)
+            | v.consistency(r)
+        ]
+    title = f"{site}: {SITES[site].doc}" + (" (by span; click a span for its positions)" if level_spans(r) else "")
+    return [
+        panel(site, title, "layer", r.dims[-1], r.labels("layer"), v.columns(r), v.values(r), True) | v.consistency(r)
+    ]
+
+
+def level_spans(result: PatchResult) -> bool:
+    """Whether ``result``'s columns are a template's spans (rather than token positions)."""
+    return "span" in result.dims
+
+
+def _top_opens(level: Level, panel: str, row: int, col: int) -> Level:
+    if level.site == "head_out":
+        return level.open("head", layer=row, head=col)
+    if level.spans:  # a span opens into its positions first
+        return level.open("span", layer=row, span=col)
+    return _position_opens(level, row, col)
+
+
+def _position_opens(level: Level, row: int, col: int) -> Level:
+    """A (layer, position) cell opens that MLP's neurons or that layer's heads there."""
+    return level.open("neurons" if level.site == "mlp_out" else "heads", layer=row, pos=col, span=level.span)
+
+
+def _top_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Cell:
+    if level.site == "head_out":
+        return Cell("head_out", row, head=col)
+    return Cell(level.site, row, pos=col)
+
+
+# --- one span's positions (prompts made from a template) ------------------------------------------
+
+
+def _span_panels(computed: Computed, v: View) -> list[dict]:
+    level = computed.level
+    r = computed.results[level.site]
+    title = (
+        f"{level.site} at the positions of {v.tokens[level.span]!r}, aligned from its last token "
+        "(the positions every pair has; [n-1] is its last token)"
+    )
+    return [
+        panel(level.site, title, "layer", "span", r.labels("layer"), v.columns(r), v.values(r), True) | v.consistency(r)
+    ]
+
+
+# --- one layer's heads by token, and one head's breakdown ----------------------------------------
+
+
+def _heads_panels(computed: Computed, v: View) -> list[dict]:
+    r, layer = computed.results["head_out"], computed.level.layer
+    title = f"Heads of layer {layer}: output by " + ("span" if level_spans(r) else "token")
+    return [
+        panel("head_out", title, "head", r.dims[-1], r.labels("head"), v.columns(r), v.values(r)[0], True)
+        | v.consistency(r, 0)
+    ]
+
+
+def _kv(info: ModelInfo, site: str, head: int) -> int:
+    """The head index a site uses: under grouped-query attention, keys and values have fewer heads."""
+    return head // (info.n_heads // info.n_kv_heads) if site in ("head_k", "head_v") else head
+
+
+def _head_compute(level: Level, p: Patcher) -> Computed:
+    results = {s: p.run(s, layers=[level.layer], heads=[_kv(p.info, s, level.head)]) for s in HEAD_PARTS}
+    if p.pattern_patchable:  # not where a pair's spans differ in length (see engine.prepare)
+        results["attn_pattern"] = p.run("attn_pattern", layers=[level.layer], heads=[level.head])
+    return Computed(level, results, p.pattern(level.layer, level.head))
+
+
+def _head_panels(computed: Computed, v: View) -> list[dict]:
+    level, results = computed.level, computed.results
+    rows = ["q", "k", "v", "out"]
+    values = np.stack([v.values(results[s])[0, 0] for s in HEAD_PARTS])
+    parts = results["head_out"]
+    if "attn_pattern" in results:
+        restores = f"patching it restores {float(v.values(results['attn_pattern'])[0, 0]):.3f}"
+    else:
+        restores = "not patched: the key positions of a pair's prompts differ"
+    return [
+        panel(
+            "components",
+            f"L{level.layer} H{level.head}: query, key, value and output by "
+            + ("span" if level_spans(parts) else "token"),
+            "component",
+            parts.dims[-1],
+            rows,
+            v.columns(parts),
+            values,
+            True,  # q, k or v opens what feeds this head; out opens its direct path to the logits
+        ),
+        panel(
+            "pattern",
+            f"Attention pattern (first clean prompt); {restores}",
+            "query",
+            "key",
+            v.token_cols,
+            v.token_cols,
+            computed.pattern,
+            False,
+            diverging=False,
+        ),
+    ]
+
+
+def _head_opens(level: Level, panel: str, row: int, col: int) -> Level | None:
+    if panel != "components":
+        return None
+    if row == 3:  # the head's output: where outputs go straight to the logits
+        return level.open("direct", layer=level.layer, head=level.head)
+    return level.open("feeds", layer=level.layer, head=level.head)
+
+
+def _head_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Cell | None:
+    if panel["id"] != "components":
+        return None
+    site = HEAD_PARTS[row]
+    return Cell(site, level.layer, head=_kv(info, site, level.head), pos=col)
+
+
+# --- path patching: which heads feed a head, and which reach the logits directly ---------------
+
+
+def _feeds_compute(level: Level, p: Patcher) -> Computed:
+    results = {}
+    for site in ("head_q", "head_k", "head_v"):
+        results[site] = p.path([Cell(site, level.layer, head=_kv(p.info, site, level.head))])
+    return Computed(level, results)
+
+
+def _sender_panels(computed: Computed, v: View, what: dict[str, str]) -> list[dict]:
+    out = []
+    for key, title in what.items():
+        r = computed.results[key]
+        grid = panel(key, title, "layer", "head", r.labels("layer"), r.labels("head"), v.values(r), True)
+        out.append(grid | v.consistency(r))
+    return out
+
+
+def _feeds_panels(computed: Computed, v: View) -> list[dict]:
+    level = computed.level
+    return _sender_panels(
+        computed,
+        v,
+        {
+            f"head_{x}": f"Path patching: senders into the {name} of L{level.layer} H{level.head} "
+            "(exact; empty at and above its layer)"
+            for x, name in (("q", "query"), ("k", "key"), ("v", "value"))
+        },
+    )
+
+
+def _direct_panels(computed: Computed, v: View) -> list[dict]:
+    return _sender_panels(computed, v, {"logits": "Path patching: each head's direct path to the logits (exact)"})
+
+
+def _sender_opens(level: Level, panel: str, row: int, col: int) -> Level:
+    """A sender cell opens that sender's breakdown: follow the circuit upstream."""
+    return level.open("head", layer=row, head=col)
+
+
+def _sender_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Cell:
+    return Cell("head_out", row, head=col)
+
+
+# --- guided search -----------------------------------------------------------------------------------
+
+
+def _search_panels(computed: Computed, v: View) -> list[dict]:
+    c = computed.circuit
+    last = c.trace[-1]
+    if c.reached is None:  # still searching: the level just done
+        title = f"Level '{last['level']}': kept {last['kept']} of {last['candidates']} ({last['why']}); searching on"
+    else:
+        state = "reached" if c.reached else "did not reach"
+        title = (
+            f"Bottleneck of {len(c.cells)} cells: copied together they restore {c.restore:.3f} "
+            f"({state} {computed.level.target})"
+        )
+    kept = {cell.label for cell in c.cells}
+    marked = [("● " if label in kept else "") + label for label, _ in last["ranked"]]
+    ranked = panel(
+        "ranked",
+        title + "; ● marks the cells kept",
+        "cell",
+        "estimate",
+        marked,
+        ["single effect"],
+        np.array([[effect] for _, effect in last["ranked"]], dtype=float),
+        False,
+    )
+    steps = panel(
+        "trace",
+        "Each level: candidates opened, kept, and the joint restore of what was kept",
+        "level",
+        "count",
+        [row["level"] for row in c.trace],
+        ["candidates", "kept", "restore"],
+        np.array([[row["candidates"], row["kept"], row["restore"]] for row in c.trace], dtype=float),
+        False,
+        diverging=False,
+    )
+    if not c.curve:
+        return [ranked, steps]
+    curve = c.curve
+    title = f"Restore curve (top cells of the last level, copied together): area {curve['area']:.2f}"
+    cols = [f"{p:g}% ({k})" for p, k in zip(curve["percent"], curve["size"])]
+    faith = panel("curve", title, "", "cells", ["restored"], cols, np.asarray([curve["restore"]]), False)
+    return [ranked, steps, faith]
+
+
+# --- the circuit view: find_circuit's nodes by layer ----------------------------------------------
+
+CIRCUIT_PANEL = "circuit"
+
+
+def _circuit_panels(computed: Computed, v: View) -> list[dict]:
+    """The circuit as a grid in forward order: the embeddings, then one row per layer, its MLP in the first
+    column and its heads after it; a node in the circuit shows its effect (the metric's change when it alone
+    is corrupted), every other node no value. Then MIB's curve."""
+    c = computed.circuit
+    n_layers, n_heads = c.provenance["shape"]["n_layers"], c.provenance["shape"]["n_heads"]
+    values = np.full((n_layers + 1, n_heads + 1), np.nan)
+    for cell, effect in zip(c.cells, c.values):
+        if cell.site == "embed":
+            values[0, 0] = effect
+        else:
+            values[cell.layer + 1, 0 if cell.site == "mlp_out" else cell.head + 1] = effect
+    state = "reached" if c.reached else "did not reach"
+    title = (
+        f"Circuit of {len(c.cells)} nodes: on their own, everything else corrupted, they do {c.faithfulness:.3f} "
+        f"of the task (faithfulness as MIB defines it; {state} {computed.level.target}). Nodes with a value "
+        "are the circuit's, with their effect when corrupted alone; click a head for its breakdown, an MLP for "
+        "its grid"
+    )
+    rows = ["embed"] + [f"L{layer}" for layer in range(n_layers)]
+    grid = panel(CIRCUIT_PANEL, title, "layer", "node", rows, ["MLP"] + [f"H{h}" for h in range(n_heads)], values, True)
+    curve = c.curve
+    title = (
+        f"Faithfulness at MIB's circuit sizes (top-ranked nodes kept): CPR {curve['cpr']:.2f}, CMD {curve['cmd']:.2f}"
+    )
+    cols = [f"{p:g}% ({k})" for p, k in zip(curve["percent"], curve["size"])]
+    faith = panel("curve", title, "", "nodes", ["faithfulness"], cols, np.asarray([curve["faithfulness"]]), False)
+    return [grid, faith]
+
+
+def _circuit_opens(level: Level, panel: str, row: int, col: int) -> Level | None:
+    """A head node opens its breakdown (query, key, value, output, then what feeds it); an MLP node the
+    mlp_out grid (layers by token, then its top neurons); the embeddings nothing narrower."""
+    if panel != CIRCUIT_PANEL or row == 0:
+        return None
+    if col == 0:
+        return Level("top", site="mlp_out", spans=level.spans)
+    return level.open("head", layer=row - 1, head=col - 1)
+
+
+# --- one MLP's top neurons at one token ----------------------------------------------------------
+
+
+def _neurons_panels(computed: Computed, v: View) -> list[dict]:
+    level = computed.level
+    effects = v.values(computed.results["mlp_neuron"])[0]
+    top = np.argsort(-np.abs(effects))[:N_TOP_NEURONS]
+    title = f"Top {len(top)} MLP neurons of layer {level.layer} at {level.at(v.tokens)!r}"
+    rows = [f"N{i}" for i in top]
+    return [
+        panel("neurons", title, "neuron", "value", rows, ["effect"], effects[top, None], False)
+        | {"keys": [int(i) for i in top]}
+    ]
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+LEVELS: dict[str, LevelKind] = {
+    "top": LevelKind(
+        label=lambda level, tokens: level.site,
+        compute=_top_compute,
+        panels=_top_panels,
+        opens=_top_opens,
+        cell=_top_cell,
+        preview=True,
+    ),
+    "span": LevelKind(
+        label=lambda level, tokens: f"{tokens[level.span]} by position",
+        compute=lambda level, p: Computed(level, {level.site: p.run(level.site, within=level.span)}),
+        panels=_span_panels,
+        opens=lambda level, panel, row, col: _position_opens(level, row, col),
+        preview=True,
+    ),
+    "heads": LevelKind(
+        label=lambda level, tokens: f"L{level.layer} heads",
+        compute=lambda level, p: Computed(
+            level, {"head_out": p.run("head_out", layers=[level.layer], within=level.span)}
+        ),
+        panels=_heads_panels,
+        opens=lambda level, panel, row, col: level.open("head", layer=level.layer, head=row),
+        # Positions within a span are not Cells (a Cell's pos is a token or a whole span).
+        cell=lambda level, panel, row, col, info: (
+            None if level.span is not None else Cell("head_out", level.layer, head=row, pos=col)
+        ),
+        preview=True,
+    ),
+    "head": LevelKind(
+        label=lambda level, tokens: f"L{level.layer} H{level.head}",
+        compute=_head_compute,
+        panels=_head_panels,
+        opens=_head_opens,
+        cell=_head_cell,
+    ),
+    "feeds": LevelKind(
+        label=lambda level, tokens: f"what feeds L{level.layer} H{level.head}",
+        compute=_feeds_compute,
+        panels=_feeds_panels,
+        opens=_sender_opens,
+        cell=_sender_cell,
+    ),
+    "direct": LevelKind(
+        label=lambda level, tokens: "direct to logits",
+        compute=lambda level, p: Computed(level, {"logits": p.path("logits")}),
+        panels=_direct_panels,
+        opens=_sender_opens,
+        cell=_sender_cell,
+    ),
+    "neurons": LevelKind(
+        label=lambda level, tokens: f"L{level.layer} neurons at {level.at(tokens)!r}",
+        compute=lambda level, p: Computed(
+            level,
+            {"mlp_neuron": p.run("mlp_neuron", layers=[level.layer], positions=[level.pos], within=level.span)},
+        ),
+        panels=_neurons_panels,
+        cell=lambda level, panel, row, col, info: (
+            None
+            if level.span is not None
+            else Cell("mlp_neuron", level.layer, neuron=panel["keys"][row], pos=level.pos)
+        ),
+    ),
+    "search": LevelKind(
+        label=lambda level, tokens: f"find bottleneck (target {level.target})",
+        compute=lambda level, p: Computed(
+            level,
+            {},
+            circuit=p.find(level.target, lambda partial: p.show(Computed(level, {}, exact=False, circuit=partial))),
+        ),
+        panels=_search_panels,
+    ),
+    "circuit": LevelKind(
+        label=lambda level, tokens: f"find circuit (target {level.target})",
+        compute=lambda level, p: Computed(level, {}, circuit=p.find_circuit(level.target)),
+        panels=_circuit_panels,
+        opens=_circuit_opens,
+    ),
+    "joint": LevelKind(
+        label=lambda level, tokens: f"{len(level.cells)} cells together",
+        compute=lambda level, p: Computed(level, {}, joint=p.joint(list(level.cells))),
+        panels=lambda computed, v: [],
+    ),
+}
+
+
+# --- panels as the front end draws them -----------------------------------------------------------
+
+
+def table(values: np.ndarray) -> list[list[float | None]]:
+    """Rows of numbers for JSON: 6 decimals, ``None`` where a value is NaN or infinite ("no value")."""
+    return [[None if not math.isfinite(v) else round(float(v), 6) for v in row] for row in values]
+
+
+def panel(
+    pid: str,
+    title: str,
+    row_dim: str,
+    col_dim: str,
+    rows: list[str],
+    cols: list[str],
+    values: np.ndarray,
+    clickable: bool,
+    diverging: bool = True,
+) -> dict:
+    """One panel of a view (see ``protocol.Panel``)."""
+    return {
+        "id": pid,
+        "title": title,
+        "row_dim": row_dim,
+        "col_dim": col_dim,
+        "rows": rows,
+        "cols": cols,
+        "values": table(np.asarray(values, dtype=float)),
+        "clickable": clickable,
+        "diverging": diverging,
+    }

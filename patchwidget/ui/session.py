@@ -1,0 +1,286 @@
+"""A widget-free patching session: drill-down levels, a request queue, a worker.
+
+The widget (and anything else that wants a live, cancellable session) drives a
+``Session``: ``submit`` hands over a request and returns at once; one worker
+thread computes it, reports progress, and publishes the result only if no newer
+request arrived meanwhile. Computed levels are cached, so going back up the
+drill-down path, or switching between mean and one prompt pair, costs nothing.
+
+Example:
+    >>> s = Session(load_model(), "The capital of France is", "The capital of Japan is",
+    ...             answer="Paris", wrong="Tokyo")                      # doctest: +SKIP
+    >>> s.submit(1, Level("top", site="resid_pre"))                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ..circuits.joint import JointResult, patch_sites
+from ..core.cells import Cell
+from ..core.engine import attention_pattern, check_batching
+from ..core.remote import prepare_remote, reporting
+from ..core.sites import ModelInfo, model_info
+from ..data.prompts import Texts, prepare_prompts
+from ..data.templates import token_strings
+from ..errors import PatchwidgetError
+from ..grids.patch import patch
+from ..grids.path import path_patch
+from ..grids.result import PatchResult
+from ..search.bottleneck import find_bottleneck
+from ..search.nodes import find_circuit
+from .levels import LEVELS, Computed, Level
+
+__all__ = ["Cancelled", "Computed", "Level", "Session", "Settings"]
+
+
+class Cancelled(Exception):
+    """Raised inside the worker when a request is cancelled or superseded."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The choices that apply to every level: direction, metric and method."""
+
+    direction: str = "denoise"
+    metric: str = "logit_diff_norm"
+    method: str = "exact"
+
+
+class Session:
+    """Cached, cancellable patching for one set of prompt pairs.
+
+    ``on_progress(request_id, done, total)``, ``on_result(request_id, computed)``,
+    ``on_error(request_id, message)`` and, for remote runs,
+    ``on_status(request_id, status, description)`` (each status the server
+    reports, such as ``"QUEUED"``) are called from the worker thread.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        clean: Texts,
+        corrupt: Texts,
+        *,
+        answer: Texts,
+        wrong: Texts,
+        batch_size: int = 64,
+        memory_budget: int | None = None,
+        preview: bool = True,
+        remote: bool | str = False,
+        on_progress: Callable[[int, int, int], None] | None = None,
+        on_result: Callable[[int, Computed], None] | None = None,
+        on_error: Callable[[int, str], None] | None = None,
+        on_status: Callable[[int, str, str], None] | None = None,
+    ) -> None:
+        prepare_remote(model, remote)
+        check_batching(batch_size, memory_budget)
+        self.model = model
+        self.info = model_info(model)
+        self.prompts = prepare_prompts(model.tokenizer, clean, corrupt, answer=answer, wrong=wrong)
+        self.texts = dict(clean=clean, corrupt=corrupt, answer=answer, wrong=wrong)
+        self.batch_size = batch_size
+        self.memory_budget = memory_budget
+        self.preview = preview
+        self.remote = remote
+        self.on_progress = on_progress or (lambda *a: None)
+        self.on_result = on_result or (lambda *a: None)
+        self.on_error = on_error or (lambda *a: None)
+        self.on_status = on_status or (lambda *a: None)
+        self.cache: dict[tuple[Level, Settings], Computed] = {}
+        self.runs_cache: dict = {}  # the clean and corrupted runs, shared by every request
+        self._latest = 0
+        self._cancel = threading.Event()
+        self._queue: queue.Queue[tuple[int, Level, Settings] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._worker = threading.Thread(target=self._run, name="patchwidget-session", daemon=True)
+        self._worker.start()
+
+    # --- requests -----------------------------------------------------------
+
+    def submit(self, request_id: int, level: Level, settings: Settings) -> Computed | None:
+        """Queue ``level`` for computing; returns the cached result at once if there is one.
+
+        A newer request supersedes every older one: the older is cancelled at
+        its next batch boundary and its result is dropped.
+        """
+        with self._lock:
+            self._latest = max(self._latest, request_id)
+            self._cancel.set()
+            cached = self.cache.get((level, settings))
+            if cached is None:
+                self._cancel = threading.Event()
+                self._queue.put((request_id, level, settings))
+        return cached
+
+    def cancel(self) -> None:
+        """Stop the running request at its next batch boundary."""
+        self._cancel.set()
+
+    def close(self) -> None:
+        self._cancel.set()
+        self._queue.put(None)
+        self._worker.join(timeout=10)
+
+    @property
+    def latest(self) -> int:
+        return self._latest
+
+    @property
+    def labels(self) -> list[str]:
+        """What the grids' columns are: the first clean prompt's tokens, or a template's spans."""
+        return self.prompts.columns if self.prompts.columns is not None else self.prompts.tokens
+
+    def labels_for(self, pair: str | int) -> list[str]:
+        """The columns of the data drawn for ``pair``: that pair's own clean tokens when one pair is on show
+        (pairs of one template differ in their slot words), else ``labels``."""
+        if pair == "mean" or self.prompts.columns is not None:
+            return self.labels
+        length = self.prompts.n_pos if self.prompts.clean_len is None else int(self.prompts.clean_len[pair])
+        return token_strings(self.model.tokenizer, self.prompts.clean_ids[pair][:length].tolist())
+
+    def top(self, site: str) -> Level:
+        """The first level of a drill-down on ``site``."""
+        return Level("top", site, spans=self.prompts.columns is not None)
+
+    # --- the worker -----------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            request_id, level, settings = item
+            with self._lock:
+                if request_id < self._latest:
+                    continue  # superseded while waiting
+                cancel = self._cancel
+            try:
+                with reporting(functools.partial(self._server_status, request_id, cancel)):
+                    if self.preview and settings.method == "exact" and LEVELS[level.kind].preview:
+                        estimate = self.compute(level, replace(settings, method="attribution"), request_id, cancel)
+                        estimate.exact = False
+                        self._publish(request_id, self.on_result, estimate)
+                    computed = self.compute(level, settings, request_id, cancel)
+            except Cancelled:
+                continue
+            except PatchwidgetError as err:
+                self._publish(request_id, self.on_error, str(err))
+                continue
+            except Exception as err:  # shown in the widget rather than lost in a thread
+                self._publish(request_id, self.on_error, f"{type(err).__name__}: {err}")
+                continue
+            self.cache[(level, settings)] = computed
+            self._publish(request_id, self.on_result, computed)
+
+    def _server_status(self, request_id: int, cancel: threading.Event, status: str, description: str) -> None:
+        if cancel.is_set():  # stop waiting for the server, even while the job is queued there
+            raise Cancelled
+        self._publish(request_id, self.on_status, status, description)
+
+    def _publish(self, request_id: int, callback: Callable[..., None], *payload: Any) -> None:
+        if request_id >= self._latest:
+            callback(request_id, *payload)
+
+    def compute(
+        self, level: Level, settings: Settings, request_id: int = 0, cancel: threading.Event | None = None
+    ) -> Computed:
+        """Compute one level synchronously (the worker calls this)."""
+        if level.kind not in LEVELS:
+            raise PatchwidgetError(f"unknown level kind {level.kind!r}; known: {', '.join(LEVELS)}")
+
+        def progress(done: int, total: int) -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            self.on_progress(request_id, done, total)
+
+        def show(partial: Computed) -> None:  # a level's result so far, while it computes on
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            self._publish(request_id, self.on_result, partial)
+
+        return LEVELS[level.kind].compute(level, _Patcher(self, settings, progress, show))
+
+    def drill(self, level: Level, panel: str, row: int, col: int) -> Level | None:
+        """The level a click on (row, col) of ``panel`` opens, or None if it opens nothing."""
+        return LEVELS[level.kind].opens(level, panel, row, col)
+
+    def cell(self, level: Level, panel: dict, row: int, col: int) -> Cell | None:
+        """The patchable site under (row, col) of ``panel`` (a panel of the view), for joint patching.
+
+        Levels name a position by its column index; with prompts made from a template the
+        Cell names it by the span's label, which is what ``patch_sites`` takes.
+        """
+        cell = LEVELS[level.kind].cell(level, panel, row, col, self.info)
+        if cell is not None and self.prompts.columns is not None and isinstance(cell.pos, int):
+            cell = replace(cell, pos=self.prompts.columns[cell.pos])
+        return cell
+
+
+@dataclass
+class _Patcher:
+    """The session's model, prompts and settings, as a level's ``compute`` uses them (``levels.Patcher``)."""
+
+    session: Session
+    settings: Settings
+    progress: Callable[[int, int], None]
+    show: Callable[[Computed], None] = lambda partial: None
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.session.info
+
+    def _common(self) -> dict[str, Any]:
+        s = self.session
+        return dict(
+            **s.texts,
+            metric=self.settings.metric,
+            direction=self.settings.direction,
+            batch_size=s.batch_size,
+            memory_budget=s.memory_budget,
+            progress=self.progress,
+            remote=s.remote,
+        )
+
+    @property
+    def pattern_patchable(self) -> bool:
+        return self.session.prompts.aligned_one_to_one
+
+    def run(self, site: str, within: int | None = None, **kwargs: Any) -> PatchResult:
+        s = self.session
+        if within is not None:  # a level names a span by its column; patch takes its label
+            kwargs["within"] = s.prompts.columns[within]
+        return patch(
+            s.model, site=site, method=self.settings.method, runs_cache=s.runs_cache, **self._common(), **kwargs
+        )
+
+    def joint(self, cells: list[Cell]) -> JointResult:
+        return patch_sites(self.session.model, cells=cells, **self._common())
+
+    def path(self, receivers: str | list[Cell]) -> PatchResult:
+        s = self.session
+        return path_patch(s.model, receivers=receivers, runs_cache=s.runs_cache, **self._common())
+
+    def find(self, target: float, on_level: Callable[[Any], None]) -> Any:
+        s = self.session
+        common = self._common()
+        common["metric"] = "logit_diff" if common["metric"] == "logit_diff_norm" else common["metric"]
+        return find_bottleneck(s.model, target=target, method=self.settings.method, on_level=on_level, **common)
+
+    def find_circuit(self, target: float) -> Any:
+        s = self.session
+        common = self._common()
+        del common["direction"]  # a circuit is always the clean run with everything outside it corrupted
+        common["metric"] = "logit_diff" if common["metric"] == "logit_diff_norm" else common["metric"]
+        return find_circuit(s.model, target=target, method=self.settings.method, **common)
+
+    def pattern(self, layer: int, head: int) -> np.ndarray:
+        s = self.session
+        return attention_pattern(s.model, s.prompts.clean[0], layer, head, s.remote)

@@ -1,0 +1,163 @@
+"""The view model: what the front end is sent, built from a session's computed levels.
+
+Plain functions from computed results to the dicts of ``protocol``; the widget
+assigns them to its traits, and the offline page (``export``) replays them.
+
+Example:
+    >>> status("running", 3, done=2, total=8)
+    {'state': 'running', 'request_id': 3, 'done': 2, 'total': 8, 'message': ''}
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import TYPE_CHECKING
+
+from ..circuits.circuit import DEFAULT_TARGET
+from ..circuits.joint import JointResult
+from ..core.engine import DIRECTIONS, METHODS
+from ..core.metrics import METRICS
+from ..grids.result import PatchResult
+from .levels import LEVELS, TOP_SITES, Computed, Level
+from .levels import View as PanelView
+from .protocol import Controls, Crumb, JointBox, Server, Status, View
+
+if TYPE_CHECKING:
+    from .session import Session, Settings
+
+SITE_GROUPS = {
+    "resid_pre": "residual",
+    "resid_mid": "residual",
+    "resid_post": "residual",
+    "attn_out": "attention",
+    "head_out": "attention",
+    "mlp_out": "mlp",
+}
+DIRECTION_LABELS = {"denoise": "denoise (clean into corrupt run)", "noise": "noise (corrupt into clean run)"}
+METHOD_LABELS = {"exact": "exact patching", "attribution": "attribution (fast estimate)"}
+
+
+def status(
+    state: str, request_id: int, done: int = 0, total: int = 0, message: str = "", server: Server | None = None
+) -> Status:
+    """The ``status`` trait: what the kernel is doing for which request."""
+    out: Status = {"state": state, "request_id": request_id, "done": done, "total": total, "message": message}  # type: ignore[typeddict-item]
+    if server:
+        out["server"] = server
+    return out
+
+
+def controls(site: str, settings: Settings, pair: str | int, n_pairs: int) -> Controls:
+    """The ``controls`` trait: every choice the front end offers, and the current ones."""
+    return {
+        "site": site,
+        "sites": [{"name": n, "group": SITE_GROUPS[n], "label": n} for n in TOP_SITES],  # type: ignore[typeddict-item]
+        "direction": settings.direction,
+        "directions": [{"value": d, "label": DIRECTION_LABELS[d]} for d in DIRECTIONS],
+        "metric": settings.metric,
+        "metrics": [{"value": m, "label": m} for m in METRICS],
+        "method": settings.method,
+        "methods": [{"value": m, "label": METHOD_LABELS[m]} for m in METHODS],
+        "pair": pair,
+        "n_pairs": n_pairs,
+        "target": DEFAULT_TARGET,
+    }
+
+
+def level_view(
+    request_id: int, levels: list[Level], computed: Computed, settings: Settings, session: Session, pair: str | int
+) -> View:
+    """The ``view`` trait for the last of ``levels``: columns labelled by the tokens of the pair on show
+    (the first pair's for the mean) or by the template's spans."""
+    tokens = session.labels_for(pair)
+    first = next(iter(computed.results.values()), None)
+    note = first.settings.get("note", "") if first is not None else ""
+    if not computed.exact and computed.circuit is not None:
+        note = "Search in progress: the set kept so far; Cancel stops it."
+    elif not computed.exact:
+        note = "Attribution estimate, shown while the exact values are computed. " + note
+    return {
+        "request_id": request_id,
+        "level": len(levels) - 1,
+        "title": f"{computed.level.label(tokens)} · {settings.direction} · {settings.metric}",
+        "note": note,
+        "exact": computed.exact and settings.method == "exact",
+        "panels": LEVELS[computed.level.kind].panels(  # type: ignore[typeddict-item]
+            computed, PanelView(tokens, pair, session.prompts.tokens)
+        ),
+    }
+
+
+def breadcrumb(levels: list[Level], tokens: list[str]) -> list[Crumb]:
+    """The ``breadcrumb`` trait: one label per level of the path."""
+    return [{"label": level.label(tokens)} for level in levels]
+
+
+def joint_box(joint: JointResult) -> JointBox:
+    """The joint patch of selected cells, as the view shows it beside the grid."""
+    return {
+        "cells": [c.label for c in joint.cells],
+        "singles": [round(float(v), 6) for v in joint.singles],
+        "sum_of_singles": round(joint.sum_of_singles, 6),
+        "joint": round(joint.joint, 6),
+        "metric": joint.settings["metric"],
+    }
+
+
+def png(result: PatchResult) -> str:
+    """The result's figure as base64 PNG, for where no widget manager runs (GitHub, nbviewer)."""
+    buf = io.BytesIO()
+    result.plot(show=False).savefig(buf, format="png", dpi=90)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def computed_states(session: Session, top: Level, settings: Settings, pair: str | int) -> tuple[list[dict], dict]:
+    """Every cached level reachable from ``top`` by clicks, each once, as front-end states, and the clicks
+    between them.
+
+    Each state holds a level's view and its breadcrumb label (``crumb``); the page builds
+    the breadcrumb from the path it has followed. ``edges`` maps ``"state|panel|row|col"``
+    to the state that click opens, and ``"0|circuit|target"`` (``"0|find|target"``) to a
+    circuit (bottleneck) found in the notebook, which the first grid's *Find circuit*
+    (*Find bottleneck*) button opens. Levels link back to each other (a head, what feeds
+    it, a sender head), so this is a walk over a graph: each level is visited once.
+
+    Example:
+        >>> states, edges = computed_states(w.session, w._levels[0], w._settings, "mean")  # doctest: +SKIP
+        >>> states[0]["crumb"]  # doctest: +SKIP
+        {'label': 'resid_pre'}
+    """
+    tokens = session.labels_for(pair)
+    if (top, settings) not in session.cache:
+        return [], {}
+    order, ids = [top], {top: 0}
+    states: list[dict] = []
+    edges: dict[str, int] = {}
+    for state_id, level in enumerate(order):  # grows while walked: breadth first, each level once
+        computed = session.cache[(level, settings)]
+        view = {**level_view(0, [level], computed, settings, session, pair), "note": "", "exact": True}
+        states.append({"view": view, "crumb": {"label": level.label(tokens)}})
+        for key, child in _links(session, level, view, settings, state_id):
+            if child not in ids:
+                ids[child] = len(order)
+                order.append(child)
+            edges[key] = ids[child]
+    return states, edges
+
+
+def _links(session: Session, level: Level, view: dict, settings: Settings, state_id: int):
+    """The computed levels one click from ``level`` (shown as ``view``): (edge key, level) pairs."""
+    for panel in view["panels"]:
+        for row in range(len(panel["rows"]) if panel["clickable"] else 0):
+            for col in range(len(panel["cols"])):
+                child = session.drill(level, panel["id"], row, col)
+                if child is not None and (child, settings) in session.cache:
+                    yield f"{state_id}|{panel['id']}|{row}|{col}", child
+    if state_id == 0:  # the searches run in the notebook, replayed from the first grid by their buttons
+        for found, kept in list(session.cache):
+            if kept == settings and found.kind in SEARCH_MESSAGES:
+                yield f"0|{SEARCH_MESSAGES[found.kind]}|{found.target}", found
+
+
+SEARCH_MESSAGES = {"circuit": "circuit", "search": "find"}  # a search level's kind -> the message its button sends
