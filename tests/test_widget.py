@@ -188,6 +188,21 @@ def test_consistency_is_sent_with_the_mean(widget):
     assert "spread" not in widget.view["panels"][0]
 
 
+def test_the_head_breakdown_sends_its_spread_across_pairs(widget):
+    """Issue 39, item 2: the head breakdown's tooltips show the spread across pairs, as other grids' do."""
+    send(widget, type="drill", request_id=1, panel="resid_pre", row=3, col=13)
+    wait_idle(widget, 1)
+    send(widget, type="drill", request_id=2, panel="head_out", row=1, col=13)
+    wait_idle(widget, 2)
+    components = widget.view["panels"][0]
+    assert components["id"] == "components"
+    computed = widget.session.cache[(widget._levels[-1], widget._settings)]
+    parts = [computed.results[s] for s in ("head_q", "head_k", "head_v", "head_out")]
+    spread = np.stack([r.spread()[0, 0] for r in parts])
+    assert_close(np.array(components["spread"], dtype=float), spread, 1e-5)
+    assert components["flips"] == np.stack([r.sign_flips()[0, 0] for r in parts]).tolist()
+
+
 def test_pair_change_and_joint_during_an_estimate_still_end_exact(demo, monkeypatch):
     w = pw.explore(demo, **TEXTS)
     hold = threading.Event()

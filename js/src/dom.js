@@ -22,5 +22,17 @@ export function replaceContent(container, children) {
   container.replaceChildren(...children.filter(Boolean));
   if (!hadFocus) return;
   const same = [...container.querySelectorAll("[data-pw-key]")].find((e) => e.dataset.pwKey === key);
-  (same ?? container.querySelector('.pw-cell[tabindex="0"]'))?.focus({ preventScroll: true });
+  quietFocus(same ?? container.querySelector('.pw-cell[tabindex="0"]'));
+}
+
+// Focus the widget moves itself (after a re-render) keeps the keyboard in place but is not the user
+// pointing at a cell: focus handlers see data-pw-quiet and show no tooltip for it.
+export function quietFocus(el) {
+  if (!el) return;
+  el.dataset.pwQuiet = "";
+  try {
+    el.focus({ preventScroll: true });
+  } finally {
+    delete el.dataset.pwQuiet;
+  }
 }

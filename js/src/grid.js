@@ -123,20 +123,25 @@ function onClick(panel, actions, event) {
   else if (panel.clickable) actions.drill(row, col);
 }
 
+// Over a cell: its tooltip; over anything else in the grid (headers, borders): none.
 function showTip(panel, { tooltip, nPairs }, event) {
   const cell = event.target.closest(".pw-cell");
-  if (!cell) return;
+  if (!cell) {
+    tooltip.hide();
+    return;
+  }
   const { row, col } = coords(cell);
   tooltip.show(cell, tooltipLines(panel, row, col, nPairs));
 }
 
+// Focus the widget moved itself (dom.quietFocus, after a drill) shows no tooltip: only the user's.
 function onFocusin(grid, panel, opts, event) {
   const cell = event.target.closest(".pw-cell");
   if (!cell) return;
   makeRoving(grid, cell);
   const { row, col } = coords(cell);
   opts.actions.focus(row, col);
-  showTip(panel, opts, event);
+  if (cell.dataset.pwQuiet === undefined) showTip(panel, opts, event);
 }
 
 // opts: scale (from colors.panelScale), focus {row, col}, selection (cells of

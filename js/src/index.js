@@ -1,20 +1,14 @@
 import { renderBreadcrumb } from "./breadcrumb.js";
-import { autoVmax, validVmax } from "./colors.js";
+import { validVmax } from "./colors.js";
 import { renderControls } from "./controls.js";
 import { h, replaceContent } from "./dom.js";
 import { createJointBox, updateJointBox } from "./joint.js";
 import { renderPanel } from "./panel.js";
 import { renderStatus } from "./progress.js";
+import { colourRange, pathMaxima } from "./range.js";
 import { chooseView, createRequests, currentStatus, seedRequestId } from "./requests.js";
 import { renderSelectionBar, toggleCell } from "./selection.js";
 import { createTooltip } from "./tooltip.js";
-
-// The range "auto" would use across the diverging panels, offered as the
-// starting value when the user fixes the range.
-function viewAutoMax(view) {
-  const maxima = (view?.panels ?? []).filter((p) => p.diverging).map((p) => autoVmax(p.values));
-  return maxima.length ? Math.max(...maxima) : 1;
-}
 
 function render({ model, el }) {
   // Per view, not per model: anywidget gives initialize() and each render()
@@ -23,6 +17,7 @@ function render({ model, el }) {
   const requests = createRequests((m) => model.send(m), seedRequestId(model.get("view"), model.get("status")));
   const focus = new Map(); // panel id -> {row, col}, so the roving cell survives re-renders
   let shown = chooseView(model.get("view"), null, requests.latest());
+  let maxima = pathMaxima([], shown); // the largest |value| of each level along the drill-down
 
   const header = h("div", { class: "pw-header" });
   const controls = h("div", { class: "pw-controls" });
@@ -43,6 +38,7 @@ function render({ model, el }) {
 
   const selection = () => model.get("selection") ?? [];
   const vmax = () => validVmax(model.get("vmax"));
+  const range = () => colourRange(vmax(), model.get("controls")?.metric, maxima);
 
   function request(message) {
     requests.send(message);
@@ -83,7 +79,7 @@ function render({ model, el }) {
       controls,
       renderControls(current, {
         vmax: vmax(),
-        autoMax: viewAutoMax(shown),
+        autoMax: colourRange(null, current.metric, maxima).vmax,
         onSet: (key, value) => {
           if (current[key] !== value) request({ type: "set", key, value });
         },
@@ -105,12 +101,12 @@ function render({ model, el }) {
     const panels = shown?.panels ?? [];
     if (panels.length === 0) return h("div", { class: "pw-empty" }, "Nothing to show yet.");
     const cells = selection();
-    return h(
-      "div",
-      { class: "pw-panels" },
-      panels.map((panel) =>
+    const { vmax: shared, note } = range();
+    return h("div", { class: "pw-panels" }, [
+      h("div", { class: "pw-range-note", role: "note" }, note),
+      ...panels.map((panel) =>
         renderPanel(panel, {
-          vmax: vmax(),
+          vmax: shared,
           exact: shown.exact !== false,
           focus: focus.get(panel.id),
           selection: cells.filter((c) => c.panel === panel.id),
@@ -119,7 +115,7 @@ function render({ model, el }) {
           actions: panelActions(panel),
         }),
       ),
-    );
+    ]);
   }
 
   function renderBody() {
@@ -141,6 +137,7 @@ function render({ model, el }) {
     const next = chooseView(view, shown, requests.latest());
     if (next === shown) return;
     shown = next;
+    maxima = pathMaxima(maxima, shown);
     renderHeader();
     renderControlsSection();
     renderBody();
@@ -152,6 +149,11 @@ function render({ model, el }) {
     renderStatusSection();
   }
 
+  function onControls() {
+    renderControlsSection();
+    renderBody(); // the metric decides the colour range
+  }
+
   function onVmaxChange() {
     renderControlsSection();
     renderBody();
@@ -160,7 +162,7 @@ function render({ model, el }) {
   const listeners = [
     ["change:view", onView],
     ["change:breadcrumb", renderHeader],
-    ["change:controls", renderControlsSection],
+    ["change:controls", onControls],
     ["change:status", onStatus],
     ["change:vmax", onVmaxChange],
     ["change:selection", renderBody],

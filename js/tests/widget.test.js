@@ -225,6 +225,41 @@ describe("widget", () => {
     expect(model.get("vmax")).toBeNull();
   });
 
+  it("draws every panel on one colour range and says which (issue 39, item 3)", () => {
+    const ticks = () => [...$$(".pw-legend-ticks")].map((t) => [...t.children].map((s) => s.textContent));
+    const scaled = (id, k) =>
+      panel4x5({ id, title: id, values: panel4x5().values.map((r) => r.map((v) => v && v * k)) });
+    const three = [scaled("head_q", 0.01), scaled("head_k", 0.1), scaled("head_v", 2)];
+    // A normalised metric: ±1, fixed, whatever the values.
+    model.set("view", pythonView(0, { panels: three }));
+    expect(ticks()).toEqual([
+      ["-1", "0", "1"],
+      ["-1", "0", "1"],
+      ["-1", "0", "1"],
+    ]);
+    expect($(".pw-range-note").textContent).toContain("±1, fixed: the metric is normalised");
+    // A raw metric: the largest |value| of the view (head_v's 2), one range for the three panels.
+    model.set("controls", { ...model.get("controls"), metric: "logit_diff" });
+    expect(ticks()).toEqual([
+      ["-2", "0", "2"],
+      ["-2", "0", "2"],
+      ["-2", "0", "2"],
+    ]);
+    model.set("view", pythonView(0, { level: 0, panels: [scaled("top", 4)] }));
+    expect(ticks()).toEqual([["-4", "0", "4"]]);
+    // Deeper in the drill-down the range stays the largest along the path: small effects stay pale.
+    model.set("view", pythonView(0, { level: 1, panels: three }));
+    expect(ticks()).toEqual([
+      ["-4", "0", "4"],
+      ["-4", "0", "4"],
+      ["-4", "0", "4"],
+    ]);
+    expect($(".pw-range-note").textContent).toContain("largest |value| along this drill-down");
+    // Back at the top with smaller values, the deeper level is forgotten.
+    model.set("view", pythonView(0, { level: 0, panels: [scaled("top", 0.2)] }));
+    expect(ticks()).toEqual([["-0.2", "0", "0.2"]]);
+  });
+
   it("removes its model listeners on cleanup", () => {
     expect(model.listenerCount()).toBe(6);
     cleanup();

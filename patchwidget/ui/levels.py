@@ -244,7 +244,8 @@ def _head_panels(computed: Computed, v: View) -> list[dict]:
             v.columns(parts),
             values,
             True,  # q, k or v opens what feeds this head; out opens its direct path to the logits
-        ),
+        )
+        | _parts_consistency([results[s] for s in HEAD_PARTS], v),
         panel(
             "pattern",
             f"Attention pattern (first clean prompt); {restores}",
@@ -265,6 +266,14 @@ def _head_opens(level: Level, panel: str, row: int, col: int) -> Level | None:
     if row == 3:  # the head's output: where outputs go straight to the logits
         return level.open("direct", layer=level.layer, head=level.head)
     return level.open("feeds", layer=level.layer, head=level.head)
+
+
+def _parts_consistency(parts: list[PatchResult], v: View) -> dict:
+    """Spread and sign flips across pairs of a head's q, k, v and out rows (``View.consistency`` per part)."""
+    each = [v.consistency(r, 0) for r in parts]  # each part's (layer, head, pos) grid holds one layer and head
+    if not all(each):
+        return {}
+    return {"spread": [c["spread"][0] for c in each], "flips": [c["flips"][0] for c in each]}
 
 
 def _head_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Cell | None:

@@ -66,7 +66,7 @@ def choose_drill_down() -> tuple[int, int, list[list[float]]]:
     return layer, int(pos), heads[layer].tolist()
 
 
-def write_notebook(folder: Path) -> Path:
+def write_notebook(folder: Path, name: str = "patchwidget_e2e.ipynb") -> Path:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [
@@ -78,7 +78,7 @@ def write_notebook(folder: Path) -> Path:
         nbformat.v4.new_code_cell(PROBE),
         nbformat.v4.new_code_cell(SAVE),
     ]
-    path = folder / "patchwidget_e2e.ipynb"
+    path = folder / name  # one notebook per test: JupyterLab keeps a document it has opened
     nbformat.write(nb, path)
     return path
 
@@ -236,6 +236,10 @@ def test_drill_down_and_back(lab_server, page, ui_output):
         parts.locator('.pw-cell[data-row="0"][data-col="13"]').click()
         expect(page.locator(CRUMBS).last).to_have_text("what feeds L3 H1", timeout=ACTION_TIMEOUT)
         wait_settled(page)
+        # One colour range for the three panels, said on screen (issue 39, item 3; three scales before).
+        ticks = page.locator(f"{WIDGET} .pw-legend-ticks").evaluate_all("ts => ts.map(t => t.textContent)")
+        assert len(ticks) == 3 and len(set(ticks)) == 1, ticks
+        expect(page.locator(f"{WIDGET} .pw-range-note")).to_contain_text("±1, fixed: the metric is normalised")
         page.locator(f"{WIDGET} .pw-grid[role=grid] .pw-cell").first.focus()
         page.keyboard.press("Escape")
         expect(page.locator(CRUMBS).last).to_have_text("L3 H1", timeout=ACTION_TIMEOUT)
@@ -356,3 +360,66 @@ def follow_saved_page(page, path: Path) -> None:
         ["resid_pre", "find circuit (target 0.9)", "L3 H1", "direct to logits", "L3 H1"], timeout=ACTION_TIMEOUT
     )
     expect(page.locator(f"{WIDGET} .pw-error")).to_have_count(0)
+
+
+def tooltip_box(page) -> dict | None:
+    """The shown tooltip's box in the viewport, or None when hidden."""
+    return page.evaluate(
+        "() => { const t = document.querySelector('.patchwidget .pw-tooltip');"
+        " if (!t || t.hidden) return null; const r = t.getBoundingClientRect();"
+        " return {left: r.left, top: r.top, right: r.right, bottom: r.bottom}; }"
+    )
+
+
+def visible_area(page) -> dict:
+    """What JupyterLab shows of the widget's output (it clips at the output area), within the viewport."""
+    return page.evaluate(
+        "() => { const o = document.querySelector('.patchwidget').closest('.jp-OutputArea-output');"
+        " const r = o.getBoundingClientRect(); return {left: Math.max(0, r.left), top: Math.max(0, r.top),"
+        " right: Math.min(innerWidth, r.right), bottom: Math.min(innerHeight, r.bottom)}; }"
+    )
+
+
+def test_tooltips_are_whole_and_go_away(lab_server, page, ui_output):
+    """Issue 39, item 2: a tooltip on the bottom row and at the left and right edges is wholly inside what
+    JupyterLab shows; it goes when the pointer leaves, and focus the widget moves itself after a drill
+    opens none."""
+    from playwright.sync_api import expect
+
+    notebook = write_notebook(lab_server.root, "tooltips.ipynb")
+    try:
+        # ?reset: a fresh workspace, without the notebooks earlier tests left open.
+        page.goto(f"{lab_server.url}/lab/tree/{notebook.name}?reset", wait_until="domcontentloaded")
+        expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(3, timeout=KERNEL_TIMEOUT)
+        wait_kernel_idle(page)
+        run_cell(page, 0)
+        expect(page.locator(TOP_GRID)).to_have_count(1, timeout=KERNEL_TIMEOUT)
+        wait_settled(page)
+        page.locator(TOP_GRID).scroll_into_view_if_needed()
+        for row, col in ((N_LAYERS - 1, 0), (N_LAYERS - 1, len(TOKENS) - 1), (0, 0)):
+            page.locator(f'{TOP_GRID} .pw-cell[data-row="{row}"][data-col="{col}"]').hover()
+            expect(page.locator(f"{WIDGET} .pw-tooltip")).to_be_visible()
+            box, area = tooltip_box(page), visible_area(page)
+            inside = all(
+                [box["left"] >= area["left"], box["right"] <= area["right"]]
+                + [box["top"] >= area["top"], box["bottom"] <= area["bottom"]]
+            )
+            assert inside, f"the tooltip of cell ({row}, {col}) at {box} is cut by what is shown, {area}"
+        page.mouse.move(0, 0)
+        expect(page.locator(f"{WIDGET} .pw-tooltip")).to_be_hidden()
+
+        # The keyboard's own focus shows the tooltip; the focus the widget moves to the new grid does not.
+        page.locator(f'{TOP_GRID} .pw-cell[data-row="3"][data-col="12"]').focus()
+        page.keyboard.press("ArrowRight")
+        expect(page.locator(f"{WIDGET} .pw-tooltip")).to_be_visible()
+        page.keyboard.press("Enter")
+        heads = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Heads of layer 3"]')
+        expect(heads).to_have_count(1, timeout=ACTION_TIMEOUT)
+        wait_settled(page)
+        focused = page.evaluate("document.activeElement.closest('.pw-grid')?.getAttribute('aria-label') ?? ''")
+        assert focused.startswith("Heads of layer 3"), focused
+        expect(page.locator(f"{WIDGET} .pw-tooltip")).to_be_hidden()
+    except BaseException:
+        page.screenshot(path=str(ui_output / "failure-tooltips.png"), full_page=True, timeout=10_000)
+        raise
+    assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
