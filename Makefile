@@ -49,6 +49,7 @@ test-js: js/node_modules/.installed
 screenshot: $(VENV)/.installed browser
 	$(PY) -m pytest tests/ui -q
 	mkdir -p docs && cp test-output/ui/widget-heads.png docs/widget.png
+	cp test-output/ui/widget-circuit.png docs/widget_circuit.png
 
 ## make lint: ruff (lint and format check) on the Python, biome on js/
 lint: $(VENV)/.installed js/node_modules/.installed

@@ -52,7 +52,7 @@ def test_each_level_computes_and_draws_its_panels(session, level, label, panel_s
 
 
 def test_clicks_open_the_narrower_level(session):
-    opens = lambda level, panel, row, col: LEVELS[level.kind].opens(level, panel, row, col)
+    opens = lambda level, panel, row, col: LEVELS[level.kind].opens(level, panel, row, col, session.info)
     assert opens(Level("top", "resid_pre"), "resid_pre", 2, 9) == Level("heads", "resid_pre", layer=2, pos=9)
     assert opens(Level("top", "mlp_out"), "mlp_out", 1, 3) == Level("neurons", "mlp_out", layer=1, pos=3)
     assert opens(Level("top", "head_out"), "head_out", 3, 1) == Level("head", "head_out", layer=3, head=1)
@@ -62,6 +62,11 @@ def test_clicks_open_the_narrower_level(session):
     assert opens(Level("head", layer=1, head=2), "pattern", 0, 0) is None
     assert opens(Level("feeds", layer=2, head=1), "head_k", 0, 3) == Level("head", layer=0, head=3)  # upstream
     assert opens(Level("neurons", layer=0, pos=9), "neurons", 0, 0) is None
+    # The circuit diagram: the last layer on top, heads then the MLP, the embeddings in the last row.
+    found = Level("circuit", target=0.9)
+    assert opens(found, "circuit", 0, 1) == Level("head", layer=3, head=1)
+    assert opens(found, "circuit", 3, 4) == Level("top", site="mlp_out")
+    assert opens(found, "circuit", 4, 0) is None and opens(found, "curve", 0, 3) is None
 
 
 def test_the_cell_under_a_click_comes_from_indices_not_labels(session):

@@ -298,30 +298,39 @@ def test_find_circuit_from_the_widget_ends_on_the_circuit_view(widget, demo):
     send(widget, type="circuit", request_id=1, target=0.9)
     assert wait_idle(widget, 1, timeout=120)["state"] == "idle"
     found = widget.circuit
-    direct = pw.find_circuit(demo, **TEXTS, target=0.9, method="exact")  # the widget uses its method setting
+    # The search measures in the widget's metric (logit_diff_norm), as the header says (issue 39, item 1).
+    direct = pw.find_circuit(demo, **TEXTS, target=0.9, method="exact", metric="logit_diff_norm")
     assert found.cells == direct.cells and found.faithfulness == near(direct.faithfulness, 1e-6)
+    assert found.provenance["metric"] == "logit_diff_norm" and widget.view["title"].endswith("logit_diff_norm")
     assert widget.breadcrumb[-1]["label"] == "find circuit (target 0.9)"
-    grid, curve = widget.view["panels"]
-    assert grid["title"].startswith(f"Circuit of {len(found.cells)} nodes: on their own")
-    assert grid["rows"] == ["embed", "L0", "L1", "L2", "L3"] and grid["cols"] == ["MLP", "H0", "H1", "H2", "H3"]
-    values = np.array(grid["values"], dtype=float)
-    shown = {(r, c) for r, c in zip(*np.nonzero(np.isfinite(values)))}
-    want = {
-        (0, 0) if c.site == "embed" else (c.layer + 1, 0 if c.site == "mlp_out" else c.head + 1) for c in found.cells
-    }
-    assert shown == want
+    nodes, curve = widget.view["panels"]
+    assert nodes["title"].startswith(f"Circuit of {len(found.cells)} nodes: on their own")
+    # A diagram as circuit.plot() draws it: the last layer on top, heads then the MLP, the embeddings at the bottom.
+    assert nodes["kind"] == "nodes" and nodes["rows"] == ["L3", "L2", "L1", "L0", "embed"]
+    assert nodes["cols"] == ["H0", "H1", "H2", "H3", "MLP"]
+    assert nodes["absent"][-1] == [False, True, True, True, True] and not any(map(any, nodes["absent"][:-1]))
+    values = np.array(nodes["values"], dtype=float)
+    shown = {(int(r), int(c)): values[r, c] for r, c in zip(*np.nonzero(np.isfinite(values)))}
+    place = lambda c: (4, 0) if c.site == "embed" else (3 - c.layer, 4 if c.site == "mlp_out" else c.head)
+    assert set(shown) == {place(c) for c in found.cells}
+    for cell, effect in zip(found.cells, direct.values):  # normalised effects: a node alone loses up to the task
+        assert shown[place(cell)] == near(effect, 1e-4) and -1.5 < effect < 0.5
+    assert nodes["missing"].startswith("not in the circuit")
+    assert curve["kind"] == "curve" and curve["x"] == [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
     assert_close(curve["values"][0], found.curve["faithfulness"], 1e-5)
+    assert curve["target"] == 0.9 and "CPR" in curve["note"] and "area under this curve" in curve["note"]
+    assert set(widget.view["disabled"]) == {"direction", "pair"}
     # A head node opens its breakdown, an MLP node the mlp_out grid; the embeddings open nothing.
-    send(widget, type="drill", request_id=2, panel="circuit", row=4, col=2)
+    send(widget, type="drill", request_id=2, panel="circuit", row=0, col=1)
     assert wait_idle(widget, 2, timeout=60)["state"] == "idle" and widget.breadcrumb[-1]["label"] == "L3 H1"
+    assert "disabled" not in widget.view
     send(widget, type="back", request_id=3, level=1)
     assert wait_idle(widget, 3)["state"] == "idle" and widget.view["panels"][0]["id"] == "circuit"
-    send(widget, type="drill", request_id=4, panel="circuit", row=2, col=0)
-    assert wait_idle(widget, 4, timeout=60)["state"] == "idle" and widget.breadcrumb[-1]["label"] == "mlp_out"
-    send(widget, type="back", request_id=5, level=1)
-    assert wait_idle(widget, 5)["state"] == "idle"
-    send(widget, type="drill", request_id=6, panel="circuit", row=0, col=0)
-    assert widget.status["state"] == "error" and "no narrower sites" in widget.status["message"]
+    assert nodes["opens"][-1] == [False] * 5 and all(map(all, nodes["opens"][:-1]))  # the page offers no click there
+    send(widget, type="drill", request_id=4, panel="circuit", row=4, col=0)
+    assert "no narrower sites" in wait_idle(widget, 4)["message"]
+    send(widget, type="drill", request_id=5, panel="circuit", row=2, col=4)
+    assert wait_idle(widget, 5, timeout=60)["state"] == "idle" and widget.breadcrumb[-1]["label"] == "mlp_out"
 
 
 def test_one_pair_on_show_labels_the_columns_with_its_own_tokens(widget, demo):

@@ -33,17 +33,22 @@ function siteGroup(group, label, controls, onSet) {
 
 // Options carry typed values (pair is "mean" or an int); mapping back by
 // index avoids parsing the option's string value.
-function selectControl(key, label, options, current, onSet) {
+// `why`: the reason this control does not apply to the level on show (view.disabled); it is then
+// disabled, and the reason is its tooltip and its accessible description.
+function selectControl(key, label, options, current, onSet, why) {
   const select = h(
     "select",
     {
       class: `pw-${key}`,
       "data-pw-key": `ctl:${key}`,
+      disabled: Boolean(why),
+      title: why,
+      "aria-description": why,
       onchange: (e) => onSet(key, options[e.target.selectedIndex][0]),
     },
     options.map(([value, text]) => h("option", { value: String(value), selected: value === current }, text)),
   );
-  return h("label", { class: "pw-control" }, [h("span", {}, label), select]);
+  return h("label", { class: `pw-control${why ? " pw-disabled" : ""}`, title: why }, [h("span", {}, label), select]);
 }
 
 // Every choice comes from Python (controls.directions, .metrics, .methods: [{value, label}]).
@@ -125,7 +130,8 @@ function findControl(target, onFind, onCircuit) {
 }
 
 // handlers: onSet(key, value) for protocol "set" requests, onVmax(value|null), onFind(target), onCircuit(target).
-export function renderControls(controls, { vmax, autoMax, onSet, onVmax, onFind, onCircuit }) {
+// disabled: {control: reason} for the controls the level on show ignores (view.disabled).
+export function renderControls(controls, { vmax, autoMax, onSet, onVmax, onFind, onCircuit, disabled = {} }) {
   return [
     h(
       "div",
@@ -133,10 +139,19 @@ export function renderControls(controls, { vmax, autoMax, onSet, onVmax, onFind,
       GROUPS.map(([group, label]) => siteGroup(group, label, controls, onSet)),
     ),
     h("div", { class: "pw-options" }, [
-      selectControl("direction", "Direction", choices(controls.directions), controls.direction, onSet),
-      selectControl("metric", "Metric", choices(controls.metrics), controls.metric, onSet),
-      selectControl("method", "Method", choices(controls.methods), controls.method, onSet),
-      controls.n_pairs > 1 ? selectControl("pair", "Pair", pairOptions(controls.n_pairs), controls.pair, onSet) : null,
+      selectControl(
+        "direction",
+        "Direction",
+        choices(controls.directions),
+        controls.direction,
+        onSet,
+        disabled.direction,
+      ),
+      selectControl("metric", "Metric", choices(controls.metrics), controls.metric, onSet, disabled.metric),
+      selectControl("method", "Method", choices(controls.methods), controls.method, onSet, disabled.method),
+      controls.n_pairs > 1
+        ? selectControl("pair", "Pair", pairOptions(controls.n_pairs), controls.pair, onSet, disabled.pair)
+        : null,
       rangeControl(vmax, autoMax, onVmax),
       onFind ? findControl(controls.target, onFind, onCircuit) : null,
     ]),

@@ -5,27 +5,48 @@ import { formatExact, formatValue } from "./format.js";
 import { keyAction } from "./keyboard.js";
 import { isSelected } from "./selection.js";
 
+// A panel drawn as a diagram of nodes ("nodes": the circuit view) rather than a grid of numbers.
+const isNodes = (panel) => panel.kind === "nodes";
+
+// Whether a click on (row, col) opens a narrower level: the panel says so, per cell for node diagrams.
+export function opensAt(panel, row, col) {
+  return Boolean(panel.clickable) && (panel.opens?.[row]?.[col] ?? true);
+}
+
+// A cell's value in words: the number, or what having none means here (a node outside the circuit).
+function valueText(panel, row, col, format) {
+  const value = panel.values[row][col];
+  return isMissing(value) && panel.missing ? panel.missing : format(value);
+}
+
 // nPairs (controls.n_pairs) only words the spread and flips of mean views.
 export function cellLabel(panel, row, col, nPairs) {
-  const label = `${panel.rows[row]}, '${panel.cols[col]}', ${panel.title}: ${formatValue(panel.values[row][col], 3)}`;
+  const value = valueText(panel, row, col, (v) => formatValue(v, 3));
+  const label = `${panel.rows[row]}, '${panel.cols[col]}', ${panel.title}: ${value}`;
   return [label, ...consistencyNotes(panel, row, col, nPairs)].join(", ");
 }
 
+// The panel's title is not repeated here: it is above the grid, and long titles made tooltips too wide.
 function tooltipLines(panel, row, col, nPairs) {
-  return [
-    `${panel.rows[row]}, '${panel.cols[col]}' · ${panel.title}`,
-    `value: ${formatExact(panel.values[row][col])}`,
-    ...consistencyNotes(panel, row, col, nPairs),
-  ];
+  const value = valueText(panel, row, col, (v) => `value: ${formatExact(v)}`);
+  return [`${panel.rows[row]}, '${panel.cols[col]}'`, value, ...consistencyNotes(panel, row, col, nPairs)];
+}
+
+function cellContent(panel, value, colors, scale) {
+  if (!isNodes(panel)) return formatValue(value, 2, Math.abs(scale.domain().at(-1)));
+  const fill = colors ? `background-color: ${colors.background}` : null;
+  return h("span", { class: `pw-node ${colors ? "pw-node-in" : "pw-node-out"}`, style: fill, "aria-hidden": "true" });
 }
 
 function renderCell(panel, row, col, { scale, focus, selection, nPairs }) {
+  if (panel.absent?.[row]?.[col]) return h("td", { role: "none", class: "pw-absent" });
   const value = panel.values[row][col];
   const colors = cellColors(scale, value);
   const selected = isSelected(selection, { panel: panel.id, row, col });
   const classes = [
     "pw-cell",
-    panel.clickable && "pw-clickable",
+    isNodes(panel) && "pw-node-cell",
+    opensAt(panel, row, col) && "pw-clickable",
     selected && "pw-selected",
     isMissing(value) && "pw-nan",
     cellFlips(panel, row, col) > 0 && "pw-flip",
@@ -41,9 +62,9 @@ function renderCell(panel, row, col, { scale, focus, selection, nPairs }) {
       tabindex: row === focus.row && col === focus.col ? 0 : -1,
       "aria-label": cellLabel(panel, row, col, nPairs),
       "aria-selected": String(selected),
-      style: colors && `background-color: ${colors.background}; color: ${colors.color}`,
+      style: colors && !isNodes(panel) && `background-color: ${colors.background}; color: ${colors.color}`,
     },
-    formatValue(value, 2, Math.abs(scale.domain().at(-1))),
+    cellContent(panel, value, colors, scale),
   );
 }
 
@@ -91,7 +112,7 @@ function applyKey(grid, panel, action, actions) {
       cellAt(grid, action.row, action.col)?.focus();
       return true;
     case "drill":
-      if (panel.clickable) actions.drill(action.row, action.col);
+      if (opensAt(panel, action.row, action.col)) actions.drill(action.row, action.col);
       return true;
     case "toggle":
       actions.toggle(action.row, action.col);
@@ -120,7 +141,7 @@ function onClick(panel, actions, event) {
   if (!cell) return;
   const { row, col } = coords(cell);
   if (event.shiftKey) actions.toggle(row, col);
-  else if (panel.clickable) actions.drill(row, col);
+  else if (opensAt(panel, row, col)) actions.drill(row, col);
 }
 
 // Over a cell: its tooltip; over anything else in the grid (headers, borders): none.

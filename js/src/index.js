@@ -86,6 +86,7 @@ function render({ model, el }) {
         onVmax: (value) => setTrait("vmax", value),
         onFind: (target) => request({ type: "find", target }),
         onCircuit: (target) => request({ type: "circuit", target }),
+        disabled: shown?.disabled ?? {},
       }),
     );
   }

@@ -1,5 +1,6 @@
 import { panelScale } from "./colors.js";
 import { panelHasFlips } from "./consistency.js";
+import { renderCurve } from "./curve.js";
 import { h } from "./dom.js";
 import { renderGrid } from "./grid.js";
 import { renderLegend } from "./legend.js";
@@ -30,15 +31,26 @@ function flipKey() {
 
 // opts: vmax (validated, null = auto), exact, focus, selection, nPairs, tooltip, actions.
 export function renderPanel(panel, opts) {
+  const header = h("div", { class: "pw-panel-header" }, [
+    h("span", { class: "pw-panel-title" }, panel.title),
+    opts.exact ? null : estimateBadge(),
+    panelHasFlips(panel) ? flipKey() : null,
+  ]);
+  const note = panel.note ? h("p", { class: "pw-panel-note" }, panel.note) : null;
+  const classes = `pw-panel${opts.exact ? "" : " pw-panel-estimate"}`;
+  if (panel.kind === "curve") {
+    return h("section", { class: `${classes} pw-panel-curve`, "data-panel": panel.id }, [
+      header,
+      renderCurve(panel),
+      note,
+    ]);
+  }
   const scale = panelScale(panel, opts.vmax);
   const gridOpts = { ...opts, scale, focus: clampFocus(opts.focus, panel) };
-  return h("section", { class: `pw-panel${opts.exact ? "" : " pw-panel-estimate"}`, "data-panel": panel.id }, [
-    h("div", { class: "pw-panel-header" }, [
-      h("span", { class: "pw-panel-title" }, panel.title),
-      opts.exact ? null : estimateBadge(),
-      panelHasFlips(panel) ? flipKey() : null,
-    ]),
+  return h("section", { class: classes, "data-panel": panel.id }, [
+    header,
     renderLegend(scale),
     h("div", { class: "pw-grid-scroll" }, renderGrid(panel, gridOpts)),
+    note,
   ]);
 }

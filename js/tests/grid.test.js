@@ -80,7 +80,7 @@ describe("renderGrid", () => {
     expect(grid.querySelectorAll('[tabindex="0"]')).toHaveLength(1);
     expect(cell(1, 1).tabIndex).toBe(0);
     expect(actions.focus).toHaveBeenLastCalledWith(1, 1);
-    expect(tooltip.show).toHaveBeenLastCalledWith(cell(1, 1), ["L1, 'Mary (1)' · resid_pre", "value: 1"]);
+    expect(tooltip.show).toHaveBeenLastCalledWith(cell(1, 1), ["L1, 'Mary (1)'", "value: 1"]);
   });
 
   it("drills on Enter and lets Escape through when there is no level to go back to", () => {
@@ -102,7 +102,7 @@ describe("renderGrid", () => {
   it("shows the exact value on hover", () => {
     const { cell, tooltip } = setup();
     cell(3, 0).dispatchEvent(new MouseEvent("mouseover", { bubbles: true }));
-    expect(tooltip.show).toHaveBeenCalledWith(cell(3, 0), ["L3, 'When' · resid_pre", "value: 0.734"]);
+    expect(tooltip.show).toHaveBeenCalledWith(cell(3, 0), ["L3, 'When'", "value: 0.734"]);
   });
 });
 
@@ -136,14 +136,14 @@ describe("renderGrid with consistency across pairs", () => {
     const { cell, tooltip } = setup(spreadAndFlips(), true, 8);
     cell(1, 2).dispatchEvent(new MouseEvent("mouseover", { bubbles: true }));
     expect(tooltip.show).toHaveBeenLastCalledWith(cell(1, 2), [
-      "L1, 'and' · resid_pre",
+      "L1, 'and'",
       "value: -1",
       "± 0.457 across 8 pairs",
       "sign flips in 2 of 8 pairs",
     ]);
     cell(3, 0).focus();
     expect(tooltip.show).toHaveBeenLastCalledWith(cell(3, 0), [
-      "L3, 'When' · resid_pre",
+      "L3, 'When'",
       "value: 0.734",
       "± 0.0812 across 8 pairs",
     ]);
@@ -161,6 +161,6 @@ describe("renderGrid with consistency across pairs", () => {
     expect(grid.querySelector(".pw-flip")).toBeNull();
     expect(cell(1, 2).getAttribute("aria-label")).toBe("L1, 'and', resid_pre: -1.000");
     cell(1, 2).dispatchEvent(new MouseEvent("mouseover", { bubbles: true }));
-    expect(tooltip.show).toHaveBeenLastCalledWith(cell(1, 2), ["L1, 'and' · resid_pre", "value: -1"]);
+    expect(tooltip.show).toHaveBeenLastCalledWith(cell(1, 2), ["L1, 'and'", "value: -1"]);
   });
 });

@@ -10,7 +10,7 @@ indices (never labels to parse). A new level is one entry plus its test.
 Example:
     >>> Level("top", site="resid_pre").label(["When", "Mary"])
     'resid_pre'
-    >>> LEVELS["heads"].opens(Level("heads", layer=2), "head_out", 1, 3)
+    >>> LEVELS["heads"].opens(Level("heads", layer=2), "head_out", 1, 3, None)
     Level(kind='head', site='resid_pre', layer=2, head=1, pos=None, cells=())
 """
 
@@ -133,9 +133,11 @@ class LevelKind:
     label: Callable[[Level, list[str]], str]
     compute: Callable[[Level, Patcher], Computed]
     panels: Callable[[Computed, View], list[dict]]
-    opens: Callable[[Level, str, int, int], Level | None] = lambda level, panel, row, col: None
+    # What a click on (row, col) of a panel opens; the model's shape for levels laid out by it (the circuit).
+    opens: Callable[[Level, str, int, int, ModelInfo], Level | None] = lambda level, panel, row, col, info: None
     cell: Callable[[Level, dict, int, int, ModelInfo], Cell | None] = lambda level, panel, row, col, info: None
     preview: bool = False  # an attribution estimate is drawn first while the exact values are computed
+    disabled: tuple[tuple[str, str], ...] = ()  # (control, why it does not apply here): drawn disabled, with why
 
 
 # --- the layer grid of one site -----------------------------------------------------------------
@@ -166,7 +168,7 @@ def level_spans(result: PatchResult) -> bool:
     return "span" in result.dims
 
 
-def _top_opens(level: Level, panel: str, row: int, col: int) -> Level:
+def _top_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo) -> Level:
     if level.site == "head_out":
         return level.open("head", layer=row, head=col)
     if level.spans:  # a span opens into its positions first
@@ -260,7 +262,7 @@ def _head_panels(computed: Computed, v: View) -> list[dict]:
     ]
 
 
-def _head_opens(level: Level, panel: str, row: int, col: int) -> Level | None:
+def _head_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo) -> Level | None:
     if panel != "components":
         return None
     if row == 3:  # the head's output: where outputs go straight to the logits
@@ -319,7 +321,7 @@ def _direct_panels(computed: Computed, v: View) -> list[dict]:
     return _sender_panels(computed, v, {"logits": "Path patching: each head's direct path to the logits (exact)"})
 
 
-def _sender_opens(level: Level, panel: str, row: int, col: int) -> Level:
+def _sender_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo) -> Level:
     """A sender cell opens that sender's breakdown: follow the circuit upstream."""
     return level.open("head", layer=row, head=col)
 
@@ -377,46 +379,76 @@ def _search_panels(computed: Computed, v: View) -> list[dict]:
 # --- the circuit view: find_circuit's nodes by layer ----------------------------------------------
 
 CIRCUIT_PANEL = "circuit"
+CIRCUIT_DISABLED = (
+    ("direction", "A circuit always runs the clean prompts with every node outside it corrupted."),
+    ("pair", "The circuit is found on all pairs together: its faithfulness is a ratio of means over them."),
+)
 
 
 def _circuit_panels(computed: Computed, v: View) -> list[dict]:
-    """The circuit as a grid in forward order: the embeddings, then one row per layer, its MLP in the first
-    column and its heads after it; a node in the circuit shows its effect (the metric's change when it alone
-    is corrupted), every other node no value. Then MIB's curve."""
+    """The circuit as a diagram of nodes, as ``circuit.plot()`` draws it: one row per layer, the last at the
+    top, each layer's heads then its MLP, the embeddings at the bottom; the circuit's nodes marked, with
+    their effect (the metric's change when that node alone is corrupted, in the metric's unit). Then MIB's
+    curve as a line, the target marked, CPR and CMD said in words."""
     c = computed.circuit
     n_layers, n_heads = c.provenance["shape"]["n_layers"], c.provenance["shape"]["n_heads"]
     values = np.full((n_layers + 1, n_heads + 1), np.nan)
     for cell, effect in zip(c.cells, c.values):
-        if cell.site == "embed":
-            values[0, 0] = effect
-        else:
-            values[cell.layer + 1, 0 if cell.site == "mlp_out" else cell.head + 1] = effect
+        row, col = _circuit_place(cell, n_layers, n_heads)
+        values[row, col] = effect
+    absent = [[False] * (n_heads + 1) for _ in range(n_layers)] + [[col != 0 for col in range(n_heads + 1)]]
     state = "reached" if c.reached else "did not reach"
     title = (
         f"Circuit of {len(c.cells)} nodes: on their own, everything else corrupted, they do {c.faithfulness:.3f} "
-        f"of the task (faithfulness as MIB defines it; {state} {computed.level.target}). Nodes with a value "
-        "are the circuit's, with their effect when corrupted alone; click a head for its breakdown, an MLP for "
-        "its grid"
+        f"of the task (faithfulness as MIB defines it; {state} the target {computed.level.target})"
     )
-    rows = ["embed"] + [f"L{layer}" for layer in range(n_layers)]
-    grid = panel(CIRCUIT_PANEL, title, "layer", "node", rows, ["MLP"] + [f"H{h}" for h in range(n_heads)], values, True)
-    curve = c.curve
-    title = (
-        f"Faithfulness at MIB's circuit sizes (top-ranked nodes kept): CPR {curve['cpr']:.2f}, CMD {curve['cmd']:.2f}"
+    rows = [f"L{layer}" for layer in reversed(range(n_layers))] + ["embed"]
+    nodes = panel(
+        CIRCUIT_PANEL, title, "layer", "node", rows, [f"H{h}" for h in range(n_heads)] + ["MLP"], values, True
     )
-    cols = [f"{p:g}% ({k})" for p, k in zip(curve["percent"], curve["size"])]
-    faith = panel("curve", title, "", "nodes", ["faithfulness"], cols, np.asarray([curve["faithfulness"]]), False)
-    return [grid, faith]
+    nodes |= {
+        "kind": "nodes",
+        "absent": absent,
+        "opens": [[row < n_layers for _ in range(n_heads + 1)] for row in range(n_layers + 1)],  # not the embeddings
+        "missing": "not in the circuit: corrupted when the circuit runs alone",
+        "note": "Filled: the circuit's nodes, coloured by their effect when corrupted alone (hover for the value). "
+        "Click a head for its breakdown, an MLP for its grid.",
+    }
+    return [nodes, _curve_panel(c.curve, computed.level.target)]
 
 
-def _circuit_opens(level: Level, panel: str, row: int, col: int) -> Level | None:
+def _circuit_place(cell: Cell, n_layers: int, n_heads: int) -> tuple[int, int]:
+    """Where a node sits in the circuit diagram: (row, column), the last layer in row 0, the embeddings last."""
+    if cell.site == "embed":
+        return n_layers, 0
+    return n_layers - 1 - cell.layer, n_heads if cell.site == "mlp_out" else cell.head
+
+
+def _curve_panel(curve: dict, target: float | None) -> dict:
+    """MIB's faithfulness curve as a line over the circuit sizes, with CPR and CMD in a sentence each."""
+    cols = [f"{p:g}% ({k} nodes)" for p, k in zip(curve["percent"], curve["size"])]
+    title = "Faithfulness of the top-ranked nodes, at MIB's circuit sizes"
+    line = panel("curve", title, "", "circuit size", ["faithfulness"], cols, np.asarray([curve["faithfulness"]]), False)
+    return line | {
+        "kind": "curve",
+        "x": [float(p) for p in curve["percent"]],
+        "target": target,
+        "note": (
+            f"CPR {curve['cpr']:.2f}: the area under this curve (higher is better; above 1 where a partial circuit "
+            f"does more than the whole model). CMD {curve['cmd']:.2f}: the area between the curve and 1 (lower is "
+            "better; 0 means every size does the whole task)."
+        ),
+    }
+
+
+def _circuit_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo) -> Level | None:
     """A head node opens its breakdown (query, key, value, output, then what feeds it); an MLP node the
     mlp_out grid (layers by token, then its top neurons); the embeddings nothing narrower."""
-    if panel != CIRCUIT_PANEL or row == 0:
+    if panel != CIRCUIT_PANEL or row >= info.n_layers:  # the last row: the embeddings
         return None
-    if col == 0:
+    if col == info.n_heads:
         return Level("top", site="mlp_out", spans=level.spans)
-    return level.open("head", layer=row - 1, head=col - 1)
+    return level.open("head", layer=info.n_layers - 1 - row, head=col)
 
 
 # --- one MLP's top neurons at one token ----------------------------------------------------------
@@ -449,7 +481,7 @@ LEVELS: dict[str, LevelKind] = {
         label=lambda level, tokens: f"{tokens[level.span]} by position",
         compute=lambda level, p: Computed(level, {level.site: p.run(level.site, within=level.span)}),
         panels=_span_panels,
-        opens=lambda level, panel, row, col: _position_opens(level, row, col),
+        opens=lambda level, panel, row, col, info: _position_opens(level, row, col),
         preview=True,
     ),
     "heads": LevelKind(
@@ -458,7 +490,7 @@ LEVELS: dict[str, LevelKind] = {
             level, {"head_out": p.run("head_out", layers=[level.layer], within=level.span)}
         ),
         panels=_heads_panels,
-        opens=lambda level, panel, row, col: level.open("head", layer=level.layer, head=row),
+        opens=lambda level, panel, row, col, info: level.open("head", layer=level.layer, head=row),
         # Positions within a span are not Cells (a Cell's pos is a token or a whole span).
         cell=lambda level, panel, row, col, info: (
             None if level.span is not None else Cell("head_out", level.layer, head=row, pos=col)
@@ -513,6 +545,7 @@ LEVELS: dict[str, LevelKind] = {
         compute=lambda level, p: Computed(level, {}, circuit=p.find_circuit(level.target)),
         panels=_circuit_panels,
         opens=_circuit_opens,
+        disabled=CIRCUIT_DISABLED,
     ),
     "joint": LevelKind(
         label=lambda level, tokens: f"{len(level.cells)} cells together",

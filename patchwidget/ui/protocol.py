@@ -37,6 +37,13 @@ class Panel(TypedDict, total=False):
     spread: list[list[float | None]]  # only for the mean of several pairs
     flips: list[list[int]]
     keys: list[int]  # the unit index of each row, where rows are not in index order (top neurons)
+    kind: Literal["grid", "nodes", "curve"]  # how it is drawn; absent: "grid"
+    note: str  # a sentence under the panel
+    absent: list[list[bool]]  # "nodes": cells where no node is (drawn empty, not focusable)
+    missing: str  # "nodes": what a cell without a value means (a node outside the circuit)
+    opens: list[list[bool]]  # "nodes": whether a click on the cell opens a narrower level
+    x: list[float]  # "curve": the x value of each column (circuit size in %, drawn on a log axis)
+    target: float | None  # "curve": the target, drawn as a line
 
 
 class JointBox(TypedDict):
@@ -59,6 +66,7 @@ class View(TypedDict, total=False):
     exact: bool  # False while an attribution preview is on show
     panels: list[Panel]
     joint: JointBox
+    disabled: dict[str, str]  # controls that do not apply to this level, each with the reason
 
 
 class Choice(TypedDict):

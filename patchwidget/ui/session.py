@@ -210,7 +210,7 @@ class Session:
 
     def drill(self, level: Level, panel: str, row: int, col: int) -> Level | None:
         """The level a click on (row, col) of ``panel`` opens, or None if it opens nothing."""
-        return LEVELS[level.kind].opens(level, panel, row, col)
+        return LEVELS[level.kind].opens(level, panel, row, col, self.info)
 
     def cell(self, level: Level, panel: dict, row: int, col: int) -> Cell | None:
         """The patchable site under (row, col) of ``panel`` (a panel of the view), for joint patching.
@@ -278,7 +278,6 @@ class _Patcher:
         s = self.session
         common = self._common()
         del common["direction"]  # a circuit is always the clean run with everything outside it corrupted
-        common["metric"] = "logit_diff" if common["metric"] == "logit_diff_norm" else common["metric"]
         return find_circuit(s.model, target=target, method=self.settings.method, **common)
 
     def pattern(self, layer: int, head: int) -> np.ndarray:

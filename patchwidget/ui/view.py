@@ -77,7 +77,9 @@ def level_view(
         note = "Search in progress: the set kept so far; Cancel stops it."
     elif not computed.exact:
         note = "Attribution estimate, shown while the exact values are computed. " + note
+    disabled = dict(LEVELS[computed.level.kind].disabled)
     return {
+        **({"disabled": disabled} if disabled else {}),
         "request_id": request_id,
         "level": len(levels) - 1,
         "title": f"{computed.level.label(tokens)} · {settings.direction} · {settings.metric}",

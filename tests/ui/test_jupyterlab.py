@@ -221,13 +221,21 @@ def test_drill_down_and_back(lab_server, page, ui_output):
         expect(circuit).to_have_count(1, timeout=KERNEL_TIMEOUT)
         wait_settled(page)
         expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "L3 heads", "find circuit (target 0.9)"])
-        expect(circuit.locator("th[role=rowheader]")).to_have_text(["embed", "L0", "L1", "L2", "L3"])
-        kept = circuit.locator(".pw-cell[role=gridcell]").evaluate_all(
-            "cs => cs.filter(c => /\\d/.test(c.textContent)).map(c => [c.dataset.row, c.dataset.col])"
+        # A diagram as circuit.plot() draws it (issue 39, item 1): the last layer on top, heads then the MLP.
+        expect(circuit.locator("th[role=rowheader]")).to_have_text(["L3", "L2", "L1", "L0", "embed"])
+        kept = circuit.locator(".pw-node-in").evaluate_all(
+            "ns => ns.map(n => n.closest('.pw-cell')).map(c => [c.dataset.row, c.dataset.col])"
         )
-        nodes = {("0", "0"), ("1", "4"), ("2", "1"), ("4", "2")} | {(str(r), "0") for r in range(1, 5)}
+        nodes = {("4", "0"), ("3", "3"), ("2", "0"), ("0", "1")} | {(str(r), "4") for r in range(4)}
         assert set(map(tuple, kept)) == nodes, kept  # the embeddings, L0H3, L1H0, L3H1 and the four MLPs
-        circuit.locator('.pw-cell[data-row="4"][data-col="2"]').click()
+        assert "NaN" not in circuit.inner_text()
+        expect(page.locator(f"{WIDGET} svg.pw-curve polyline")).to_have_count(1)
+        expect(page.locator(f"{WIDGET} .pw-curve-target")).to_have_count(1)
+        expect(page.locator(f"{WIDGET} .pw-panel-note").last).to_contain_text("the area under this curve")
+        expect(page.locator(f"{WIDGET} .pw-direction")).to_be_disabled()
+        assert "clean prompts" in page.locator(f"{WIDGET} .pw-direction").get_attribute("title")
+        screenshot(page, ui_output / "widget-circuit.png")
+        circuit.locator('.pw-cell[data-row="0"][data-col="1"]').click()
         expect(page.locator(CRUMBS).last).to_have_text("L3 H1", timeout=ACTION_TIMEOUT)
         wait_settled(page)
         # In a head's breakdown (README, path patching; the IOI workshop's section 6): a click on its query
@@ -251,14 +259,14 @@ def test_drill_down_and_back(lab_server, page, ui_output):
         page.locator(f"{CRUMBS}[data-level='2']").click()  # the breadcrumb back to the circuit view
         expect(circuit).to_have_count(1, timeout=ACTION_TIMEOUT)
         wait_settled(page)
-        circuit.locator('.pw-cell[data-row="4"][data-col="2"]').click()
+        circuit.locator('.pw-cell[data-row="0"][data-col="1"]').click()
         expect(page.locator(CRUMBS).last).to_have_text("L3 H1", timeout=ACTION_TIMEOUT)
         wait_settled(page)
         page.locator(f"{WIDGET} .pw-grid[role=grid] .pw-cell").first.focus()
         page.keyboard.press("Escape")
         expect(circuit).to_have_count(1, timeout=ACTION_TIMEOUT)
         wait_settled(page)
-        circuit.locator('.pw-cell[data-row="3"][data-col="0"]').focus()
+        circuit.locator('.pw-cell[data-row="1"][data-col="4"]').focus()
         page.keyboard.press("Enter")
         expect(page.locator(CRUMBS).last).to_have_text("mlp_out", timeout=ACTION_TIMEOUT)
         wait_settled(page)
@@ -343,7 +351,7 @@ def follow_saved_page(page, path: Path) -> None:
     page.locator(f"{WIDGET} .pw-circuit-button").click()
     circuit = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Circuit of 8 nodes"]')
     expect(circuit).to_have_count(1, timeout=ACTION_TIMEOUT)
-    circuit.locator('.pw-cell[data-row="4"][data-col="2"]').click()
+    circuit.locator('.pw-cell[data-row="0"][data-col="1"]').click()
     parts = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="L3 H1: query, key, value and output"]')
     expect(parts).to_have_count(1, timeout=ACTION_TIMEOUT)
     parts.locator('.pw-cell[data-row="0"][data-col="13"]').click()

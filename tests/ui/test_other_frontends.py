@@ -245,7 +245,7 @@ def test_offline_page_replays_the_circuit_view(page, tmp_path, ui_output, demo):
 
     widget = pw.explore(demo, CLEAN, CORRUPT, answer="Mary", wrong="John", preview=False)
     found = Level("circuit", target=0.9)
-    head = widget.session.drill(found, "circuit", 4, 2)  # L3H1
+    head = widget.session.drill(found, "circuit", 0, 1)  # L3H1: the last layer on top
     for level in (found, head):
         widget.session.cache[(level, widget._settings)] = widget.session.compute(level, widget._settings)
     path = widget.save_html(tmp_path / "circuit.html")
@@ -261,7 +261,7 @@ def test_offline_page_replays_the_circuit_view(page, tmp_path, ui_output, demo):
         circuit = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Circuit of 8 nodes"]')
         expect(circuit).to_have_count(1, timeout=TIMEOUT)
         expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "find circuit (target 0.9)"])
-        circuit.locator('.pw-cell[data-row="4"][data-col="2"]').click()
+        circuit.locator('.pw-cell[data-row="0"][data-col="1"]').click()
         expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "find circuit (target 0.9)", "L3 H1"], timeout=TIMEOUT)
         page.locator(f"{CRUMBS}[data-level='1']").click()
         expect(circuit).to_have_count(1, timeout=TIMEOUT)
