@@ -286,6 +286,9 @@ def test_find_bottleneck_from_the_widget(widget, demo):
     assert [r for r in ranked["rows"] if r.startswith("● ")] == [f"● {c.label}" for c in found.cells]
     assert trace["rows"] == ["layers", "heads", "positions"]
     assert_close(curve["values"][0], found.curve["restore"], 1e-5)
+    # Issue 39, item 7: the trace is a table of numbers, the curve a line over the share of cells kept.
+    assert trace["kind"] == "table" and curve["kind"] == "curve" and ranked["col_dim"] == ""
+    assert curve["x"] == found.curve["percent"] and curve["target"] == 0.8 and "not MIB's faithfulness" in curve["note"]
     direct = pw.find_bottleneck(demo, **TEXTS, target=0.8, method="exact")  # the widget uses its method setting
     assert direct.cells == found.cells
     send(widget, type="find", request_id=2, target=1.5)

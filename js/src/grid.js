@@ -72,7 +72,7 @@ function headerRow(panel) {
   const corner = h(
     "td",
     { role: "none", class: "pw-corner", "aria-hidden": "true" },
-    `${panel.row_dim} \\ ${panel.col_dim}`,
+    panel.col_dim ? `${panel.row_dim} \\ ${panel.col_dim}` : panel.row_dim,
   );
   const heads = panel.cols.map((label) => h("th", { role: "columnheader", scope: "col" }, h("span", {}, label)));
   return h("thead", {}, h("tr", { role: "row" }, [corner, ...heads]));

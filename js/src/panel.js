@@ -2,6 +2,7 @@ import { panelScale } from "./colors.js";
 import { panelHasFlips } from "./consistency.js";
 import { renderCurve } from "./curve.js";
 import { h } from "./dom.js";
+import { formatExact } from "./format.js";
 import { renderGrid } from "./grid.js";
 import { renderLegend } from "./legend.js";
 
@@ -38,6 +39,13 @@ export function renderPanel(panel, opts) {
   ]);
   const note = panel.note ? h("p", { class: "pw-panel-note" }, panel.note) : null;
   const classes = `pw-panel${opts.exact ? "" : " pw-panel-estimate"}`;
+  if (panel.kind === "table") {
+    return h("section", { class: `${classes} pw-panel-table`, "data-panel": panel.id }, [
+      header,
+      renderTable(panel),
+      note,
+    ]);
+  }
   if (panel.kind === "curve") {
     return h("section", { class: `${classes} pw-panel-curve`, "data-panel": panel.id }, [
       header,
@@ -53,4 +61,19 @@ export function renderPanel(panel, opts) {
     h("div", { class: "pw-grid-scroll" }, renderGrid(panel, gridOpts)),
     note,
   ]);
+}
+
+// A table of numbers to read (the bottleneck search's trace: counts beside a share), without colours.
+function renderTable(panel) {
+  const head = h("tr", {}, [
+    h("th", { scope: "col" }, panel.row_dim),
+    ...panel.cols.map((c) => h("th", { scope: "col" }, c)),
+  ]);
+  const rows = panel.rows.map((label, r) =>
+    h("tr", {}, [
+      h("th", { scope: "row" }, label),
+      ...panel.values[r].map((v) => h("td", {}, v === null ? "–" : formatExact(v))),
+    ]),
+  );
+  return h("table", { class: "pw-table" }, [h("thead", {}, head), h("tbody", {}, rows)]);
 }

@@ -110,4 +110,29 @@ describe("the circuit view", () => {
     expect(el.querySelector(".pw-direction").title).toBe(why);
     expect(el.querySelector(".pw-pair").disabled).toBe(false);
   });
+
+  it("draws the bottleneck's trace as a table of numbers, not colours", () => {
+    const trace = {
+      id: "trace",
+      title: "Each level",
+      kind: "table",
+      row_dim: "level",
+      col_dim: "",
+      rows: ["layers", "heads"],
+      cols: ["candidates", "kept", "restore"],
+      values: [
+        [8, 4, 0.97],
+        [14, 1, 1.03],
+      ],
+      clickable: false,
+      diverging: false,
+    };
+    const section = renderPanel(trace, { vmax: 1, exact: true, tooltip: { show() {}, hide() {} }, actions: {} });
+    expect(section.querySelector(".pw-legend")).toBeNull();
+    expect([...section.querySelectorAll("tbody tr")].map((r) => r.textContent)).toEqual([
+      "layers840.97",
+      "heads1411.03",
+    ]);
+    expect(section.querySelector("td").getAttribute("style")).toBeNull();
+  });
 });

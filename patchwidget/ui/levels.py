@@ -350,9 +350,9 @@ def _search_panels(computed: Computed, v: View) -> list[dict]:
         "ranked",
         title + "; ● marks the cells kept",
         "cell",
-        "estimate",
+        "",
         marked,
-        ["single effect"],
+        ["effect alone (estimate)"],
         np.array([[effect] for _, effect in last["ranked"]], dtype=float),
         False,
     )
@@ -360,20 +360,29 @@ def _search_panels(computed: Computed, v: View) -> list[dict]:
         "trace",
         "Each level: candidates opened, kept, and the joint restore of what was kept",
         "level",
-        "count",
+        "",
         [row["level"] for row in c.trace],
         ["candidates", "kept", "restore"],
         np.array([[row["candidates"], row["kept"], row["restore"]] for row in c.trace], dtype=float),
         False,
         diverging=False,
-    )
+    ) | {"kind": "table"}  # counts and a share side by side: numbers to read, not colours
     if not c.curve:
         return [ranked, steps]
     curve = c.curve
-    title = f"Restore curve (top cells of the last level, copied together): area {curve['area']:.2f}"
-    cols = [f"{p:g}% ({k})" for p, k in zip(curve["percent"], curve["size"])]
-    faith = panel("curve", title, "", "cells", ["restored"], cols, np.asarray([curve["restore"]]), False)
-    return [ranked, steps, faith]
+    cols = [f"{p:.3g}% ({k} cells)" for p, k in zip(curve["percent"], curve["size"])]
+    title = "Restore of the last level's top cells, copied together, by how many are kept"
+    line = panel("curve", title, "", "cells kept", ["restored"], cols, np.asarray([curve["restore"]]), False)
+    note = (
+        f"Area {curve['area']:.2f}: the area under this curve (1 would mean the first cell alone restores "
+        "everything). This is the bottleneck's restore, not MIB's faithfulness."
+    )
+    return [
+        ranked,
+        steps,
+        line
+        | {"kind": "curve", "x": [float(x) for x in curve["percent"]], "target": computed.level.target, "note": note},
+    ]
 
 
 # --- the circuit view: find_circuit's nodes by layer ----------------------------------------------

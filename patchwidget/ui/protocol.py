@@ -37,7 +37,7 @@ class Panel(TypedDict, total=False):
     spread: list[list[float | None]]  # only for the mean of several pairs
     flips: list[list[int]]
     keys: list[int]  # the unit index of each row, where rows are not in index order (top neurons)
-    kind: Literal["grid", "nodes", "curve"]  # how it is drawn; absent: "grid"
+    kind: Literal["grid", "nodes", "curve", "table"]  # how it is drawn; absent: "grid"; "table": numbers only
     note: str  # a sentence under the panel
     absent: list[list[bool]]  # "nodes": cells where no node is (drawn empty, not focusable)
     missing: str  # "nodes": what a cell without a value means (a node outside the circuit)

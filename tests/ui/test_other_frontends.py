@@ -246,7 +246,8 @@ def test_offline_page_replays_the_circuit_view(page, tmp_path, ui_output, demo):
     widget = pw.explore(demo, CLEAN, CORRUPT, answer="Mary", wrong="John", preview=False)
     found = Level("circuit", target=0.9)
     head = widget.session.drill(found, "circuit", 0, 1)  # L3H1: the last layer on top
-    for level in (found, head):
+    bottleneck = Level("search", target=0.9)
+    for level in (found, head, bottleneck):
         widget.session.cache[(level, widget._settings)] = widget.session.compute(level, widget._settings)
     path = widget.save_html(tmp_path / "circuit.html")
     widget.close()
@@ -265,6 +266,15 @@ def test_offline_page_replays_the_circuit_view(page, tmp_path, ui_output, demo):
         expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "find circuit (target 0.9)", "L3 H1"], timeout=TIMEOUT)
         page.locator(f"{CRUMBS}[data-level='1']").click()
         expect(circuit).to_have_count(1, timeout=TIMEOUT)
+        # The bottleneck view (issue 39, item 7): its trace a table of numbers, its curve a line with the target.
+        page.locator(f"{CRUMBS}[data-level='0']").click()
+        page.locator(f"{WIDGET} .pw-find-button").click()
+        expect(page.locator(f"{WIDGET} table.pw-table tbody tr").first).to_be_visible(timeout=TIMEOUT)
+        expect(page.locator(f"{WIDGET} table.pw-table thead th")).to_have_text(
+            ["level", "candidates", "kept", "restore"]
+        )
+        expect(page.locator(f"{WIDGET} svg.pw-curve .pw-curve-target")).to_have_count(1)
+        expect(page.locator(f"{WIDGET} .pw-panel-curve .pw-panel-note")).to_contain_text("not MIB's faithfulness")
     except BaseException:
         page.screenshot(path=str(ui_output / "failure-circuit.png"), full_page=True, timeout=10_000)
         raise
