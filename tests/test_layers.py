@@ -3,7 +3,7 @@
 Every import between patchwidget's modules is read from the source (at the top of a module, inside a
 function, or under ``TYPE_CHECKING``: each is an arrow). The arrows must form no circle, and no arrow
 may point from a wing to one above it. The wings, lowest first, as ``../shared/DESIGN.md`` draws them
-and ``docs/architecture.md`` shows them (regenerate its table with ``python tests/test_layers.py``):
+and ``docs/architecture.md`` shows them (rewrite its table with ``python tests/test_layers.py --write``):
 
     ground    errors, files, plot       the error types, atomic files, matplotlib figures
     data      prompts, templates, demo data, model loading
@@ -111,7 +111,7 @@ def test_nothing_imports_upward():
 
 def test_the_architecture_page_shows_the_floors_as_they_are():
     page = PACKAGE.parent / "docs" / "architecture.md"
-    assert table() in page.read_text(encoding="utf-8"), f"{page} is stale: run python tests/test_layers.py"
+    assert table() in page.read_text(encoding="utf-8"), f"{page} is stale: run python tests/test_layers.py --write"
 
 
 def test_every_public_name_imports():
@@ -131,5 +131,13 @@ def table() -> str:
     return "\n".join(rows) + "\n"
 
 
-if __name__ == "__main__":
-    sys.stdout.write(table())
+def write_page() -> None:
+    """Put the current table into ``docs/architecture.md``, in place of the one there (the page's last part)."""
+    page = PACKAGE.parent / "docs" / "architecture.md"
+    text = page.read_text(encoding="utf-8")
+    start = text.index("| floor | wing | module | imports |")
+    page.write_text(text[:start] + table(), encoding="utf-8")
+
+
+if __name__ == "__main__":  # python tests/test_layers.py [--write]
+    write_page() if "--write" in sys.argv else sys.stdout.write(table())

@@ -201,6 +201,37 @@ def test_the_head_breakdown_sends_its_spread_across_pairs(widget):
     spread = np.stack([r.spread()[0, 0] for r in parts])
     assert_close(np.array(components["spread"], dtype=float), spread, 1e-5)
     assert components["flips"] == np.stack([r.sign_flips()[0, 0] for r in parts]).tolist()
+    # The attention pattern follows the pair on show (issue 39, item 4; it stayed on pair 0).
+    for request_id, pair in ((3, 1), (4, 0)):
+        send(widget, type="set", request_id=request_id, key="pair", value=pair)
+        wait_idle(widget, request_id)
+        pattern = widget.view["panels"][1]
+        assert pattern["title"].startswith(f"Attention pattern (clean prompt of pair {pair})")
+        assert_close(
+            np.array(pattern["values"]), pw.attention_pattern(widget.session.model, PAIRS[pair].clean, 3, 1), 1e-5
+        )
+        assert pattern["cols"][-1] == f"{PAIRS[pair].clean.split()[-1]} ({len(PAIRS[pair].clean.split()) - 1})"
+
+
+def test_the_header_says_what_is_patched(widget, demo):
+    """Issue 39, item 4: the pair on show, its tokens with the changed ones marked, the answers, the model and
+    the clean and corrupted runs' own logit difference."""
+    raw = pw.patch(demo, **TEXTS, metric="logit_diff", layers=[0])
+    for pair in ("mean", 1):
+        send(widget, type="set", request_id=1 if pair == "mean" else 2, key="pair", value=pair)
+        i = 0 if pair == "mean" else 1
+        ctx = widget.context
+        assert ctx["pair"] == i and ctx["n_pairs"] == 2 and ctx["answer"] == PAIRS[i].answer
+        assert ctx["model"] == "patchwidget's demo model"  # not the folder's path on this machine
+        clean, corrupt = PAIRS[i].clean.split(), PAIRS[i].corrupt.split()  # the demo tokenizer splits words
+        assert [t["text"] for t in ctx["clean"]] == clean and [t["text"] for t in ctx["corrupt"]] == corrupt
+        differ = [p for p, (a, b) in enumerate(zip(clean, corrupt)) if a != b]
+        assert [p for p, t in enumerate(ctx["clean"]) if t["differs"]] == differ
+        assert [p for p, t in enumerate(ctx["corrupt"]) if t["differs"]] == differ
+        base = ctx["baselines"]
+        assert base["metric"] == "logit difference"
+        assert base["clean"] == near(float(raw.clean_baseline[i]), 1e-5)
+        assert base["corrupt"] == near(float(raw.corrupt_baseline[i]), 1e-5)
 
 
 def test_pair_change_and_joint_during_an_estimate_still_end_exact(demo, monkeypatch):

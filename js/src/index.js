@@ -1,5 +1,6 @@
 import { renderBreadcrumb } from "./breadcrumb.js";
 import { validVmax } from "./colors.js";
+import { renderContext } from "./context.js";
 import { renderControls } from "./controls.js";
 import { h, replaceContent } from "./dom.js";
 import { createJointBox, updateJointBox } from "./joint.js";
@@ -68,6 +69,7 @@ function render({ model, el }) {
 
   function renderHeader() {
     replaceContent(header, [
+      renderContext(model.get("context")),
       shown?.title ? h("div", { class: "pw-title" }, shown.title) : null,
       renderBreadcrumb(model.get("breadcrumb") ?? [], (level) => request({ type: "back", level })),
     ]);
@@ -163,6 +165,7 @@ function render({ model, el }) {
   const listeners = [
     ["change:view", onView],
     ["change:breadcrumb", renderHeader],
+    ["change:context", renderHeader],
     ["change:controls", onControls],
     ["change:status", onStatus],
     ["change:vmax", onVmaxChange],

@@ -260,8 +260,26 @@ describe("widget", () => {
     expect(ticks()).toEqual([["-0.2", "0", "0.2"]]);
   });
 
+  it("shows what is being patched: model, pair, answers, baselines, the changed tokens marked", () => {
+    const tok = (text, differs = false) => ({ text, differs });
+    model.set("context", {
+      model: "demo",
+      pair: 0,
+      n_pairs: 3,
+      clean: [tok("When"), tok(" John", true), tok(" gave")],
+      corrupt: [tok("When"), tok(" Mary", true), tok(" gave")],
+      answer: " Mary",
+      wrong: " John",
+      baselines: { metric: "logit difference", clean: 3.25, corrupt: -2 },
+    });
+    expect($(".pw-context-facts").textContent).toBe(
+      'demo · pair 0 of 3 · answer " Mary" vs " John" · logit difference: clean 3.25, corrupted -2.00',
+    );
+    expect([...$$(".pw-context mark")].map((m) => m.textContent)).toEqual([" John", " Mary"]);
+  });
+
   it("removes its model listeners on cleanup", () => {
-    expect(model.listenerCount()).toBe(6);
+    expect(model.listenerCount()).toBe(7);
     cleanup();
     expect(model.listenerCount()).toBe(0);
   });

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -146,7 +147,13 @@ def patch(
     per_pair, clean_base, corrupt_base = summarize(
         per_row, rows, prompts.n_pairs, request.fn, metric, clean_logits, corrupt_logits
     )
+    # The clean and corrupted runs' own metric per pair, before any rescaling: what the widget's header shows.
+    _, raw_clean, raw_corrupt = summarize(
+        per_row, rows, prompts.n_pairs, request.fn, "raw", clean_logits, corrupt_logits
+    )
     result = _result(model, grid, prompts, per_pair, clean_base, corrupt_base, request)
+    finite = lambda t: [v if math.isfinite(v) else None for v in t.tolist()]  # JSON has no NaN
+    result.settings["baselines"] = {"clean": finite(raw_clean), "corrupt": finite(raw_corrupt)}
     warn_non_finite(result.non_finite_cells(), request.metric)
     return result
 

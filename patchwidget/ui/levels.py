@@ -65,7 +65,7 @@ class Computed:
 
     level: Level
     results: dict[str, PatchResult]
-    pattern: np.ndarray | None = None  # (query, key) attention of the clean run
+    pattern: list[np.ndarray] | None = None  # per pair, (query, key) attention of its clean prompt
     joint: JointResult | None = None
     exact: bool = True  # False for an attribution preview that exact values will replace
     circuit: Any = None  # for kinds "search" and "circuit": the Circuit found
@@ -80,7 +80,7 @@ class Patcher(Protocol):
 
     def joint(self, cells: list[Cell]) -> JointResult: ...
 
-    def pattern(self, layer: int, head: int) -> np.ndarray: ...
+    def pattern(self, layer: int, head: int) -> list[np.ndarray]: ...
 
     @property
     def pattern_patchable(self) -> bool: ...
@@ -97,7 +97,8 @@ class Patcher(Protocol):
 @dataclass(frozen=True)
 class View:
     """What drawing a level's panels needs: the column labels (the prompt's tokens, or a
-    template's spans), the pair on show, and the first clean prompt's tokens (for patterns)."""
+    template's spans), the pair on show, and its clean prompt's tokens (the first pair's for the
+    mean; for attention patterns)."""
 
     tokens: list[str]
     pair: str | int = "mean"
@@ -115,6 +116,11 @@ class View:
     def token_cols(self) -> list[str]:
         tokens = self.prompt_tokens or self.tokens
         return [f"{t} ({i})" for i, t in enumerate(tokens)]
+
+    @property
+    def index(self) -> int:
+        """The pair whose prompt is drawn where one prompt is (the first for the mean)."""
+        return 0 if self.pair == "mean" else int(self.pair)
 
     def values(self, result: PatchResult) -> np.ndarray:
         return result.values if self.pair == "mean" else result.per_pair[self.pair]
@@ -250,12 +256,12 @@ def _head_panels(computed: Computed, v: View) -> list[dict]:
         | _parts_consistency([results[s] for s in HEAD_PARTS], v),
         panel(
             "pattern",
-            f"Attention pattern (first clean prompt); {restores}",
+            f"Attention pattern (clean prompt of pair {v.index}); {restores}",
             "query",
             "key",
             v.token_cols,
             v.token_cols,
-            computed.pattern,
+            computed.pattern[v.index],
             False,
             diverging=False,
         ),

@@ -6,7 +6,7 @@ what Python really sends has these keys and that the fixture the JavaScript
 tests load (``js/tests/contract.json``) is what Python produces today.
 
 Traits (Python -> front end): ``view``, ``controls``, ``status``,
-``breadcrumb``, ``vmax``; ``selection`` is written by the front end.
+``breadcrumb``, ``context``, ``vmax``; ``selection`` is written by the front end.
 Messages (front end -> Python): ``drill``, ``back``, ``set``, ``joint``,
 ``keep``, ``find``, ``cancel``; each carries the ``request_id`` of the request it makes (or, for
 ``cancel``, the request it cancels), and every reply in ``view`` and
@@ -98,6 +98,34 @@ class Controls(TypedDict):
     pair: str | int  # "mean" or a pair index
     n_pairs: int
     target: float  # the default share of the effect "Find circuit" looks for
+
+
+class Token(TypedDict):
+    """One token of a prompt, as the header shows it."""
+
+    text: str
+    differs: bool  # not in the other prompt of the pair (what the corruption changed)
+
+
+class Baselines(TypedDict):
+    """The clean and corrupted runs' own metric (before any rescaling), for the pair on show."""
+
+    metric: str  # in words: "logit difference", "p(answer)", ...
+    clean: float | None
+    corrupt: float | None
+
+
+class Context(TypedDict, total=False):
+    """The ``context`` trait: what is being patched, for the header above the grid."""
+
+    model: str
+    pair: int  # the pair on show (the first one for the mean)
+    n_pairs: int
+    clean: list[Token]
+    corrupt: list[Token]
+    answer: str
+    wrong: str
+    baselines: Baselines
 
 
 class Server(TypedDict):

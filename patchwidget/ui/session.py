@@ -143,6 +143,10 @@ class Session:
         (pairs of one template differ in their slot words), else ``labels``."""
         if pair == "mean" or self.prompts.columns is not None:
             return self.labels
+        return self.clean_tokens(int(pair))
+
+    def clean_tokens(self, pair: int) -> list[str]:
+        """The tokens of pair ``pair``'s clean prompt, without padding."""
         length = self.prompts.n_pos if self.prompts.clean_len is None else int(self.prompts.clean_len[pair])
         return token_strings(self.model.tokenizer, self.prompts.clean_ids[pair][:length].tolist())
 
@@ -280,6 +284,7 @@ class _Patcher:
         del common["direction"]  # a circuit is always the clean run with everything outside it corrupted
         return find_circuit(s.model, target=target, method=self.settings.method, **common)
 
-    def pattern(self, layer: int, head: int) -> np.ndarray:
+    def pattern(self, layer: int, head: int) -> list[np.ndarray]:
+        """The head's attention on each pair's clean prompt (one small trace each), so it follows the pair shown."""
         s = self.session
-        return attention_pattern(s.model, s.prompts.clean[0], layer, head, s.remote)
+        return [attention_pattern(s.model, text, layer, head, s.remote) for text in s.prompts.clean]

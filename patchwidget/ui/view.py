@@ -11,17 +11,21 @@ Example:
 from __future__ import annotations
 
 import base64
+import difflib
 import io
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..circuits.circuit import DEFAULT_TARGET
 from ..circuits.joint import JointResult
 from ..core.engine import DIRECTIONS, METHODS
 from ..core.metrics import METRICS
+from ..data.models import DEMO_MODEL_DIR
+from ..data.templates import token_strings
 from ..grids.result import PatchResult
 from .levels import LEVELS, TOP_SITES, Computed, Level
 from .levels import View as PanelView
-from .protocol import Controls, Crumb, JointBox, Server, Status, View
+from .protocol import Context, Controls, Crumb, JointBox, Server, Status, View
 
 if TYPE_CHECKING:
     from .session import Session, Settings
@@ -86,9 +90,63 @@ def level_view(
         "note": note,
         "exact": computed.exact and settings.method == "exact",
         "panels": LEVELS[computed.level.kind].panels(  # type: ignore[typeddict-item]
-            computed, PanelView(tokens, pair, session.prompts.tokens)
+            computed, PanelView(tokens, pair, session.clean_tokens(0 if pair == "mean" else int(pair)))
         ),
     }
+
+
+RAW_METRICS = {"logit_diff_norm": "logit difference", "logit_diff": "logit difference", "prob": "p(answer)", "kl": "KL"}
+
+
+def context(session: Session, pair: str | int, top: PatchResult | None) -> Context:
+    """The ``context`` trait: what is being patched, for the header. The pair on show (the first for the
+    mean), its clean and corrupted tokens with the ones that differ marked, the answers, the model, and the
+    clean and corrupted runs' own metric (from ``top``, the first grid: ``settings["baselines"]``).
+
+    Example:
+        >>> context(w.session, "mean", w.result)["answer"]  # doctest: +SKIP
+        'Mary'
+    """
+    prompts, tokenizer = session.prompts, session.model.tokenizer
+    i = 0 if pair == "mean" else int(pair)
+    ids = {}
+    for side in ("clean", "corrupt"):
+        length = getattr(prompts, f"{side}_len")
+        n = prompts.n_pos if length is None else int(length[i])
+        ids[side] = getattr(prompts, f"{side}_ids")[i][:n].tolist()
+    same = difflib.SequenceMatcher(a=ids["clean"], b=ids["corrupt"], autojunk=False).get_matching_blocks()
+    kept = {"clean": {p for m in same for p in range(m.a, m.a + m.size)}}
+    kept["corrupt"] = {p for m in same for p in range(m.b, m.b + m.size)}
+    sides = {
+        side: [{"text": t, "differs": p not in kept[side]} for p, t in enumerate(token_strings(tokenizer, ids[side]))]
+        for side in ids
+    }
+    out: Context = {
+        "model": model_name(session.model),
+        "pair": i,
+        "n_pairs": prompts.n_pairs,
+        "clean": sides["clean"],
+        "corrupt": sides["corrupt"],
+        "answer": tokenizer.decode([int(prompts.answer_ids[i])]),
+        "wrong": tokenizer.decode([int(prompts.wrong_ids[i])]),
+    }
+    baselines = top.settings.get("baselines") if top is not None else None
+    if baselines:
+        metric = top.settings.get("metric", "")
+        out["baselines"] = {
+            "metric": RAW_METRICS.get(metric, metric),
+            "clean": baselines["clean"][i],
+            "corrupt": baselines["corrupt"][i],
+        }
+    return out
+
+
+def model_name(model: Any) -> str:
+    """The model as a reader knows it: its hub name, a local folder's name, or the bundled model's."""
+    name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+    if Path(name).resolve() == DEMO_MODEL_DIR.resolve():
+        return "patchwidget's demo model"
+    return Path(name).name if Path(name).is_absolute() else name  # no local paths in a saved page
 
 
 def breadcrumb(levels: list[Level], tokens: list[str]) -> list[Crumb]:

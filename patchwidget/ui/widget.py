@@ -47,6 +47,7 @@ class PatchWidget(anywidget.AnyWidget):
 
     view = traitlets.Dict().tag(sync=True)
     breadcrumb = traitlets.List().tag(sync=True)
+    context = traitlets.Dict().tag(sync=True)  # what is being patched: prompts, answers, model, baselines
     controls = traitlets.Dict().tag(sync=True)
     status = traitlets.Dict().tag(sync=True)
     vmax = traitlets.Float(None, allow_none=True).tag(sync=True)
@@ -276,6 +277,9 @@ class PatchWidget(anywidget.AnyWidget):
         self.view = {**view, "joint": self._joint_box} if self._joint_box is not None else view
         self.breadcrumb = V.breadcrumb(self._levels, self.session.labels_for(self._pair))
         self.controls = V.controls(self._levels[0].site, self._settings, self._pair, self.session.prompts.n_pairs)
+        top = self.session.cache.get((self._levels[0], self._settings))
+        if top is not None or not self.context:  # else keep the baselines until this metric's first grid is there
+            self.context = V.context(self.session, self._pair, next(iter(top.results.values()), None) if top else None)
         self.status = V.status("idle" if computed.exact else "running", request_id)
         self.path = [asdict(level) for level in self._levels]
         self.result = next(iter(computed.results.values()), self.result)  # a search level has no grid
@@ -300,7 +304,14 @@ class PatchWidget(anywidget.AnyWidget):
             >>> w.save_html("ioi.html")  # doctest: +SKIP
         """
         states, edges = V.computed_states(self.session, self._levels[0], self._settings, self._pair)
-        data = {"start": 0, "states": states, "edges": edges, "controls": self.controls, "vmax": self.vmax}
+        data = {
+            "start": 0,
+            "states": states,
+            "edges": edges,
+            "controls": self.controls,
+            "vmax": self.vmax,
+            "context": self.context,
+        }
         return write_atomic(path, standalone_html(data, self.view.get("title", "patchwidget")))
 
     def close(self) -> None:

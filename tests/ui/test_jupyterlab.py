@@ -172,6 +172,11 @@ def test_drill_down_and_back(lab_server, page, ui_output):
         wait_settled(page)
         check_top_grid(page)
         expect(page.locator(CRUMBS)).to_have_text(["resid_pre"])
+        # What is being patched (issue 39, item 4): the answers, the runs' logit difference, the changed token.
+        facts = page.locator(f"{WIDGET} .pw-context-facts")
+        expect(facts).to_contain_text('answer "Mary" vs "John"')
+        expect(facts).to_contain_text("logit difference: clean ")
+        expect(page.locator(f"{WIDGET} .pw-context mark")).to_have_text(["John", "Mary"])
         screenshot(page, ui_output / "widget-top.png")
 
         # Click the layer and token chosen from the measured grid: that layer's heads, heads x tokens.

@@ -198,6 +198,8 @@ def test_offline_page_replays_its_drill_down_with_hostile_tokens(page, tmp_path,
         expect(top.locator(".pw-cell[role=gridcell]")).to_have_count(N_LAYERS * N_TOKENS, timeout=TIMEOUT)
         headers = top.locator("th[role=columnheader]")
         expect(headers).to_have_text([f"{t} ({i})" for i, t in enumerate(tokens)])  # shown as text, not markup
+        prompt = page.locator(f"{WIDGET} .pw-context-prompt").first.locator(".pw-token")
+        expect(prompt).to_have_text(tokens)  # the saved page says what was patched, hostile words as text
         drill_and_back(page, "breadcrumb")
         top.locator('.pw-cell[data-row="1"][data-col="0"]').click()  # never computed: the page says so
         expect(page.locator(f"{WIDGET} .pw-error")).to_contain_text("not computed in the notebook")
