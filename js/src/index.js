@@ -1,4 +1,5 @@
 import { renderBreadcrumb } from "./breadcrumb.js";
+import { renderCode } from "./code.js";
 import { validVmax } from "./colors.js";
 import { renderContext } from "./context.js";
 import { renderControls } from "./controls.js";
@@ -125,6 +126,7 @@ function render({ model, el }) {
     tooltip.hide(); // its cell may be about to disappear
     replaceContent(body, [
       shown?.note ? h("div", { class: "pw-note", role: "note" }, shown.note) : null,
+      renderCode(shown?.code),
       renderSelectionBar(selection(), {
         onJoint: () => request({ type: "joint", cells: selection() }),
         onKeep: () => request({ type: "keep", cells: selection() }),

@@ -49,6 +49,7 @@ export function renderStatus(status, onCancel) {
     case "cancelled":
       return h("div", { class: "pw-cancelled" }, "Cancelled; showing the previous result.");
     default:
-      return null;
+      // An idle status may say what was done without a new view (Keep as circuit: "kept 2 cells as widget.circuit").
+      return status?.message ? h("div", { class: "pw-done", role: "status" }, status.message) : null;
   }
 }

@@ -278,6 +278,20 @@ describe("widget", () => {
     expect([...$$(".pw-context mark")].map((m) => m.textContent)).toEqual([" John", " Mary"]);
   });
 
+  it("says what Keep as circuit did (issue 39, item 6; it showed nothing)", () => {
+    shiftClick(cell(1, 1));
+    $(".pw-keep").click();
+    const id = model.sent.at(-1).request_id;
+    model.set("status", {
+      state: "idle",
+      request_id: id,
+      done: 0,
+      total: 0,
+      message: "kept 1 cells as widget.circuit",
+    });
+    expect($(".pw-done").textContent).toBe("kept 1 cells as widget.circuit");
+  });
+
   it("removes its model listeners on cleanup", () => {
     expect(model.listenerCount()).toBe(7);
     cleanup();

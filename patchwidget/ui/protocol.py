@@ -67,6 +67,7 @@ class View(TypedDict, total=False):
     panels: list[Panel]
     joint: JointBox
     disabled: dict[str, str]  # controls that do not apply to this level, each with the reason
+    code: str  # the Python that computes this level as the widget did (Copy code)
 
 
 class Choice(TypedDict):

@@ -45,6 +45,12 @@ class Cancelled(Exception):
     """Raised inside the worker when a request is cancelled or superseded."""
 
 
+def bottleneck_metric(metric: str) -> str:
+    """The metric the widget's bottleneck search runs on: its restore is already a share of the clean run's
+    logit difference, so the normalised metric searches on the raw one (the same ranking and stops)."""
+    return "logit_diff" if metric == "logit_diff_norm" else metric
+
+
 @dataclass(frozen=True)
 class Settings:
     """The choices that apply to every level: direction, metric and method."""
@@ -275,7 +281,7 @@ class _Patcher:
     def find(self, target: float, on_level: Callable[[Any], None]) -> Any:
         s = self.session
         common = self._common()
-        common["metric"] = "logit_diff" if common["metric"] == "logit_diff_norm" else common["metric"]
+        common["metric"] = bottleneck_metric(common["metric"])
         return find_bottleneck(s.model, target=target, method=self.settings.method, on_level=on_level, **common)
 
     def find_circuit(self, target: float) -> Any:

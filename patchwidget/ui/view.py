@@ -23,6 +23,7 @@ from ..core.metrics import METRICS
 from ..data.models import DEMO_MODEL_DIR
 from ..data.templates import token_strings
 from ..grids.result import PatchResult
+from .code import level_code
 from .levels import LEVELS, TOP_SITES, Computed, Level
 from .levels import View as PanelView
 from .protocol import Context, Controls, Crumb, JointBox, Server, Status, View
@@ -89,6 +90,7 @@ def level_view(
         "title": f"{computed.level.label(tokens)} · {settings.direction} · {settings.metric}",
         "note": note,
         "exact": computed.exact and settings.method == "exact",
+        "code": level_code(computed.level, settings, session),
         "panels": LEVELS[computed.level.kind].panels(  # type: ignore[typeddict-item]
             computed, PanelView(tokens, pair, session.clean_tokens(0 if pair == "mean" else int(pair)))
         ),

@@ -164,7 +164,11 @@ class PatchWidget(anywidget.AnyWidget):
             chosen = list(dict.fromkeys(self._cell_at(c) for c in cells))
             provenance = provenance_of(self.result.settings) if self.result is not None else {}
             self.circuit = Circuit(chosen, [], {**provenance, "kept_from": self.breadcrumb[-1]["label"]})
-            self.status = V.status("idle", request_id, message=f"kept {len(chosen)} cells as widget.circuit")
+            self.status = V.status(
+                "idle",
+                request_id,
+                message=f"kept {len(chosen)} cell{'s' if len(chosen) != 1 else ''} as widget.circuit",
+            )
         elif kind == "joint":
             cells = msg.get("cells")
             if not isinstance(cells, list) or not cells:

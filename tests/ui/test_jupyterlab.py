@@ -436,3 +436,44 @@ def test_tooltips_are_whole_and_go_away(lab_server, page, ui_output):
         page.screenshot(path=str(ui_output / "failure-tooltips.png"), full_page=True, timeout=10_000)
         raise
     assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
+
+
+def test_copy_code_reproduces_the_grid_in_the_kernel(lab_server, page, ui_output):
+    """Issue 39, item 6: *Copy code*, pasted into a cell and run, computes the values the grid shows."""
+    from playwright.sync_api import expect
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import patchwidget as pw\n"
+            f"w = pw.explore(pw.load_model(), {CLEAN!r}, {CORRUPT!r}, answer='Mary', wrong='John')\n"
+            "w"
+        ),
+        nbformat.v4.new_code_cell(""),
+    ]
+    nbformat.write(nb, lab_server.root / "copy.ipynb")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=lab_server.url)
+    try:
+        page.goto(f"{lab_server.url}/lab/tree/copy.ipynb?reset", wait_until="domcontentloaded")
+        expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(2, timeout=KERNEL_TIMEOUT)
+        wait_kernel_idle(page)
+        run_cell(page, 0)
+        expect(page.locator(TOP_GRID)).to_have_count(1, timeout=KERNEL_TIMEOUT)
+        wait_settled(page)
+        shown = page.locator(f'{TOP_GRID} .pw-cell[data-row="2"][data-col="10"]').get_attribute("aria-label")
+        page.locator(f"{WIDGET} .pw-copy-code").click()
+        expect(page.locator(f"{WIDGET} .pw-code-said")).to_contain_text("Copied")
+        cell = page.locator(".jp-Notebook .jp-CodeCell").nth(1)
+        cell.locator(".jp-InputArea-editor .cm-content").click()
+        page.keyboard.press("Control+v")
+        expect(cell.locator(".cm-content")).to_contain_text("pw.patch(model, **prompts", timeout=10_000)
+        page.keyboard.press("Control+End")
+        page.keyboard.insert_text("\nprint('COPIED', f'{resid_pre.values[2, 10]:.3f}')")
+        page.keyboard.press("Control+Enter")
+        output = cell.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stdout']")
+        expect(output).to_have_text(f"COPIED {shown.rsplit(': ', 1)[1]}", timeout=ACTION_TIMEOUT)
+    except BaseException:
+        page.screenshot(path=str(ui_output / "failure-copy.png"), full_page=True, timeout=10_000)
+        raise
+    assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
