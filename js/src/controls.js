@@ -8,7 +8,7 @@ const GROUPS = [
   ["mlp", "MLP"],
 ];
 
-function siteGroup(group, label, controls, onSet) {
+function siteGroup(group, label, controls, onSet, why) {
   const sites = (controls.sites ?? []).filter((s) => s.group === group);
   if (sites.length === 0) return null;
   return h("div", { class: "pw-site-group", role: "tablist", "aria-label": label }, [
@@ -23,6 +23,8 @@ function siteGroup(group, label, controls, onSet) {
           "aria-selected": String(site.name === controls.site),
           "data-site": site.name,
           "data-pw-key": `site:${site.name}`,
+          disabled: Boolean(why),
+          title: why,
           onclick: () => onSet("site", site.name),
         },
         site.label,
@@ -136,7 +138,7 @@ export function renderControls(controls, { vmax, autoMax, onSet, onVmax, onFind,
     h(
       "div",
       { class: "pw-sites" },
-      GROUPS.map(([group, label]) => siteGroup(group, label, controls, onSet)),
+      GROUPS.map(([group, label]) => siteGroup(group, label, controls, onSet, disabled.site)),
     ),
     h("div", { class: "pw-options" }, [
       selectControl(

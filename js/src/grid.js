@@ -29,7 +29,8 @@ export function cellLabel(panel, row, col, nPairs) {
 // The panel's title is not repeated here: it is above the grid, and long titles made tooltips too wide.
 function tooltipLines(panel, row, col, nPairs) {
   const value = valueText(panel, row, col, (v) => `value: ${formatExact(v)}`);
-  return [`${panel.rows[row]}, '${panel.cols[col]}'`, value, ...consistencyNotes(panel, row, col, nPairs)];
+  const closed = panel.clickable && panel.closed && !opensAt(panel, row, col) ? [`opens nothing: ${panel.closed}`] : [];
+  return [`${panel.rows[row]}, '${panel.cols[col]}'`, value, ...consistencyNotes(panel, row, col, nPairs), ...closed];
 }
 
 function cellContent(panel, value, colors, scale) {

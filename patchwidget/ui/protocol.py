@@ -41,7 +41,10 @@ class Panel(TypedDict, total=False):
     note: str  # a sentence under the panel
     absent: list[list[bool]]  # "nodes": cells where no node is (drawn empty, not focusable)
     missing: str  # "nodes": what a cell without a value means (a node outside the circuit)
-    opens: list[list[bool]]  # "nodes": whether a click on the cell opens a narrower level
+    opens: list[
+        list[bool]
+    ]  # whether a click on the cell opens a narrower level (absent: every cell of a clickable panel)
+    closed: str  # why a cell of a clickable panel opens nothing (the saved page: not computed in the notebook)
     x: list[float]  # "curve": the x value of each column (circuit size in %, drawn on a log axis)
     target: float | None  # "curve": the target, drawn as a line
 

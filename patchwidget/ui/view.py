@@ -205,7 +205,27 @@ def computed_states(session: Session, top: Level, settings: Settings, pair: str 
                 ids[child] = len(order)
                 order.append(child)
             edges[key] = ids[child]
+    for state_id, state in enumerate(states):
+        _mark_saved(state["view"], edges, state_id)
     return states, edges
+
+
+SAVED_PAGE = "This saved page holds what was computed in the notebook; change this there."
+NOT_SAVED = "not opened in the notebook, so not in this saved page"
+
+
+def _mark_saved(view: dict, edges: dict[str, int], state_id: int) -> None:
+    """A saved state as the page should draw it: only the clicks it can replay open (the others say why), and
+    the settings it cannot change disabled with the reason."""
+    view["disabled"] = {**{key: SAVED_PAGE for key in ("site", "direction", "metric", "method", "pair")}}
+    for panel in view["panels"]:
+        if not panel["clickable"]:
+            continue
+        panel["opens"] = [
+            [f"{state_id}|{panel['id']}|{row}|{col}" in edges for col in range(len(panel["cols"]))]
+            for row in range(len(panel["rows"]))
+        ]
+        panel["closed"] = NOT_SAVED
 
 
 def _links(session: Session, level: Level, view: dict, settings: Settings, state_id: int):

@@ -316,7 +316,8 @@ class PatchWidget(anywidget.AnyWidget):
             "vmax": self.vmax,
             "context": self.context,
         }
-        return write_atomic(path, standalone_html(data, self.view.get("title", "patchwidget")))
+        title = f"patchwidget: {states[0]['view']['title']}" if states else "patchwidget"  # the level it opens on
+        return write_atomic(path, standalone_html(data, title))
 
     def close(self) -> None:
         session = getattr(self, "session", None)  # None when __init__ refused its arguments before starting one

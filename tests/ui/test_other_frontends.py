@@ -8,6 +8,7 @@ and the widget logs no console errors. VS Code and Colab cannot run here (README
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
@@ -201,8 +202,19 @@ def test_offline_page_replays_its_drill_down_with_hostile_tokens(page, tmp_path,
         prompt = page.locator(f"{WIDGET} .pw-context-prompt").first.locator(".pw-token")
         expect(prompt).to_have_text(tokens)  # the saved page says what was patched, hostile words as text
         drill_and_back(page, "breadcrumb")
-        top.locator('.pw-cell[data-row="1"][data-col="0"]').click()  # never computed: the page says so
-        expect(page.locator(f"{WIDGET} .pw-error")).to_contain_text("not computed in the notebook")
+        # Never computed (issue 39, item 8): not offered as a click, and the tooltip says why; no red error.
+        never = top.locator('.pw-cell[data-row="1"][data-col="0"]')
+        expect(never).not_to_have_class(re.compile(r"pw-clickable"))
+        never.hover()
+        expect(page.locator(f"{WIDGET} .pw-tooltip")).to_contain_text("not opened in the notebook")
+        never.click()
+        expect(page.locator(f"{WIDGET} .pw-error")).to_have_count(0)
+        expect(page.locator(CRUMBS)).to_have_count(1)
+        # Settings cannot change in a saved page: the menus and site tabs are disabled, saying why.
+        expect(page.locator(f"{WIDGET} .pw-direction")).to_be_disabled()
+        assert "change this there" in page.locator(f"{WIDGET} .pw-direction").get_attribute("title")
+        expect(page.locator(f"{WIDGET} .pw-site-tab").first).to_be_disabled()
+        assert page.title().startswith("patchwidget: resid_pre")  # the level the page opens on
     except BaseException:
         page.screenshot(path=str(ui_output / "failure-offline.png"), full_page=True, timeout=10_000)
         raise
