@@ -365,6 +365,20 @@ def test_find_circuit_from_the_widget_ends_on_the_circuit_view(widget, demo):
     assert "no narrower sites" in wait_idle(widget, 4)["message"]
     send(widget, type="drill", request_id=5, panel="circuit", row=2, col=4)
     assert wait_idle(widget, 5, timeout=60)["state"] == "idle" and widget.breadcrumb[-1]["label"] == "mlp_out"
+    assert widget.controls["site"] == "mlp_out"  # the site tab names the grid on show (issue 39, item 9)
+
+
+def test_a_search_from_a_deeper_level_starts_from_the_first_grid(widget):
+    send(widget, type="drill", request_id=1, panel="resid_pre", row=3, col=13)
+    wait_idle(widget, 1)
+    send(widget, type="circuit", request_id=2, target=0.9)
+    assert wait_idle(widget, 2, timeout=120)["state"] == "idle"
+    assert [c["label"] for c in widget.breadcrumb] == ["resid_pre", "find circuit (target 0.9)"]
+
+
+def test_the_bundled_model_loads_without_a_progress_bar(capfd):
+    pw.load_model()
+    assert "Loading weights" not in capfd.readouterr().err
 
 
 def test_one_pair_on_show_labels_the_columns_with_its_own_tokens(widget, demo):

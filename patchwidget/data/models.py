@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,10 @@ def load_model(
             tokenizer = AutoTokenizer.from_pretrained(model)
         if tokenizer is not None:
             kwargs["tokenizer"] = tokenizer
-        return TransformersModel(str(model), task="text-generation", attn_implementation=attn_implementation, **kwargs)
+        with _quiet_loading(model):
+            return TransformersModel(
+                str(model), task="text-generation", attn_implementation=attn_implementation, **kwargs
+            )
     if hasattr(model, "config") and hasattr(model, "forward"):
         if tokenizer is None:
             raise ModelLoadError(
@@ -70,3 +75,19 @@ def load_model(
         f"cannot load a model from {type(model).__name__!r}: give None (the demo model), a hub name or folder, "
         "an nnsight model, or a Hugging Face model with tokenizer=..."
     )
+
+
+@contextlib.contextmanager
+def _quiet_loading(model: str | Path) -> Iterator[None]:
+    """No "Loading weights" bar for the bundled model, loaded in a blink in every workshop cell; a hub
+    model's download keeps its bar, which says something useful."""
+    from transformers.utils import logging
+
+    quiet = Path(model).resolve() == DEMO_MODEL_DIR.resolve() and logging.is_progress_bar_enabled()
+    if quiet:
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet:
+            logging.enable_progress_bar()

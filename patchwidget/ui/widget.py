@@ -156,7 +156,7 @@ class PatchWidget(anywidget.AnyWidget):
             if not isinstance(target, int | float) or isinstance(target, bool) or not 0 < target <= 1:
                 raise MessageError(f"target must be a number in (0, 1], got {target!r}")
             level = Level("search" if kind == "find" else "circuit", target=float(target))
-            self._request(request_id, [*self._levels, level], self._settings)
+            self._request(request_id, [self._levels[0], level], self._settings)  # a search is of the whole model
         elif kind == "keep":
             cells = msg.get("cells")
             if not isinstance(cells, list) or not cells:
@@ -280,7 +280,8 @@ class PatchWidget(anywidget.AnyWidget):
         view = V.level_view(request_id, self._levels, computed, self._settings, self.session, self._pair)
         self.view = {**view, "joint": self._joint_box} if self._joint_box is not None else view
         self.breadcrumb = V.breadcrumb(self._levels, self.session.labels_for(self._pair))
-        self.controls = V.controls(self._levels[0].site, self._settings, self._pair, self.session.prompts.n_pairs)
+        site = next(level.site for level in reversed(self._levels) if level.kind == "top")  # the grid on show's
+        self.controls = V.controls(site, self._settings, self._pair, self.session.prompts.n_pairs)
         top = self.session.cache.get((self._levels[0], self._settings))
         if top is not None or not self.context:  # else keep the baselines until this metric's first grid is there
             self.context = V.context(self.session, self._pair, next(iter(top.results.values()), None) if top else None)

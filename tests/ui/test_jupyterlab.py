@@ -225,7 +225,8 @@ def test_drill_down_and_back(lab_server, page, ui_output):
         circuit = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Circuit of 8 nodes: on their own"]')
         expect(circuit).to_have_count(1, timeout=KERNEL_TIMEOUT)
         wait_settled(page)
-        expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "L3 heads", "find circuit (target 0.9)"])
+        # A search is of the whole model: it starts from the first grid, not below L3 heads (issue 39, item 9).
+        expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "find circuit (target 0.9)"])
         # A diagram as circuit.plot() draws it (issue 39, item 1): the last layer on top, heads then the MLP.
         expect(circuit.locator("th[role=rowheader]")).to_have_text(["L3", "L2", "L1", "L0", "embed"])
         kept = circuit.locator(".pw-node-in").evaluate_all(
@@ -261,7 +262,7 @@ def test_drill_down_and_back(lab_server, page, ui_output):
         page.keyboard.press("Enter")
         expect(page.locator(CRUMBS).last).to_have_text("direct to logits", timeout=ACTION_TIMEOUT)
         wait_settled(page)
-        page.locator(f"{CRUMBS}[data-level='2']").click()  # the breadcrumb back to the circuit view
+        page.locator(f"{CRUMBS}[data-level='1']").click()  # the breadcrumb back to the circuit view
         expect(circuit).to_have_count(1, timeout=ACTION_TIMEOUT)
         wait_settled(page)
         circuit.locator('.pw-cell[data-row="0"][data-col="1"]').click()
@@ -275,6 +276,7 @@ def test_drill_down_and_back(lab_server, page, ui_output):
         page.keyboard.press("Enter")
         expect(page.locator(CRUMBS).last).to_have_text("mlp_out", timeout=ACTION_TIMEOUT)
         wait_settled(page)
+        expect(page.locator(f"{WIDGET} .pw-site-tab[aria-selected=true]")).to_have_text("mlp_out")
 
         # Saving the page after path patching (whose levels link back to each other) returns, and the
         # page, opened from the disk, follows the saved path: circuit, L3 H1, what feeds it, direct, L3 H1.
