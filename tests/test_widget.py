@@ -234,6 +234,24 @@ def test_the_header_says_what_is_patched(widget, demo):
         assert base["corrupt"] == near(float(raw.corrupt_baseline[i]), 1e-5)
 
 
+def test_zeros_and_blanks_say_why(widget):
+    """Issue 39, item 5: by-token grids say where the runs agree (0 by causality), the level opened at a token
+    marks its column, and what feeds a layer-0 head says why it is empty."""
+    first = min(next(i for i, (a, b) in enumerate(zip(p.clean.split(), p.corrupt.split())) if a != b) for p in PAIRS)
+    top = widget.view["panels"][0]
+    assert top["same_before"] == first
+    assert np.all(np.array(top["values"], dtype=float)[:, :first] == 0)  # what the note explains
+    send(widget, type="drill", request_id=1, panel="resid_pre", row=0, col=13)
+    wait_idle(widget, 1)
+    heads = widget.view["panels"][0]
+    assert heads["mark_col"] == 13 and heads["same_before"] == first
+    send(widget, type="drill", request_id=2, panel="head_out", row=2, col=13)
+    wait_idle(widget, 2)
+    send(widget, type="drill", request_id=3, panel="components", row=0, col=13)
+    wait_idle(widget, 3, timeout=60)
+    assert all("only the embeddings feed it" in p["note"] for p in widget.view["panels"])
+
+
 def test_pair_change_and_joint_during_an_estimate_still_end_exact(demo, monkeypatch):
     w = pw.explore(demo, **TEXTS)
     hold = threading.Event()

@@ -30,7 +30,19 @@ export function cellLabel(panel, row, col, nPairs) {
 function tooltipLines(panel, row, col, nPairs) {
   const value = valueText(panel, row, col, (v) => `value: ${formatExact(v)}`);
   const closed = panel.clickable && panel.closed && !opensAt(panel, row, col) ? [`opens nothing: ${panel.closed}`] : [];
-  return [`${panel.rows[row]}, '${panel.cols[col]}'`, value, ...consistencyNotes(panel, row, col, nPairs), ...closed];
+  const same =
+    col < (panel.same_before ?? 0)
+      ? [
+          `0 by causality: before '${panel.cols[panel.same_before]}', the first token the corruption changes, the clean and corrupted runs are the same`,
+        ]
+      : [];
+  return [
+    `${panel.rows[row]}, '${panel.cols[col]}'`,
+    value,
+    ...same,
+    ...consistencyNotes(panel, row, col, nPairs),
+    ...closed,
+  ];
 }
 
 function cellContent(panel, value, colors, scale) {
@@ -75,7 +87,14 @@ function headerRow(panel) {
     { role: "none", class: "pw-corner", "aria-hidden": "true" },
     panel.col_dim ? `${panel.row_dim} \\ ${panel.col_dim}` : panel.row_dim,
   );
-  const heads = panel.cols.map((label) => h("th", { role: "columnheader", scope: "col" }, h("span", {}, label)));
+  // The column of the token this level was opened at is marked (levels.py: mark_col).
+  const heads = panel.cols.map((label, col) =>
+    h(
+      "th",
+      { role: "columnheader", scope: "col", class: col === panel.mark_col ? "pw-marked" : null },
+      h("span", {}, label),
+    ),
+  );
   return h("thead", {}, h("tr", { role: "row" }, [corner, ...heads]));
 }
 

@@ -163,4 +163,15 @@ describe("renderGrid with consistency across pairs", () => {
     cell(1, 2).dispatchEvent(new MouseEvent("mouseover", { bubbles: true }));
     expect(tooltip.show).toHaveBeenLastCalledWith(cell(1, 2), ["L1, 'and'", "value: -1"]);
   });
+
+  it("says why cells before the first changed token are 0, and marks the column a level was opened at", () => {
+    const { cell, tooltip, grid } = setup({ same_before: 3, mark_col: 4 });
+    cell(1, 2).dispatchEvent(new MouseEvent("mouseover", { bubbles: true }));
+    expect(tooltip.show.mock.lastCall[1]).toContain(
+      "0 by causality: before 'John', the first token the corruption changes, the clean and corrupted runs are the same",
+    );
+    cell(1, 3).dispatchEvent(new MouseEvent("mouseover", { bubbles: true }));
+    expect(tooltip.show.mock.lastCall[1].join(" ")).not.toContain("by causality");
+    expect([...grid.querySelectorAll("th.pw-marked")].map((th) => th.textContent)).toEqual(["Mary (2)"]);
+  });
 });

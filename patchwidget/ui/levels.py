@@ -214,10 +214,13 @@ def _span_panels(computed: Computed, v: View) -> list[dict]:
 def _heads_panels(computed: Computed, v: View) -> list[dict]:
     r, layer = computed.results["head_out"], computed.level.layer
     title = f"Heads of layer {layer}: output by " + ("span" if level_spans(r) else "token")
-    return [
-        panel("head_out", title, "head", r.dims[-1], r.labels("head"), v.columns(r), v.values(r)[0], True)
-        | v.consistency(r, 0)
-    ]
+    grid = panel("head_out", title, "head", r.dims[-1], r.labels("head"), v.columns(r), v.values(r)[0], True)
+    return [grid | v.consistency(r, 0) | _opened_at(computed.level)]
+
+
+def _opened_at(level: Level) -> dict:
+    """The column of the token this level was opened at, marked in its grid (where its columns are tokens)."""
+    return {} if level.pos is None or level.span is not None else {"mark_col": level.pos}
 
 
 def _kv(info: ModelInfo, site: str, head: int) -> int:
@@ -312,7 +315,7 @@ def _sender_panels(computed: Computed, v: View, what: dict[str, str]) -> list[di
 
 def _feeds_panels(computed: Computed, v: View) -> list[dict]:
     level = computed.level
-    return _sender_panels(
+    panels = _sender_panels(
         computed,
         v,
         {
@@ -321,6 +324,10 @@ def _feeds_panels(computed: Computed, v: View) -> list[dict]:
             for x, name in (("q", "query"), ("k", "key"), ("v", "value"))
         },
     )
+    if level.layer == 0:  # every cell is empty: say why rather than draw three grids of nothing
+        why = "No head sends into layer 0: only the embeddings feed it, so these grids are empty."
+        panels = [p | {"note": why} for p in panels]
+    return panels
 
 
 def _direct_panels(computed: Computed, v: View) -> list[dict]:

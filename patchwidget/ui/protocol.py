@@ -45,6 +45,8 @@ class Panel(TypedDict, total=False):
         list[bool]
     ]  # whether a click on the cell opens a narrower level (absent: every cell of a clickable panel)
     closed: str  # why a cell of a clickable panel opens nothing (the saved page: not computed in the notebook)
+    same_before: int  # by-token grids: columns before this token are 0 by causality (the runs agree there)
+    mark_col: int  # the column of the token the level was opened at
     x: list[float]  # "curve": the x value of each column (circuit size in %, drawn on a log axis)
     target: float | None  # "curve": the target, drawn as a line
 

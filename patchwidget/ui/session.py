@@ -151,6 +151,15 @@ class Session:
             return self.labels
         return self.clean_tokens(int(pair))
 
+    def first_change(self) -> int:
+        """The first position where any pair's clean and corrupted prompts differ (0 for noise or spans): before
+        it the two runs are the same, so patching there changes nothing, by causality."""
+        p = self.prompts
+        if p.noise is not None or p.columns is not None or p.clean_len is not None:
+            return 0
+        differs = (p.clean_ids != p.corrupt_ids).any(0).nonzero()
+        return int(differs[0]) if len(differs) else 0
+
     def clean_tokens(self, pair: int) -> list[str]:
         """The tokens of pair ``pair``'s clean prompt, without padding."""
         length = self.prompts.n_pos if self.prompts.clean_len is None else int(self.prompts.clean_len[pair])

@@ -83,6 +83,12 @@ def level_view(
     elif not computed.exact:
         note = "Attribution estimate, shown while the exact values are computed. " + note
     disabled = dict(LEVELS[computed.level.kind].disabled)
+    panels = LEVELS[computed.level.kind].panels(  # type: ignore[typeddict-item]
+        computed, PanelView(tokens, pair, session.clean_tokens(0 if pair == "mean" else int(pair)))
+    )
+    same = session.first_change()
+    if same:  # by-token grids: say why the columns before the first changed token are 0
+        panels = [p | {"same_before": same} if p["col_dim"] == "pos" else p for p in panels]
     return {
         **({"disabled": disabled} if disabled else {}),
         "request_id": request_id,
@@ -91,9 +97,7 @@ def level_view(
         "note": note,
         "exact": computed.exact and settings.method == "exact",
         "code": level_code(computed.level, settings, session),
-        "panels": LEVELS[computed.level.kind].panels(  # type: ignore[typeddict-item]
-            computed, PanelView(tokens, pair, session.clean_tokens(0 if pair == "mean" else int(pair)))
-        ),
+        "panels": panels,
     }
 
 

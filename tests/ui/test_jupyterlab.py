@@ -420,6 +420,9 @@ def test_tooltips_are_whole_and_go_away(lab_server, page, ui_output):
                 + [box["top"] >= area["top"], box["bottom"] <= area["bottom"]]
             )
             assert inside, f"the tooltip of cell ({row}, {col}) at {box} is cut by what is shown, {area}"
+        # Zeros say why (issue 39, item 5): the bottom-left cell is before the first token the corruption changes.
+        page.locator(f'{TOP_GRID} .pw-cell[data-row="{N_LAYERS - 1}"][data-col="0"]').hover()
+        expect(page.locator(f"{WIDGET} .pw-tooltip")).to_contain_text("0 by causality: before 'John (9)'")
         page.mouse.move(0, 0)
         expect(page.locator(f"{WIDGET} .pw-tooltip")).to_be_hidden()
 
@@ -434,6 +437,7 @@ def test_tooltips_are_whole_and_go_away(lab_server, page, ui_output):
         focused = page.evaluate("document.activeElement.closest('.pw-grid')?.getAttribute('aria-label') ?? ''")
         assert focused.startswith("Heads of layer 3"), focused
         expect(page.locator(f"{WIDGET} .pw-tooltip")).to_be_hidden()
+        expect(heads.locator("th.pw-marked")).to_have_text(["to (13)"])  # the token the drill was made at
     except BaseException:
         page.screenshot(path=str(ui_output / "failure-tooltips.png"), full_page=True, timeout=10_000)
         raise
