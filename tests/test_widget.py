@@ -252,6 +252,22 @@ def test_zeros_and_blanks_say_why(widget):
     assert all("only the embeddings feed it" in p["note"] for p in widget.view["panels"])
 
 
+def test_result_is_always_what_is_on_screen(widget):
+    """Issue 39, item 6: widget.result was the previous grid after a search, and one panel of a head."""
+    assert widget.result.dims == ("layer", "pos") and set(widget.results) == {"resid_pre"}
+    send(widget, type="drill", request_id=1, panel="resid_pre", row=3, col=13)
+    wait_idle(widget, 1)
+    send(widget, type="drill", request_id=2, panel="head_out", row=1, col=13)
+    wait_idle(widget, 2)
+    assert widget.result is None and set(widget.results) == {"head_q", "head_k", "head_v", "head_out", "attn_pattern"}
+    send(widget, type="circuit", request_id=3, target=0.9)
+    assert wait_idle(widget, 3, timeout=120)["state"] == "idle"
+    assert widget.result is None and widget.results == {} and widget.circuit is not None
+    send(widget, type="back", request_id=4, level=0)
+    wait_idle(widget, 4)
+    assert widget.result is widget.results["resid_pre"]
+
+
 def test_pair_change_and_joint_during_an_estimate_still_end_exact(demo, monkeypatch):
     w = pw.explore(demo, **TEXTS)
     hold = threading.Event()

@@ -38,8 +38,10 @@ SETTABLE = {"site", "direction", "metric", "method", "pair"}
 class PatchWidget(anywidget.AnyWidget):
     """An interactive patching grid; click a cell to patch the narrower sites inside it.
 
-    ``result`` is the current level's ``PatchResult`` and ``path`` the
-    drill-down path; both are observable traits.
+    ``result`` is the grid on screen (``None`` where the level shows several
+    results, as a head's breakdown, or none, as a search: ``results`` then
+    holds every ``PatchResult`` on screen by name, ``circuit`` what a search
+    found) and ``path`` the drill-down path; all are observable traits.
     """
 
     _esm = STATIC / "widget.js"
@@ -52,7 +54,8 @@ class PatchWidget(anywidget.AnyWidget):
     status = traitlets.Dict().tag(sync=True)
     vmax = traitlets.Float(None, allow_none=True).tag(sync=True)
     selection = traitlets.List().tag(sync=True)
-    result = traitlets.Instance(PatchResult, allow_none=True)
+    result = traitlets.Instance(PatchResult, allow_none=True)  # the grid on screen, when the level is one grid
+    results = traitlets.Dict()  # every PatchResult on screen, by name (q, k, v, out and the pattern of a head)
     path = traitlets.List()
     joint = traitlets.Instance(JointResult, allow_none=True)
     circuit = traitlets.Instance(Circuit, allow_none=True)  # what "Keep as circuit" kept
@@ -162,7 +165,8 @@ class PatchWidget(anywidget.AnyWidget):
             if not isinstance(cells, list) or not cells:
                 raise MessageError(f"cells must be a non-empty list of {{panel, row, col}}, got {cells!r}")
             chosen = list(dict.fromkeys(self._cell_at(c) for c in cells))
-            provenance = provenance_of(self.result.settings) if self.result is not None else {}
+            shown = self.result or next(iter(self.results.values()), None)
+            provenance = provenance_of(shown.settings) if shown is not None else {}
             self.circuit = Circuit(chosen, [], {**provenance, "kept_from": self.breadcrumb[-1]["label"]})
             self.status = V.status(
                 "idle",
@@ -287,15 +291,19 @@ class PatchWidget(anywidget.AnyWidget):
             self.context = V.context(self.session, self._pair, next(iter(top.results.values()), None) if top else None)
         self.status = V.status("idle" if computed.exact else "running", request_id)
         self.path = [asdict(level) for level in self._levels]
-        self.result = next(iter(computed.results.values()), self.result)  # a search level has no grid
+        # What is on screen, never a grid shown earlier: every result of the level by name, and the one grid
+        # when the level is one (a head's breakdown is several, a search's view none: see widget.circuit).
+        self.results = dict(computed.results)
+        self.result = next(iter(computed.results.values())) if len(computed.results) == 1 else None
 
     # --- static output -----------------------------------------------------------
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = super()._repr_mimebundle_(**kwargs)
         data = bundle[0] if isinstance(bundle, tuple) else bundle
-        if self.result is not None:  # shown where no widget manager runs (GitHub, nbviewer)
-            data["image/png"] = V.png(self.result)
+        shown = self.result or next(iter(self.results.values()), None)
+        if shown is not None:  # shown where no widget manager runs (GitHub, nbviewer)
+            data["image/png"] = V.png(shown)
         return bundle
 
     def save_html(self, path: str | Path) -> Path:
