@@ -2,6 +2,7 @@ import { panelScale } from "./colors.js";
 import { panelHasFlips } from "./consistency.js";
 import { renderCurve } from "./curve.js";
 import { h } from "./dom.js";
+import { renderDownloads } from "./export.js";
 import { formatExact } from "./format.js";
 import { renderGrid } from "./grid.js";
 import { renderLegend } from "./legend.js";
@@ -55,6 +56,7 @@ export function renderPanel(panel, opts) {
   }
   const scale = panelScale(panel, opts.vmax);
   const gridOpts = { ...opts, scale, focus: clampFocus(opts.focus, panel) };
+  header.append(renderDownloads(panel, scale));
   return h("section", { class: classes, "data-panel": panel.id }, [
     header,
     renderLegend(scale),

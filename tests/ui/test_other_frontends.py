@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -215,6 +216,15 @@ def test_offline_page_replays_its_drill_down_with_hostile_tokens(page, tmp_path,
         assert "change this there" in page.locator(f"{WIDGET} .pw-direction").get_attribute("title")
         expect(page.locator(f"{WIDGET} .pw-site-tab").first).to_be_disabled()
         assert page.title().startswith("patchwidget: resid_pre")  # the level the page opens on
+        # Figures to take away (issue 39, item 6): the panel as SVG (hostile tokens as text) and as PNG.
+        with page.expect_download() as svg:
+            page.locator(f"{WIDGET} .pw-download-svg").first.click()
+        text = Path(svg.value.path()).read_text(encoding="utf-8")
+        assert text.startswith("<svg") and text.count("<rect") == 1 + N_LAYERS * N_TOKENS
+        assert "&lt;!--&lt;script&gt;" in text and "<!--<script>" not in text
+        with page.expect_download() as png:
+            page.locator(f"{WIDGET} .pw-download-png").first.click()
+        assert Path(png.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     except BaseException:
         page.screenshot(path=str(ui_output / "failure-offline.png"), full_page=True, timeout=10_000)
         raise
