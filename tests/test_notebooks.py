@@ -228,7 +228,7 @@ def test_ioi_claims(demo, one_thread):
     f = dict(zip(found.curve["size"], found.curve["faithfulness"]))
     assert len(found.curve["ranked"]) == 21 and f[4] < 0.01 and f[10] > 0.999
     assert round(found.curve["cpr"], 2) == 0.65 and round(found.curve["cmd"], 2) == 0.35
-    # Exercise 5: noising S2 entering layer 0 or the verb from layer 2 destroys the answer; heads: L3H1 does.
+    # Exercise 7: noising S2 entering layer 0 or the verb from layer 2 destroys the answer; heads: L3H1 does.
     noised = pw.patch(demo, **kw, site="resid_pre", direction="noise").values
     assert noised[0, 9] < 0.05 and 0.32 < noised[1, 9] < 0.42 and 0.6 < noised[1, 10] < 0.7
     assert (noised[2:, 10] < 0.05).all()

@@ -54,6 +54,8 @@ def send(widget, **msg):
 
 
 def test_first_grid_is_ready_on_return(widget):
+    # The title says how it was measured; the level is the breadcrumb's (issue 39, item 9: it said both).
+    assert widget.view["title"] == "denoise · logit_diff_norm" and widget.breadcrumb == [{"label": "resid_pre"}]
     panel = widget.view["panels"][0]
     assert (len(panel["rows"]), len(panel["cols"])) == (4, 14)
     assert widget.result.dims == ("layer", "pos") and widget.result.n_pairs == 2
@@ -369,7 +371,7 @@ def test_find_circuit_from_the_widget_ends_on_the_circuit_view(widget, demo):
     # The search measures in the widget's metric (logit_diff_norm), as the header says (issue 39, item 1).
     direct = pw.find_circuit(demo, **TEXTS, target=0.9, method="exact", metric="logit_diff_norm")
     assert found.cells == direct.cells and found.faithfulness == near(direct.faithfulness, 1e-6)
-    assert found.provenance["metric"] == "logit_diff_norm" and widget.view["title"].endswith("logit_diff_norm")
+    assert found.provenance["metric"] == "logit_diff_norm" and widget.view["title"] == "logit_diff_norm"
     assert widget.breadcrumb[-1]["label"] == "find circuit (target 0.9)"
     nodes, curve = widget.view["panels"]
     assert nodes["title"].startswith(f"Circuit of {len(found.cells)} nodes: on their own")

@@ -71,8 +71,8 @@ function render({ model, el }) {
   function renderHeader() {
     replaceContent(header, [
       renderContext(model.get("context")),
-      shown?.title ? h("div", { class: "pw-title" }, shown.title) : null,
       renderBreadcrumb(model.get("breadcrumb") ?? [], (level) => request({ type: "back", level })),
+      shown?.title ? h("div", { class: "pw-title" }, shown.title) : null,
     ]);
   }
 

@@ -93,7 +93,8 @@ def level_view(
         **({"disabled": disabled} if disabled else {}),
         "request_id": request_id,
         "level": len(levels) - 1,
-        "title": f"{computed.level.label(tokens)} · {settings.direction} · {settings.metric}",
+        # The level itself is the breadcrumb's last label; the title says how it was measured.
+        "title": " · ".join([*([settings.direction] if "direction" not in disabled else []), settings.metric]),
         "note": note,
         "exact": computed.exact and settings.method == "exact",
         "code": level_code(computed.level, settings, session),

@@ -325,7 +325,8 @@ class PatchWidget(anywidget.AnyWidget):
             "vmax": self.vmax,
             "context": self.context,
         }
-        title = f"patchwidget: {states[0]['view']['title']}" if states else "patchwidget"  # the level it opens on
+        first = f"{states[0]['crumb']['label']} ({states[0]['view']['title']})" if states else ""
+        title = f"patchwidget: {first}" if first else "patchwidget"  # the level the page opens on
         return write_atomic(path, standalone_html(data, title))
 
     def close(self) -> None:
