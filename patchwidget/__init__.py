@@ -35,6 +35,7 @@ from .errors import (
     UnknownSiteError,
     UnsupportedModelError,
 )
+from .grids.lens import logit_lens
 from .grids.patch import patch
 from .grids.path import path_patch
 from .grids.result import PatchResult
@@ -81,6 +82,7 @@ __all__ = [
     "find_bottleneck",
     "find_circuit",
     "load_model",
+    "logit_lens",
     "noise",
     "patch",
     "patch_sites",

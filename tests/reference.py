@@ -499,3 +499,42 @@ def reference_areas(percents, f):
         cpr += width * (f[i] + f[i + 1]) / 2
         cmd += width * (abs(1 - f[i]) + abs(1 - f[i + 1])) / 2
     return cpr, cmd
+
+
+# --- the logit lens --------------------------------------------------------------------------
+
+FINAL_NORM = {"gpt2": "transformer.ln_f", "gptj": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm"}
+
+
+def reference_logit_lens(model, ids, answer, wrong):
+    """The logit lens of one prompt, written out plainly: a forward hook keeps each block's output, then the
+    final norm module and the answer and wrong rows of ``lm_head`` are applied by hand, and the logit transform
+    the config names (soft-capping, a scale) is applied to each of the two logits. Returns (layer, pos)."""
+    cfg = model.config
+    blocks = get(model, NAMES[cfg.model_type]["layers"])
+    kept = []
+    handles = [
+        b.register_forward_hook(lambda m, i, o: kept.append(o[0] if isinstance(o, tuple) else o)) for b in blocks
+    ]
+    try:
+        with torch.no_grad():
+            model(ids[None])
+    finally:
+        for h in handles:
+            h.remove()
+    norm = get(model, FINAL_NORM.get(cfg.model_type, "model.norm"))
+    rows = []
+    with torch.no_grad():
+        for h in kept:
+            x = norm(h[0])  # (pos, d_model)
+            a = x @ model.lm_head.weight[answer]
+            w = x @ model.lm_head.weight[wrong]
+            cap = getattr(cfg, "final_logit_softcapping", None)
+            if cap:
+                a, w = cap * torch.tanh(a / cap), cap * torch.tanh(w / cap)
+            if getattr(cfg, "logits_scaling", None):
+                a, w = a / cfg.logits_scaling, w / cfg.logits_scaling
+            if getattr(cfg, "logit_scale", None):
+                a, w = a * cfg.logit_scale, w * cfg.logit_scale
+            rows.append((a - w).float())
+    return torch.stack(rows)

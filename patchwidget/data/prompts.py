@@ -227,7 +227,8 @@ def _check_known(tokenizer: Any, ids: list[int], text: str, name: str) -> None:
         )
 
 
-def _answer_id(tokenizer: Any, text: str, name: str) -> int:
+def one_token(tokenizer: Any, text: str, name: str) -> int:
+    """The id of ``text`` (an answer), which must be exactly one token the vocabulary knows."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         hint = " (GPT-2-style tokenizers usually want a leading space, e.g. ' Paris')"
@@ -265,8 +266,8 @@ def prepare_prompts(
         raise PromptError(f"clean has {n} prompts but corrupt has {len(corrupt_p)}; they pair up one to one")
     templated = _templated(clean_p + corrupt_p)
     clean_l, corrupt_l = [str(c) for c in clean_p], [str(k) for k in corrupt_p]
-    answers = _broadcast(answer, "answer", n)
-    wrongs = _broadcast(wrong, "wrong", n)
+    answers = broadcast_texts(answer, "answer", n)
+    wrongs = broadcast_texts(wrong, "wrong", n)
 
     clean_ids, corrupt_ids = [], []
     for i, (c, k) in enumerate(zip(clean_l, corrupt_l)):
@@ -306,8 +307,8 @@ def prepare_prompts(
         corrupt_ids.append(k_ids)
 
     tag = (lambda i: "") if n == 1 else (lambda i: f" {i}")
-    answer_ids = [_answer_id(tokenizer, a, f"answer{tag(i)}") for i, a in enumerate(answers)]
-    wrong_ids = [_answer_id(tokenizer, w, f"wrong{tag(i)}") for i, w in enumerate(wrongs)]
+    answer_ids = [one_token(tokenizer, a, f"answer{tag(i)}") for i, a in enumerate(answers)]
+    wrong_ids = [one_token(tokenizer, w, f"wrong{tag(i)}") for i, w in enumerate(wrongs)]
     for i, (a, w) in enumerate(zip(answer_ids, wrong_ids)):
         if a == w:
             raise PromptError(
@@ -375,7 +376,8 @@ def _span_fields(
     }
 
 
-def _broadcast(value: Texts, name: str, n: int) -> list[str]:
+def broadcast_texts(value: Texts, name: str, n: int) -> list[str]:
+    """``value`` once per prompt: one string for all, or a list of exactly ``n``."""
     values = _as_list(value, name)
     if isinstance(value, str):
         return values * n
