@@ -35,6 +35,7 @@ from .errors import (
     UnknownSiteError,
     UnsupportedModelError,
 )
+from .grids.dla import direct_logit_attribution
 from .grids.lens import logit_lens
 from .grids.patch import patch
 from .grids.path import path_patch
@@ -76,6 +77,7 @@ __all__ = [
     "UnsupportedModelError",
     "attention_pattern",
     "demo_data",
+    "direct_logit_attribution",
     "explore",
     "faithfulness",
     "faithfulness_nodes",

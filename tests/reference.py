@@ -538,3 +538,57 @@ def reference_logit_lens(model, ids, answer, wrong):
                 a, w = a * cfg.logit_scale, w * cfg.logit_scale
             rows.append((a - w).float())
     return torch.stack(rows)
+
+
+# --- direct logit attribution ------------------------------------------------------------------
+
+OUT_PROJ = {"gpt2": "attn.c_proj", "gptj": "attn.out_proj", "gpt_neox": "attention.dense"}
+
+
+@torch.no_grad()
+def reference_dla(model, ids, answer, wrong):
+    """Direct logit attribution of one prompt at its last token, written out plainly with hooks: returns
+    (heads (layer, head), everything else summed: embeddings, output-projection biases, MLPs and the biases of
+    the final norm and lm_head). The final norm is undone by hand: centred (LayerNorm) or not (RMSNorm), divided
+    by the scale of the whole residual stream, times the gain (1 + weight for Gemma)."""
+    cfg = model.config
+    sizes = Sizes(cfg)
+    blocks = get(model, NAMES[cfg.model_type]["layers"])
+    norm = get(model, FINAL_NORM.get(cfg.model_type, "model.norm"))
+    seen = {"z": [], "mlp": []}
+
+    def embed(m, args, kwargs):  # the first block's input: the token and position embeddings
+        seen["embed"] = (args or [kwargs["hidden_states"]])[0][0, -1]
+
+    hooks = [blocks[0].register_forward_pre_hook(embed, with_kwargs=True)]
+    for block in blocks:
+        proj = get(block, OUT_PROJ.get(cfg.model_type, "self_attn.o_proj"))
+        hooks.append(proj.register_forward_pre_hook(lambda m, a: seen["z"].append((m, a[0][0, -1]))))
+        hooks.append(get(block, "mlp").register_forward_hook(lambda m, a, o: seen["mlp"].append(o[0, -1])))
+    hooks.append(norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0][0, -1])))
+    try:
+        with torch.no_grad():
+            model(ids[None])
+    finally:
+        for h in hooks:
+            h.remove()
+    x = seen["x"].float()
+    layer_norm = "RMS" not in type(norm).__name__
+    center = (lambda v: v - v.mean()) if layer_norm else (lambda v: v)
+    eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", None)
+    scale = torch.sqrt((center(x) ** 2).mean() + eps)
+    gain = norm.weight.float() + (1.0 if type(norm).__name__.startswith("Gemma") else 0.0)
+    u = (model.lm_head.weight[answer] - model.lm_head.weight[wrong]).float()
+    read = lambda v: float((gain * center(v.float()) / scale) @ u)
+    heads, rest = torch.zeros(cfg.num_hidden_layers, sizes.h), read(seen["embed"])
+    for layer, (proj, z) in enumerate(seen["z"]):
+        w = proj.weight if type(proj).__name__ == "Conv1D" else proj.weight.T  # (heads * d_head, d_model)
+        for h in range(sizes.h):
+            part = z[h * sizes.dh : (h + 1) * sizes.dh].float() @ w[h * sizes.dh : (h + 1) * sizes.dh].float()
+            heads[layer, h] = read(part)
+        if getattr(proj, "bias", None) is not None:
+            rest += read(proj.bias)
+        rest += read(seen["mlp"][layer])
+    if getattr(norm, "bias", None) is not None:
+        rest += float(norm.bias.float() @ u)
+    return heads, rest

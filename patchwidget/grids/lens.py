@@ -52,7 +52,7 @@ def logit_transform(config: Any) -> tuple[str, Any]:
     return "", lambda x: x
 
 
-def _tokenize(model: Any, prompts: Texts, answer: Texts, wrong: Texts) -> tuple[torch.Tensor, list, list]:
+def tokenize_prompts(model: Any, prompts: Texts, answer: Texts, wrong: Texts) -> tuple[torch.Tensor, list, list]:
     """The prompts' ids ``(prompt, pos)`` (one length: positions line up) and each prompt's answer and wrong ids."""
     texts = [prompts] if isinstance(prompts, str) else list(prompts) if isinstance(prompts, list | tuple) else None
     if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
@@ -89,7 +89,7 @@ def logit_lens(model: Any, prompts: Texts, *, answer: Texts, wrong: Texts, remot
         raise SettingsError("logit_lens applies the final norm and unembedding here: run it with remote=False")
     prepare_remote(model, remote)
     info = model_info(model)
-    ids, answers, wrongs = _tokenize(model, prompts, answer, wrong)
+    ids, answers, wrongs = tokenize_prompts(model, prompts, answer, wrong)
     with torch.no_grad(), model.trace(on_input_device(model, ids)):
         blocks = nnsight.save([])  # made inside the trace: only saved values outlive it
         for layer in range(info.n_layers):
