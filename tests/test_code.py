@@ -68,6 +68,15 @@ def test_each_grid_level(widget, level, names):
         assert_close(got[name].values.reshape(shown.shape), shown, 1e-5)  # one layer: the panel drops its axis
 
 
+def test_the_lens(widget):
+    view = show(widget, 25, Level("lens", site="lens"))
+    got = run(view["code"])
+    lens, dla = got["logit_lens"], got["dla"]
+    own = lens.clean_baseline
+    assert_close((lens.per_pair / own[:, None, None]).mean(0), values(view["panels"][0]), 1e-5)
+    assert_close((dla.per_pair / own[:, None, None]).mean(0), values(view["panels"][1])[:, :-1], 1e-5)
+
+
 def test_the_searches(widget):
     view = show(widget, 30, Level("circuit", target=0.9))
     circuit = run(view["code"])["circuit"]

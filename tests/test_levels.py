@@ -23,7 +23,19 @@ def session(demo):
 
 
 def test_every_kind_is_one_entry(session):
-    assert set(LEVELS) == {"top", "span", "heads", "head", "feeds", "direct", "neurons", "search", "circuit", "joint"}
+    assert set(LEVELS) == {
+        "top",
+        "span",
+        "heads",
+        "head",
+        "feeds",
+        "direct",
+        "neurons",
+        "search",
+        "circuit",
+        "joint",
+        "lens",
+    }
     for kind, entry in LEVELS.items():
         assert callable(entry.label) and callable(entry.compute) and callable(entry.panels), kind
 

@@ -270,6 +270,31 @@ def test_result_is_always_what_is_on_screen(widget):
     assert widget.result is widget.results["resid_pre"]
 
 
+def test_the_lens_beside_the_sites(widget, demo):
+    """Issue 40, item 3: the Lens start view shows the logit lens and direct logit attribution (as shares of the
+    model's logit difference under the normalised metric), and a head of the attribution opens its breakdown."""
+    assert {"name": "lens", "group": "lens", "label": "lens"} in widget.controls["sites"]
+    send(widget, type="set", request_id=1, key="site", value="lens")
+    assert wait_idle(widget, 1)["state"] == "idle" and widget.breadcrumb == [{"label": "lens"}]
+    lens_panel, dla_panel = widget.view["panels"]
+    lens = pw.logit_lens(demo, TEXTS["clean"], answer=TEXTS["answer"], wrong=TEXTS["wrong"])
+    dla = pw.direct_logit_attribution(demo, TEXTS["clean"], answer=TEXTS["answer"], wrong=TEXTS["wrong"])
+    own = lens.clean_baseline
+    assert_close(np.array(lens_panel["values"]), (lens.per_pair / own[:, None, None]).mean(0), 1e-5)
+    shares = (dla.per_pair / own[:, None, None]).mean(0)
+    mlp = (np.array(dla.settings["mlp"]) / own[:, None]).mean(0)
+    assert_close(np.array(dla_panel["values"]), np.concatenate([shares, mlp[:, None]], 1), 1e-5)
+    assert (
+        dla_panel["cols"] == ["H0", "H1", "H2", "H3", "MLP"] and "not whether the model needs it" in dla_panel["note"]
+    )
+    assert widget.controls["site"] == "lens" and "direction" in widget.view["disabled"]
+    assert widget.view["note"] == "" and "baselines" in widget.context  # notes under the panels; header kept
+    send(widget, type="drill", request_id=2, panel="dla", row=3, col=1)
+    assert wait_idle(widget, 2, timeout=60)["state"] == "idle"
+    assert [c["label"] for c in widget.breadcrumb] == ["lens", "L3 H1"]
+    assert widget.view["panels"][0]["id"] == "components"
+
+
 def test_pair_change_and_joint_during_an_estimate_still_end_exact(demo, monkeypatch):
     w = pw.explore(demo, **TEXTS)
     hold = threading.Event()

@@ -6,6 +6,7 @@ const GROUPS = [
   ["residual", "Residual stream"],
   ["attention", "Attention"],
   ["mlp", "MLP"],
+  ["lens", "Lens"],
 ];
 
 function siteGroup(group, label, controls, onSet, why) {

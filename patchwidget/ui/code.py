@@ -120,6 +120,14 @@ class Recorder:
         texts = "[prompts['clean']]" if one else "prompts['clean']"
         self.lines.append(f"patterns = [pw.attention_pattern(model, str(c), {layer}, {head}) for c in {texts}]")
 
+    def lens(self) -> dict:
+        args = "prompts['clean'], answer=prompts['answer'], wrong=prompts['wrong']"
+        self.lines.append(f"logit_lens = pw.logit_lens(model, {args})")
+        self.lines.append(f"dla = pw.direct_logit_attribution(model, {args})")
+        if self.settings.metric == "logit_diff_norm":
+            self.lines.append("# the widget shows both divided by each prompt's own logit difference (.clean_baseline)")
+        return {}
+
     def show(self, partial: Any) -> None:
         pass
 

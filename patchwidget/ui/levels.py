@@ -29,6 +29,8 @@ from ..core.sites import SITES, ModelInfo
 from ..grids.result import PatchResult
 
 TOP_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out")
+LENS = "lens"  # the start view beside the sites: the logit lens and direct logit attribution
+START_VIEWS = (*TOP_SITES, LENS)
 N_TOP_NEURONS = 20
 HEAD_PARTS = ("head_q", "head_k", "head_v", "head_out")
 
@@ -90,6 +92,8 @@ class Patcher(Protocol):
     def find(self, target: float, on_level: Callable[[Any], None]) -> Any: ...
 
     def find_circuit(self, target: float) -> Any: ...
+
+    def lens(self) -> dict[str, PatchResult]: ...
 
     def show(self, partial: Computed) -> None: ...
 
@@ -473,6 +477,50 @@ def _circuit_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo
     return level.open("head", layer=info.n_layers - 1 - row, head=col)
 
 
+# --- the lens: where the answer is readable, and who writes it directly ------------------------------
+
+
+def _lens_panels(computed: Computed, v: View) -> list[dict]:
+    """The logit lens by layer and token, and direct logit attribution by layer: its heads, then its MLP."""
+    lens, dla = computed.results["logit_lens"], computed.results["dla"]
+    unit = dla.settings.get("unit", "logit difference")
+    grid = panel(
+        "logit_lens",
+        f"Logit lens: answer minus wrong logit after each layer ({unit})",
+        "layer",
+        "pos",
+        lens.labels("layer"),
+        v.cols,
+        v.values(lens),
+        False,
+    )
+    mlp = np.asarray(dla.settings["mlp"], dtype=float)  # (prompt, layer)
+    heads = v.values(dla)  # (layer, head)
+    mlps = mlp.mean(0) if v.pair == "mean" else mlp[v.index]
+    values = np.concatenate([heads, mlps[:, None]], axis=1)
+    cols = [f"H{h}" for h in range(heads.shape[1])] + ["MLP"]
+    direct = panel(
+        "dla",
+        f"Direct logit attribution at the last token ({unit}); click a head for its breakdown",
+        "layer",
+        "node",
+        dla.labels("layer"),
+        cols,
+        values,
+        True,
+    )
+    return [grid | {"note": lens.settings["note"]}, direct | {"note": dla.settings["note"]}]
+
+
+def _lens_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo) -> Level | None:
+    """A head of the attribution opens its breakdown (needed for the answer?), an MLP the mlp_out grid."""
+    if panel != "dla":
+        return None
+    if col == info.n_heads:
+        return Level("top", site="mlp_out", spans=level.spans)
+    return Level("head", layer=row, head=col, spans=level.spans)
+
+
 # --- one MLP's top neurons at one token ----------------------------------------------------------
 
 
@@ -568,6 +616,13 @@ LEVELS: dict[str, LevelKind] = {
         panels=_circuit_panels,
         opens=_circuit_opens,
         disabled=CIRCUIT_DISABLED,
+    ),
+    LENS: LevelKind(
+        label=lambda level, tokens: "lens",
+        compute=lambda level, p: Computed(level, p.lens()),
+        panels=_lens_panels,
+        opens=_lens_opens,
+        disabled=(("direction", "The lens reads the clean run alone: nothing is patched."),),
     ),
     "joint": LevelKind(
         label=lambda level, tokens: f"{len(level.cells)} cells together",

@@ -86,7 +86,7 @@ class SiteChoice(TypedDict):
     """One site tab."""
 
     name: str
-    group: Literal["residual", "attention", "mlp"]
+    group: Literal["residual", "attention", "mlp", "lens"]
     label: str
 
 

@@ -31,12 +31,14 @@ from ..core.sites import ModelInfo, model_info
 from ..data.prompts import Texts, prepare_prompts
 from ..data.templates import token_strings
 from ..errors import PatchwidgetError
+from ..grids.dla import direct_logit_attribution
+from ..grids.lens import logit_lens
 from ..grids.patch import patch
 from ..grids.path import path_patch
 from ..grids.result import PatchResult
 from ..search.bottleneck import find_bottleneck
 from ..search.nodes import find_circuit
-from .levels import LEVELS, Computed, Level
+from .levels import LENS, LEVELS, Computed, Level
 
 __all__ = ["Cancelled", "Computed", "Level", "Session", "Settings"]
 
@@ -166,8 +168,8 @@ class Session:
         return token_strings(self.model.tokenizer, self.prompts.clean_ids[pair][:length].tolist())
 
     def top(self, site: str) -> Level:
-        """The first level of a drill-down on ``site``."""
-        return Level("top", site, spans=self.prompts.columns is not None)
+        """The first level of a drill-down on ``site`` (a site of ``TOP_SITES``, or ``"lens"``)."""
+        return Level(LENS if site == LENS else "top", site, spans=self.prompts.columns is not None)
 
     # --- the worker -----------------------------------------------------------
 
@@ -299,7 +301,31 @@ class _Patcher:
         del common["direction"]  # a circuit is always the clean run with everything outside it corrupted
         return find_circuit(s.model, target=target, method=self.settings.method, **common)
 
+    def lens(self) -> dict[str, PatchResult]:
+        """The logit lens and direct logit attribution of the clean prompts; under the normalised metric both
+        as shares of the model's own logit difference (1 at the last layer's last token)."""
+        s = self.session
+        texts = dict(answer=s.texts["answer"], wrong=s.texts["wrong"])
+        out = {
+            "logit_lens": logit_lens(s.model, s.texts["clean"], **texts),
+            "dla": direct_logit_attribution(s.model, s.texts["clean"], **texts),
+        }
+        if self.settings.metric == "logit_diff_norm":
+            out = {k: _share(r) for k, r in out.items()}
+        return out
+
     def pattern(self, layer: int, head: int) -> list[np.ndarray]:
         """The head's attention on each pair's clean prompt (one small trace each), so it follows the pair shown."""
         s = self.session
         return [attention_pattern(s.model, text, layer, head, s.remote) for text in s.prompts.clean]
+
+
+def _share(result: PatchResult) -> PatchResult:
+    """A lens result as shares of each prompt's own logit difference (its ``clean_baseline``)."""
+    own = result.clean_baseline.reshape(-1, *[1] * (result.per_pair.ndim - 1))
+    settings = {**result.settings, "unit": "share of the model's logit difference"}
+    if "mlp" in settings:
+        settings["mlp"] = (np.asarray(settings["mlp"]) / own.reshape(-1, 1)).tolist()
+    return replace(
+        result, per_pair=result.per_pair / own, clean_baseline=np.ones_like(result.clean_baseline), settings=settings
+    )

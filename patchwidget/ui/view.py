@@ -24,7 +24,7 @@ from ..data.models import DEMO_MODEL_DIR
 from ..data.templates import token_strings
 from ..grids.result import PatchResult
 from .code import level_code
-from .levels import LEVELS, TOP_SITES, Computed, Level
+from .levels import LEVELS, START_VIEWS, Computed, Level
 from .levels import View as PanelView
 from .protocol import Context, Controls, Crumb, JointBox, Server, Status, View
 
@@ -38,6 +38,7 @@ SITE_GROUPS = {
     "attn_out": "attention",
     "head_out": "attention",
     "mlp_out": "mlp",
+    "lens": "lens",
 }
 DIRECTION_LABELS = {"denoise": "denoise (clean into corrupt run)", "noise": "noise (corrupt into clean run)"}
 METHOD_LABELS = {"exact": "exact patching", "attribution": "attribution (fast estimate)"}
@@ -57,7 +58,7 @@ def controls(site: str, settings: Settings, pair: str | int, n_pairs: int) -> Co
     """The ``controls`` trait: every choice the front end offers, and the current ones."""
     return {
         "site": site,
-        "sites": [{"name": n, "group": SITE_GROUPS[n], "label": n} for n in TOP_SITES],  # type: ignore[typeddict-item]
+        "sites": [{"name": n, "group": SITE_GROUPS[n], "label": n} for n in START_VIEWS],  # type: ignore[typeddict-item]
         "direction": settings.direction,
         "directions": [{"value": d, "label": DIRECTION_LABELS[d]} for d in DIRECTIONS],
         "metric": settings.metric,
@@ -86,6 +87,8 @@ def level_view(
     panels = LEVELS[computed.level.kind].panels(  # type: ignore[typeddict-item]
         computed, PanelView(tokens, pair, session.clean_tokens(0 if pair == "mean" else int(pair)))
     )
+    if computed.exact and any(p.get("note") for p in panels):
+        note = ""  # the panels say it under each of them (the lens): not once more above
     same = session.first_change()
     if same:  # by-token grids: say why the columns before the first changed token are 0
         panels = [p | {"same_before": same} if p["col_dim"] == "pos" else p for p in panels]

@@ -29,7 +29,7 @@ from ..files import write_atomic
 from ..grids.result import PatchResult
 from . import view as V
 from .export import STATIC, standalone_html
-from .levels import TOP_SITES, Computed, Level
+from .levels import START_VIEWS, Computed, Level
 from .session import Session, Settings
 
 SETTABLE = {"site", "direction", "metric", "method", "pair"}
@@ -83,8 +83,8 @@ class PatchWidget(anywidget.AnyWidget):
         preview: bool = True,
         remote: bool | str = False,
     ) -> None:
-        if site not in TOP_SITES:  # before the session starts its worker thread
-            raise MessageError(f"site {site!r} cannot start the explorer; choose one of {', '.join(TOP_SITES)}")
+        if site not in START_VIEWS:  # before the session starts its worker thread
+            raise MessageError(f"site {site!r} cannot start the explorer; choose one of {', '.join(START_VIEWS)}")
         super().__init__()
         self.session = Session(
             model,
@@ -219,7 +219,7 @@ class PatchWidget(anywidget.AnyWidget):
             else:  # the exact values are still coming, under the older request id: ask again under this one
                 self._request(request_id, self._levels, self._settings)
             return
-        allowed = {"site": TOP_SITES, "direction": DIRECTIONS, "metric": METRICS, "method": METHODS}[key]
+        allowed = {"site": START_VIEWS, "direction": DIRECTIONS, "metric": METRICS, "method": METHODS}[key]
         if not isinstance(value, str) or value not in allowed:
             raise MessageError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
         if key == "site":
@@ -284,11 +284,13 @@ class PatchWidget(anywidget.AnyWidget):
         view = V.level_view(request_id, self._levels, computed, self._settings, self.session, self._pair)
         self.view = {**view, "joint": self._joint_box} if self._joint_box is not None else view
         self.breadcrumb = V.breadcrumb(self._levels, self.session.labels_for(self._pair))
-        site = next(level.site for level in reversed(self._levels) if level.kind == "top")  # the grid on show's
+        site = next(lv.site for lv in reversed(self._levels) if lv.kind in ("top", "lens"))  # the grid on show's
         self.controls = V.controls(site, self._settings, self._pair, self.session.prompts.n_pairs)
         top = self.session.cache.get((self._levels[0], self._settings))
-        if top is not None or not self.context:  # else keep the baselines until this metric's first grid is there
-            self.context = V.context(self.session, self._pair, next(iter(top.results.values()), None) if top else None)
+        context = V.context(self.session, self._pair, next(iter(top.results.values()), None) if top else None)
+        if "baselines" not in context and self.context.get("pair") == context["pair"]:  # a view without a grid
+            context = {**context, **({"baselines": self.context["baselines"]} if "baselines" in self.context else {})}
+        self.context = context
         self.status = V.status("idle" if computed.exact else "running", request_id)
         self.path = [asdict(level) for level in self._levels]
         # What is on screen, never a grid shown earlier: every result of the level by name, and the one grid

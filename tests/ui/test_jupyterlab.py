@@ -438,6 +438,18 @@ def test_tooltips_are_whole_and_go_away(lab_server, page, ui_output):
         assert focused.startswith("Heads of layer 3"), focused
         expect(page.locator(f"{WIDGET} .pw-tooltip")).to_be_hidden()
         expect(heads.locator("th.pw-marked")).to_have_text(["to (13)"])  # the token the drill was made at
+
+        # The Lens beside the sites (issue 40, item 3): the logit lens and direct logit attribution; a head that
+        # writes the answer opens its breakdown, "writes the answer" and "needed for it" two clicks apart.
+        page.locator(f"{WIDGET} .pw-site-tab[data-site=lens]").click()
+        dla = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Direct logit attribution"]')
+        expect(dla).to_have_count(1, timeout=ACTION_TIMEOUT)
+        expect(page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Logit lens"]')).to_have_count(1)
+        wait_settled(page)
+        screenshot(page, ui_output / "widget-lens.png")
+        dla.locator('.pw-cell[data-row="3"][data-col="1"]').click()
+        expect(page.locator(CRUMBS)).to_have_text(["lens", "L3 H1"], timeout=ACTION_TIMEOUT)
+        wait_settled(page)
     except BaseException:
         page.screenshot(path=str(ui_output / "failure-tooltips.png"), full_page=True, timeout=10_000)
         raise
