@@ -228,6 +228,10 @@ def test_ioi_claims(demo, one_thread):
     f = dict(zip(found.curve["size"], found.curve["faithfulness"]))
     assert len(found.curve["ranked"]) == 21 and f[4] < 0.01 and f[10] > 0.999
     assert round(found.curve["cpr"], 2) == 0.65 and round(found.curve["cmd"], 2) == 0.35
+    # Exercise 8: L3H1 writes about 1.44 of the 6.71 logit difference directly; L1H0 about -0.12, L0H3 about 0.13.
+    dla = pw.direct_logit_attribution(demo, texts["clean"], answer=texts["answer"], wrong=texts["wrong"])
+    assert 1.34 < dla.values[3, 1] < 1.54 and -0.22 < dla.values[1, 0] < -0.02 and 0.03 < dla.values[0, 3] < 0.23
+    assert 6.61 < dla.clean_baseline.mean() < 6.81
     # Exercise 7: noising S2 entering layer 0 or the verb from layer 2 destroys the answer; heads: L3H1 does.
     noised = pw.patch(demo, **kw, site="resid_pre", direction="noise").values
     assert noised[0, 9] < 0.05 and 0.32 < noised[1, 9] < 0.42 and 0.6 < noised[1, 10] < 0.7
