@@ -78,3 +78,25 @@ def test_models_that_transform_their_logits_read_through_the_transform(transform
     lens = pw.logit_lens(transformed, PROMPTS, **ANSWERS)
     assert_close(lens.per_pair, _plain(transformed, PROMPTS, **ANSWERS).numpy(), 1e-4)
     assert "after the unembedding, as the model does" in lens.settings["note"]
+
+
+def test_prompts_from_a_template_read_by_span(demo):
+    """Issue 40, item 1: template prompts of different lengths give a grid by span, each span read at its last
+    token, equal to each prompt's own lens there; direct logit attribution reads each at its own last token."""
+    t = pw.Template("When {IO} and {S1} went to the {PLACE} , {S2} gave a drink to")
+    prompts = [
+        t.fill(IO="Mary", S1="John", PLACE="store", S2="John"),
+        t.fill(IO="Anna", S1="Tom", PLACE="silver castle", S2="Tom"),
+    ]
+    answers = dict(answer=["Mary", "Anna"], wrong=["John", "Tom"])
+    lens = pw.logit_lens(demo, prompts, **answers)
+    assert lens.dims == ("layer", "span") and lens.coords["span"] == [s.label for s in prompts[0].spans(demo.tokenizer)]
+    for i, prompt in enumerate(prompts):
+        alone = pw.logit_lens(demo, str(prompt), answer=answers["answer"][i], wrong=answers["wrong"][i])
+        last = [s.positions[-1] for s in prompt.spans(demo.tokenizer)]
+        assert_close(lens.per_pair[i], alone.per_pair[0][:, last], 1e-5)
+    dla = pw.direct_logit_attribution(demo, prompts, **answers)
+    for i, prompt in enumerate(prompts):
+        alone = pw.direct_logit_attribution(demo, str(prompt), answer=answers["answer"][i], wrong=answers["wrong"][i])
+        assert_close(dla.per_pair[i], alone.per_pair[0], 1e-5)
+        assert dla.clean_baseline[i] == near(float(alone.clean_baseline[0]), 1e-5)

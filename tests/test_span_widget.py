@@ -106,3 +106,11 @@ def test_offline_states_of_a_span_session(widget):
     states, edges = computed_states(widget.session, widget.session.top("resid_pre"), widget._settings, "mean")
     assert len(states) == 2 and edges == {f"0|resid_pre|1|{place}": 1}
     assert states[1]["crumb"]["label"] == "PLACE by position"
+
+
+def test_the_lens_of_template_prompts_is_by_span(widget):
+    send(widget, type="set", request_id=5, key="site", value="lens")
+    assert wait_idle(widget, 5)["state"] == "idle", widget.status
+    lens_panel, dla_panel = widget.view["panels"]
+    assert lens_panel["col_dim"] == "span" and lens_panel["cols"] == widget.session.labels
+    assert dla_panel["cols"][-1] == "MLP"

@@ -33,7 +33,7 @@ import torch
 from ..core.engine import entry_point
 from ..core.sites import model_info, module, on_input_device, view
 from ..errors import SettingsError
-from .lens import logit_transform, tokenize_prompts
+from .lens import by_length, logit_transform, tokenize_prompts
 from .result import PatchResult
 
 NOTE = (
@@ -47,8 +47,9 @@ NOTE = (
 def direct_logit_attribution(model: Any, prompts: Any, *, answer: Any, wrong: Any) -> PatchResult:
     """Each head's direct contribution to the logit difference at the last token, ``("layer", "head")``.
 
-    ``prompts`` is one prompt or a list of one token length; ``answer`` and ``wrong`` one
-    for all or one per prompt. The other components are in ``settings``, per prompt:
+    ``prompts`` is one prompt or a list (of any lengths: each is read at its own last
+    token); ``answer`` and ``wrong`` one for all or one per prompt. The other components
+    are in ``settings``, per prompt:
     ``"embed"`` (token and position embeddings), ``"mlp"`` (each layer's MLP output, its
     bias included), ``"attn_bias"`` (each layer's output-projection bias) and
     ``"norm_bias"`` (the final norm's and the unembedding's biases). The heads, those, summed
@@ -63,6 +64,20 @@ def direct_logit_attribution(model: Any, prompts: Any, *, answer: Any, wrong: An
     """
     info = model_info(model)
     ids, answers, wrongs = tokenize_prompts(model, prompts, answer, wrong)
+    runs = [
+        _direct(model, info, [ids[i] for i in group], [answers[i] for i in group], [wrongs[i] for i in group])
+        for group in by_length(ids).values()
+    ]  # one trace per length: the last token is each prompt's own
+    order = [i for group in by_length(ids).values() for i in group]
+    back = sorted(range(len(order)), key=order.__getitem__)  # from the traces' order to the prompts'
+    dla = {k: torch.cat([r[0][k] for r in runs])[back] for k in runs[0][0]}
+    own, total = (torch.cat([r[j] for r in runs])[back] for j in (1, 2))
+    return _result(model, torch.tensor([ids[0]]), info, dla, own, total, answers, wrongs)
+
+
+def _direct(model: Any, info: Any, ids: list, answers: list, wrongs: list) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """DLA of prompts of one length: the components' contributions, the bias term, and their checked total."""
+    ids = torch.tensor(ids)
     with torch.no_grad(), model.trace(on_input_device(model, ids)):
         got = nnsight.save({})  # made inside the trace: only saved values outlive it
         got["embed"] = view(model, info, "resid_pre", 0)[:, -1, 0]  # (prompt, d_model)
@@ -81,7 +96,7 @@ def direct_logit_attribution(model: Any, prompts: Any, *, answer: Any, wrong: An
     total = sum(d.reshape(d.shape[0], -1).sum(1) for d in dla.values()) + own
     with torch.no_grad():
         _check_sum(model, info, got, parts, total, answers, wrongs)
-    return _result(model, ids, info, dla, own, total, answers, wrongs)
+    return dla, own, total
 
 
 def _components(model: Any, info: Any, got: dict) -> dict[str, torch.Tensor]:

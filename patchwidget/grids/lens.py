@@ -28,7 +28,7 @@ from ..core.engine import entry_point
 from ..core.remote import prepare_remote
 from ..core.sites import hidden_states, layer_module, model_info, module, on_input_device
 from ..data.prompts import Texts, broadcast_texts, one_token
-from ..data.templates import token_strings
+from ..data.templates import Prompt, shared_spans, token_strings
 from ..errors import PromptError, SettingsError
 from .result import PatchResult
 
@@ -52,34 +52,40 @@ def logit_transform(config: Any) -> tuple[str, Any]:
     return "", lambda x: x
 
 
-def tokenize_prompts(model: Any, prompts: Texts, answer: Texts, wrong: Texts) -> tuple[torch.Tensor, list, list]:
-    """The prompts' ids ``(prompt, pos)`` (one length: positions line up) and each prompt's answer and wrong ids."""
-    texts = [prompts] if isinstance(prompts, str) else list(prompts) if isinstance(prompts, list | tuple) else None
-    if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-        raise PromptError(f"prompts must be a non-empty prompt or list of prompts (strings), got {prompts!r}")
+def tokenize_prompts(model: Any, prompts: Any, answer: Texts, wrong: Texts) -> tuple[list[list[int]], list, list]:
+    """Each prompt's ids (strings, or Prompts of a template), and each prompt's answer and wrong ids."""
+    texts = (
+        [prompts] if isinstance(prompts, str | Prompt) else list(prompts) if isinstance(prompts, list | tuple) else []
+    )
+    if not texts or not all(isinstance(t, Prompt) or (isinstance(t, str) and t.strip()) for t in texts):
+        raise PromptError(f"prompts must be a non-empty prompt or list of prompts, got {prompts!r}")
     tok = model.tokenizer
-    ids = [list(tok(t)["input_ids"]) for t in texts]
-    lengths = sorted({len(i) for i in ids})
-    if len(lengths) > 1:
-        raise PromptError(
-            f"the logit lens averages prompts position by position, and these have {lengths} tokens: give prompts "
-            "of one length (or one prompt at a time)"
-        )
+    ids = [list(tok(str(t))["input_ids"]) for t in texts]
     answers = [one_token(tok, a, "answer") for a in broadcast_texts(answer, "answer", len(texts))]
     wrongs = [one_token(tok, w, "wrong") for w in broadcast_texts(wrong, "wrong", len(texts))]
-    return torch.tensor(ids), answers, wrongs
+    return ids, answers, wrongs
+
+
+def by_length(ids: list[list[int]]) -> dict[int, list[int]]:
+    """The prompts grouped by token length (one trace per group): {length: prompt indices}."""
+    groups: dict[int, list[int]] = {}
+    for i, row in enumerate(ids):
+        groups.setdefault(len(row), []).append(i)
+    return groups
 
 
 @entry_point
-def logit_lens(model: Any, prompts: Texts, *, answer: Texts, wrong: Texts, remote: bool | str = False) -> PatchResult:
+def logit_lens(model: Any, prompts: Any, *, answer: Texts, wrong: Texts, remote: bool | str = False) -> PatchResult:
     """The logit lens: answer logit minus wrong logit read from each block's output, ``("layer", "pos")``.
 
-    ``prompts`` is one prompt or a list of prompts of one token length; ``answer`` and
-    ``wrong`` one for all or one per prompt. With several prompts ``values`` is their
-    mean and ``per_pair`` holds each (the spread shows as in every grid). The model's
-    final norm, unembedding and logit transform are applied to every layer's output;
-    the last layer at the last token equals the model's logit difference, checked on
-    every call (``clean_baseline`` holds it per prompt).
+    ``prompts`` is one prompt or a list of prompts of one token length, or prompts made
+    from one template (``pw.Template(...).fill(...)``), of any lengths: the grid is then by
+    span (``("layer", "span")``), each span read at its last token. ``answer`` and ``wrong``
+    are one for all or one per prompt. With several prompts ``values`` is their mean and
+    ``per_pair`` holds each (the spread shows as in every grid). The model's final norm,
+    unembedding and logit transform are applied to every layer's output; the last layer at
+    the last token equals the model's logit difference, checked on every call
+    (``clean_baseline`` holds it per prompt).
 
     Example:
         >>> lens = pw.logit_lens(model, prompt, answer="Mary", wrong="John")  # doctest: +SKIP
@@ -90,6 +96,51 @@ def logit_lens(model: Any, prompts: Texts, *, answer: Texts, wrong: Texts, remot
     prepare_remote(model, remote)
     info = model_info(model)
     ids, answers, wrongs = tokenize_prompts(model, prompts, answer, wrong)
+    texts = [prompts] if isinstance(prompts, str | Prompt) else list(prompts)
+    spans = shared_spans(texts, model.tokenizer) if any(isinstance(t, Prompt) for t in texts) else None
+    if spans is None and len(by_length(ids)) > 1:
+        raise PromptError(
+            f"the logit lens averages prompts position by position, and these have {sorted(by_length(ids))} tokens: "
+            "give prompts of one length, or prompts made from one template (read by span)"
+        )
+    diffs, own = [None] * len(ids), torch.zeros(len(ids))
+    for indices in by_length(ids).values():  # one trace per length
+        d, o = _lens_of(
+            model,
+            info,
+            torch.tensor([ids[i] for i in indices]),
+            [answers[i] for i in indices],
+            [wrongs[i] for i in indices],
+        )
+        for k, i in enumerate(indices):
+            diffs[i], own[i] = d[k], o[k]
+    if spans is not None:  # each span read at its last token
+        diffs = [d[:, [s.positions[-1] for s in spans[i]]] for i, d in enumerate(diffs)]
+    dim, coords = ("span", [s.label for s in spans[0]]) if spans else ("pos", list(range(len(ids[0]))))
+    return PatchResult(
+        per_pair=torch.stack(diffs).cpu().numpy(),  # (prompt, layer, pos or span)
+        dims=("layer", dim),
+        coords={"layer": list(range(info.n_layers)), dim: coords},
+        tokens=token_strings(model.tokenizer, ids[0]),
+        clean_baseline=own.numpy(),
+        corrupt_baseline=np.zeros(len(answers), dtype=np.float32),
+        settings={
+            "site": "logit_lens",
+            "method": "logit lens",
+            "metric": "logit_diff",
+            "note": NOTE + _transform_note(model.config),
+            "model": str(getattr(model.config, "_name_or_path", "")),
+            "answer": [model.tokenizer.decode([a]) for a in answers],
+            "wrong": [model.tokenizer.decode([w]) for w in wrongs],
+        },
+    )
+
+
+def _lens_of(
+    model: Any, info: Any, ids: torch.Tensor, answers: list, wrongs: list
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lens of prompts of one length ``(prompt, pos)``: ``(prompt, layer, pos)`` and the model's own logit
+    difference per prompt, checked to be the lens's last layer at the last token."""
     with torch.no_grad(), model.trace(on_input_device(model, ids)):
         blocks = nnsight.save([])  # made inside the trace: only saved values outlive it
         for layer in range(info.n_layers):
@@ -105,25 +156,7 @@ def logit_lens(model: Any, prompts: Texts, *, answer: Texts, wrong: Texts, remot
             f"last token: {got.tolist()} against {own.tolist()}): its logits are not its final norm and "
             "unembedding of the last block's output, so the lens would not read what the model reads"
         )
-    n = ids.shape[1]
-    tokens = token_strings(model.tokenizer, ids[0].tolist())
-    return PatchResult(
-        per_pair=diffs.cpu().numpy(),
-        dims=("layer", "pos"),
-        coords={"layer": list(range(info.n_layers)), "pos": list(range(n))},
-        tokens=tokens,
-        clean_baseline=own.cpu().numpy(),
-        corrupt_baseline=np.zeros(len(answers), dtype=np.float32),
-        settings={
-            "site": "logit_lens",
-            "method": "logit lens",
-            "metric": "logit_diff",
-            "note": NOTE + _transform_note(model.config),
-            "model": str(getattr(model.config, "_name_or_path", "")),
-            "answer": [model.tokenizer.decode([a]) for a in answers],
-            "wrong": [model.tokenizer.decode([w]) for w in wrongs],
-        },
-    )
+    return diffs.cpu(), own.cpu()
 
 
 def _transform_note(config: Any) -> str:

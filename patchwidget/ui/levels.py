@@ -488,9 +488,9 @@ def _lens_panels(computed: Computed, v: View) -> list[dict]:
         "logit_lens",
         f"Logit lens: answer minus wrong logit after each layer ({unit})",
         "layer",
-        "pos",
+        lens.dims[-1],
         lens.labels("layer"),
-        v.cols,
+        v.columns(lens),
         v.values(lens),
         False,
     )
