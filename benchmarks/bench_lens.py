@@ -1,10 +1,10 @@
-"""The logit lens against one plain forward pass of the same prompts, in one process.
+"""The logit lens and direct logit attribution against one plain forward pass of the same prompts, in one process.
 
 On the bundled model (the IOI workshop's eight pairs' clean prompts) and on the GPT-2-small-shaped
 random model of ``bench_resid_pre.py`` (15 tokens, eight prompts), each of ``--repeats`` rounds times
-``pw.logit_lens`` and one forward pass of the wrapped model (an nnsight trace reading the logits),
-alternating; the table gives the best of each and their ratio. The lens is one traced forward pass
-plus the final norm and two columns of the unembedding per layer, and its own-logits check.
+``pw.logit_lens``, ``pw.direct_logit_attribution`` and one forward pass of the wrapped model (an
+nnsight trace reading the logits); the table gives the best of each and the ratios. Each lens is one
+traced forward pass plus the final norm and two rows of the unembedding, and its checks.
 
     python benchmarks/bench_lens.py [--repeats 5]
 """
@@ -59,13 +59,14 @@ def main() -> None:
         ),
         "GPT-2-small shape, 8 prompts of 15 tokens": (big, [text] * 8, dict(answer=f"t{ANSWER}", wrong=f"t{WRONG}")),
     }
-    print("| case | logit lens (s) | one forward pass (s) | ratio |\n|---|---|---|---|")
+    print("| case | logit lens (s) | DLA (s) | one forward pass (s) | ratios |\n|---|---|---|---|---|")
     for name, (model, texts, answers) in cases.items():
         pw.logit_lens(model, texts, **answers)  # warm up
         forward(model, texts)
         lens = best(lambda m=model, t=texts, a=answers: pw.logit_lens(m, t, **a), args.repeats)
+        dla = best(lambda m=model, t=texts, a=answers: pw.direct_logit_attribution(m, t, **a), args.repeats)
         plain = best(lambda m=model, t=texts: forward(m, t), args.repeats)
-        print(f"| {name} | {lens:.3f} | {plain:.3f} | {lens / plain:.2f} |")
+        print(f"| {name} | {lens:.3f} | {dla:.3f} | {plain:.3f} | {lens / plain:.2f}, {dla / plain:.2f} |")
 
 
 if __name__ == "__main__":
