@@ -105,3 +105,11 @@ def test_every_message_the_front_end_sends_is_accepted(demo):
 if __name__ == "__main__":
     FIXTURE.write_text(json.dumps(produce(), indent=1, sort_keys=True) + "\n")
     print(f"wrote {FIXTURE}")
+
+
+def test_every_message_of_the_protocol_has_its_handler_and_no_other():
+    """The widget dispatches by protocol.MESSAGES to _do_<type> (issue 38, item 4: a dispatch table, not if/elif)."""
+    from patchwidget.ui.widget import PatchWidget
+
+    handlers = {name.removeprefix("_do_") for name in dir(PatchWidget) if name.startswith("_do_")}
+    assert handlers == set(protocol.MESSAGES)

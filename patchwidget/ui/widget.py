@@ -30,6 +30,7 @@ from ..grids.result import PatchResult
 from . import view as V
 from .export import STATIC, standalone_html
 from .levels import START_VIEWS, Computed, Level
+from .protocol import MESSAGES
 from .session import Session, Settings
 
 SETTABLE = {"site", "direction", "metric", "method", "pair"}
@@ -132,55 +133,63 @@ class PatchWidget(anywidget.AnyWidget):
             self.status = V.status("error", request_id, message=text)
 
     def _handle(self, msg: Any) -> None:
+        """One message from the page: checked, then dispatched by ``protocol.MESSAGES`` to ``_do_<type>``."""
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             raise MessageError(f"malformed message {msg!r}")
         kind = msg["type"]
-        request_id = _int(msg, "request_id", 0, 2**53)
-        if kind == "cancel":
-            if request_id >= self.session.latest:  # a cancel of an older request has nothing left to stop
-                self.session.cancel()
-                self._pending.pop(request_id, None)
-                self.status = {**self.status, "state": "cancelled", "message": "cancelled"}
-            return
-        if request_id < self.session.latest:
-            raise MessageError(f"request {request_id} is older than request {self.session.latest}; it was dropped")
-        if kind == "drill":
-            child = self._drill_target(msg)
-            if child is None:
-                raise MessageError("this cell has no narrower sites to patch")
-            self._request(request_id, [*self._levels, child], self._settings)
-        elif kind == "back":
-            level = _int(msg, "level", 0, len(self._levels) - 1)
-            self._request(request_id, self._levels[: level + 1], self._settings)
-        elif kind == "set":
-            self._set(request_id, msg.get("key"), msg.get("value"))
-        elif kind in ("find", "circuit"):  # find_bottleneck, find_circuit
-            target = msg.get("target")
-            if not isinstance(target, int | float) or isinstance(target, bool) or not 0 < target <= 1:
-                raise MessageError(f"target must be a number in (0, 1], got {target!r}")
-            level = Level("search" if kind == "find" else "circuit", target=float(target))
-            self._request(request_id, [self._levels[0], level], self._settings)  # a search is of the whole model
-        elif kind == "keep":
-            cells = msg.get("cells")
-            if not isinstance(cells, list) or not cells:
-                raise MessageError(f"cells must be a non-empty list of {{panel, row, col}}, got {cells!r}")
-            chosen = list(dict.fromkeys(self._cell_at(c) for c in cells))
-            shown = self.result or next(iter(self.results.values()), None)
-            provenance = provenance_of(shown.settings) if shown is not None else {}
-            self.circuit = Circuit(chosen, [], {**provenance, "kept_from": self.breadcrumb[-1]["label"]})
-            self.status = V.status(
-                "idle",
-                request_id,
-                message=f"kept {len(chosen)} cell{'s' if len(chosen) != 1 else ''} as widget.circuit",
-            )
-        elif kind == "joint":
-            cells = msg.get("cells")
-            if not isinstance(cells, list) or not cells:
-                raise MessageError(f"cells must be a non-empty list of {{panel, row, col}}, got {cells!r}")
-            chosen = tuple(self._cell_at(c) for c in cells)
-            self._request(request_id, self._levels, self._settings, Level("joint", cells=chosen))
-        else:
+        if kind not in MESSAGES:
             raise MessageError(f"unknown message type {kind!r}")
+        request_id = _int(msg, "request_id", 0, 2**53)
+        if kind != "cancel" and request_id < self.session.latest:
+            raise MessageError(f"request {request_id} is older than request {self.session.latest}; it was dropped")
+        getattr(self, f"_do_{kind}")(request_id, msg)
+
+    def _do_cancel(self, request_id: int, msg: dict) -> None:
+        if request_id >= self.session.latest:  # a cancel of an older request has nothing left to stop
+            self.session.cancel()
+            self._pending.pop(request_id, None)
+            self.status = {**self.status, "state": "cancelled", "message": "cancelled"}
+
+    def _do_drill(self, request_id: int, msg: dict) -> None:
+        child = self._drill_target(msg)
+        if child is None:
+            raise MessageError("this cell has no narrower sites to patch")
+        self._request(request_id, [*self._levels, child], self._settings)
+
+    def _do_back(self, request_id: int, msg: dict) -> None:
+        level = _int(msg, "level", 0, len(self._levels) - 1)
+        self._request(request_id, self._levels[: level + 1], self._settings)
+
+    def _do_set(self, request_id: int, msg: dict) -> None:
+        self._set(request_id, msg.get("key"), msg.get("value"))
+
+    def _do_find(self, request_id: int, msg: dict, kind: str = "search") -> None:
+        """find_bottleneck (``find``) or find_circuit (``circuit``): a search is of the whole model, from the top."""
+        target = msg.get("target")
+        if not isinstance(target, int | float) or isinstance(target, bool) or not 0 < target <= 1:
+            raise MessageError(f"target must be a number in (0, 1], got {target!r}")
+        self._request(request_id, [self._levels[0], Level(kind, target=float(target))], self._settings)
+
+    def _do_circuit(self, request_id: int, msg: dict) -> None:
+        self._do_find(request_id, msg, kind="circuit")
+
+    def _do_keep(self, request_id: int, msg: dict) -> None:
+        chosen = list(dict.fromkeys(self._cells(msg)))
+        shown = self.result or next(iter(self.results.values()), None)
+        provenance = provenance_of(shown.settings) if shown is not None else {}
+        self.circuit = Circuit(chosen, [], {**provenance, "kept_from": self.breadcrumb[-1]["label"]})
+        n = len(chosen)
+        self.status = V.status("idle", request_id, message=f"kept {n} cell{'s' if n != 1 else ''} as widget.circuit")
+
+    def _do_joint(self, request_id: int, msg: dict) -> None:
+        level = Level("joint", cells=tuple(self._cells(msg)))
+        self._request(request_id, self._levels, self._settings, level)
+
+    def _cells(self, msg: dict) -> list[Cell]:
+        cells = msg.get("cells")
+        if not isinstance(cells, list) or not cells:
+            raise MessageError(f"cells must be a non-empty list of {{panel, row, col}}, got {cells!r}")
+        return [self._cell_at(c) for c in cells]
 
     def _locate(self, msg: Any) -> tuple[dict, int, int]:
         """The panel, row and column a message points at, checked against the view."""
