@@ -20,7 +20,7 @@ def _own(model, text, a, w):
     return float(logits[tok(a)["input_ids"][0]] - logits[tok(w)["input_ids"][0]])
 
 
-@pytest.mark.parametrize("name", ["gpt2-demo", "gpt_neox", "llama", "qwen2-gqa", "gptj", "gemma-gqa"])
+@pytest.mark.parametrize("name", ["gpt2-demo", "gpt_neox", "llama", "qwen2-gqa", "mistral-gqa", "gptj", "gemma-gqa"])
 def test_dla_matches_the_plain_twin_and_sums_to_the_logit_difference(tiny_models, name):
     model = tiny_models[name]
     dla = pw.direct_logit_attribution(model, PROMPTS, **ANSWERS)

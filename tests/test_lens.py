@@ -31,7 +31,7 @@ def _plain(model, prompts, answer, wrong):
     )  # (prompt, layer, pos)
 
 
-@pytest.mark.parametrize("name", ["gpt2-demo", "gpt_neox", "llama", "qwen2-gqa", "gptj", "gemma-gqa"])
+@pytest.mark.parametrize("name", ["gpt2-demo", "gpt_neox", "llama", "qwen2-gqa", "mistral-gqa", "gptj", "gemma-gqa"])
 def test_the_lens_matches_the_plain_twin(tiny_models, name):
     model = tiny_models[name]
     lens = pw.logit_lens(model, PROMPTS, **ANSWERS)
