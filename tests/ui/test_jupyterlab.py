@@ -495,3 +495,91 @@ def test_copy_code_reproduces_the_grid_in_the_kernel(lab_server, page, ui_output
         page.screenshot(path=str(ui_output / "failure-copy.png"), full_page=True, timeout=10_000)
         raise
     assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
+
+
+# Every click path the README and the workshops describe: (how to get there from the first grid, the grid
+# clicked, row, column, the breadcrumb's last label after it). Each is performed by mouse and by keyboard.
+GRID = f"{WIDGET} .pw-grid[role=grid]"
+CLICK_PATHS = [
+    ([], "resid_pre", 3, 13, "L3 heads"),  # a layer's cell opens its heads at that token
+    ([("resid_pre", 3, 13)], "Heads of layer 3", 1, 13, "L3 H1"),  # a head opens its breakdown
+    ([("resid_pre", 3, 13), ("Heads of layer 3", 1, 13)], "L3 H1: query", 0, 13, "what feeds L3 H1"),  # q: path
+    ([("resid_pre", 3, 13), ("Heads of layer 3", 1, 13)], "L3 H1: query", 3, 13, "direct to logits"),  # out
+    (
+        [("resid_pre", 3, 13), ("Heads of layer 3", 1, 13), ("L3 H1: query", 0, 13)],
+        "Path patching: senders into the value",
+        1,
+        0,
+        "L1 H0",  # a sender opens its own breakdown: the circuit followed upstream
+    ),
+    ([("site:mlp_out", 0, 0)], "mlp_out", 0, 9, "L0 neurons at 'John'"),  # an MLP cell opens its top neurons
+    ([("site:lens", 0, 0)], "Direct logit attribution", 3, 1, "L3 H1"),  # a head that writes the answer
+]
+
+
+def _open(page, grid: str, row: int, col: int, how: str) -> None:
+    """Open (row, col) of the grid whose label starts with ``grid``, by mouse or by keyboard."""
+    if grid.startswith("site:"):
+        page.locator(f"{WIDGET} .pw-site-tab[data-site={grid[5:]}]").click()
+        return
+    cell = page.locator(f'{GRID}[aria-label^="{grid}"] .pw-cell[data-row="{row}"][data-col="{col}"]')
+    expect_count(cell, 1)
+    if how == "mouse":
+        cell.click()
+    else:
+        cell.focus()
+        page.keyboard.press("Enter")
+
+
+def expect_count(locator, n: int) -> None:
+    from playwright.sync_api import expect
+
+    expect(locator).to_have_count(n, timeout=ACTION_TIMEOUT)
+
+
+def test_every_documented_click_path_by_mouse_and_by_keyboard(lab_server, page, ui_output):
+    """Issue 39, 'how it is proven': each click path of CLICK_PATHS, from the first grid, by mouse and by Enter,
+    opens the level it names; Escape and the breadcrumb come back."""
+    from playwright.sync_api import expect
+
+    notebook = write_notebook(lab_server.root, "paths.ipynb")
+    try:
+        page.goto(f"{lab_server.url}/lab/tree/{notebook.name}?reset", wait_until="domcontentloaded")
+        expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(3, timeout=KERNEL_TIMEOUT)
+        wait_kernel_idle(page)
+        run_cell(page, 0)
+        expect(page.locator(TOP_GRID)).to_have_count(1, timeout=KERNEL_TIMEOUT)
+        wait_settled(page)
+        for setup, grid, row, col, opens in CLICK_PATHS:
+            for how in ("mouse", "keyboard"):
+                # From the first grid: its site tab from another start view, its breadcrumb from below it.
+                if page.locator(CRUMBS).first.text_content() != "resid_pre":
+                    page.locator(f"{WIDGET} .pw-site-tab[data-site=resid_pre]").click()
+                elif page.locator(CRUMBS).count() > 1:
+                    page.locator(f"{CRUMBS}[data-level='0']").click()
+                expect(page.locator(CRUMBS)).to_have_text(["resid_pre"], timeout=ACTION_TIMEOUT)
+                wait_settled(page)
+                for step in setup:
+                    n = page.locator(CRUMBS).count()
+                    _open(page, *step, how="mouse")
+                    if step[0].startswith("site:"):  # a start view: its own breadcrumb
+                        expect(page.locator(CRUMBS)).to_have_text([step[0][5:]], timeout=ACTION_TIMEOUT)
+                    else:
+                        expect(page.locator(CRUMBS)).to_have_count(n + 1, timeout=ACTION_TIMEOUT)
+                    wait_settled(page)
+                before = page.locator(CRUMBS).all_text_contents()
+                depth = len(before)
+                _open(page, grid, row, col, how)
+                expect(page.locator(CRUMBS)).to_have_text([*before, opens], timeout=ACTION_TIMEOUT)
+                wait_settled(page)
+                if how == "keyboard":  # Escape comes back one level
+                    page.locator(f"{GRID} .pw-cell").first.focus()
+                    page.keyboard.press("Escape")
+                else:  # the breadcrumb comes back
+                    page.locator(f"{CRUMBS}[data-level='{depth - 1}']").click()
+                expect(page.locator(CRUMBS)).to_have_count(depth, timeout=ACTION_TIMEOUT)
+                wait_settled(page)
+    except BaseException:
+        page.screenshot(path=str(ui_output / "failure-paths.png"), full_page=True, timeout=10_000)
+        raise
+    assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
