@@ -287,16 +287,26 @@ def summarize(
     Noise samples are rows of their own, so every number is their mean; then
     ``logit_diff_norm`` rescales each pair so that clean is 1 and corrupt 0.
     """
-    ids = (rows.answer_ids, rows.wrong_ids, clean_logits)
-    clean_base, corrupt_base = fn(clean_logits, *ids).float().cpu(), fn(corrupt_logits, *ids).float().cpu()
+    clean_base, corrupt_base = raw_baselines(rows, n_pairs, fn, clean_logits, corrupt_logits)
     samples = rows.n_pairs // n_pairs
     values = values.float().cpu().view(n_pairs, samples, *values.shape[1:]).mean(1)
-    clean_base = clean_base.view(n_pairs, samples).mean(1)
-    corrupt_base = corrupt_base.view(n_pairs, samples).mean(1)
     if metric == "logit_diff_norm":
         values = M.normalize(values, clean_base, corrupt_base)
         clean_base, corrupt_base = torch.ones_like(clean_base), torch.zeros_like(corrupt_base)
     return values, clean_base, corrupt_base
+
+
+def raw_baselines(
+    rows: PromptBatch, n_pairs: int, fn: M.MetricFn, clean_logits: torch.Tensor, corrupt_logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean and corrupted runs' own metric per pair ``(pair,)``, the mean over noise samples, before any
+    rescaling (what ``logit_diff_norm`` rescales by, and what the widget's header shows)."""
+    ids = (rows.answer_ids, rows.wrong_ids, clean_logits)
+    samples = rows.n_pairs // n_pairs
+    clean, corrupt = (
+        fn(logits, *ids).float().cpu().view(n_pairs, samples).mean(1) for logits in (clean_logits, corrupt_logits)
+    )
+    return clean, corrupt
 
 
 # --- steps 2 and 3: the patched copies ------------------------------------------------------------

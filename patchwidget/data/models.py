@@ -77,13 +77,23 @@ def load_model(
     )
 
 
+def is_demo_model(name: str | Path) -> bool:
+    """Whether ``name`` (a model's ``_name_or_path``) is the bundled demo model's folder.
+
+    Example:
+        >>> is_demo_model(DEMO_MODEL_DIR), is_demo_model("openai-community/gpt2")
+        (True, False)
+    """
+    return bool(name) and Path(name).resolve() == DEMO_MODEL_DIR.resolve()
+
+
 @contextlib.contextmanager
 def _quiet_loading(model: str | Path) -> Iterator[None]:
     """No "Loading weights" bar for the bundled model, loaded in a blink in every workshop cell; a hub
     model's download keeps its bar, which says something useful."""
     from transformers.utils import logging
 
-    quiet = Path(model).resolve() == DEMO_MODEL_DIR.resolve() and logging.is_progress_bar_enabled()
+    quiet = is_demo_model(model) and logging.is_progress_bar_enabled()
     if quiet:
         logging.disable_progress_bar()
     try:

@@ -33,6 +33,7 @@ from ..core.engine import (
     patched_metric,
     prepare,
     provenance,
+    raw_baselines,
     summarize,
     warn_non_finite,
 )
@@ -147,10 +148,7 @@ def patch(
     per_pair, clean_base, corrupt_base = summarize(
         per_row, rows, prompts.n_pairs, request.fn, metric, clean_logits, corrupt_logits
     )
-    # The clean and corrupted runs' own metric per pair, before any rescaling: what the widget's header shows.
-    _, raw_clean, raw_corrupt = summarize(
-        per_row, rows, prompts.n_pairs, request.fn, "raw", clean_logits, corrupt_logits
-    )
+    raw_clean, raw_corrupt = raw_baselines(rows, prompts.n_pairs, request.fn, clean_logits, corrupt_logits)
     result = _result(model, grid, prompts, per_pair, clean_base, corrupt_base, request)
     finite = lambda t: [v if math.isfinite(v) else None for v in t.tolist()]  # JSON has no NaN
     result.settings["baselines"] = {"clean": finite(raw_clean), "corrupt": finite(raw_corrupt)}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.cells import Cell
-from ..data.models import DEMO_MODEL_DIR
+from ..data.models import is_demo_model
 from ..data.templates import Prompt
 from .levels import LEVELS, Level
 from .session import bottleneck_metric
@@ -52,7 +52,7 @@ def cell_literal(cell: Cell) -> str:
 def preamble(session: Session) -> list[str]:
     """Loading the model and the prompts, as the session has them."""
     name = str(getattr(session.model.config, "_name_or_path", "") or "")
-    if name and Path(name).resolve() == DEMO_MODEL_DIR.resolve():
+    if is_demo_model(name):
         load = "model = pw.load_model()  # the bundled demo model"
     elif name and not Path(name).is_absolute():
         load = f"model = pw.load_model({name!r})"

@@ -387,19 +387,13 @@ def _search_panels(computed: Computed, v: View) -> list[dict]:
     if not c.curve:
         return [ranked, steps]
     curve = c.curve
-    cols = [f"{p:.3g}% ({k} cells)" for p, k in zip(curve["percent"], curve["size"])]
-    title = "Restore of the last level's top cells, copied together, by how many are kept"
-    line = panel("curve", title, "", "cells kept", ["restored"], cols, np.asarray([curve["restore"]]), False)
     note = (
         f"Area {curve['area']:.2f}: the area under this curve (1 would mean the first cell alone restores "
         "everything). This is the bottleneck's restore, not MIB's faithfulness."
     )
-    return [
-        ranked,
-        steps,
-        line
-        | {"kind": "curve", "x": [float(x) for x in curve["percent"]], "target": computed.level.target, "note": note},
-    ]
+    title = "Restore of the last level's top cells, copied together, by how many are kept"
+    line = curve_panel(title, "cells kept", "restored", curve["restore"], curve, "cells", computed.level.target, note)
+    return [ranked, steps, line]
 
 
 # --- the circuit view: find_circuit's nodes by layer ----------------------------------------------
@@ -440,7 +434,7 @@ def _circuit_panels(computed: Computed, v: View) -> list[dict]:
         "note": "Filled: the circuit's nodes, coloured by their effect when corrupted alone (hover for the value). "
         "Click a head for its breakdown, an MLP for its grid.",
     }
-    return [nodes, _curve_panel(c.curve, computed.level.target)]
+    return [nodes, _faithfulness_curve(c.curve, computed.level.target)]
 
 
 def _circuit_place(cell: Cell, n_layers: int, n_heads: int) -> tuple[int, int]:
@@ -450,21 +444,25 @@ def _circuit_place(cell: Cell, n_layers: int, n_heads: int) -> tuple[int, int]:
     return n_layers - 1 - cell.layer, n_heads if cell.site == "mlp_out" else cell.head
 
 
-def _curve_panel(curve: dict, target: float | None) -> dict:
+def curve_panel(
+    title: str, x_label: str, y_label: str, y: list, curve: dict, unit: str, target: float | None, note: str
+) -> dict:
+    """A search's curve as a line (kind ``"curve"``): ``y`` over ``curve``'s sizes in % of the candidates (a log
+    axis), the target marked, ``note`` under it. Each column is labelled by its % and how many ``unit`` it keeps."""
+    cols = [f"{p:.3g}% ({k} {unit})" for p, k in zip(curve["percent"], curve["size"])]
+    line = panel("curve", title, "", x_label, [y_label], cols, np.asarray([y]), False)
+    return line | {"kind": "curve", "x": [float(p) for p in curve["percent"]], "target": target, "note": note}
+
+
+def _faithfulness_curve(curve: dict, target: float | None) -> dict:
     """MIB's faithfulness curve as a line over the circuit sizes, with CPR and CMD in a sentence each."""
-    cols = [f"{p:g}% ({k} nodes)" for p, k in zip(curve["percent"], curve["size"])]
+    note = (
+        f"CPR {curve['cpr']:.2f}: the area under this curve (higher is better; above 1 where a partial circuit "
+        f"does more than the whole model). CMD {curve['cmd']:.2f}: the area between the curve and 1 (lower is "
+        "better; 0 means every size does the whole task)."
+    )
     title = "Faithfulness of the top-ranked nodes, at MIB's circuit sizes"
-    line = panel("curve", title, "", "circuit size", ["faithfulness"], cols, np.asarray([curve["faithfulness"]]), False)
-    return line | {
-        "kind": "curve",
-        "x": [float(p) for p in curve["percent"]],
-        "target": target,
-        "note": (
-            f"CPR {curve['cpr']:.2f}: the area under this curve (higher is better; above 1 where a partial circuit "
-            f"does more than the whole model). CMD {curve['cmd']:.2f}: the area between the curve and 1 (lower is "
-            "better; 0 means every size does the whole task)."
-        ),
-    }
+    return curve_panel(title, "circuit size", "faithfulness", curve["faithfulness"], curve, "nodes", target, note)
 
 
 def _circuit_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo) -> Level | None:

@@ -20,7 +20,7 @@ from ..circuits.circuit import DEFAULT_TARGET
 from ..circuits.joint import JointResult
 from ..core.engine import DIRECTIONS, METHODS
 from ..core.metrics import METRICS
-from ..data.models import DEMO_MODEL_DIR
+from ..data.models import is_demo_model
 from ..data.templates import token_strings
 from ..grids.result import PatchResult
 from .code import level_code
@@ -154,7 +154,7 @@ def context(session: Session, pair: str | int, top: PatchResult | None) -> Conte
 def model_name(model: Any) -> str:
     """The model as a reader knows it: its hub name, a local folder's name, or the bundled model's."""
     name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
-    if Path(name).resolve() == DEMO_MODEL_DIR.resolve():
+    if is_demo_model(name):
         return "patchwidget's demo model"
     return Path(name).name if Path(name).is_absolute() else name  # no local paths in a saved page
 
@@ -225,7 +225,7 @@ NOT_SAVED = "not opened in the notebook, so not in this saved page"
 def _mark_saved(view: dict, edges: dict[str, int], state_id: int) -> None:
     """A saved state as the page should draw it: only the clicks it can replay open (the others say why), and
     the settings it cannot change disabled with the reason."""
-    view["disabled"] = {**{key: SAVED_PAGE for key in ("site", "direction", "metric", "method", "pair")}}
+    view["disabled"] = dict.fromkeys(("site", "direction", "metric", "method", "pair"), SAVED_PAGE)
     for panel in view["panels"]:
         if not panel["clickable"]:
             continue

@@ -297,8 +297,8 @@ class PatchWidget(anywidget.AnyWidget):
         self.controls = V.controls(site, self._settings, self._pair, self.session.prompts.n_pairs)
         top = self.session.cache.get((self._levels[0], self._settings))
         context = V.context(self.session, self._pair, next(iter(top.results.values()), None) if top else None)
-        if "baselines" not in context and self.context.get("pair") == context["pair"]:  # a view without a grid
-            context = {**context, **({"baselines": self.context["baselines"]} if "baselines" in self.context else {})}
+        if "baselines" in self.context and self.context["pair"] == context["pair"]:  # kept where no grid has them
+            context.setdefault("baselines", self.context["baselines"])
         self.context = context
         self.status = V.status("idle" if computed.exact else "running", request_id)
         self.path = [asdict(level) for level in self._levels]

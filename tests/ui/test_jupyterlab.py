@@ -377,6 +377,19 @@ def follow_saved_page(page, path: Path) -> None:
     expect(page.locator(f"{WIDGET} .pw-error")).to_have_count(0)
 
 
+def open_widget(page, lab_server, name: str, n_cells: int) -> None:
+    """Open a notebook in a fresh workspace (``?reset``: none of the notebooks earlier tests left open), run its
+    first cell (``pw.explore``) and wait for the settled first grid."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{lab_server.url}/lab/tree/{name}?reset", wait_until="domcontentloaded")
+    expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(n_cells, timeout=KERNEL_TIMEOUT)
+    wait_kernel_idle(page)
+    run_cell(page, 0)
+    expect(page.locator(TOP_GRID)).to_have_count(1, timeout=KERNEL_TIMEOUT)
+    wait_settled(page)
+
+
 def tooltip_box(page) -> dict | None:
     """The shown tooltip's box in the viewport, or None when hidden."""
     return page.evaluate(
@@ -403,13 +416,7 @@ def test_tooltips_are_whole_and_go_away(lab_server, page, ui_output):
 
     notebook = write_notebook(lab_server.root, "tooltips.ipynb")
     try:
-        # ?reset: a fresh workspace, without the notebooks earlier tests left open.
-        page.goto(f"{lab_server.url}/lab/tree/{notebook.name}?reset", wait_until="domcontentloaded")
-        expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(3, timeout=KERNEL_TIMEOUT)
-        wait_kernel_idle(page)
-        run_cell(page, 0)
-        expect(page.locator(TOP_GRID)).to_have_count(1, timeout=KERNEL_TIMEOUT)
-        wait_settled(page)
+        open_widget(page, lab_server, notebook.name, n_cells=3)
         page.locator(TOP_GRID).scroll_into_view_if_needed()
         for row, col in ((N_LAYERS - 1, 0), (N_LAYERS - 1, len(TOKENS) - 1), (0, 0)):
             page.locator(f'{TOP_GRID} .pw-cell[data-row="{row}"][data-col="{col}"]').hover()
@@ -473,12 +480,7 @@ def test_copy_code_reproduces_the_grid_in_the_kernel(lab_server, page, ui_output
     nbformat.write(nb, lab_server.root / "copy.ipynb")
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=lab_server.url)
     try:
-        page.goto(f"{lab_server.url}/lab/tree/copy.ipynb?reset", wait_until="domcontentloaded")
-        expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(2, timeout=KERNEL_TIMEOUT)
-        wait_kernel_idle(page)
-        run_cell(page, 0)
-        expect(page.locator(TOP_GRID)).to_have_count(1, timeout=KERNEL_TIMEOUT)
-        wait_settled(page)
+        open_widget(page, lab_server, "copy.ipynb", n_cells=2)
         shown = page.locator(f'{TOP_GRID} .pw-cell[data-row="2"][data-col="10"]').get_attribute("aria-label")
         page.locator(f"{WIDGET} .pw-copy-code").click()
         expect(page.locator(f"{WIDGET} .pw-code-said")).to_contain_text("Copied")
@@ -544,12 +546,7 @@ def test_every_documented_click_path_by_mouse_and_by_keyboard(lab_server, page, 
 
     notebook = write_notebook(lab_server.root, "paths.ipynb")
     try:
-        page.goto(f"{lab_server.url}/lab/tree/{notebook.name}?reset", wait_until="domcontentloaded")
-        expect(page.locator(".jp-Notebook .jp-CodeCell")).to_have_count(3, timeout=KERNEL_TIMEOUT)
-        wait_kernel_idle(page)
-        run_cell(page, 0)
-        expect(page.locator(TOP_GRID)).to_have_count(1, timeout=KERNEL_TIMEOUT)
-        wait_settled(page)
+        open_widget(page, lab_server, notebook.name, n_cells=3)
         for setup, grid, row, col, opens in CLICK_PATHS:
             for how in ("mouse", "keyboard"):
                 # From the first grid: its site tab from another start view, its breadcrumb from below it.
