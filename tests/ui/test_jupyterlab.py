@@ -493,6 +493,18 @@ def test_copy_code_reproduces_the_grid_in_the_kernel(lab_server, page, ui_output
         page.keyboard.press("Control+Enter")
         output = cell.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stdout']")
         expect(output).to_have_text(f"COPIED {shown.rsplit(': ', 1)[1]}", timeout=ACTION_TIMEOUT)
+
+        # Shift-click selects cells (README, the widget): Keep as circuit says what it kept (it showed nothing
+        # before, issue 39, item 6), and Patch selected together draws the joint patch.
+        for col in (9, 10):
+            page.locator(f'{TOP_GRID} .pw-cell[data-row="1"][data-col="{col}"]').click(modifiers=["Shift"])
+        expect(page.locator(f"{WIDGET} .pw-selection-count")).to_have_text("2 cells selected")
+        page.locator(f"{WIDGET} .pw-keep").click()
+        expect(page.locator(f"{WIDGET} .pw-done")).to_have_text(
+            "kept 2 cells as widget.circuit", timeout=ACTION_TIMEOUT
+        )
+        page.locator(f"{WIDGET} .pw-joint").click()
+        expect(page.locator(f"{WIDGET} .pw-joint-table")).to_have_count(1, timeout=ACTION_TIMEOUT)
     except BaseException:
         page.screenshot(path=str(ui_output / "failure-copy.png"), full_page=True, timeout=10_000)
         raise
