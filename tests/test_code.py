@@ -28,8 +28,8 @@ def widget():
 
 def show(widget, request_id, level):
     """Put ``level`` on show, as clicks would, and return the view."""
-    widget._pending[request_id] = ([widget._levels[0], level], widget._settings)
-    widget.session.submit(request_id, level, widget._settings)
+    widget.explorer.pending[request_id] = ([widget.explorer.levels[0], level], widget.explorer.settings)
+    widget.session.submit(request_id, level, widget.explorer.settings)
     assert wait_idle(widget, request_id, timeout=120)["state"] == "idle", widget.status
     return widget.view
 

@@ -310,7 +310,7 @@ def test_an_old_request_id_and_a_dict_index_get_an_error_status(demo):
     widget._on_msg(widget, {"type": "drill", "request_id": 5, "panel": "resid_pre", "row": 1, "col": 2}, [])
     widget._on_msg(widget, {"type": "back", "request_id": 3, "level": 0}, [])
     assert widget.status["state"] == "error" and "older than request 5" in widget.status["message"]
-    assert 3 not in widget._pending
+    assert 3 not in widget.explorer.pending
     widget._on_msg(widget, {"type": "drill", "request_id": 6, "panel": {"id": "resid_pre"}, "row": 1, "col": 2}, [])
     assert widget.status == {
         "state": "error",

@@ -11,7 +11,7 @@ and ``docs/architecture.md`` shows them (rewrite its table with ``python tests/t
     circuits  joint patching, faithfulness, Circuit
     grids     patch, path patching, attribution, PatchResult, Grid
     search    find_bottleneck, find_circuit
-    ui        protocol, levels, session, view, widget, export
+    ui        protocol, levels, session, view, explorer, widget, export
     top       cli, and the package's public names (__init__)
 """
 

@@ -26,11 +26,11 @@ def produce() -> dict:
     model = pw.load_model()
     widget = pw.explore(model, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo")
     top = {name: getattr(widget, name) for name in TRAITS}
-    child = widget.session.drill(widget._levels[-1], "resid_pre", 2, 4)
-    computed = widget.session.compute(child, widget._settings)
-    widget.session.cache[(child, widget._settings)] = computed
-    widget._levels = [*widget._levels, child]
-    widget._show(1, computed)
+    child = widget.session.drill(widget.explorer.levels[-1], "resid_pre", 2, 4)
+    computed = widget.session.compute(child, widget.explorer.settings)
+    widget.session.cache[(child, widget.explorer.settings)] = computed
+    widget.explorer.levels = [*widget.explorer.levels, child]
+    widget.explorer.show(1, computed)
     drilled = {name: getattr(widget, name) for name in TRAITS}
     widget.close()
     return {"top": top, "drilled": drilled, "messages": {k: list(v) for k, v in protocol.MESSAGES.items()}}
@@ -108,8 +108,9 @@ if __name__ == "__main__":
 
 
 def test_every_message_of_the_protocol_has_its_handler_and_no_other():
-    """The widget dispatches by protocol.MESSAGES to _do_<type> (issue 38, item 4: a dispatch table, not if/elif)."""
-    from patchwidget.ui.widget import PatchWidget
+    """The widget dispatches by protocol.MESSAGES to its explorer's do_<type> (issue 38, item 4: a dispatch
+    table, not if/elif)."""
+    from patchwidget.ui.explorer import Explorer
 
-    handlers = {name.removeprefix("_do_") for name in dir(PatchWidget) if name.startswith("_do_")}
+    handlers = {name.removeprefix("do_") for name in dir(Explorer) if name.startswith("do_")}
     assert handlers == set(protocol.MESSAGES)

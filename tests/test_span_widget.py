@@ -103,7 +103,7 @@ def test_offline_states_of_a_span_session(widget):
     place = widget.view["panels"][0]["cols"].index("PLACE")
     send(widget, type="drill", request_id=1, panel="resid_pre", row=1, col=place)
     wait_idle(widget, 1)
-    states, edges = computed_states(widget.session, widget.session.top("resid_pre"), widget._settings, "mean")
+    states, edges = computed_states(widget.session, widget.session.top("resid_pre"), widget.explorer.settings, "mean")
     assert len(states) == 2 and edges == {f"0|resid_pre|1|{place}": 1}
     assert states[1]["crumb"]["label"] == "PLACE by position"
 

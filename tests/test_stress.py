@@ -71,7 +71,7 @@ def test_no_thread_or_memory_leak_after_a_thousand_requests(demo):
     grown = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert threading.active_count() == threads
-    assert len(w._pending) <= 1 and len(w.session.cache) <= 5
+    assert len(w.explorer.pending) <= 1 and len(w.session.cache) <= 5
     assert grown < 2 * 2**20, f"{grown} bytes kept after 500 more requests"
     w.close()
     assert threading.active_count() == threads - 1  # the session's worker is gone

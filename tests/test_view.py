@@ -18,7 +18,9 @@ CORRUPT = "When Mary and John went to the store , Mary gave a drink to"
 
 def _compute(widget, *levels):
     for level in levels:
-        widget.session.cache[(level, widget._settings)] = widget.session.compute(level, widget._settings)
+        widget.session.cache[(level, widget.explorer.settings)] = widget.session.compute(
+            level, widget.explorer.settings
+        )
 
 
 def _walk(result, timeout=60):
@@ -34,7 +36,7 @@ def _walk(result, timeout=60):
 def test_levels_that_link_back_are_stored_once(demo):
     widget = pw.explore(demo, CLEAN, CORRUPT, answer="Mary", wrong="John", preview=False)
     try:
-        top = widget._levels[0]
+        top = widget.explorer.levels[0]
         heads = widget.session.drill(top, "resid_pre", 3, 13)
         head = widget.session.drill(heads, "head_out", 1, 13)  # L3 H1
         feeds = widget.session.drill(head, "components", 0, 13)
@@ -42,7 +44,7 @@ def test_levels_that_link_back_are_stored_once(demo):
         sender = widget.session.drill(feeds, "head_q", 1, 0)  # L1 H0, which feeds L3 H1
         assert (feeds.kind, direct.kind, sender.kind) == ("feeds", "direct", "head")
         _compute(widget, heads, head, feeds, direct, sender)
-        states, edges = _walk((widget.session, top, widget._settings, "mean"))
+        states, edges = _walk((widget.session, top, widget.explorer.settings, "mean"))
     finally:
         widget.close()
 

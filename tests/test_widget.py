@@ -198,7 +198,7 @@ def test_the_head_breakdown_sends_its_spread_across_pairs(widget):
     wait_idle(widget, 2)
     components = widget.view["panels"][0]
     assert components["id"] == "components"
-    computed = widget.session.cache[(widget._levels[-1], widget._settings)]
+    computed = widget.session.cache[(widget.explorer.levels[-1], widget.explorer.settings)]
     parts = [computed.results[s] for s in ("head_q", "head_k", "head_v", "head_out")]
     spread = np.stack([r.spread()[0, 0] for r in parts])
     assert_close(np.array(components["spread"], dtype=float), spread, 1e-5)

@@ -194,7 +194,8 @@ def computed_states(session: Session, top: Level, settings: Settings, pair: str 
     it, a sender head), so this is a walk over a graph: each level is visited once.
 
     Example:
-        >>> states, edges = computed_states(w.session, w._levels[0], w._settings, "mean")  # doctest: +SKIP
+        >>> ex = w.explorer  # doctest: +SKIP
+        >>> states, edges = computed_states(w.session, ex.levels[0], ex.settings, "mean")  # doctest: +SKIP
         >>> states[0]["crumb"]  # doctest: +SKIP
         {'label': 'resid_pre'}
     """

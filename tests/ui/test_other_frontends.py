@@ -176,8 +176,8 @@ def hostile_model():
 
 def offline_page(widget, path, row: int, col: int):
     """The widget's offline page with one click's level computed in the notebook (as a click would), then closed."""
-    level = widget.session.drill(widget._levels[0], "resid_pre", row, col)
-    widget.session.cache[(level, widget._settings)] = widget.session.compute(level, widget._settings)
+    level = widget.session.drill(widget.explorer.levels[0], "resid_pre", row, col)
+    widget.session.cache[(level, widget.explorer.settings)] = widget.session.compute(level, widget.explorer.settings)
     saved = widget.save_html(path)
     widget.close()
     return saved
@@ -272,7 +272,9 @@ def test_offline_page_replays_the_circuit_view(page, tmp_path, ui_output, demo):
     head = widget.session.drill(found, "circuit", 0, 1)  # L3H1: the last layer on top
     bottleneck = Level("search", target=0.9)
     for level in (found, head, bottleneck):
-        widget.session.cache[(level, widget._settings)] = widget.session.compute(level, widget._settings)
+        widget.session.cache[(level, widget.explorer.settings)] = widget.session.compute(
+            level, widget.explorer.settings
+        )
     path = widget.save_html(tmp_path / "circuit.html")
     widget.close()
     try:
