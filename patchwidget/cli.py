@@ -11,7 +11,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .grids.result import PatchResult
@@ -118,10 +118,8 @@ def _fill(parser: argparse.ArgumentParser, template: str, clean: str, corrupt: s
     return prompts
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for bad input, with one line saying why)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _run_texts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """The prompts and answers of ``run``, every argument checked first: a mistake costs no model load."""
     prompts = [args.clean, args.corrupt, args.answer, args.wrong]
     if any(p is not None for p in prompts) and any(p is None for p in prompts):
         parser.error("give all of --clean, --corrupt, --answer and --wrong, or none for the demo example")
@@ -143,26 +141,35 @@ def main(argv: list[str] | None = None) -> int:
                 "--template needs --clean and --corrupt (slot values, e.g. 'IO=Mary,S=John'), --answer, --wrong"
             )
         texts = {**texts, **_fill(parser, args.template, args.clean, args.corrupt)}
+    return texts
 
-    from tqdm.auto import tqdm
 
-    from . import load_model, patch
+def _load(parser: argparse.ArgumentParser, args: argparse.Namespace, remote: bool | str) -> Any:
+    """The model ``--model`` names, a failed load said in one line (for a server, loaded without weights)."""
+    from . import load_model
     from .errors import PatchwidgetError
-    from .files import write_atomic
 
-    remote = {"ndif": True, None: False}.get(args.remote, args.remote)
     on_server = remote is True or (isinstance(remote, str) and remote != "local")
     if on_server and args.model is None:
         parser.error("--remote runs a hub model on a server: give its name with --model")
     try:
-        model = load_model(args.model, dispatch=False) if on_server else load_model(args.model)  # no weights here
+        return load_model(args.model, dispatch=False) if on_server else load_model(args.model)  # no weights here
     except PatchwidgetError as err:
         parser.error(str(err).replace("\n", " "))
     except (OSError, ValueError) as err:  # what transformers raises for a name or folder that holds no model
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         parser.error(f"--model {args.model!r} could not be loaded: {first}")
-    budget = None if args.memory_budget is None else int(args.memory_budget * 2**20)
-    by_position = None if args.by_position is None else args.by_position == "yes"
+
+
+def _patch(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, model: Any, settings: dict, by_position: bool | None
+) -> PatchResult:
+    """The grid, with a progress bar on stderr (stdout may carry the table); a refusal said in one line."""
+    from tqdm.auto import tqdm
+
+    from . import patch
+    from .errors import PatchwidgetError
+
     with tqdm(total=0, unit="cell", desc=args.site, file=sys.stderr) as bar:
 
         def progress(done: int, total: int) -> None:
@@ -170,22 +177,23 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(done - bar.n)
 
         try:
-            result = patch(
-                model,
-                **texts,
-                site=args.site,
-                metric=args.metric,
-                direction=args.direction,
-                layers=args.layers,
-                by_position=by_position,
-                batch_size=args.batch_size,
-                memory_budget=budget,
-                progress=progress,
-                remote=remote,
-            )
+            return patch(model, **settings, layers=args.layers, by_position=by_position, progress=progress)
         except PatchwidgetError as err:
             bar.close()
             parser.error(str(err).replace("\n", " "))
+
+
+def _write(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    model: Any,
+    settings: dict,
+    by_position: bool | None,
+    result: PatchResult,
+) -> None:
+    """Show or save the grid as ``--out`` asks: a table on stdout, a result file, a figure, or the widget's page."""
+    from .files import write_atomic
+
     if args.out is not None and args.out.suffix == ".html":
         from .ui.levels import TOP_SITES
         from .ui.widget import PatchWidget
@@ -195,17 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--out .html draws the interactive grid, which starts from one of {', '.join(TOP_SITES)} "
                 "over all layers; leave out --layers and --by-position"
             )
-        widget = PatchWidget(
-            model,
-            **texts,
-            site=args.site,
-            metric=args.metric,
-            direction=args.direction,
-            batch_size=args.batch_size,
-            memory_budget=budget,
-            preview=False,
-            remote=remote,
-        )
+        widget = PatchWidget(model, **settings, preview=False)
         widget.save_html(args.out)
         widget.close()
     elif args.out is None:
@@ -217,7 +215,37 @@ def main(argv: list[str] | None = None) -> int:
         write_atomic(args.out, lambda f: figure.savefig(f, format=args.out.suffix[1:], dpi=150))
     if args.out is not None:
         print(f"wrote {args.out}")
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``patchwidget run``: patch one site over a grid, then show or save it."""
+    texts = _run_texts(parser, args)
+    remote = {"ndif": True, None: False}.get(args.remote, args.remote)
+    model = _load(parser, args, remote)
+    # What ``patch`` and the widget (for ``--out .html``) both take.
+    settings = dict(
+        texts,
+        site=args.site,
+        metric=args.metric,
+        direction=args.direction,
+        batch_size=args.batch_size,
+        memory_budget=None if args.memory_budget is None else int(args.memory_budget * 2**20),
+        remote=remote,
+    )
+    by_position = None if args.by_position is None else args.by_position == "yes"
+    result = _patch(parser, args, model, settings, by_position)
+    _write(parser, args, model, settings, by_position, result)
     return 0
+
+
+COMMANDS = {"run": _run}  # subcommand -> what runs it: (parser, parsed arguments) -> exit status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for bad input, with one line saying why)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return COMMANDS[args.command](parser, args)
 
 
 if __name__ == "__main__":

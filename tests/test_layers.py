@@ -13,6 +13,8 @@ and ``docs/architecture.md`` shows them (rewrite its table with ``python tests/t
     search    find_bottleneck, find_circuit
     ui        protocol, levels, session, view, explorer, widget, export
     top       cli, and the package's public names (__init__)
+
+Every function's body, after its docstring, also stays within ``MAX_FUNCTION_LINES`` lines (issue 38).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "patchwidget"
 WINGS = ("ground", "data", "core", "circuits", "grids", "search", "ui", "top")
 GROUND = {"errors", "files", "plot"}
 TOP = {"cli", "__init__"}
+MAX_FUNCTION_LINES = 60  # issue 38: a function longer than a screen is split into steps with names
 
 
 def modules() -> dict[str, Path]:
@@ -79,6 +82,12 @@ def arrows() -> dict[str, set[str]]:
     return out
 
 
+def body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """The lines a function's body spans after its docstring (a long docstring is no reason to split)."""
+    body = node.body[1:] if ast.get_docstring(node, clean=False) is not None else node.body
+    return body[-1].end_lineno - body[0].lineno + 1 if body else 0
+
+
 def floors(graph: dict[str, set[str]]) -> dict[str, int]:
     """Each module's floor: 0 for a module that imports none of the package, else one above its highest import."""
     out: dict[str, int] = {}
@@ -112,6 +121,16 @@ def test_nothing_imports_upward():
 def test_the_architecture_page_shows_the_floors_as_they_are():
     page = PACKAGE.parent / "docs" / "architecture.md"
     assert table() in page.read_text(encoding="utf-8"), f"{page} is stale: run python tests/test_layers.py --write"
+
+
+def test_functions_are_short():
+    too_long = []
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and body_lines(node) > MAX_FUNCTION_LINES:
+                where = f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}"
+                too_long.append(f"{where} ({body_lines(node)} lines)")
+    assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines, split them:\n" + "\n".join(too_long)
 
 
 def test_every_public_name_imports():

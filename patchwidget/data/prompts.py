@@ -240,6 +240,91 @@ def one_token(tokenizer: Any, text: str, name: str) -> int:
     return ids[0]
 
 
+def _paired(clean: Texts, corrupt: Texts | Noise, spec: Noise | None) -> tuple[list, list]:
+    """The prompts as two lists that pair up one to one (with noise, the clean prompts are corrupted themselves)."""
+    clean_p = _as_list(clean, "clean", prompts_ok=True)
+    corrupt_p = list(clean_p) if spec is not None else _as_list(corrupt, "corrupt", prompts_ok=True)
+    n = len(clean_p)
+    if n == 0:
+        raise PromptError("clean is an empty list; give at least one prompt pair")
+    if len(corrupt_p) != n:
+        raise PromptError(f"clean has {n} prompts but corrupt has {len(corrupt_p)}; they pair up one to one")
+    return clean_p, corrupt_p
+
+
+def _check_pair(
+    tokenizer: Any,
+    i: int,
+    tag: str,
+    texts: tuple[str, str],
+    ids: tuple[list[int], list[int]],
+    first: list[int] | None,
+    templated: bool,
+    noised: bool,
+    max_len: int | None,
+) -> None:
+    """Refuse pair ``i`` (tokenized as ``ids``) if patching could not line it up; ``first`` is pair 0's clean ids."""
+    (c, k), (c_ids, k_ids) = texts, ids
+    _check_known(tokenizer, c_ids, c, f"clean prompt{tag}")
+    _check_known(tokenizer, k_ids, k, f"corrupt prompt{tag}")
+    if len(c_ids) != len(k_ids) and not templated:
+        raise PromptError(
+            f"clean prompt{tag} and corrupt prompt{tag} tokenize to different lengths "
+            f"({len(c_ids)} vs {len(k_ids)}), so positions do not line up:\n"
+            f"  clean:   {token_strings(tokenizer, c_ids)}\n"
+            f"  corrupt: {token_strings(tokenizer, k_ids)}\n"
+            "Choose prompts that differ only in words of equal token length, or make them with "
+            "patchwidget.Template(...).fill(...): pairs of different lengths are then aligned by span."
+        )
+    if c_ids == k_ids and not noised:
+        raise PromptError(f"clean prompt{tag} and corrupt prompt{tag} are identical ({c!r}): nothing to patch")
+    if first is not None and len(c_ids) != len(first) and not templated:
+        raise PromptError(
+            f"prompt pair {i} has {len(c_ids)} tokens but pair 0 has {len(first)}; "
+            "all pairs must have one length so that positions line up across pairs:\n"
+            f"  pair 0:  {token_strings(tokenizer, first)}\n"
+            f"  pair {i}: {token_strings(tokenizer, c_ids)}\n"
+            "Or make the prompts with patchwidget.Template(...).fill(...): pairs of different lengths "
+            "are then aligned by span."
+        )
+    for one, name in ((c_ids, "clean"), (k_ids, "corrupt")):
+        if max_len is not None and len(one) > max_len:
+            raise PromptError(f"{name} prompt{tag} has {len(one)} tokens, more than the model's context of {max_len}")
+
+
+def _tokenize_pairs(
+    tokenizer: Any, clean: list[str], corrupt: list[str], templated: bool, noised: bool, max_len: int | None
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Each pair's token ids, checked pair by pair: the error names the first pair that is wrong, and how."""
+    n = len(clean)
+    clean_ids: list[list[int]] = []
+    corrupt_ids: list[list[int]] = []
+    for i, (c, k) in enumerate(zip(clean, corrupt)):
+        tag = f" {i}" if n > 1 else ""
+        for text, name in ((c, f"clean prompt{tag}"), (k, f"corrupt prompt{tag}")):
+            if not text.strip():
+                raise PromptError(f"{name} is empty")
+        c_ids, k_ids = _encode(tokenizer, c), _encode(tokenizer, k)
+        first = clean_ids[0] if clean_ids else None
+        _check_pair(tokenizer, i, tag, (c, k), (c_ids, k_ids), first, templated, noised, max_len)
+        clean_ids.append(c_ids)
+        corrupt_ids.append(k_ids)
+    return clean_ids, corrupt_ids
+
+
+def _answer_ids(tokenizer: Any, answers: list[str], wrongs: list[str]) -> tuple[list[int], list[int]]:
+    """Each pair's answer and wrong token, one token each and not the same (their logit difference is the metric)."""
+    tag = (lambda i: "") if len(answers) == 1 else (lambda i: f" {i}")
+    answer_ids = [one_token(tokenizer, a, f"answer{tag(i)}") for i, a in enumerate(answers)]
+    wrong_ids = [one_token(tokenizer, w, f"wrong{tag(i)}") for i, w in enumerate(wrongs)]
+    for i, (a, w) in enumerate(zip(answer_ids, wrong_ids)):
+        if a == w:
+            raise PromptError(
+                f"answer and wrong of pair {i} are the same token {answers[i]!r}: the logit difference is 0"
+            )
+    return answer_ids, wrong_ids
+
+
 def prepare_prompts(
     tokenizer: Any,
     clean: Texts,
@@ -257,64 +342,16 @@ def prepare_prompts(
     pairs to one length, so that positions line up.
     """
     spec = corrupt if isinstance(corrupt, Noise) else None
-    clean_p = _as_list(clean, "clean", prompts_ok=True)
-    corrupt_p = list(clean_p) if spec is not None else _as_list(corrupt, "corrupt", prompts_ok=True)
+    clean_p, corrupt_p = _paired(clean, corrupt, spec)
     n = len(clean_p)
-    if n == 0:
-        raise PromptError("clean is an empty list; give at least one prompt pair")
-    if len(corrupt_p) != n:
-        raise PromptError(f"clean has {n} prompts but corrupt has {len(corrupt_p)}; they pair up one to one")
     templated = _templated(clean_p + corrupt_p)
     clean_l, corrupt_l = [str(c) for c in clean_p], [str(k) for k in corrupt_p]
     answers = broadcast_texts(answer, "answer", n)
     wrongs = broadcast_texts(wrong, "wrong", n)
+    clean_ids, corrupt_ids = _tokenize_pairs(tokenizer, clean_l, corrupt_l, templated, spec is not None, max_len)
+    answer_ids, wrong_ids = _answer_ids(tokenizer, answers, wrongs)
 
-    clean_ids, corrupt_ids = [], []
-    for i, (c, k) in enumerate(zip(clean_l, corrupt_l)):
-        tag = f" {i}" if n > 1 else ""
-        for text, name in ((c, f"clean prompt{tag}"), (k, f"corrupt prompt{tag}")):
-            if not text.strip():
-                raise PromptError(f"{name} is empty")
-        c_ids, k_ids = _encode(tokenizer, c), _encode(tokenizer, k)
-        _check_known(tokenizer, c_ids, c, f"clean prompt{tag}")
-        _check_known(tokenizer, k_ids, k, f"corrupt prompt{tag}")
-        if len(c_ids) != len(k_ids) and not templated:
-            raise PromptError(
-                f"clean prompt{tag} and corrupt prompt{tag} tokenize to different lengths "
-                f"({len(c_ids)} vs {len(k_ids)}), so positions do not line up:\n"
-                f"  clean:   {token_strings(tokenizer, c_ids)}\n"
-                f"  corrupt: {token_strings(tokenizer, k_ids)}\n"
-                "Choose prompts that differ only in words of equal token length, or make them with "
-                "patchwidget.Template(...).fill(...): pairs of different lengths are then aligned by span."
-            )
-        if c_ids == k_ids and spec is None:
-            raise PromptError(f"clean prompt{tag} and corrupt prompt{tag} are identical ({c!r}): nothing to patch")
-        if clean_ids and len(c_ids) != len(clean_ids[0]) and not templated:
-            raise PromptError(
-                f"prompt pair {i} has {len(c_ids)} tokens but pair 0 has {len(clean_ids[0])}; "
-                "all pairs must have one length so that positions line up across pairs:\n"
-                f"  pair 0:  {token_strings(tokenizer, clean_ids[0])}\n"
-                f"  pair {i}: {token_strings(tokenizer, c_ids)}\n"
-                "Or make the prompts with patchwidget.Template(...).fill(...): pairs of different lengths "
-                "are then aligned by span."
-            )
-        for ids, name in ((c_ids, "clean"), (k_ids, "corrupt")):
-            if max_len is not None and len(ids) > max_len:
-                raise PromptError(
-                    f"{name} prompt{tag} has {len(ids)} tokens, more than the model's context of {max_len}"
-                )
-        clean_ids.append(c_ids)
-        corrupt_ids.append(k_ids)
-
-    tag = (lambda i: "") if n == 1 else (lambda i: f" {i}")
-    answer_ids = [one_token(tokenizer, a, f"answer{tag(i)}") for i, a in enumerate(answers)]
-    wrong_ids = [one_token(tokenizer, w, f"wrong{tag(i)}") for i, w in enumerate(wrongs)]
-    for i, (a, w) in enumerate(zip(answer_ids, wrong_ids)):
-        if a == w:
-            raise PromptError(
-                f"answer and wrong of pair {i} are the same token {answers[i]!r}: the logit difference is 0"
-            )
-
+    # Aligning: which positions get noise, and for a template's prompts which positions each span holds.
     positions = None
     if spec is not None:
         positions = [

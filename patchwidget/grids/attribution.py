@@ -101,31 +101,18 @@ def _span_contributions(
     return torch.stack(out)
 
 
-def _estimate_rows(
+def _source_pass(
     model: Any,
     info: ModelInfo,
     grid: Grid,
-    prompts: PromptBatch,
-    fn: M.MetricFn,
+    source_ids: torch.Tensor,
+    source_len: torch.Tensor,
     direction: str,
     noise: torch.Tensor | None,
     remote: bool | str,
-    span_positions: str = "all",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Estimated metric per (pair, cell), plus clean and corrupted last-position logits.
-
-    Returns ``(per_pair, clean_logits, corrupt_logits)`` with ``per_pair``
-    shaped ``(pair, *grid.shape)``. ``noise`` is added to the corrupted run's
-    token embeddings (see ``runs.with_noise``).
-    """
-
-    source_ids, target_ids = (
-        (prompts.clean_ids, prompts.corrupt_ids) if direction == "denoise" else (prompts.corrupt_ids, prompts.clean_ids)
-    )
-    clean_len, corrupt_len = prompts.lengths.split(prompts.n_pairs)
-    source_len, target_len = (clean_len, corrupt_len) if direction == "denoise" else (corrupt_len, clean_len)
+) -> tuple[dict, torch.Tensor]:
+    """The source run, without gradients: the activations patching would copy in, and its last logits."""
     source_keep, source_last = last_tokens(source_len, source_ids.shape[1])
-    target_keep, target_last = last_tokens(target_len, target_ids.shape[1])
     # Containers filled in a trace are made and saved inside it: on a remote server only saved values come back.
     with torch.no_grad():
         with model.trace(
@@ -139,7 +126,24 @@ def _estimate_rows(
             for layer in grid.layers:
                 source[layer] = raw(model, info, grid.site, layer).detach().clone().save()
             source_logits = last_logits(model, info, source_last).detach().save()
+    return source, source_logits
 
+
+def _target_pass(
+    model: Any,
+    info: ModelInfo,
+    grid: Grid,
+    prompts: PromptBatch,
+    target_ids: torch.Tensor,
+    target_len: torch.Tensor,
+    fn: M.MetricFn,
+    direction: str,
+    noise: torch.Tensor | None,
+    remote: bool | str,
+    source_logits: torch.Tensor,
+) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    """The target run, and the metric's gradient at each of the grid's activations: acts, grads, logits, metric."""
+    target_keep, target_last = last_tokens(target_len, target_ids.shape[1])
     answer, wrong = prompts.answer_ids, prompts.wrong_ids
     with torch.enable_grad():
         with model.trace(
@@ -168,7 +172,36 @@ def _estimate_rows(
                 grads[layer] = grad.save()
             target_logits = logits.detach().save()
             value = value.detach().save()
+    return target, grads, target_logits, value
 
+
+def _estimate_rows(
+    model: Any,
+    info: ModelInfo,
+    grid: Grid,
+    prompts: PromptBatch,
+    fn: M.MetricFn,
+    direction: str,
+    noise: torch.Tensor | None,
+    remote: bool | str,
+    span_positions: str = "all",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Estimated metric per (pair, cell), plus clean and corrupted last-position logits.
+
+    Returns ``(per_pair, clean_logits, corrupt_logits)`` with ``per_pair``
+    shaped ``(pair, *grid.shape)``. ``noise`` is added to the corrupted run's
+    token embeddings (see ``runs.with_noise``).
+    """
+
+    source_ids, target_ids = (
+        (prompts.clean_ids, prompts.corrupt_ids) if direction == "denoise" else (prompts.corrupt_ids, prompts.clean_ids)
+    )
+    clean_len, corrupt_len = prompts.lengths.split(prompts.n_pairs)
+    source_len, target_len = (clean_len, corrupt_len) if direction == "denoise" else (corrupt_len, clean_len)
+    source, source_logits = _source_pass(model, info, grid, source_ids, source_len, direction, noise, remote)
+    target, grads, target_logits, value = _target_pass(
+        model, info, grid, prompts, target_ids, target_len, fn, direction, noise, remote, source_logits
+    )
     per_layer = []
     for layer in grid.layers:
         src = reshape(info, grid.site, source[layer])  # (pair, pos, unit, width)

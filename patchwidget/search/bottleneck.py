@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -93,10 +94,88 @@ def find_bottleneck(
     Example:
         >>> circuit = find_bottleneck(model, clean, corrupt, answer="Mary", wrong="John", target=0.8)  # doctest: +SKIP
     """
+    levels = _check_settings(levels, target, method)
+    search = _prepare(
+        model, clean, corrupt, answer, wrong, levels, metric, direction, method, batch_size, memory_budget, remote
+    )
+    trace: list[dict] = []
+    memo: dict = {}  # by-position estimates, reused from level to level
+    kept: list[Write] = []
+    ranked: list[tuple[Write, float]] = []
+    for i, level in enumerate(levels):
+        ranked = _rank(search, level, kept, memo)
+        report = None if progress is None else _stage(progress, i, len(levels))
+        measured, size, reached = _keep(search, ranked, target, report)
+        kept = [w for w, _ in ranked[:size]]
+        restored = float(measured[size].mean())
+        trace.append(_trace_entry(search, level, ranked, size, restored, reached, target))
+        if on_level is not None:
+            cells = [_cell(w, len(search.columns), search.labels) for w in kept]
+            on_level(Circuit(cells, [e for _, e in ranked[:size]], {}, restore=restored, trace=list(trace)))
+    return _result(search, kept, ranked, measured, trace, target, levels)
+
+
+def _check_settings(levels: Sequence[str], target: float, method: str) -> tuple[str, ...]:
+    """The search's own settings, checked first: a bad one is refused before any prompt is tokenized or run."""
     levels = _check_levels(levels)
     if not isinstance(target, int | float) or isinstance(target, bool) or not 0 < target <= 1:
         raise SettingsError(f"target must be a number in (0, 1], got {target!r}")
     check_choice(method, METHODS, "method")
+    return levels
+
+
+@dataclass
+class _Search:
+    """What every level shares: the prepared request, its cached runs, and the baselines a restore is measured by."""
+
+    model: Any
+    request: Any
+    rows: Any
+    directed: Any
+    per_pass: Any
+    direction: str
+    method: str
+    columns: list[int]  # the columns searched: token positions, or a template's pieces
+    labels: list[str] | None  # a template's span labels, None for token positions
+    common: dict  # the ``patch`` arguments every single-effect grid shares
+    store: dict  # the runs, shared by every grid of the search
+    target_base: torch.Tensor  # (pair,) the target run's metric: a restore's 0
+    span: torch.Tensor  # (pair,) the source run's lead over it: a restore's 1
+
+    def restore(self, sets: list[tuple[Write, ...]], report: Progress | None = None) -> torch.Tensor:
+        """The exact joint restore of each set, per pair: ``(set, pair)``, normalised to the target run's 0."""
+        rows, direction = self.rows, self.direction
+        n = self.request.prompts.n_pairs
+        samples = rows.n_pairs // n  # noise samples per pair
+        copies = [(pair, pair_writes(s, rows, pair, direction)) for pair in range(rows.n_pairs) for s in sets]
+        with torch.no_grad():
+            values = patched_metric(self.model, self.request, self.directed, copies, rows, self.per_pass, report)
+        values = values.view(n, samples, len(sets)).mean(1)  # (pair, set)
+        return ((values - self.target_base[:, None]) / self.span[:, None]).T
+
+    def neuron_effects(self, layer: int) -> np.ndarray:
+        """One MLP layer's neurons' single effects, to pick the ones the "neurons" level opens."""
+        grid = patch(
+            self.model, **self.common, site="mlp_neuron", method=self.method, layers=[layer], runs_cache=self.store
+        )
+        return _normalised(grid, self.direction)[0]  # (neuron,)
+
+
+def _prepare(
+    model: Any,
+    clean: Texts,
+    corrupt: Texts | Noise,
+    answer: Texts,
+    wrong: Texts,
+    levels: tuple[str, ...],
+    metric: M.Metric,
+    direction: str,
+    method: str,
+    batch_size: int,
+    memory_budget: int | None,
+    remote: bool | str,
+) -> _Search:
+    """Check the prompts and run the clean and corrupted runs once, for every level's grids and patched copies."""
     sites = {"attn_out", "mlp_out", "head_out"} | ({"mlp_neuron"} if "neurons" in levels else set())
     request = prepare(
         model,
@@ -137,8 +216,30 @@ def find_bottleneck(
             store, model, info, every, rows, noise, remote, per_pass, None, request.speedups.reuse_prefix
         )
     directed = runs.directed(direction, noise)
+    target_base, span = _baselines(request, rows, runs, metric, direction)
+    return _Search(
+        model=model,
+        request=request,
+        rows=rows,
+        directed=directed,
+        per_pass=per_pass,
+        direction=direction,
+        method=method,
+        columns=columns,
+        labels=labels,
+        common=common,
+        store=store,
+        target_base=target_base,
+        span=span,
+    )
+
+
+def _baselines(
+    request: Any, rows: Any, runs: Any, metric: M.Metric, direction: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target run's metric and the source's lead over it, per pair: a restore's 0 and 1, refused where they meet."""
     fn = request.fn
-    n = prompts.n_pairs
+    n = request.prompts.n_pairs
     samples = rows.n_pairs // n
     ids = (rows.answer_ids, rows.wrong_ids, runs.clean_logits)
     source_logits, target_logits = (
@@ -153,60 +254,62 @@ def find_bottleneck(
             f"prompt pair {pair} shows no effect to find a circuit for: its clean and corrupted runs give the "
             f"same {M.metric_name(metric)} ({float(source_base[pair]):.4g})"
         )
+    return target_base, span
 
-    def restore(sets: list[tuple[Write, ...]], report: Progress | None = None) -> torch.Tensor:
-        """The exact joint restore of each set, per pair: ``(set, pair)``, normalised to the target run's 0."""
-        copies = [(pair, pair_writes(s, rows, pair, direction)) for pair in range(rows.n_pairs) for s in sets]
-        with torch.no_grad():
-            values = patched_metric(model, request, directed, copies, rows, per_pass, report)
-        values = values.view(n, samples, len(sets)).mean(1)  # (pair, set)
-        return ((values - target_base[:, None]) / span[:, None]).T
 
-    def _neuron_effects(layer: int) -> np.ndarray:
-        grid = patch(model, **common, site="mlp_neuron", method=method, layers=[layer], runs_cache=store)
-        return _normalised(grid, direction)[0]  # (neuron,)
+def _rank(search: _Search, level: str, kept: list[Write], memo: dict) -> list[tuple[Write, float]]:
+    """The level's candidates with their single effects, largest first: the order the restore stage takes them in."""
+    candidates = _candidates(level, kept, search.request.info, tuple(search.columns), search.neuron_effects)
+    effects = _single_effects(
+        search.model, candidates, search.method, search.common, search.store, memo, search.columns
+    )
+    order = np.argsort(-np.abs(effects), kind="stable")
+    return [(candidates[j], float(effects[j])) for j in order]
 
-    trace: list[dict] = []
-    memo: dict = {}  # by-position estimates, reused from level to level
-    kept: list[Write] = []
-    ranked: list[tuple[Write, float]] = []
-    for i, level in enumerate(levels):
-        candidates = _candidates(level, kept, info, tuple(columns), _neuron_effects)
-        effects = _single_effects(model, candidates, method, common, store, memo, columns)
-        order = np.argsort(-np.abs(effects), kind="stable")
-        ranked = [(candidates[j], float(effects[j])) for j in order]
-        report = None if progress is None else _stage(progress, i, len(levels))
-        measured = _smallest_reaching(ranked, restore, target, report)  # prefix size -> (pair,) restore
-        reaching = [k for k, r in measured.items() if r.mean() >= target]
-        size = min(reaching) if reaching else len(ranked)
-        kept = [w for w, _ in ranked[:size]]
-        faith = {k: float(r.mean()) for k, r in measured.items()}
-        trace.append(
-            {
-                "level": level,
-                "candidates": len(candidates),
-                "kept": size,
-                "restore": faith[size],
-                "reached": bool(reaching),
-                "why": (
-                    f"the top {size} of {len(candidates)} by {method} estimate restore {faith[size]:.3f}"
-                    + (f" >= {target}" if reaching else f", short of {target}: kept every candidate")
-                ),
-                "ranked": [[_cell(w, len(columns), labels).label, effect] for w, effect in ranked[:TOP_SHOWN]],
-            }
-        )
-        if on_level is not None:
-            cells = [_cell(w, len(columns), labels) for w in kept]
-            on_level(Circuit(cells, [e for _, e in ranked[:size]], {}, restore=faith[size], trace=list(trace)))
 
-    curve = _curve(ranked, measured, restore, len(columns), labels)
+def _keep(search: _Search, ranked: list, target: float, report: Progress | None) -> tuple[dict, int, bool]:
+    """How many of the ranking to keep: the smallest prefix reaching ``target`` (else all), and what each restored."""
+    measured = _smallest_reaching(ranked, search.restore, target, report)  # prefix size -> (pair,) restore
+    reaching = [k for k, r in measured.items() if r.mean() >= target]
+    size = min(reaching) if reaching else len(ranked)
+    return measured, size, bool(reaching)
+
+
+def _trace_entry(
+    search: _Search, level: str, ranked: list, size: int, restored: float, reached: bool, target: float
+) -> dict:
+    """What one level opened, kept and why, for ``circuit.trace`` (the widget shows it)."""
+    n_columns, labels = len(search.columns), search.labels
+    return {
+        "level": level,
+        "candidates": len(ranked),
+        "kept": size,
+        "restore": restored,
+        "reached": reached,
+        "why": (
+            f"the top {size} of {len(ranked)} by {search.method} estimate restore {restored:.3f}"
+            + (f" >= {target}" if reached else f", short of {target}: kept every candidate")
+        ),
+        "ranked": [[_cell(w, n_columns, labels).label, effect] for w, effect in ranked[:TOP_SHOWN]],
+    }
+
+
+def _result(
+    search: _Search, kept: list[Write], ranked: list, measured: dict, trace: list[dict], target: float, levels: tuple
+) -> Circuit:
+    """The last level's kept set as a Circuit, with its exact restore, the restore curve and the settings."""
+    curve = _curve(ranked, measured, search.restore, len(search.columns), search.labels)
     final = measured[len(kept)].numpy()
     effect_of = dict(ranked)
-    cells = [_cell(w, len(columns), labels) for w in kept]
+    cells = [_cell(w, len(search.columns), search.labels) for w in kept]
     return Circuit(
         cells,
         [effect_of[w] for w in kept],
-        {**provenance(model, request), "method": method, "search": {"target": target, "levels": list(levels)}},
+        {
+            **provenance(search.model, search.request),
+            "method": search.method,
+            "search": {"target": target, "levels": list(levels)},
+        },
         restore=float(final.mean()),
         reached=bool(final.mean() >= target),
         trace=trace,
