@@ -41,8 +41,9 @@ OUTPUTS = (".png", ".svg", ".pdf", ".json", ".npz", ".html")
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``patchwidget`` command."""
     from .core.engine import DIRECTIONS
-    from .core.metrics import METRICS
+    from .core.metrics import DEFAULT, METRICS
     from .core.sites import SITES
+    from .ui.scale import DEFAULT_SCALE, SCALE_LABELS, SCALES
 
     parser = argparse.ArgumentParser(
         prog="patchwidget",
@@ -68,7 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--model", default=None, help="hub name or folder (default: the bundled demo model)")
     run.add_argument("--site", default="resid_pre", choices=list(SITES))
-    run.add_argument("--metric", default="logit_diff_norm", choices=list(METRICS))
+    run.add_argument("--metric", default=DEFAULT, choices=list(METRICS))
+    run.add_argument(
+        "--scale",
+        default=DEFAULT_SCALE,
+        choices=list(SCALES),
+        help=f"how the table, the figure and the page show the numbers: {SCALE_LABELS['normalized']} or the raw "
+        "metric (.json and .npz keep the computed values; PatchResult.normalized() gives the view)",
+    )
     run.add_argument("--direction", default="denoise", choices=list(DIRECTIONS))
     run.add_argument("--layers", type=_int_list, help="comma-separated layer indices, e.g. 0,3")
     run.add_argument("--by-position", choices=("yes", "no"), help="one cell per token, or all tokens at once")
@@ -203,18 +211,23 @@ def _write(
                 f"--out .html draws the interactive grid, which starts from one of {', '.join(TOP_SITES)} "
                 "over all layers; leave out --layers and --by-position"
             )
-        widget = PatchWidget(model, **settings, preview=False)
+        widget = PatchWidget(model, **settings, scale=args.scale, preview=False)
         widget.save_html(args.out)
         widget.close()
+    elif args.out is not None and args.out.suffix in (".json", ".npz"):
+        result.save(args.out)  # the computed values: the scale is how they are shown
     elif args.out is None:
-        print(format_table(result))
-    elif args.out.suffix in (".json", ".npz"):
-        result.save(args.out)
+        print(format_table(_shown(result, args.scale)))
     else:
-        figure = result.plot()
+        figure = _shown(result, args.scale).plot()
         write_atomic(args.out, lambda f: figure.savefig(f, format=args.out.suffix[1:], dpi=150))
     if args.out is not None:
         print(f"wrote {args.out}")
+
+
+def _shown(result: PatchResult, scale: str) -> PatchResult:
+    """The grid as ``--scale`` shows it: normalised per pair (clean 1, corrupted 0), or as computed."""
+    return result.normalized() if scale == "normalized" else result
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -157,7 +157,7 @@ def test_a_circuit_of_span_cells_saves_loads_and_evaluates_on_new_prompts(demo, 
     assert back.cells == found.cells and back.restore == found.restore
     held_out = _shapes(2, seed=4)  # other names and places, the same three shapes
     joint = back.evaluate(demo, **held_out)
-    direct = pw.patch_sites(demo, **held_out, cells=found.cells, metric="logit_diff_norm")
+    direct = pw.patch_sites(demo, **held_out, cells=found.cells)  # both in the one default metric
     assert joint.joint == near(direct.joint, 1e-6)
     with pytest.raises(pw.SettingsError, match="span label"):
         back.knockout(demo, [str(p) for p in held_out["clean"][:1]])

@@ -85,7 +85,7 @@ def test_joint_and_single_effects_match_reference(demo, direction, batch_size, m
 
 def test_singles_agree_with_patch_and_pattern_cell(demo):
     p = demo_data.ioi_pairs(1, seed=4)[0]
-    r = pw.patch_sites(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, cells=CELLS)
+    r = pw.patch_sites(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, cells=CELLS, metric="logit_diff_norm")
     grid = pw.patch(
         demo,
         p.clean,
@@ -123,10 +123,13 @@ def test_three_heads_carry_the_ioi_behaviour(demo):
     grid = pw.patch(demo, **prompts, site="head_out", by_position=False, metric="logit_diff_norm")
     heads = grid.top_sites(3).cells  # the three heads of largest single effect
     assert {(c.layer, c.head) for c in heads} == {(0, 3), (1, 0), (3, 1)}
-    r = pw.patch_sites(demo, **prompts, cells=heads)
+    r = pw.patch_sites(demo, **prompts, cells=heads, metric="logit_diff_norm")
     assert r.joint > 0.95 and r.sum_of_singles > 1.5  # in series: the effects overlap
     side_by_side = pw.patch_sites(
-        demo, **prompts, cells=[pw.Cell("head_out", 0, head=3), pw.Cell("head_out", 1, head=0)]
+        demo,
+        **prompts,
+        cells=[pw.Cell("head_out", 0, head=3), pw.Cell("head_out", 1, head=0)],
+        metric="logit_diff_norm",
     )
     assert side_by_side.joint > 0.95 > max(side_by_side.singles)
 

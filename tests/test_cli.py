@@ -41,9 +41,8 @@ def test_json_output_matches_the_api(demo, tmp_path, capsys):
         answer="Paris",
         wrong="Tokyo",
         site="attn_out",
-        metric="logit_diff_norm",
     )
-    assert_close(saved.values, direct.values, 1e-6)
+    assert_close(saved.values, direct.values, 1e-6)  # the computed values, in the one default metric
     assert f"wrote {out}" in capsys.readouterr().out
 
 
@@ -58,7 +57,6 @@ def test_remote_simulation_and_memory_budget_options(demo, tmp_path):
         "The capital of Japan is",
         answer="Paris",
         wrong="Tokyo",
-        metric="logit_diff_norm",
     )
     assert_close(pw.PatchResult.load(out).values, direct.values, 1e-6)
 
@@ -68,15 +66,22 @@ def test_demo_table_png_and_html(tmp_path, capsys):
     table = capsys.readouterr().out
     lines = table.splitlines()
     assert lines[0].split() == ["L0", "L1", "L2", "L3"] and lines[-1].startswith("to (13)")  # one line per token
-    ioi = pw.patch(
-        pw.load_model(),
+    ioi_texts = (
         "When Mary and John went to the store , John gave a drink to",
         "When Mary and John went to the store , Mary gave a drink to",
+    )
+    ioi = pw.patch(
+        pw.load_model(),
+        *ioi_texts,
         answer="Mary",
         wrong="John",
         metric="logit_diff_norm",
     )
-    assert float(lines[-1].split()[-1]) == near(ioi.values[-1, -1], 0.001)  # the table shows the grid
+    assert float(lines[-1].split()[-1]) == near(ioi.values[-1, -1], 0.001)  # the table shows the grid, normalised
+    assert main(["run", "--scale", "raw"]) == 0  # the same grid as computed: the raw logit difference
+    raw = pw.patch(pw.load_model(), ioi_texts[0], ioi_texts[1], answer="Mary", wrong="John")
+    assert float(capsys.readouterr().out.splitlines()[-1].split()[-1]) == near(raw.values[-1, -1], 0.001)
+    assert abs(raw.values[-1, -1] - ioi.values[-1, -1]) > 0.5  # the two views differ where it is checked
     png = tmp_path / "grid.png"
     assert main(["run", "--out", str(png), "--site", "head_out", "--by-position", "no"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -134,7 +139,7 @@ def test_template_prompts_of_different_lengths(demo, capsys, tmp_path):
         "--wrong",
         "John",
     ]
-    assert main([*args, "--metric", "logit_diff"]) == 0
+    assert main([*args, "--metric", "logit_diff", "--scale", "raw"]) == 0
     table = capsys.readouterr().out.splitlines()
     t = pw.Template(template)
     direct = pw.patch(

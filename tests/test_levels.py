@@ -104,7 +104,9 @@ def test_what_feeds_a_head_is_path_patching_into_its_query_key_and_value(session
 
     # L3H1 reads the IOI name through its value (examples/ioi_workshop.ipynb): a receiver with something to show.
     computed = LEVELS["feeds"].compute(Level("feeds", layer=3, head=1), _patcher(session))
-    direct = pw.path_patch(demo, **TEXTS, receivers=[Cell("head_v", 3, head=1)], metric="logit_diff_norm")
+    direct = pw.path_patch(
+        demo, **TEXTS, receivers=[Cell("head_v", 3, head=1)]
+    )  # the session computes in the one default metric
     assert_close(computed.results["head_v"].per_pair, direct.per_pair, 1e-6)
     assert np.nanmax(np.abs(direct.values)) > 0.1
     assert np.isnan(computed.results["head_q"].values[3:]).all()  # no path from at or above layer 3

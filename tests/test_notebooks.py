@@ -179,7 +179,7 @@ def test_ioi_claims(demo, one_thread):
     # Exercise 3: L0H3 and L1H0 together about 1; the three heads' effects add up to about 2.1.
     texts = {k: v for k, v in kw.items() if k != "metric"}
     side_by_side = [pw.Cell("head_out", 0, head=3), pw.Cell("head_out", 1, head=0)]
-    assert pw.patch_sites(demo, **texts, cells=side_by_side).joint > 0.95 and 2.0 < heads.sum() < 2.2
+    assert pw.patch_sites(demo, **kw, cells=side_by_side).joint > 0.95 and 2.0 < heads.sum() < 2.2
     # Section 4: the values matter (L1H0 and L0H3 at S2, L3H1 at the verb); queries and keys do not.
     for layer, head, pos, low in ((1, 0, 9, 0.6), (0, 3, 9, 0.32), (3, 1, 10, 0.95)):
         q, k, v = (

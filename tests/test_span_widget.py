@@ -93,7 +93,9 @@ def test_cells_of_a_span_session_are_span_cells(demo):
         assert session.cell(heads, {"id": "head_out", "cols": ["PLACE[0]"]}, 0, 0) is None
         # Path patching of a span session: what feeds a head, on pairs of different lengths.
         feeds = session.compute(Level("feeds", layer=3, head=1, spans=True), pw.ui.session.Settings())
-        direct = pw.path_patch(demo, **KW, receivers=[Cell("head_v", 3, head=1)], metric="logit_diff_norm")
+        direct = pw.path_patch(
+            demo, **KW, receivers=[Cell("head_v", 3, head=1)]
+        )  # the session computes in the one default metric
         assert_close(feeds.results["head_v"].per_pair, direct.per_pair, 1e-6)
     finally:
         session.close()

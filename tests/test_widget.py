@@ -55,7 +55,9 @@ def send(widget, **msg):
 
 def test_first_grid_is_ready_on_return(widget):
     # The title says how it was measured; the level is the breadcrumb's (issue 39, item 9: it said both).
-    assert widget.view["title"] == "denoise · logit_diff_norm" and widget.breadcrumb == [{"label": "resid_pre"}]
+    assert widget.view["title"] == "denoise · logit_diff · normalised (clean 1, corrupted 0)" and widget.breadcrumb == [
+        {"label": "resid_pre"}
+    ]
     panel = widget.view["panels"][0]
     assert (len(panel["rows"]), len(panel["cols"])) == (4, 14)
     assert widget.result.dims == ("layer", "pos") and widget.result.n_pairs == 2
@@ -198,8 +200,7 @@ def test_the_head_breakdown_sends_its_spread_across_pairs(widget):
     wait_idle(widget, 2)
     components = widget.view["panels"][0]
     assert components["id"] == "components"
-    computed = widget.session.cache[(widget.explorer.levels[-1], widget.explorer.settings)]
-    parts = [computed.results[s] for s in ("head_q", "head_k", "head_v", "head_out")]
+    parts = [widget.results[s] for s in ("head_q", "head_k", "head_v", "head_out")]  # as on screen
     spread = np.stack([r.spread()[0, 0] for r in parts])
     assert_close(np.array(components["spread"], dtype=float), spread, 1e-5)
     assert components["flips"] == np.stack([r.sign_flips()[0, 0] for r in parts]).tolist()
@@ -354,7 +355,13 @@ def test_patching_from_the_notebook_while_the_widget_computes(demo):
 
 
 @pytest.mark.parametrize(
-    "kwargs,message", [({"site": "head_q"}, "cannot start the explorer"), ({"metric": "acc"}, "unknown metric 'acc'")]
+    "kwargs,message",
+    [
+        ({"site": "head_q"}, "cannot start the explorer"),
+        ({"metric": "acc"}, "metric must be one of logit_diff, prob, kl, got 'acc'"),
+        ({"metric": "logit_diff_norm"}, r"the normalised view is scale='normalized'"),
+        ({"scale": "norm"}, "scale must be one of normalized, raw, got 'norm'"),
+    ],
 )
 def test_bad_explore_arguments_leave_no_thread_behind(demo, kwargs, message):
     threads = threading.active_count()
@@ -393,10 +400,11 @@ def test_find_circuit_from_the_widget_ends_on_the_circuit_view(widget, demo):
     send(widget, type="circuit", request_id=1, target=0.9)
     assert wait_idle(widget, 1, timeout=120)["state"] == "idle"
     found = widget.circuit
-    # The search measures in the widget's metric (logit_diff_norm), as the header says (issue 39, item 1).
-    direct = pw.find_circuit(demo, **TEXTS, target=0.9, method="exact", metric="logit_diff_norm")
+    # The search measures in the widget's metric (logit_diff, the one default), as the header says (issue 39,
+    # item 1); the normalised view leaves a search's numbers as computed, and its title says no scale.
+    direct = pw.find_circuit(demo, **TEXTS, target=0.9, method="exact")
     assert found.cells == direct.cells and found.faithfulness == near(direct.faithfulness, 1e-6)
-    assert found.provenance["metric"] == "logit_diff_norm" and widget.view["title"] == "logit_diff_norm"
+    assert found.provenance["metric"] == "logit_diff" and widget.view["title"] == "logit_diff"
     assert widget.breadcrumb[-1]["label"] == "find circuit (target 0.9)"
     nodes, curve = widget.view["panels"]
     assert nodes["title"].startswith(f"Circuit of {len(found.cells)} nodes: on their own")
@@ -408,8 +416,10 @@ def test_find_circuit_from_the_widget_ends_on_the_circuit_view(widget, demo):
     shown = {(int(r), int(c)): values[r, c] for r, c in zip(*np.nonzero(np.isfinite(values)))}
     place = lambda c: (4, 0) if c.site == "embed" else (3 - c.layer, 4 if c.site == "mlp_out" else c.head)
     assert set(shown) == {place(c) for c in found.cells}
-    for cell, effect in zip(found.cells, direct.values):  # normalised effects: a node alone loses up to the task
-        assert shown[place(cell)] == near(effect, 1e-4) and -1.5 < effect < 0.5
+    top = widget.session.cache[(widget.explorer.levels[0], widget.explorer.settings)].results["resid_pre"]
+    task = float(top.clean_baseline.mean() - top.corrupt_baseline.mean())  # the clean run's logit difference gained
+    for cell, effect in zip(found.cells, direct.values):  # a node alone loses up to the task, in logit differences
+        assert shown[place(cell)] == near(effect, 1e-4) and -1.5 * task < effect < 0.5 * task
     assert nodes["missing"].startswith("not in the circuit")
     assert curve["kind"] == "curve" and curve["x"] == [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
     assert_close(curve["values"][0], found.curve["faithfulness"], 1e-5)

@@ -54,7 +54,7 @@ function selectControl(key, label, options, current, onSet, why) {
   return h("label", { class: `pw-control${why ? " pw-disabled" : ""}`, title: why }, [h("span", {}, label), select]);
 }
 
-// Every choice comes from Python (controls.directions, .metrics, .methods: [{value, label}]).
+// Every choice comes from Python (controls.directions, .metrics, .scales, .methods: [{value, label}]).
 function choices(list) {
   return (list ?? []).map((c) => [c.value, c.label]);
 }
@@ -151,6 +151,9 @@ export function renderControls(controls, { vmax, autoMax, onSet, onVmax, onFind,
         disabled.direction,
       ),
       selectControl("metric", "Metric", choices(controls.metrics), controls.metric, onSet, disabled.metric),
+      controls.scales
+        ? selectControl("scale", "Show", choices(controls.scales), controls.scale, onSet, disabled.scale)
+        : null,
       selectControl("method", "Method", choices(controls.methods), controls.method, onSet, disabled.method),
       controls.n_pairs > 1
         ? selectControl("pair", "Pair", pairOptions(controls.n_pairs), controls.pair, onSet, disabled.pair)

@@ -40,7 +40,7 @@ function render({ model, el }) {
 
   const selection = () => model.get("selection") ?? [];
   const vmax = () => validVmax(model.get("vmax"));
-  const range = () => colourRange(vmax(), model.get("controls")?.metric, maxima);
+  const range = () => colourRange(vmax(), shown?.normalized, maxima);
 
   function request(message) {
     requests.send(message);
@@ -82,7 +82,7 @@ function render({ model, el }) {
       controls,
       renderControls(current, {
         vmax: vmax(),
-        autoMax: colourRange(null, current.metric, maxima).vmax,
+        autoMax: colourRange(null, shown?.normalized, maxima).vmax,
         onSet: (key, value) => {
           if (current[key] !== value) request({ type: "set", key, value });
         },
@@ -156,7 +156,7 @@ function render({ model, el }) {
 
   function onControls() {
     renderControlsSection();
-    renderBody(); // the metric decides the colour range
+    renderBody(); // the pair on show changes the values drawn
   }
 
   function onVmaxChange() {

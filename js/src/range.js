@@ -1,9 +1,6 @@
 import { autoVmax, validVmax } from "./colors.js";
 import { formatTick } from "./format.js";
 
-// Metrics whose values are already on one scale (each pair's clean run 1, its corrupted run 0).
-const NORMALISED = new Set(["logit_diff_norm"]);
-
 // The largest |value| of a view's diverging panels (attention patterns have their own 0-1 scale).
 export function viewMax(view) {
   const maxima = (view?.panels ?? []).filter((p) => p.diverging).map((p) => autoVmax(p.values));
@@ -11,14 +8,15 @@ export function viewMax(view) {
 }
 
 // One colour range for every diverging panel on screen, and the sentence that says which:
-// the user's fixed range; else ±1 for a normalised metric; else the largest |value| along the
+// the user's fixed range; else ±1 for a normalised view (view.normalized: each pair's clean run 1, its
+// corrupted run 0, the display setting "scale"); else the largest |value| along the
 // drill-down so far (`maxima`: one per level of the path), so a deeper level's small effects
 // are not drawn as dark as the large ones above it.
-export function colourRange(userVmax, metric, maxima) {
+export function colourRange(userVmax, normalized, maxima) {
   const fixed = validVmax(userVmax);
   if (fixed !== null) return { vmax: fixed, note: `Colours: ±${formatTick(fixed)}, the range you set.` };
-  if (NORMALISED.has(metric)) {
-    return { vmax: 1, note: "Colours: ±1, fixed: the metric is normalised (clean run 1, corrupted run 0)." };
+  if (normalized) {
+    return { vmax: 1, note: "Colours: ±1, fixed: the values are normalised (clean run 1, corrupted run 0)." };
   }
   const vmax = Math.max(1e-12, ...maxima.filter((m) => Number.isFinite(m) && m > 0));
   return {

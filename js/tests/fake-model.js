@@ -53,7 +53,8 @@ export function initialState(overrides = {}) {
     view: {
       request_id: 0,
       level: 0,
-      title: "resid_pre · denoise · logit_diff_norm",
+      title: "resid_pre · denoise · logit_diff · normalised (clean 1, corrupted 0)",
+      normalized: true,
       note: "",
       exact: true,
       panels: [panel4x5()],
@@ -68,12 +69,17 @@ export function initialState(overrides = {}) {
         { name: "mlp_out", group: "mlp", label: "mlp out" },
       ],
       direction: "denoise",
-      metric: "logit_diff_norm",
+      metric: "logit_diff",
       directions: [
         { value: "denoise", label: "denoise (clean into corrupt run)" },
         { value: "noise", label: "noise (corrupt into clean run)" },
       ],
-      metrics: ["logit_diff_norm", "logit_diff", "prob"].map((m) => ({ value: m, label: m })),
+      metrics: ["logit_diff", "prob", "kl"].map((m) => ({ value: m, label: m })),
+      scale: "normalized",
+      scales: [
+        { value: "normalized", label: "normalised (clean 1, corrupted 0)" },
+        { value: "raw", label: "raw metric" },
+      ],
       methods: [
         { value: "exact", label: "exact patching" },
         { value: "attribution", label: "attribution (fast estimate)" },

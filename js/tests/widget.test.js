@@ -194,12 +194,20 @@ describe("widget", () => {
     const tab = [...$$(".pw-site-tab")].find((b) => b.dataset.site === "mlp_out");
     tab.click();
     expect(model.sent.at(-1)).toEqual({ type: "set", key: "site", value: "mlp_out", request_id: 1 });
-    $(".pw-metric").selectedIndex = 2;
+    $(".pw-metric").selectedIndex = 1;
     $(".pw-metric").dispatchEvent(new Event("change"));
     expect(model.sent.at(-1)).toEqual({ type: "set", key: "metric", value: "prob", request_id: 2 });
+    // How the numbers are shown is a setting of its own, beside the metric (issue 38, item 3).
+    expect([...$(".pw-scale").options].map((o) => o.textContent)).toEqual([
+      "normalised (clean 1, corrupted 0)",
+      "raw metric",
+    ]);
+    $(".pw-scale").selectedIndex = 1;
+    $(".pw-scale").dispatchEvent(new Event("change"));
+    expect(model.sent.at(-1)).toEqual({ type: "set", key: "scale", value: "raw", request_id: 3 });
     const current = [...$$(".pw-site-tab")].find((b) => b.dataset.site === "resid_pre");
     current.click();
-    expect(model.sent).toHaveLength(2);
+    expect(model.sent).toHaveLength(3);
   });
 
   it("offers a pair select only with several pairs", () => {
@@ -230,16 +238,16 @@ describe("widget", () => {
     const scaled = (id, k) =>
       panel4x5({ id, title: id, values: panel4x5().values.map((r) => r.map((v) => v && v * k)) });
     const three = [scaled("head_q", 0.01), scaled("head_k", 0.1), scaled("head_v", 2)];
-    // A normalised metric: ±1, fixed, whatever the values.
-    model.set("view", pythonView(0, { panels: three }));
+    // A normalised view: ±1, fixed, whatever the values.
+    model.set("view", pythonView(0, { panels: three, normalized: true }));
     expect(ticks()).toEqual([
       ["-1", "0", "1"],
       ["-1", "0", "1"],
       ["-1", "0", "1"],
     ]);
-    expect($(".pw-range-note").textContent).toContain("±1, fixed: the metric is normalised");
-    // A raw metric: the largest |value| of the view (head_v's 2), one range for the three panels.
-    model.set("controls", { ...model.get("controls"), metric: "logit_diff" });
+    expect($(".pw-range-note").textContent).toContain("±1, fixed: the values are normalised");
+    // The raw metric: the largest |value| of the view (head_v's 2), one range for the three panels.
+    model.set("view", pythonView(0, { panels: three }));
     expect(ticks()).toEqual([
       ["-2", "0", "2"],
       ["-2", "0", "2"],

@@ -129,7 +129,7 @@ class Circuit:
         *,
         answer: Texts,
         wrong: Texts,
-        metric: M.Metric = "logit_diff_norm",
+        metric: M.Metric = M.DEFAULT,
         direction: str = "denoise",
         batch_size: int = 64,
         memory_budget: int | None = None,

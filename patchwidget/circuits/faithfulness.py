@@ -156,7 +156,7 @@ class CircuitRuns:
         """Per-row metrics ``(row, ...)`` as per-pair ones ``(pair, ...)`` in the request's metric: the mean
         over noise samples, then for ``logit_diff_norm`` each pair rescaled so its clean run is 1 and its
         corrupted run 0 (``engine.summarize``, as every grid does)."""
-        return summarize(values, self.rows, self.n_pairs, self.request.fn, self.request.metric, *self.logits)[0]
+        return summarize(values, self.rows, self.n_pairs, self.request.metric, *self.logits)[0]
 
     def measure(self, sets: list[Sequence[Cell]], progress: Progress | None = None) -> torch.Tensor:
         """m(C) per set and pair, ``(set, pair)``: one patched copy of each row's clean prompt per set."""
@@ -229,8 +229,8 @@ def circuit_runs(
         )
     every = [_node(c, info.n_layers, info.n_heads) for c in faithfulness_nodes(info.n_layers, info.n_heads)]
     logits = (runs.clean_logits, runs.corrupt_logits)
-    m_full = request.fn(runs.clean_logits, rows.answer_ids, rows.wrong_ids, runs.clean_logits)
-    m_full = summarize(m_full, rows, prompts.n_pairs, request.fn, request.metric, *logits)[0]
+    m_full = request.metric(runs.clean_logits, rows.answer_ids, rows.wrong_ids, runs.clean_logits)
+    m_full = summarize(m_full, rows, prompts.n_pairs, request.metric, *logits)[0]
     return CircuitRuns(model, request, rows, directed, per_pass, every, logits, m_full, progress)
 
 
@@ -274,7 +274,7 @@ def faithfulness(
     wrong: Texts,
     circuit: Any,
     ablation: str = "patch",
-    metric: M.Metric = "logit_diff",
+    metric: M.Metric = M.DEFAULT,
     batch_size: int = 64,
     memory_budget: float | None = None,
     progress: Progress | None = None,

@@ -57,6 +57,25 @@ class JointResult:
         base = self.corrupt_baseline if self.settings.get("direction") == "denoise" else self.clean_baseline
         return float((self.per_pair_singles - base[:, None]).sum(1).mean() + base.mean())
 
+    def normalized(self) -> JointResult:
+        """Rescaled per pair so that the clean baseline is 1 and the corrupted 0 (as ``PatchResult.normalized``).
+
+        Example:
+            >>> joint.normalized().clean_baseline  # doctest: +SKIP
+            array([1., 1.], dtype=float32)
+        """
+        span = self.clean_baseline - self.corrupt_baseline
+
+        def rescale(values: np.ndarray) -> np.ndarray:  # (pair,) or (pair, cell)
+            shape = (-1,) + (1,) * (values.ndim - 1)
+            return (values - self.corrupt_baseline.reshape(shape)) / span.reshape(shape)
+
+        settings = {**self.settings, "metric": f"{self.settings.get('metric', 'metric')} (normalized)"}
+        ones = np.ones_like(self.clean_baseline)
+        return JointResult(
+            self.cells, rescale(self.per_pair_joint), rescale(self.per_pair_singles), ones, ones * 0, settings
+        )
+
     def to_dataframe(self) -> Any:
         import pandas as pd
 
@@ -80,7 +99,7 @@ def patch_sites(
     answer: Texts,
     wrong: Texts,
     cells: Sequence[Cell],
-    metric: M.Metric = "logit_diff_norm",
+    metric: M.Metric = M.DEFAULT,
     direction: str = "denoise",
     batch_size: int = 64,
     memory_budget: int | None = None,
@@ -146,18 +165,17 @@ def patch_sites(
         values.view(rows.n_pairs, len(cells) + 1),
         rows,
         prompts.n_pairs,
-        request.fn,
-        metric,
+        request.metric,
         runs.clean_logits,
         runs.corrupt_logits,
     )
     labels = [c.label for c in cells] + ["all together"]
-    warn_non_finite([labels[i] for i in np.flatnonzero(~np.isfinite(values.numpy()).all(0))], metric)
+    warn_non_finite([labels[i] for i in np.flatnonzero(~np.isfinite(values.numpy()).all(0))], request.metric)
     return JointResult(
         cells=list(cells),
         per_pair_joint=values[:, -1].numpy(),
         per_pair_singles=values[:, :-1].numpy(),
         clean_baseline=clean_base.numpy(),
         corrupt_baseline=corrupt_base.numpy(),
-        settings={"metric": M.metric_name(metric), "direction": direction, "cells": [c.label for c in cells]},
+        settings={"metric": request.metric.name, "direction": direction, "cells": [c.label for c in cells]},
     )

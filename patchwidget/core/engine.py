@@ -149,8 +149,7 @@ class Request:
 
     info: ModelInfo
     prompts: PromptBatch
-    fn: M.MetricFn
-    metric: M.Metric
+    metric: M.ResolvedMetric  # resolved once, here: every layer below reads this value
     direction: str
     method: str
     batch_size: int
@@ -167,7 +166,7 @@ def prepare(
     answer: Texts,
     wrong: Texts,
     sites: Iterable[str],
-    metric: M.Metric,
+    metric: M.Metric | M.ResolvedMetric,
     direction: str,
     method: str = "exact",
     batch_size: int = 64,
@@ -193,7 +192,7 @@ def prepare(
                 "with attn_implementation='eager' (patchwidget.load_model does this by default)"
             )
     prepare_remote(model, remote)
-    fn = M.resolve(metric, vocab=model.config.vocab_size)
+    resolved = M.resolve(metric, vocab=model.config.vocab_size)
     check_choice(direction, DIRECTIONS, "direction")
     check_choice(method, METHODS, "method")
     check_batching(batch_size, memory_budget)
@@ -219,10 +218,10 @@ def prepare(
         remote=bool(remote),
         on_cpu=device == "cpu",
         packable=takes_segment_mask(model, prompts.n_pos),
-        columns_metric=getattr(fn, "answer_columns_only", False),
+        columns_metric=resolved.answer_columns_only,
         sites=set(sites),
     )
-    return Request(info, prompts, fn, metric, direction, method, int(batch_size), memory_budget, remote, chosen)
+    return Request(info, prompts, resolved, direction, method, int(batch_size), memory_budget, remote, chosen)
 
 
 def check_batching(batch_size: Any, memory_budget: Any) -> None:
@@ -261,12 +260,12 @@ def fit_budget(model: Any, request: Request, sites: Iterable[str], rows: PromptB
 # --- patch: one site over a grid -----------------------------------------------------------------
 
 
-def warn_non_finite(cells: list[str], metric: M.Metric) -> None:
+def warn_non_finite(cells: list[str], metric: M.ResolvedMetric) -> None:
     """Say which cells have no value (NaN or infinite metric), rather than drawing them silently."""
     if cells:
         shown = ", ".join(cells[:10]) + (f" and {len(cells) - 10} more" if len(cells) > 10 else "")
         warnings.warn(
-            f"metric {M.metric_name(metric)!r} gave NaN or an infinite value at {len(cells)} cell(s): {shown}; "
+            f"metric {metric.name!r} gave NaN or an infinite value at {len(cells)} cell(s): {shown}; "
             "they are drawn as 'no value'",
             NonFiniteWarning,
             stacklevel=3,
@@ -277,20 +276,19 @@ def summarize(
     values: torch.Tensor,
     rows: PromptBatch,
     n_pairs: int,
-    fn: M.MetricFn,
-    metric: M.Metric,
+    metric: M.ResolvedMetric,
     clean_logits: torch.Tensor,
     corrupt_logits: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair values and baselines from per-row ones, ``values`` being ``(row, ...)``.
 
     Noise samples are rows of their own, so every number is their mean; then
-    ``logit_diff_norm`` rescales each pair so that clean is 1 and corrupt 0.
+    a normalised metric (``logit_diff_norm``) rescales each pair so that clean is 1 and corrupt 0.
     """
-    clean_base, corrupt_base = raw_baselines(rows, n_pairs, fn, clean_logits, corrupt_logits)
+    clean_base, corrupt_base = raw_baselines(rows, n_pairs, metric, clean_logits, corrupt_logits)
     samples = rows.n_pairs // n_pairs
     values = values.float().cpu().view(n_pairs, samples, *values.shape[1:]).mean(1)
-    if metric == "logit_diff_norm":
+    if metric.normalized:
         values = M.normalize(values, clean_base, corrupt_base)
         clean_base, corrupt_base = torch.ones_like(clean_base), torch.zeros_like(corrupt_base)
     return values, clean_base, corrupt_base
@@ -333,7 +331,7 @@ def patched_metric(
     passes (no-op copies, prefix reuse, packed rows, at most ``batch_size`` rows
     each, with the request's ``speedups``); ``run_pass`` runs each.
     """
-    fn, info = request.fn, request.info
+    fn, info = request.metric, request.info
     tables = {"source": runs.source, "target": runs.target, "captured": captured or {}}
     reads = sorted(
         {(layer, site) for site, layers in (capture or {}).items() for layer in layers},
@@ -448,7 +446,7 @@ def provenance(model: Any, request: Request) -> dict[str, Any]:
     return {
         "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
         "shape": request.info.shape(),
-        "metric": M.metric_name(request.metric),
+        "metric": request.metric.name,
         "direction": request.direction,
         "clean": prompts.clean,
         "corrupt": prompts.corrupt if prompts.noise is None else f"{prompts.noise}",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -29,6 +30,11 @@ from ..errors import MetricError, UnknownMetricError
 MetricFn = Callable[..., torch.Tensor]
 Metric = str | MetricFn
 METRICS = ("logit_diff", "logit_diff_norm", "prob", "kl")
+# The one default of every entry point, the session, the widget and the CLI: the raw logit difference, the
+# field's usual measure (TransformerLens' patching, MIB's faithfulness), in a unit that means the same in every
+# grid. The normalised view (clean = 1, corrupted = 0) is a display setting of the widget and the CLI; the
+# name "logit_diff_norm" stays for those who want the per-pair rescaling computed.
+DEFAULT = "logit_diff"
 
 
 def logit_diff(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
@@ -57,31 +63,59 @@ def check_metric(metric: Metric) -> None:
         raise UnknownMetricError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}, or pass a callable")
 
 
-def metric_name(metric: Metric) -> str:
+def metric_name(metric: Metric | ResolvedMetric) -> str:
     """The metric's name as results record it (a callable's ``__name__``)."""
+    if isinstance(metric, ResolvedMetric):
+        return metric.name
     return metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
 
 
-def resolve(metric: Metric, vocab: int | None = None) -> MetricFn:
-    """The row-wise function ``f(logits, answer_ids, wrong_ids, clean_logits)``
-    for ``metric``; ``logit_diff_norm`` is computed raw here and normalised by
-    ``normalize`` once the baselines are known.
+@dataclass(frozen=True)
+class ResolvedMetric:
+    """A request's metric, resolved once at its entry point: every layer below reads these fields and never
+    the user's name again. Calling it calls ``fn``.
 
+    Example:
+        >>> m = resolve("logit_diff_norm")
+        >>> m.name, m.normalized, m.answer_columns_only
+        ('logit_diff_norm', True, True)
+    """
+
+    name: str  # what results record: the metric's name, or a callable's ``__name__``
+    fn: MetricFn  # row-wise ``f(logits, answer_ids, wrong_ids, clean_logits)`` -> ``(rows,)``
+    normalized: bool = False  # each pair rescaled so that clean is 1 and corrupt 0, once the baselines are known
+    answer_columns_only: bool = False  # reads only the answer and wrong logits: two unembedding columns suffice
+
+    def __call__(self, logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor, clean: torch.Tensor):
+        return self.fn(logits, answer, wrong, clean)
+
+
+def resolve(metric: Metric | ResolvedMetric, vocab: int | None = None) -> ResolvedMetric:
+    """``metric`` as a ``ResolvedMetric``; one that is already resolved is returned as it is (an entry point
+    called by another, as ``find_circuit`` calls ``patch``, receives the value, not the name again).
+
+    ``logit_diff_norm`` is computed raw here and normalised by ``normalize`` once the baselines are known.
     A callable is checked on every call: it must return a floating-point tensor
     with one value per row of ``logits`` (a metric that averages over the batch
     would otherwise give every patched copy the batch's mean). With ``vocab``,
     it is first tried on a small batch of made-up logits, so a wrong shape is
     refused before any forward pass.
     """
+    if isinstance(metric, ResolvedMetric):
+        return metric
     check_metric(metric)
     if metric in ("logit_diff", "logit_diff_norm"):
         fn = lambda logits, answer, wrong, clean: logit_diff(logits, answer, wrong)
-        fn.answer_columns_only = True  # the engine may unembed only the answer and wrong columns for it
-        return fn
+        return ResolvedMetric(metric, fn, normalized=metric == "logit_diff_norm", answer_columns_only=True)
     if metric == "prob":
-        return lambda logits, answer, wrong, clean: prob(logits, answer, wrong)
+        return ResolvedMetric(metric, lambda logits, answer, wrong, clean: prob(logits, answer, wrong))
     if metric == "kl":
-        return lambda logits, answer, wrong, clean: kl(logits, clean)
+        return ResolvedMetric(metric, lambda logits, answer, wrong, clean: kl(logits, clean))
+    return ResolvedMetric(metric_name(metric), _checked(metric, vocab))
+
+
+def _checked(metric: MetricFn, vocab: int | None) -> MetricFn:
+    """A user's callable, its every result checked (and, with ``vocab``, tried once on made-up logits)."""
     takes_ids = _n_params(metric) != 1
     calls = [0]
 

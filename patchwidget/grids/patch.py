@@ -55,7 +55,7 @@ def patch(
     answer: Texts,
     wrong: Texts,
     site: str = "resid_pre",
-    metric: M.Metric = "logit_diff",
+    metric: M.Metric = M.DEFAULT,
     direction: str = "denoise",
     method: str = "exact",
     layers: Sequence[int] | None = None,
@@ -129,7 +129,7 @@ def patch(
     per_pass = fit_budget(model, request, {grid.site}, rows)
     if method == "attribution":
         per_row, clean_logits, corrupt_logits = attribution.estimate(
-            model, info, grid, rows, request.fn, direction, noise, remote, per_pass, progress, span_positions
+            model, info, grid, rows, request.metric, direction, noise, remote, per_pass, progress, span_positions
         )
     else:
         with torch.no_grad():
@@ -146,9 +146,9 @@ def patch(
         per_row = per_row.view(rows.n_pairs, *grid.shape)
         clean_logits, corrupt_logits = runs.clean_logits, runs.corrupt_logits
     per_pair, clean_base, corrupt_base = summarize(
-        per_row, rows, prompts.n_pairs, request.fn, metric, clean_logits, corrupt_logits
+        per_row, rows, prompts.n_pairs, request.metric, clean_logits, corrupt_logits
     )
-    raw_clean, raw_corrupt = raw_baselines(rows, prompts.n_pairs, request.fn, clean_logits, corrupt_logits)
+    raw_clean, raw_corrupt = raw_baselines(rows, prompts.n_pairs, request.metric, clean_logits, corrupt_logits)
     result = _result(model, grid, prompts, per_pair, clean_base, corrupt_base, request)
     finite = lambda t: [v if math.isfinite(v) else None for v in t.tolist()]  # JSON has no NaN
     result.settings["baselines"] = {"clean": finite(raw_clean), "corrupt": finite(raw_corrupt)}

@@ -67,7 +67,7 @@ def path_patch(
     wrong: Texts,
     receivers: str | Sequence[Cell] = "logits",
     senders: Sequence[Sender] | None = None,
-    metric: M.Metric = "logit_diff",
+    metric: M.Metric = M.DEFAULT,
     direction: str = "denoise",
     batch_size: int = 64,
     memory_budget: int | None = None,
@@ -140,13 +140,13 @@ def path_patch(
     else:
         per_row = per_row[:, 0]
     per_pair, clean_base, corrupt_base = summarize(
-        per_row, rows, prompts.n_pairs, request.fn, metric, runs.clean_logits, runs.corrupt_logits
+        per_row, rows, prompts.n_pairs, request.metric, runs.clean_logits, runs.corrupt_logits
     )
     result = _result(model, request, per_pair, clean_base, corrupt_base, senders, receiver_cells)
     # NaN where no path exists is the answer; NaN where a path was patched is the metric's, and said.
     bad = ~np.isfinite(result.per_pair).all(axis=0) & np.asarray(reachable).reshape(result.per_pair.shape[1:])
     warn_non_finite(
-        [" ".join(f"{d[0].upper()}{i}" for d, i in zip(result.dims, ix)) for ix in np.argwhere(bad)], metric
+        [" ".join(f"{d[0].upper()}{i}" for d, i in zip(result.dims, ix)) for ix in np.argwhere(bad)], request.metric
     )
     return result
 

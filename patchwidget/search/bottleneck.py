@@ -68,7 +68,7 @@ def find_bottleneck(
     wrong: Texts,
     target: float = DEFAULT_TARGET,
     levels: Sequence[str] = ("layers", "heads", "positions"),
-    metric: M.Metric = "logit_diff",
+    metric: M.Metric = M.DEFAULT,
     direction: str = "denoise",
     method: str = "attribution",
     batch_size: int = 64,
@@ -203,7 +203,7 @@ def _prepare(
         corrupt=corrupt,
         answer=answer,
         wrong=wrong,
-        metric=metric,
+        metric=request.metric,  # resolved once, above
         direction=direction,
         batch_size=batch_size,
         memory_budget=memory_budget,
@@ -216,7 +216,7 @@ def _prepare(
             store, model, info, every, rows, noise, remote, per_pass, None, request.speedups.reuse_prefix
         )
     directed = runs.directed(direction, noise)
-    target_base, span = _baselines(request, rows, runs, metric, direction)
+    target_base, span = _baselines(request, rows, runs, direction)
     return _Search(
         model=model,
         request=request,
@@ -234,11 +234,9 @@ def _prepare(
     )
 
 
-def _baselines(
-    request: Any, rows: Any, runs: Any, metric: M.Metric, direction: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _baselines(request: Any, rows: Any, runs: Any, direction: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The target run's metric and the source's lead over it, per pair: a restore's 0 and 1, refused where they meet."""
-    fn = request.fn
+    fn = request.metric
     n = request.prompts.n_pairs
     samples = rows.n_pairs // n
     ids = (rows.answer_ids, rows.wrong_ids, runs.clean_logits)
@@ -252,7 +250,7 @@ def _baselines(
         pair = int(torch.nonzero(span.abs() < 1e-6)[0])
         raise SettingsError(
             f"prompt pair {pair} shows no effect to find a circuit for: its clean and corrupted runs give the "
-            f"same {M.metric_name(metric)} ({float(source_base[pair]):.4g})"
+            f"same {request.metric.name} ({float(source_base[pair]):.4g})"
         )
     return target_base, span
 

@@ -58,7 +58,7 @@ def find_circuit(
     level: str = "nodes",
     method: str = "attribution",
     ablation: str = "patch",
-    metric: M.Metric = "logit_diff",
+    metric: M.Metric = M.DEFAULT,
     batch_size: int = 64,
     memory_budget: int | None = None,
     progress: Progress | None = None,
@@ -100,7 +100,7 @@ def find_circuit(
         alone = runs.measure([[c for c in nodes if c != node] for node in nodes], progress)
         effects = (alone - runs.clean[None]).mean(1).numpy()
     else:
-        effects = _estimates(model, texts, metric, batch_size, memory_budget, remote, store, info)
+        effects = _estimates(model, texts, runs.request.metric, batch_size, memory_budget, remote, store, info)
     order = np.argsort(-np.abs(effects), kind="stable")
     ranked = [nodes[i] for i in order]
     m_empty = runs.measure([[]])[0]

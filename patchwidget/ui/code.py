@@ -11,7 +11,7 @@ Example:
     >>> print(level_code(Level("top", site="mlp_out"), Settings(), w.session))  # doctest: +SKIP
     import patchwidget as pw
     ...
-    mlp_out = pw.patch(model, **prompts, site='mlp_out', metric='logit_diff_norm', direction='denoise')
+    mlp_out = pw.patch(model, **prompts, site='mlp_out', metric='logit_diff', direction='denoise')
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from ..core.cells import Cell
 from ..data.models import is_demo_model
 from ..data.templates import Prompt
 from .levels import LEVELS, Level
-from .session import bottleneck_metric
 
 if TYPE_CHECKING:
     from .session import Session, Settings
@@ -74,6 +73,7 @@ class Recorder:
     session: Session
     settings: Settings
     lines: list[str] = field(default_factory=list)
+    results: list[str] = field(default_factory=list)  # the names the code gives the results it computes
 
     @property
     def info(self) -> Any:
@@ -90,6 +90,7 @@ class Recorder:
 
     def _call(self, name: str, fn: str, *args: str, **options: Any) -> None:
         self.lines.append(f"{name} = pw.{fn}(model, **prompts, {', '.join([*args, self._settings(**options)])})")
+        self.results.append(name)
 
     def run(self, site: str, within: int | None = None, **kwargs: Any) -> None:
         args = [f"site={site!r}"] + [f"{k}={v!r}" for k, v in kwargs.items() if v is not None]
@@ -108,9 +109,7 @@ class Recorder:
             self._call(receivers[0].site, "path_patch", f"receivers=[{cells}]", method=False)
 
     def find(self, target: float, on_level: Any) -> None:
-        self._call(
-            "bottleneck", "find_bottleneck", f"target={target!r}", metric=bottleneck_metric(self.settings.metric)
-        )
+        self._call("bottleneck", "find_bottleneck", f"target={target!r}")
 
     def find_circuit(self, target: float) -> None:
         self._call("circuit", "find_circuit", f"target={target!r}", direction=False)
@@ -124,16 +123,25 @@ class Recorder:
         args = "prompts['clean'], answer=prompts['answer'], wrong=prompts['wrong']"
         self.lines.append(f"logit_lens = pw.logit_lens(model, {args})")
         self.lines.append(f"dla = pw.direct_logit_attribution(model, {args})")
-        if self.settings.metric == "logit_diff_norm":
-            self.lines.append("# the widget shows both divided by each prompt's own logit difference (.clean_baseline)")
+        self.results += ["logit_lens", "dla"]
         return {}
 
     def show(self, partial: Any) -> None:
         pass
 
 
-def level_code(level: Level, settings: Settings, session: Session) -> str:
-    """The Python that computes ``level`` as the widget did, from loading the model on."""
+SCALE_NOTES = {
+    "pair": "# as the widget shows them, normalised: each pair's clean run 1, its corrupted run 0",
+    "share": "# as the widget shows them, shares of each prompt's own logit difference (its corrupted baseline is 0);"
+    " the MLP column too: dla.settings['mlp'] / dla.clean_baseline[:, None]",
+}
+
+
+def level_code(level: Level, settings: Settings, session: Session, scale: str = "raw") -> str:
+    """The Python that computes ``level`` as the widget did, from loading the model on; under the normalised
+    view (``scale``, a display setting) a last comment says how the widget rescaled what it computed."""
     recorder = Recorder(session, settings)
     LEVELS[level.kind].compute(level, recorder)  # type: ignore[arg-type]
-    return "\n".join([*preamble(session), "", *recorder.lines]) + "\n"
+    how = LEVELS[level.kind].scale if scale == "normalized" else None
+    shown = [SCALE_NOTES[how], *(f"{name} = {name}.normalized()" for name in recorder.results)] if how else []
+    return "\n".join([*preamble(session), "", *recorder.lines, *shown]) + "\n"

@@ -25,14 +25,27 @@ from typing import Any
 from ..circuits.circuit import Circuit, provenance_of
 from ..core.cells import Cell
 from ..core.engine import DIRECTIONS, METHODS
-from ..core.metrics import METRICS
+from ..core.metrics import DEFAULT
 from ..data.prompts import Texts
-from ..errors import MessageError
+from ..errors import MessageError, SettingsError
 from . import view as V
 from .levels import START_VIEWS, Computed, Level
+from .scale import DEFAULT_SCALE, SCALES, check_scale, scaled
 from .session import Session, Settings
 
-SETTABLE = {"site", "direction", "metric", "method", "pair"}
+SETTABLE = {"site", "direction", "metric", "scale", "method", "pair"}
+DISPLAY = {"pair", "scale"}  # settings of how the numbers are shown: set without computing again
+
+
+def check_metric(metric: object) -> None:
+    """Refuse a metric the explorer does not offer: a normalised one is its ``scale="normalized"`` view.
+
+    Example:
+        >>> check_metric("logit_diff")
+    """
+    if metric not in V.WIDGET_METRICS:
+        hint = " (the normalised view is scale='normalized', the default)" if metric == "logit_diff_norm" else ""
+        raise SettingsError(f"metric must be one of {', '.join(V.WIDGET_METRICS)}, got {metric!r}{hint}")
 
 
 def check_site(site: str) -> None:
@@ -87,7 +100,8 @@ class Explorer:
         wrong: Texts,
         publish: Callable[..., None],
         site: str = "resid_pre",
-        metric: str = "logit_diff_norm",
+        metric: str = DEFAULT,
+        scale: str = DEFAULT_SCALE,
         direction: str = "denoise",
         batch_size: int = 64,
         memory_budget: int | None = None,
@@ -95,6 +109,8 @@ class Explorer:
         remote: bool | str = False,
     ) -> None:
         check_site(site)  # before the session starts its worker thread
+        check_metric(metric)
+        self.scale = check_scale(scale)
         self.publish = publish
         self.shown: dict[str, Any] = {}
         self.session = Session(
@@ -117,7 +133,7 @@ class Explorer:
         self.pair: str | int = "mean"
         self.pending: dict[int, tuple[list[Level], Settings]] = {}
         self._computed: Computed | None = None
-        self._joint_box: dict | None = None
+        self._joint: Any = None  # the joint patch on show beside the level (a JointResult), if any
         # The first grid is computed before returning, so that the owner has it on show at once.
         try:
             first = self.session.compute(self.levels[0], self.settings)
@@ -256,16 +272,10 @@ class Explorer:
     def _set(self, request_id: int, key: Any, value: Any) -> None:
         if key not in SETTABLE:
             raise MessageError(f"cannot set {key!r}; settable: {', '.join(sorted(SETTABLE))}")
-        if key == "pair":
-            if value != "mean" and not (isinstance(value, int) and 0 <= value < self.session.prompts.n_pairs):
-                raise MessageError(f"pair must be 'mean' or 0..{self.session.prompts.n_pairs - 1}, got {value!r}")
-            self.pair = value
-            if self._computed.exact:
-                self.show(request_id, self._computed)
-            else:  # the exact values are still coming, under the older request id: ask again under this one
-                self._request(request_id, self.levels, self.settings)
+        if key in DISPLAY:
+            self._display(request_id, key, value)
             return
-        allowed = {"site": START_VIEWS, "direction": DIRECTIONS, "metric": METRICS, "method": METHODS}[key]
+        allowed = {"site": START_VIEWS, "direction": DIRECTIONS, "metric": V.WIDGET_METRICS, "method": METHODS}[key]
         if not isinstance(value, str) or value not in allowed:
             raise MessageError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
         if key == "site":
@@ -273,9 +283,24 @@ class Explorer:
         else:
             self._request(request_id, self.levels, replace(self.settings, **{key: value}))
 
+    def _display(self, request_id: int, key: str, value: Any) -> None:
+        """The pair on show or the scale: the same results drawn again, nothing computed."""
+        if key == "pair":
+            if value != "mean" and not (isinstance(value, int) and 0 <= value < self.session.prompts.n_pairs):
+                raise MessageError(f"pair must be 'mean' or 0..{self.session.prompts.n_pairs - 1}, got {value!r}")
+            self.pair = value
+        else:
+            if value not in SCALES:
+                raise MessageError(f"scale must be one of {', '.join(SCALES)}, got {value!r}")
+            self.scale = value
+        if self._computed.exact:
+            self.show(request_id, self._computed)
+        else:  # the exact values are still coming, under the older request id: ask again under this one
+            self._request(request_id, self.levels, self.settings)
+
     def _request(self, request_id: int, levels: list[Level], settings: Settings, level: Level | None = None) -> None:
         if level is None:
-            self._joint_box = None  # a joint result belongs to the view it was asked on
+            self._joint = None  # a joint result belongs to the view it was asked on
         self.pending[request_id] = (levels, settings)
         self._publish(status=V.status("running", request_id))
         cached = self.session.submit(request_id, level or levels[-1], settings)
@@ -326,14 +351,19 @@ class Explorer:
 
     def _on_joint(self, request_id: int, computed: Computed) -> None:
         self.pending.pop(request_id)
-        self._joint_box = V.joint_box(computed.joint)
-        view = {**self.shown.get("view", {}), "request_id": request_id, "joint": self._joint_box}
-        self._publish(joint=computed.joint, view=view, status=V.status("idle", request_id))
+        self._joint = computed.joint
+        joint = self._joint_on_screen()
+        view = {**self.shown.get("view", {}), "request_id": request_id, "joint": V.joint_box(joint)}
+        self._publish(joint=joint, view=view, status=V.status("idle", request_id))
         if self._computed is not None and not self._computed.exact:
             # The joint run superseded the exact values of the estimate on show: compute them again.
             self.pending[request_id] = (self.levels, self.settings)
             self._publish(status={**self.shown["status"], "state": "running"})
             self.session.submit(request_id, self.levels[-1], self.settings)
+
+    def _joint_on_screen(self) -> Any:
+        """The joint patch on show as drawn: normalised per pair under the ``"normalized"`` scale."""
+        return self._joint.normalized() if self.scale == "normalized" else self._joint
 
     def on_error(self, request_id: int, message: str) -> None:
         """Publish an error status for request ``request_id``, which is no longer pending.
@@ -354,23 +384,26 @@ class Explorer:
         """
         self._computed = computed
         levels, session = self.levels, self.session
-        view = V.level_view(request_id, levels, computed, self.settings, session, self.pair)
+        view = V.level_view(request_id, levels, computed, self.settings, session, self.pair, self.scale)
         site = next(lv.site for lv in reversed(levels) if lv.kind in ("top", "lens"))  # the grid on show's
         top = session.cache.get((levels[0], self.settings))
         context = V.context(session, self.pair, next(iter(top.results.values()), None) if top else None)
         before = self.shown.get("context", {})
         if "baselines" in before and before["pair"] == context["pair"]:  # kept where no grid has them
             context.setdefault("baselines", before["baselines"])
+        on_screen = scaled(computed, self.scale).results  # as drawn: normalised under the "normalized" scale
         # The status comes after what it describes, so an owner that sees "idle" sees the view it is about.
         # What is on screen, never a grid shown earlier: every result of the level by name, and the one grid
         # when the level is one (a head's breakdown is several, a search's view none: see widget.circuit).
+        joint = {} if self._joint is None else {"joint": self._joint_on_screen()}
         self._publish(
-            view={**view, "joint": self._joint_box} if self._joint_box is not None else view,
+            view={**view, "joint": V.joint_box(joint["joint"])} if joint else view,
             breadcrumb=V.breadcrumb(levels, session.labels_for(self.pair)),
-            controls=V.controls(site, self.settings, self.pair, session.prompts.n_pairs),
+            controls=V.controls(site, self.settings, self.pair, session.prompts.n_pairs, self.scale),
             context=context,
             status=V.status("idle" if computed.exact else "running", request_id),
             path=[asdict(level) for level in levels],
-            results=dict(computed.results),
-            result=next(iter(computed.results.values())) if len(computed.results) == 1 else None,
+            results=dict(on_screen),
+            result=next(iter(on_screen.values())) if len(on_screen) == 1 else None,
+            **joint,
         )

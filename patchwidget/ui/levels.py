@@ -148,6 +148,10 @@ class LevelKind:
     cell: Callable[[Level, dict, int, int, ModelInfo], Cell | None] = lambda level, panel, row, col, info: None
     preview: bool = False  # an attribution estimate is drawn first while the exact values are computed
     disabled: tuple[tuple[str, str], ...] = ()  # (control, why it does not apply here): drawn disabled, with why
+    # What the normalised view (clean = 1, a display setting: ``ui.scale``) does to this level's numbers: "pair"
+    # rescales each pair by its clean and corrupted runs, "share" divides by each prompt's own logit difference
+    # (the lens, where nothing is patched), None keeps them (a search's restores and faithfulness are shares).
+    scale: str | None = "pair"
 
 
 # --- the layer grid of one site -----------------------------------------------------------------
@@ -607,6 +611,7 @@ LEVELS: dict[str, LevelKind] = {
             circuit=p.find(level.target, lambda partial: p.show(Computed(level, {}, exact=False, circuit=partial))),
         ),
         panels=_search_panels,
+        scale=None,
     ),
     "circuit": LevelKind(
         label=lambda level, tokens: f"find circuit (target {level.target})",
@@ -614,6 +619,7 @@ LEVELS: dict[str, LevelKind] = {
         panels=_circuit_panels,
         opens=_circuit_opens,
         disabled=CIRCUIT_DISABLED,
+        scale=None,
     ),
     LENS: LevelKind(
         label=lambda level, tokens: "lens",
@@ -621,6 +627,7 @@ LEVELS: dict[str, LevelKind] = {
         panels=_lens_panels,
         opens=_lens_opens,
         disabled=(("direction", "The lens reads the clean run alone: nothing is patched."),),
+        scale="share",
     ),
     "joint": LevelKind(
         label=lambda level, tokens: f"{len(level.cells)} cells together",

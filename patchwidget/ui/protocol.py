@@ -69,6 +69,7 @@ class View(TypedDict, total=False):
     title: str
     note: str
     exact: bool  # False while an attribution preview is on show
+    normalized: bool  # the numbers are on the normalised scale (clean 1, corrupted 0): colours then span ±1
     panels: list[Panel]
     joint: JointBox
     disabled: dict[str, str]  # controls that do not apply to this level, each with the reason
@@ -99,6 +100,8 @@ class Controls(TypedDict):
     directions: list[Choice]
     metric: str
     metrics: list[Choice]
+    scale: str  # "normalized" (clean 1, corrupted 0) or "raw": how the numbers are shown, not computed
+    scales: list[Choice]
     method: str
     methods: list[Choice]
     pair: str | int  # "mean" or a pair index
@@ -162,7 +165,7 @@ class Crumb(TypedDict):
 MESSAGES: dict[str, tuple[str, ...]] = {
     "drill": ("panel", "row", "col"),  # open the narrower sites under a cell
     "back": ("level",),  # return to a level of the breadcrumb
-    "set": ("key", "value"),  # change site, direction, metric, method or pair
+    "set": ("key", "value"),  # change site, direction, metric, scale, method or pair
     "joint": ("cells",),  # patch these {panel, row, col} cells together
     "keep": ("cells",),  # keep these {panel, row, col} cells as widget.circuit
     "find": ("target",),  # search for a bottleneck restoring this share of the effect (find_bottleneck)

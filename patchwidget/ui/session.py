@@ -26,6 +26,7 @@ import numpy as np
 from ..circuits.joint import JointResult, patch_sites
 from ..core.cells import Cell
 from ..core.engine import attention_pattern, check_batching
+from ..core.metrics import DEFAULT
 from ..core.remote import prepare_remote, reporting
 from ..core.sites import ModelInfo, model_info
 from ..data.prompts import Texts, prepare_prompts
@@ -47,18 +48,13 @@ class Cancelled(Exception):
     """Raised inside the worker when a request is cancelled or superseded."""
 
 
-def bottleneck_metric(metric: str) -> str:
-    """The metric the widget's bottleneck search runs on: its restore is already a share of the clean run's
-    logit difference, so the normalised metric searches on the raw one (the same ranking and stops)."""
-    return "logit_diff" if metric == "logit_diff_norm" else metric
-
-
 @dataclass(frozen=True)
 class Settings:
-    """The choices that apply to every level: direction, metric and method."""
+    """The choices that apply to every level and are computed: direction, metric and method. How the numbers
+    are shown (normalised or raw, the mean or one pair) is the widget's, from the same results (``ui.scale``)."""
 
     direction: str = "denoise"
-    metric: str = "logit_diff_norm"
+    metric: str = DEFAULT
     method: str = "exact"
 
 
@@ -291,9 +287,7 @@ class _Patcher:
 
     def find(self, target: float, on_level: Callable[[Any], None]) -> Any:
         s = self.session
-        common = self._common()
-        common["metric"] = bottleneck_metric(common["metric"])
-        return find_bottleneck(s.model, target=target, method=self.settings.method, on_level=on_level, **common)
+        return find_bottleneck(s.model, target=target, method=self.settings.method, on_level=on_level, **self._common())
 
     def find_circuit(self, target: float) -> Any:
         s = self.session
@@ -302,30 +296,16 @@ class _Patcher:
         return find_circuit(s.model, target=target, method=self.settings.method, **common)
 
     def lens(self) -> dict[str, PatchResult]:
-        """The logit lens and direct logit attribution of the clean prompts; under the normalised metric both
-        as shares of the model's own logit difference (1 at the last layer's last token)."""
+        """The logit lens and direct logit attribution of the clean prompts, in logit differences (the
+        normalised view shows them as shares of the model's own: ``ui.scale.share``)."""
         s = self.session
         texts = dict(answer=s.texts["answer"], wrong=s.texts["wrong"])
-        out = {
+        return {
             "logit_lens": logit_lens(s.model, s.texts["clean"], **texts),
             "dla": direct_logit_attribution(s.model, s.texts["clean"], **texts),
         }
-        if self.settings.metric == "logit_diff_norm":
-            out = {k: _share(r) for k, r in out.items()}
-        return out
 
     def pattern(self, layer: int, head: int) -> list[np.ndarray]:
         """The head's attention on each pair's clean prompt (one small trace each), so it follows the pair shown."""
         s = self.session
         return [attention_pattern(s.model, text, layer, head, s.remote) for text in s.prompts.clean]
-
-
-def _share(result: PatchResult) -> PatchResult:
-    """A lens result as shares of each prompt's own logit difference (its ``clean_baseline``)."""
-    own = result.clean_baseline.reshape(-1, *[1] * (result.per_pair.ndim - 1))
-    settings = {**result.settings, "unit": "share of the model's logit difference"}
-    if "mlp" in settings:
-        settings["mlp"] = (np.asarray(settings["mlp"]) / own.reshape(-1, 1)).tolist()
-    return replace(
-        result, per_pair=result.per_pair / own, clean_baseline=np.ones_like(result.clean_baseline), settings=settings
-    )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..circuits.circuit import DEFAULT_TARGET
 from ..circuits.joint import JointResult
 from ..core.engine import DIRECTIONS, METHODS
-from ..core.metrics import METRICS
+from ..core.metrics import METRICS, resolve
 from ..data.models import is_demo_model
 from ..data.templates import token_strings
 from ..grids.result import PatchResult
@@ -27,6 +27,7 @@ from .code import level_code
 from .levels import LEVELS, START_VIEWS, Computed, Level
 from .levels import View as PanelView
 from .protocol import Context, Controls, Crumb, JointBox, Server, Status, View
+from .scale import SCALE_LABELS, SCALES, rescales, scaled
 
 if TYPE_CHECKING:
     from .session import Session, Settings
@@ -42,6 +43,8 @@ SITE_GROUPS = {
 }
 DIRECTION_LABELS = {"denoise": "denoise (clean into corrupt run)", "noise": "noise (corrupt into clean run)"}
 METHOD_LABELS = {"exact": "exact patching", "attribution": "attribution (fast estimate)"}
+# The widget's metrics: a normalised one would be the scale's "normalized" view a second time.
+WIDGET_METRICS = tuple(m for m in METRICS if not resolve(m).normalized)
 
 
 def status(
@@ -54,7 +57,7 @@ def status(
     return out
 
 
-def controls(site: str, settings: Settings, pair: str | int, n_pairs: int) -> Controls:
+def controls(site: str, settings: Settings, pair: str | int, n_pairs: int, scale: str = "raw") -> Controls:
     """The ``controls`` trait: every choice the front end offers, and the current ones."""
     return {
         "site": site,
@@ -62,7 +65,9 @@ def controls(site: str, settings: Settings, pair: str | int, n_pairs: int) -> Co
         "direction": settings.direction,
         "directions": [{"value": d, "label": DIRECTION_LABELS[d]} for d in DIRECTIONS],
         "metric": settings.metric,
-        "metrics": [{"value": m, "label": m} for m in METRICS],
+        "metrics": [{"value": m, "label": m} for m in WIDGET_METRICS],
+        "scale": scale,
+        "scales": [{"value": s, "label": SCALE_LABELS[s]} for s in SCALES],
         "method": settings.method,
         "methods": [{"value": m, "label": METHOD_LABELS[m]} for m in METHODS],
         "pair": pair,
@@ -72,11 +77,19 @@ def controls(site: str, settings: Settings, pair: str | int, n_pairs: int) -> Co
 
 
 def level_view(
-    request_id: int, levels: list[Level], computed: Computed, settings: Settings, session: Session, pair: str | int
+    request_id: int,
+    levels: list[Level],
+    computed: Computed,
+    settings: Settings,
+    session: Session,
+    pair: str | int,
+    scale: str = "raw",
 ) -> View:
     """The ``view`` trait for the last of ``levels``: columns labelled by the tokens of the pair on show
-    (the first pair's for the mean) or by the template's spans."""
+    (the first pair's for the mean) or by the template's spans, the numbers as ``scale`` shows them."""
     tokens = session.labels_for(pair)
+    shown_as = [SCALE_LABELS[scale]] if rescales(computed, scale) else []
+    computed = scaled(computed, scale)
     first = next(iter(computed.results.values()), None)
     note = first.settings.get("note", "") if first is not None else ""
     if not computed.exact and computed.circuit is not None:
@@ -97,10 +110,13 @@ def level_view(
         "request_id": request_id,
         "level": len(levels) - 1,
         # The level itself is the breadcrumb's last label; the title says how it was measured.
-        "title": " · ".join([*([settings.direction] if "direction" not in disabled else []), settings.metric]),
+        "title": " · ".join(
+            [*([settings.direction] if "direction" not in disabled else []), settings.metric, *shown_as]
+        ),
         "note": note,
         "exact": computed.exact and settings.method == "exact",
-        "code": level_code(computed.level, settings, session),
+        "normalized": bool(shown_as),
+        "code": level_code(computed.level, settings, session, scale),
         "panels": panels,
     }
 
@@ -182,7 +198,9 @@ def png(result: PatchResult) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def computed_states(session: Session, top: Level, settings: Settings, pair: str | int) -> tuple[list[dict], dict]:
+def computed_states(
+    session: Session, top: Level, settings: Settings, pair: str | int, scale: str = "raw"
+) -> tuple[list[dict], dict]:
     """Every cached level reachable from ``top`` by clicks, each once, as front-end states, and the clicks
     between them.
 
@@ -207,7 +225,7 @@ def computed_states(session: Session, top: Level, settings: Settings, pair: str 
     edges: dict[str, int] = {}
     for state_id, level in enumerate(order):  # grows while walked: breadth first, each level once
         computed = session.cache[(level, settings)]
-        view = {**level_view(0, [level], computed, settings, session, pair), "note": "", "exact": True}
+        view = {**level_view(0, [level], computed, settings, session, pair, scale), "note": "", "exact": True}
         states.append({"view": view, "crumb": {"label": level.label(tokens)}})
         for key, child in _links(session, level, view, settings, state_id):
             if child not in ids:
@@ -226,7 +244,7 @@ NOT_SAVED = "not opened in the notebook, so not in this saved page"
 def _mark_saved(view: dict, edges: dict[str, int], state_id: int) -> None:
     """A saved state as the page should draw it: only the clicks it can replay open (the others say why), and
     the settings it cannot change disabled with the reason."""
-    view["disabled"] = dict.fromkeys(("site", "direction", "metric", "method", "pair"), SAVED_PAGE)
+    view["disabled"] = dict.fromkeys(("site", "direction", "metric", "scale", "method", "pair"), SAVED_PAGE)
     for panel in view["panels"]:
         if not panel["clickable"]:
             continue

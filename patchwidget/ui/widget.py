@@ -20,6 +20,7 @@ import traitlets
 
 from ..circuits.circuit import Circuit
 from ..circuits.joint import JointResult
+from ..core.metrics import DEFAULT
 from ..data.prompts import Texts
 from ..errors import MessageError, PatchwidgetError
 from ..files import write_atomic
@@ -28,6 +29,7 @@ from . import view as V
 from .explorer import Explorer, check_site, int_field
 from .export import STATIC, standalone_html
 from .protocol import MESSAGES
+from .scale import DEFAULT_SCALE
 
 
 class PatchWidget(anywidget.AnyWidget):
@@ -73,7 +75,8 @@ class PatchWidget(anywidget.AnyWidget):
         answer: Texts,
         wrong: Texts,
         site: str = "resid_pre",
-        metric: str = "logit_diff_norm",
+        metric: str = DEFAULT,
+        scale: str = DEFAULT_SCALE,
         direction: str = "denoise",
         batch_size: int = 64,
         memory_budget: int | None = None,
@@ -93,6 +96,7 @@ class PatchWidget(anywidget.AnyWidget):
             publish=self._publish,
             site=site,
             metric=metric,
+            scale=scale,
             direction=direction,
             batch_size=batch_size,
             memory_budget=memory_budget,
@@ -152,7 +156,7 @@ class PatchWidget(anywidget.AnyWidget):
             >>> w.save_html("ioi.html")  # doctest: +SKIP
         """
         ex = self.explorer
-        states, edges = V.computed_states(self.session, ex.levels[0], ex.settings, ex.pair)
+        states, edges = V.computed_states(self.session, ex.levels[0], ex.settings, ex.pair, ex.scale)
         data = {
             "start": 0,
             "states": states,
@@ -180,7 +184,8 @@ def explore(
     answer: Texts,
     wrong: Texts,
     site: str = "resid_pre",
-    metric: str = "logit_diff_norm",
+    metric: str = DEFAULT,
+    scale: str = DEFAULT_SCALE,
     direction: str = "denoise",
     batch_size: int = 64,
     memory_budget: int | None = None,
@@ -198,6 +203,8 @@ def explore(
     through nnsight (``remote="local"`` simulates that path on this machine),
     and the progress bar shows the server's queue and run status.
     ``batch_size`` and ``memory_budget`` (bytes) are as in ``patch``.
+    ``metric`` is computed (``logit_diff``, ``prob`` or ``kl``); ``scale`` is how the numbers are shown,
+    ``"normalized"`` (each pair's clean run 1, corrupted run 0) or ``"raw"``, switched without computing again.
 
     Example:
         >>> import patchwidget as pw
@@ -212,6 +219,7 @@ def explore(
         wrong=wrong,
         site=site,
         metric=metric,
+        scale=scale,
         direction=direction,
         batch_size=batch_size,
         memory_budget=memory_budget,

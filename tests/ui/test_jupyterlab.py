@@ -60,7 +60,7 @@ def choose_drill_down() -> tuple[int, int, list[list[float]]]:
 
     heads = pw.patch(
         pw.load_model(), CLEAN, CORRUPT, answer="Mary", wrong="John", site="head_out", metric="logit_diff_norm"
-    ).values  # (layer, head, pos)
+    ).values  # (layer, head, pos): the widget's default view (logit_diff, normalised)
     layer = int(np.abs(heads).sum(axis=(1, 2)).argmax())
     _, pos = np.unravel_index(np.abs(heads[layer]).argmax(), heads[layer].shape)
     return layer, int(pos), heads[layer].tolist()
@@ -253,7 +253,7 @@ def test_drill_down_and_back(lab_server, page, ui_output):
         # One colour range for the three panels, said on screen (issue 39, item 3; three scales before).
         ticks = page.locator(f"{WIDGET} .pw-legend-ticks").evaluate_all("ts => ts.map(t => t.textContent)")
         assert len(ticks) == 3 and len(set(ticks)) == 1, ticks
-        expect(page.locator(f"{WIDGET} .pw-range-note")).to_contain_text("±1, fixed: the metric is normalised")
+        expect(page.locator(f"{WIDGET} .pw-range-note")).to_contain_text("±1, fixed: the values are normalised")
         page.locator(f"{WIDGET} .pw-grid[role=grid] .pw-cell").first.focus()
         page.keyboard.press("Escape")
         expect(page.locator(CRUMBS).last).to_have_text("L3 H1", timeout=ACTION_TIMEOUT)
@@ -590,5 +590,46 @@ def test_every_documented_click_path_by_mouse_and_by_keyboard(lab_server, page, 
                 wait_settled(page)
     except BaseException:
         page.screenshot(path=str(ui_output / "failure-paths.png"), full_page=True, timeout=10_000)
+        raise
+    assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
+
+
+def test_show_switches_between_normalised_and_raw_without_computing(lab_server, page, ui_output):
+    """Issue 38, item 3 (README, the widget's controls): *Show* is a display setting. Choosing "raw metric" in the
+    page redraws the same grid in logit differences (the one default metric), with the range of the values and
+    no new computation in the kernel; back to normalised, clean 1, the range ±1 again."""
+    import numpy as np
+    from playwright.sync_api import expect
+
+    import patchwidget as pw
+
+    raw = pw.patch(pw.load_model(), CLEAN, CORRUPT, answer="Mary", wrong="John").values  # (layer, pos)
+    notebook = write_notebook(lab_server.root, "scale.ipynb")
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells[1] = nbformat.v4.new_code_cell("print('CACHE', len(w.session.cache), w.result.settings['metric'])")
+    nbformat.write(nb, notebook)
+    title, note = page.locator(f"{WIDGET} .pw-title"), page.locator(f"{WIDGET} .pw-range-note")
+    cell = page.locator(f'{TOP_GRID} .pw-cell[data-row="2"][data-col="9"]')
+    output = page.locator(".jp-Notebook .jp-CodeCell").nth(1).locator(".jp-OutputArea-output")
+    try:
+        open_widget(page, lab_server, notebook.name, n_cells=3)
+        expect(title).to_have_text("denoise · logit_diff · normalised (clean 1, corrupted 0)")
+        expect(note).to_contain_text("±1, fixed: the values are normalised")
+        run_cell(page, 1)
+        expect(output).to_have_text("CACHE 1 logit_diff (normalized)", timeout=ACTION_TIMEOUT)
+        page.locator(f"{WIDGET} .pw-scale").select_option("raw")
+        expect(title).to_have_text("denoise · logit_diff", timeout=ACTION_TIMEOUT)
+        expect(note).to_contain_text("the largest |value| along this drill-down")
+        shown = float(cell.get_attribute("aria-label").rsplit(": ", 1)[1])
+        assert shown == np.round(raw[2, 9], 3), (shown, raw[2, 9])
+        run_cell(page, 1)  # the same one cached level: drawn again, not computed again
+        expect(output).to_have_text("CACHE 1 logit_diff", timeout=ACTION_TIMEOUT)
+        page.locator(f"{WIDGET} .pw-scale").select_option("normalized")
+        expect(note).to_contain_text("±1, fixed: the values are normalised", timeout=ACTION_TIMEOUT)
+    except BaseException:
+        try:
+            page.screenshot(path=str(ui_output / "failure-scale.png"), full_page=True, timeout=10_000)
+        except Exception:
+            pass
         raise
     assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
