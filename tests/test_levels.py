@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from patchwidget.core.cells import Cell
-from patchwidget.ui.levels import LEVELS, N_TOP_NEURONS, Level, View
+from patchwidget.ui.levels import LEVELS, N_TOP_NEURONS, Display, Level
 from patchwidget.ui.session import Session, Settings
 
 from .close import assert_close
@@ -57,7 +57,7 @@ def test_each_level_computes_and_draws_its_panels(session, level, label, panel_s
     tokens = session.prompts.tokens
     assert level.label(tokens) == label
     computed = LEVELS[level.kind].compute(level, _patcher(session))
-    panels = LEVELS[level.kind].panels(computed, View(tokens, "mean"))
+    panels = LEVELS[level.kind].panels(computed, Display(tokens, "mean"))
     assert [(p["id"], len(p["rows"]), len(p["cols"])) for p in panels] == panel_shapes
     for p in panels:
         assert np.array(p["values"], dtype=float).shape == (len(p["rows"]), len(p["cols"]))
@@ -84,7 +84,7 @@ def test_clicks_open_the_narrower_level(session):
 def test_the_cell_under_a_click_comes_from_indices_not_labels(session):
     level = Level("neurons", layer=0, pos=9)
     computed = LEVELS["neurons"].compute(level, _patcher(session))
-    (panel,) = LEVELS["neurons"].panels(computed, View(session.prompts.tokens))
+    (panel,) = LEVELS["neurons"].panels(computed, Display(session.prompts.tokens))
     panel = {**panel, "rows": ["not a label" for _ in panel["rows"]]}  # labels are never read back
     effects = np.abs(computed.results["mlp_neuron"].values[0])
     cell = session.cell(level, panel, 0, 0)

@@ -80,7 +80,7 @@ def test_cells_of_a_span_session_are_span_cells(demo):
         top = session.top("resid_pre")
         assert top.spans
         computed = session.compute(top, pw.ui.session.Settings())
-        (panel,) = LEVELS["top"].panels(computed, pw.ui.levels.View(session.labels))
+        (panel,) = LEVELS["top"].panels(computed, pw.ui.levels.Display(session.labels))
         place = panel["cols"].index("PLACE")
         assert session.drill(top, "resid_pre", 1, place) == Level("span", "resid_pre", layer=1, spans=True, span=place)
         assert session.cell(top, panel, 1, place) == Cell("resid_pre", 1, pos="PLACE")

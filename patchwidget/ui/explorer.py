@@ -29,7 +29,7 @@ from ..core.metrics import DEFAULT
 from ..data.prompts import Texts
 from ..errors import MessageError, SettingsError
 from . import view as V
-from .levels import START_VIEWS, Computed, Level
+from .levels import START_SITES, Computed, Level
 from .scale import DEFAULT_SCALE, SCALES, check_scale, scaled
 from .session import Session, Settings
 
@@ -49,7 +49,7 @@ def check_metric(metric: object) -> None:
 
 
 def check_site(site: str) -> None:
-    """Refuse a site the explorer cannot start from (its first grid must be one of ``START_VIEWS``).
+    """Refuse a site the explorer cannot start from (its first grid must be one of ``START_SITES``).
 
     Example:
         >>> check_site("resid_pre")
@@ -57,8 +57,8 @@ def check_site(site: str) -> None:
         Traceback (most recent call last):
         MessageError: site 'head_q' cannot start the explorer; ...
     """
-    if site not in START_VIEWS:
-        raise MessageError(f"site {site!r} cannot start the explorer; choose one of {', '.join(START_VIEWS)}")
+    if site not in START_SITES:
+        raise MessageError(f"site {site!r} cannot start the explorer; choose one of {', '.join(START_SITES)}")
 
 
 def int_field(msg: dict, key: str, low: int, high: int) -> int:
@@ -275,7 +275,7 @@ class Explorer:
         if key in DISPLAY:
             self._display(request_id, key, value)
             return
-        allowed = {"site": START_VIEWS, "direction": DIRECTIONS, "metric": V.WIDGET_METRICS, "method": METHODS}[key]
+        allowed = {"site": START_SITES, "direction": DIRECTIONS, "metric": V.WIDGET_METRICS, "method": METHODS}[key]
         if not isinstance(value, str) or value not in allowed:
             raise MessageError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
         if key == "site":

@@ -30,7 +30,7 @@ from ..grids.result import PatchResult
 
 TOP_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out")
 LENS = "lens"  # the start view beside the sites: the logit lens and direct logit attribution
-START_VIEWS = (*TOP_SITES, LENS)
+START_SITES = (*TOP_SITES, LENS)
 N_TOP_NEURONS = 20
 HEAD_PARTS = ("head_q", "head_k", "head_v", "head_out")
 
@@ -99,7 +99,7 @@ class Patcher(Protocol):
 
 
 @dataclass(frozen=True)
-class View:
+class Display:
     """What drawing a level's panels needs: the column labels (the prompt's tokens, or a
     template's spans), the pair on show, and its clean prompt's tokens (the first pair's for the
     mean; for attention patterns)."""
@@ -142,7 +142,7 @@ class LevelKind:
 
     label: Callable[[Level, list[str]], str]
     compute: Callable[[Level, Patcher], Computed]
-    panels: Callable[[Computed, View], list[dict]]
+    panels: Callable[[Computed, Display], list[dict]]
     # What a click on (row, col) of a panel opens; the model's shape for levels laid out by it (the circuit).
     opens: Callable[[Level, str, int, int, ModelInfo], Level | None] = lambda level, panel, row, col, info: None
     cell: Callable[[Level, dict, int, int, ModelInfo], Cell | None] = lambda level, panel, row, col, info: None
@@ -162,7 +162,7 @@ def _top_compute(level: Level, p: Patcher) -> Computed:
     return Computed(level, {level.site: p.run(level.site, by_position=by_position)})
 
 
-def _top_panels(computed: Computed, v: View) -> list[dict]:
+def _top_panels(computed: Computed, v: Display) -> list[dict]:
     site = computed.level.site
     r = computed.results[site]
     if site == "head_out":
@@ -204,7 +204,7 @@ def _top_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo) ->
 # --- one span's positions (prompts made from a template) ------------------------------------------
 
 
-def _span_panels(computed: Computed, v: View) -> list[dict]:
+def _span_panels(computed: Computed, v: Display) -> list[dict]:
     level = computed.level
     r = computed.results[level.site]
     title = (
@@ -219,7 +219,7 @@ def _span_panels(computed: Computed, v: View) -> list[dict]:
 # --- one layer's heads by token, and one head's breakdown ----------------------------------------
 
 
-def _heads_panels(computed: Computed, v: View) -> list[dict]:
+def _heads_panels(computed: Computed, v: Display) -> list[dict]:
     r, layer = computed.results["head_out"], computed.level.layer
     title = f"Heads of layer {layer}: output by " + ("span" if level_spans(r) else "token")
     grid = panel("head_out", title, "head", r.dims[-1], r.labels("head"), v.columns(r), v.values(r)[0], True)
@@ -243,7 +243,7 @@ def _head_compute(level: Level, p: Patcher) -> Computed:
     return Computed(level, results, p.pattern(level.layer, level.head))
 
 
-def _head_panels(computed: Computed, v: View) -> list[dict]:
+def _head_panels(computed: Computed, v: Display) -> list[dict]:
     level, results = computed.level, computed.results
     rows = ["q", "k", "v", "out"]
     values = np.stack([v.values(results[s])[0, 0] for s in HEAD_PARTS])
@@ -287,8 +287,8 @@ def _head_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo) -
     return level.open("feeds", layer=level.layer, head=level.head)
 
 
-def _parts_consistency(parts: list[PatchResult], v: View) -> dict:
-    """Spread and sign flips across pairs of a head's q, k, v and out rows (``View.consistency`` per part)."""
+def _parts_consistency(parts: list[PatchResult], v: Display) -> dict:
+    """Spread and sign flips across pairs of a head's q, k, v and out rows (``Display.consistency`` per part)."""
     each = [v.consistency(r, 0) for r in parts]  # each part's (layer, head, pos) grid holds one layer and head
     if not all(each):
         return {}
@@ -312,7 +312,7 @@ def _feeds_compute(level: Level, p: Patcher) -> Computed:
     return Computed(level, results)
 
 
-def _sender_panels(computed: Computed, v: View, what: dict[str, str]) -> list[dict]:
+def _sender_panels(computed: Computed, v: Display, what: dict[str, str]) -> list[dict]:
     out = []
     for key, title in what.items():
         r = computed.results[key]
@@ -321,7 +321,7 @@ def _sender_panels(computed: Computed, v: View, what: dict[str, str]) -> list[di
     return out
 
 
-def _feeds_panels(computed: Computed, v: View) -> list[dict]:
+def _feeds_panels(computed: Computed, v: Display) -> list[dict]:
     level = computed.level
     panels = _sender_panels(
         computed,
@@ -338,7 +338,7 @@ def _feeds_panels(computed: Computed, v: View) -> list[dict]:
     return panels
 
 
-def _direct_panels(computed: Computed, v: View) -> list[dict]:
+def _direct_panels(computed: Computed, v: Display) -> list[dict]:
     return _sender_panels(computed, v, {"logits": "Path patching: each head's direct path to the logits (exact)"})
 
 
@@ -354,7 +354,7 @@ def _sender_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo)
 # --- guided search -----------------------------------------------------------------------------------
 
 
-def _search_panels(computed: Computed, v: View) -> list[dict]:
+def _search_panels(computed: Computed, v: Display) -> list[dict]:
     c = computed.circuit
     last = c.trace[-1]
     if c.reached is None:  # still searching: the level just done
@@ -409,7 +409,7 @@ CIRCUIT_DISABLED = (
 )
 
 
-def _circuit_panels(computed: Computed, v: View) -> list[dict]:
+def _circuit_panels(computed: Computed, v: Display) -> list[dict]:
     """The circuit as a diagram of nodes, as ``circuit.plot()`` draws it: one row per layer, the last at the
     top, each layer's heads then its MLP, the embeddings at the bottom; the circuit's nodes marked, with
     their effect (the metric's change when that node alone is corrupted, in the metric's unit). Then MIB's
@@ -482,7 +482,7 @@ def _circuit_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo
 # --- the lens: where the answer is readable, and who writes it directly ------------------------------
 
 
-def _lens_panels(computed: Computed, v: View) -> list[dict]:
+def _lens_panels(computed: Computed, v: Display) -> list[dict]:
     """The logit lens by layer and token, and direct logit attribution by layer: its heads, then its MLP."""
     lens, dla = computed.results["logit_lens"], computed.results["dla"]
     unit = dla.settings.get("unit", "logit difference")
@@ -526,7 +526,7 @@ def _lens_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo) -
 # --- one MLP's top neurons at one token ----------------------------------------------------------
 
 
-def _neurons_panels(computed: Computed, v: View) -> list[dict]:
+def _neurons_panels(computed: Computed, v: Display) -> list[dict]:
     level = computed.level
     effects = v.values(computed.results["mlp_neuron"])[0]
     top = np.argsort(-np.abs(effects))[:N_TOP_NEURONS]

@@ -24,8 +24,7 @@ from ..data.models import is_demo_model
 from ..data.templates import token_strings
 from ..grids.result import PatchResult
 from .code import level_code
-from .levels import LEVELS, START_VIEWS, Computed, Level
-from .levels import View as PanelView
+from .levels import LEVELS, START_SITES, Computed, Display, Level
 from .protocol import Context, Controls, Crumb, JointBox, Server, Status, View
 from .scale import SCALE_LABELS, SCALES, rescales, scaled
 
@@ -61,7 +60,7 @@ def controls(site: str, settings: Settings, pair: str | int, n_pairs: int, scale
     """The ``controls`` trait: every choice the front end offers, and the current ones."""
     return {
         "site": site,
-        "sites": [{"name": n, "group": SITE_GROUPS[n], "label": n} for n in START_VIEWS],  # type: ignore[typeddict-item]
+        "sites": [{"name": n, "group": SITE_GROUPS[n], "label": n} for n in START_SITES],  # type: ignore[typeddict-item]
         "direction": settings.direction,
         "directions": [{"value": d, "label": DIRECTION_LABELS[d]} for d in DIRECTIONS],
         "metric": settings.metric,
@@ -98,7 +97,7 @@ def level_view(
         note = "Attribution estimate, shown while the exact values are computed. " + note
     disabled = dict(LEVELS[computed.level.kind].disabled)
     panels = LEVELS[computed.level.kind].panels(  # type: ignore[typeddict-item]
-        computed, PanelView(tokens, pair, session.clean_tokens(0 if pair == "mean" else int(pair)))
+        computed, Display(tokens, pair, session.clean_tokens(0 if pair == "mean" else int(pair)))
     )
     if computed.exact and any(p.get("note") for p in panels):
         note = ""  # the panels say it under each of them (the lens): not once more above
