@@ -40,6 +40,7 @@ from .grids.lens import logit_lens
 from .grids.patch import patch
 from .grids.path import path_patch
 from .grids.result import PatchResult
+from .health import doctor
 from .search.bottleneck import find_bottleneck
 from .search.nodes import find_circuit
 from .ui.widget import PatchWidget, explore
@@ -78,6 +79,7 @@ __all__ = [
     "attention_pattern",
     "demo_data",
     "direct_logit_attribution",
+    "doctor",
     "explore",
     "faithfulness",
     "faithfulness_nodes",
@@ -91,4 +93,6 @@ __all__ = [
     "path_patch",
     "register_architecture",
 ]
-__version__ = "0.1.0"
+from importlib.metadata import version as _version
+
+__version__ = _version("patchwidget")  # one version, pyproject.toml's

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +30,6 @@ EXAMPLES = """examples:
   patchwidget run --model meta-llama/Llama-3.1-8B --remote ndif ...   # on NDIF, no weights loaded here
 """
 
-DEMO = dict(
-    clean="When Mary and John went to the store , John gave a drink to",
-    corrupt="When Mary and John went to the store , Mary gave a drink to",
-    answer="Mary",
-    wrong="John",
-)
 OUTPUTS = (".png", ".svg", ".pdf", ".json", ".npz", ".html")
 
 
@@ -51,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"patchwidget {version('patchwidget')}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
@@ -86,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--remote", metavar="WHERE", help="'ndif' (needs an nnsight API key), 'local' (simulated here) or a server URL"
     )
     run.add_argument("--out", type=Path, help=f"write the result: {', '.join(OUTPUTS)}")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check that this machine is ready: versions, the front end, a patch on the bundled model, NDIF",
+        description="One line per check (ok, warn, skip, FAIL); exit status 1 when a check fails.",
+    )
+    doctor.add_argument("--ndif", metavar="URL", help="ask this nnsight server instead of the configured NDIF host")
     return parser
 
 
@@ -128,6 +130,8 @@ def _fill(parser: argparse.ArgumentParser, template: str, clean: str, corrupt: s
 
 def _run_texts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     """The prompts and answers of ``run``, every argument checked first: a mistake costs no model load."""
+    from .data.demo_data import IOI_EXAMPLE
+
     prompts = [args.clean, args.corrupt, args.answer, args.wrong]
     if any(p is not None for p in prompts) and any(p is None for p in prompts):
         parser.error("give all of --clean, --corrupt, --answer and --wrong, or none for the demo example")
@@ -142,7 +146,7 @@ def _run_texts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dic
         parser.error(f"--memory-budget must be a positive number of MB, got {args.memory_budget}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    texts = DEMO if args.clean is None else dict(zip(("clean", "corrupt", "answer", "wrong"), prompts))
+    texts = IOI_EXAMPLE if args.clean is None else dict(zip(("clean", "corrupt", "answer", "wrong"), prompts))
     if args.template is not None:
         if args.clean is None:
             parser.error(
@@ -251,7 +255,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run}  # subcommand -> what runs it: (parser, parsed arguments) -> exit status
+def _doctor(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``patchwidget doctor``: every check of ``patchwidget.doctor``, one line each; 1 when one failed."""
+    from .health import doctor
+
+    report = doctor(ndif=args.ndif)
+    print(report)
+    return 0 if report.ok else 1
+
+
+COMMANDS = {"run": _run, "doctor": _doctor}  # subcommand -> what runs it: (parser, parsed arguments) -> exit status
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +180,10 @@ def test_template_slot_errors_give_one_line_and_status_2(clean, message, capsys)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err.lower() and err.strip().count("\n") <= 1
+
+
+def test_version_is_the_packages():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"patchwidget {pw.__version__}"
+    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    assert pw.__version__ == re.search(r'^version = "(.+)"$', pyproject, re.MULTILINE)[1]

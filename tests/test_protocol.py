@@ -18,6 +18,7 @@ import patchwidget as pw
 from patchwidget.ui import protocol
 
 FIXTURE = Path(__file__).resolve().parent.parent / "js" / "tests" / "fixtures" / "contract.json"
+JS_PROTOCOL = FIXTURE.parents[2] / "src" / "protocol.js"  # the fingerprint the bundle carries (patchwidget doctor)
 TRAITS = ("view", "controls", "status", "breadcrumb", "vmax", "selection")
 
 
@@ -102,9 +103,23 @@ def test_every_message_the_front_end_sends_is_accepted(demo):
     widget.close()
 
 
+def protocol_js() -> str:
+    return (
+        "// Written by `python -m tests.test_protocol` from patchwidget/ui/protocol.py: the protocol this front end\n"
+        "// speaks. The bundle carries it, so `patchwidget doctor` can tell a bundle built for another protocol.\n"
+        f'export const PROTOCOL = "{protocol.fingerprint()}";\n'
+    )
+
+
+def test_the_front_end_carries_this_protocols_fingerprint():
+    """Fails when the protocol changed and js/src/protocol.js was not written again with it."""
+    assert JS_PROTOCOL.read_text() == protocol_js(), f"{JS_PROTOCOL} is stale: see this module's docstring"
+
+
 if __name__ == "__main__":
     FIXTURE.write_text(json.dumps(produce(), indent=1, sort_keys=True) + "\n")
-    print(f"wrote {FIXTURE}")
+    JS_PROTOCOL.write_text(protocol_js())
+    print(f"wrote {FIXTURE} and {JS_PROTOCOL}")
 
 
 def test_every_message_of_the_protocol_has_its_handler_and_no_other():

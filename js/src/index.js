@@ -7,6 +7,7 @@ import { h, replaceContent } from "./dom.js";
 import { createJointBox, updateJointBox } from "./joint.js";
 import { renderPanel } from "./panel.js";
 import { renderStatus } from "./progress.js";
+import { PROTOCOL } from "./protocol.js";
 import { colourRange, pathMaxima } from "./range.js";
 import { chooseView, createRequests, currentStatus, seedRequestId } from "./requests.js";
 import { renderSelectionBar, toggleCell } from "./selection.js";
@@ -28,7 +29,8 @@ function render({ model, el }) {
   const jointBox = createJointBox(); // under the panels but outside body, which selection changes rebuild
   // Lumino stops its shortcut lookup here, so arrows, Enter and Escape in the
   // grid are not taken as notebook commands.
-  const root = h("div", { class: "patchwidget", "data-lm-suppress-shortcuts": "true" }, [
+  // data-protocol: the protocol this page speaks (patchwidget doctor checks the bundle carries this package's).
+  const root = h("div", { class: "patchwidget", "data-lm-suppress-shortcuts": "true", "data-protocol": PROTOCOL }, [
     header,
     controls,
     status,

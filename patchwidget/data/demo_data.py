@@ -77,6 +77,13 @@ IOI_TEMPLATES = (
     "Then {a} and {b} had fun at the {place} , and {s} {verb} a {obj} to",
 )
 INDUCTION_WORDS = FILLER_WORDS + NAMES[:12] + OBJECTS
+# The one IOI pair the README, the command line (`patchwidget run`) and `patchwidget doctor` start from.
+IOI_EXAMPLE = dict(
+    clean="When Mary and John went to the store , John gave a drink to",
+    corrupt="When Mary and John went to the store , Mary gave a drink to",
+    answer="Mary",
+    wrong="John",
+)
 # Induction: sequence lengths and offsets (prefix lengths) of training and of the held-out check.
 # The two sets share no length and no offset, so no held-out sequence can occur in training.
 TRAIN_LENGTHS = (2, 3, 4, 6, 7, 8, 10, 11, 12)

@@ -19,6 +19,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
+import typing
 from typing import Literal, TypedDict
 
 
@@ -172,3 +175,21 @@ MESSAGES: dict[str, tuple[str, ...]] = {
     "circuit": ("target",),  # find the circuit doing this share of the task on its own (find_circuit)
     "cancel": (),  # stop the request with this request_id
 }
+
+
+def fingerprint() -> str:
+    """A short name for this protocol: the message kinds and the keys of every type above. The front-end
+    bundle carries the one it was built for (``js/src/protocol.js``), so ``patchwidget doctor`` can tell a
+    bundle that would misread what Python sends.
+
+    Example:
+        >>> len(fingerprint())
+        12
+    """
+    types = {
+        name: sorted(typing.get_type_hints(value))
+        for name, value in sorted(globals().items())
+        if isinstance(value, type) and typing.is_typeddict(value)
+    }
+    text = json.dumps({"messages": MESSAGES, "types": types}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
