@@ -12,7 +12,7 @@ JS_SRC    := $(wildcard js/src/*.js js/src/*.css) js/package.json js/package-loc
 CHROMIUM  ?= /usr/bin/chromium
 HEADLESS  ?=
 
-.PHONY: demo test test-latest test-py test-js lint lock browser js screenshot clean
+.PHONY: demo test test-latest test-py test-js lint lock browser js screenshot docs clean
 
 ## make demo: install, then open JupyterLab on the quickstart (HEADLESS=1: write quickstart.png instead)
 demo: $(VENV)/.installed
@@ -23,9 +23,13 @@ else
 endif
 
 ## make test: install with dev extras, then lint and run every test (Python, JavaScript, browser)
-test: $(VENV)/.installed browser lint
+test: $(VENV)/.installed browser lint docs
 	cd js && npm test
 	$(PY) -m pytest
+
+## make docs: the documentation site into site/, strictly (a broken link or reference fails)
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict  # not --quiet: it hides the warnings strict counts
 
 ## make test-latest: the same tests in .venv-latest, on the newest releases pyproject.toml's ranges allow
 test-latest:

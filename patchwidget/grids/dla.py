@@ -58,8 +58,9 @@ def direct_logit_attribution(model: Any, prompts: Any, *, answer: Any, wrong: An
 
     Example:
         >>> dla = pw.direct_logit_attribution(model, prompt, answer="Mary", wrong="John")  # doctest: +SKIP
-        >>> s = dla.settings  # doctest: +SKIP
-        >>> rest = s["embed"][0] + sum(s["mlp"][0]) + sum(s["attn_bias"][0]) + s["norm_bias"][0]  # doctest: +SKIP
+        >>> parts = ("embed", "mlp", "attn_bias", "norm_bias")  # doctest: +SKIP
+        >>> s = {k: v[0] for k, v in dla.settings.items() if k in parts}  # the first prompt's  # doctest: +SKIP
+        >>> rest = s["embed"] + sum(s["mlp"]) + sum(s["attn_bias"]) + s["norm_bias"]  # doctest: +SKIP
         >>> dla.values.sum() + rest  # the model's logit difference  # doctest: +SKIP
     """
     info = model_info(model)
