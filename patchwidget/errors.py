@@ -55,6 +55,10 @@ class RemoteSettingError(PatchwidgetError):
     """``remote=`` is not a value nnsight understands, or the model cannot run remotely."""
 
 
+class RemoteVersionError(RemoteSettingError):
+    """The server runs, or accepts, another nnsight version than the one installed here."""
+
+
 class ResultFileError(PatchwidgetError):
     """A saved result or circuit could not be read (wrong format, truncated, altered) or written."""
 

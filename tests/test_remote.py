@@ -3,6 +3,8 @@ execution gives the numbers of a plain local run."""
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import pytest
 
 import patchwidget as pw
@@ -216,3 +218,78 @@ def test_remote_with_a_model_ndif_cannot_name_fails_clearly(demo, monkeypatch):
     assert demo.repo_id in str(err.value)
     with pytest.raises(pw.PatchwidgetError, match="hub name"):
         pw.explore(demo, **TEXTS, remote="https://ndif.example")
+
+
+# --- the server's nnsight version -----------------------------------------------------------------------------------
+
+CLIENT_NNSIGHT = importlib.metadata.version("nnsight")
+
+
+def test_a_server_on_another_nnsight_is_refused_before_anything_is_sent(demo, client):
+    from tests.fake_ndif import FakeNDIF
+
+    with FakeNDIF(demo, server_version="0.8.99") as server:
+        with pytest.raises(pw.RemoteSettingError, match=r"runs nnsight 0\.8\.99") as err:
+            pw.patch(client, **TEXTS, remote=server.url)
+        with pytest.raises(pw.RemoteSettingError, match=r"runs nnsight 0\.8\.99"):
+            pw.explore(client, **TEXTS, remote=server.url, preview=False)
+        assert (server.env_queries, server.requests, server.refused) == (1, 0, 0)  # no trace; /env asked once
+    assert isinstance(err.value, pw.RemoteVersionError)
+    message = str(err.value)
+    assert f"this client has nnsight {CLIENT_NNSIGHT}" in message and server.url in message
+    assert 'pip install "nnsight==0.8.99"' in message
+
+
+def test_a_server_outside_the_supported_nnsight_says_patchwidget_cannot_run_there(demo, client):
+    from tests.fake_ndif import FakeNDIF
+
+    with FakeNDIF(demo, server_version="0.9.0") as server:
+        with pytest.raises(pw.RemoteSettingError) as err:
+            pw.patch(client, **TEXTS, remote=server.url)
+        assert server.requests == 0
+    message = str(err.value)
+    assert "runs nnsight 0.9.0" in message and f"client has nnsight {CLIENT_NNSIGHT}" in message
+    assert "supports nnsight>=0.8.1,<0.9" in message and "pip install" not in message  # no install would fit
+
+
+def test_a_servers_minimum_client_version_is_named_clearly(demo, client):
+    """A server without /env that refuses older clients: its first reply, the HTTP 400, becomes the clear error."""
+    from tests.fake_ndif import FakeNDIF
+
+    with FakeNDIF(demo, server_version=None, min_client_version="0.8.77") as server:
+        with pytest.raises(pw.RemoteSettingError, match=r"accepts nnsight 0\.8\.77 or newer") as err:
+            pw.patch(client, **TEXTS, remote=server.url)
+        assert (server.refused, server.requests) == (1, 0)  # refused at the first request, nothing ran
+        server.min_client_version = None  # the widget opens, then the server starts refusing: the listener's path
+        w = pw.explore(client, **TEXTS, remote=server.url, preview=False)
+        server.min_client_version = "0.8.77"
+        w._on_msg(w, {"type": "drill", "request_id": 1, "panel": "resid_pre", "row": 1, "col": 3}, [])
+        wait_for(lambda: w.status.get("state") == "error")
+        w.close()
+    assert isinstance(err.value, pw.RemoteVersionError)
+    for message in (str(err.value), w.status["message"]):
+        assert f"this client has nnsight {CLIENT_NNSIGHT}" in message
+        assert 'pip install "nnsight>=0.8.77,<0.9"' in message
+        assert f"The server said: Failed to send request: Client nnsight version {CLIENT_NNSIGHT} is below" in message
+
+
+def test_a_server_on_the_same_nnsight_runs_as_before(demo, client):
+    from tests.fake_ndif import FakeNDIF
+
+    with FakeNDIF(demo, min_client_version=CLIENT_NNSIGHT) as server:
+        remote = pw.patch(client, **TEXTS, site="mlp_out", remote=server.url)
+        assert server.env_queries == 1 and server.refused == 0 and server.requests >= 2
+        pw.patch(client, **TEXTS, site="mlp_out", layers=[0], remote=server.url)
+        assert server.env_queries == 1  # asked once per host: /env may be slow, and each click prepares a request
+    assert_close(remote.per_pair, pw.patch(demo, **TEXTS, site="mlp_out").per_pair, 1e-5)
+
+
+def test_the_nnsight_pin_is_pyprojects():
+    from pathlib import Path
+
+    import tomllib
+
+    from patchwidget.core.remote import NNSIGHT_PIN
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert f"nnsight{NNSIGHT_PIN}" in project["project"]["dependencies"]
