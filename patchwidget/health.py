@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .core.remote import check_server_version, server_nnsight
+from .errors import RemoteVersionError
 from .ui.export import STATIC
 from .ui.protocol import fingerprint
 
@@ -195,7 +197,14 @@ def check_ndif(host: str | None = None) -> Check:
         deployments = response.json().get("deployments", {})
     except Exception as err:  # unreachable, refused, not JSON: each said as it came
         return Check("NDIF", "FAIL", f"{url} does not answer ({type(err).__name__}: {err})")
-    return Check("NDIF", "ok", f"{url} answers: {len(deployments)} model deployment(s)")
+    answers = f"{url} answers: {len(deployments)} model deployment(s)"
+    try:
+        check_server_version(url)  # the one check remote=True makes before sending anything
+    except RemoteVersionError as err:
+        return Check("NDIF", "FAIL", f"{answers}, but {err}")
+    server = server_nnsight(url)
+    said = f"nnsight {server}, as here" if server else "its nnsight version not said (no /env)"
+    return Check("NDIF", "ok", f"{answers}; {said}")
 
 
 CHECKS: tuple[Callable[..., Check], ...] = (check_python, check_packages, check_bundle, check_patch, check_front_ends)

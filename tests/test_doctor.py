@@ -5,6 +5,7 @@ answer, a package outside its range."""
 from __future__ import annotations
 
 import http.server
+import importlib.metadata
 import json
 import shutil
 import threading
@@ -61,9 +62,15 @@ def test_a_package_outside_its_range_is_named(monkeypatch):
 
 
 class _Status(http.server.BaseHTTPRequestHandler):
+    nnsight = importlib.metadata.version("nnsight")  # what /env says the server runs
+
     def do_GET(self):
-        body = json.dumps({"deployments": {"openai-community/gpt2": {"deployment_level": "HOT"}}}).encode()
-        self.send_response(200 if self.path == "/status" else 404)
+        replies = {
+            "/status": {"deployments": {"openai-community/gpt2": {"deployment_level": "HOT"}}},
+            "/env": {"python_version": "3.11", "packages": {"nnsight": self.nnsight}},
+        }
+        body = json.dumps(replies.get(self.path, {})).encode()
+        self.send_response(200 if self.path in replies else 404)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
         self.wfile.write(body)
@@ -84,6 +91,17 @@ def status_server():
 def test_ndif_answers_or_is_said_not_to(status_server, capsys):
     answered = D.check_ndif(status_server)
     assert answered.state == "ok" and "answers: 1 model deployment(s)" in answered.detail
+    assert f"nnsight {_Status.nnsight}, as here" in answered.detail
+
+
+def test_ndif_on_another_nnsight_fails_naming_both(status_server, monkeypatch):
+    monkeypatch.setattr(_Status, "nnsight", "0.8.99")
+    check = D.check_ndif(status_server)
+    assert check.state == "FAIL" and "runs nnsight 0.8.99" in check.detail
+    assert 'pip install "nnsight==0.8.99"' in check.detail
+
+
+def test_ndif_down_is_said(capsys):
     with socket_closed() as url:
         down = D.check_ndif(url)
         assert down.state == "FAIL" and f"{url} does not answer" in down.detail
