@@ -12,7 +12,7 @@ JS_SRC    := $(wildcard js/src/*.js js/src/*.css) js/package.json js/package-loc
 CHROMIUM  ?= /usr/bin/chromium
 HEADLESS  ?=
 
-.PHONY: demo test test-latest test-py test-js lint lock browser js screenshot docs clean
+.PHONY: demo test test-latest test-py test-js lint lock browser js screenshot docs dist clean
 
 ## make demo: install, then open JupyterLab on the quickstart (HEADLESS=1: write quickstart.png instead)
 demo: $(VENV)/.installed
@@ -72,6 +72,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt $(LOCK) requirements/build.in
 	SKIP_JUPYTER_BUILDER=1 $(PIP) --no-build-isolation -e ".[dev]"
 	touch $@
 
+## make dist: the sdist and the wheel into dist/, built with the locked hatchling (the sdist carries the built bundle)
+dist: $(VENV)/.installed $(BUNDLE)
+	rm -rf dist
+	$(PY) -m hatchling build --target sdist --directory dist
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+
 js: $(BUNDLE)
 
 $(BUNDLE): js/node_modules/.installed $(JS_SRC)
@@ -86,4 +92,4 @@ browser:
 	@test -x $(CHROMIUM) || { apt-get update -q && apt-get install -y -q chromium; }
 
 clean:
-	rm -rf $(VENV) js/node_modules patchwidget/static
+	rm -rf $(VENV) js/node_modules patchwidget/static dist
