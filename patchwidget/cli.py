@@ -137,6 +137,11 @@ def _run_texts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dic
         parser.error("give all of --clean, --corrupt, --answer and --wrong, or none for the demo example")
     if args.out is not None and args.out.suffix not in OUTPUTS:
         parser.error(f"--out must end in one of {', '.join(OUTPUTS)}, got {str(args.out)!r}")
+    if args.out is not None and args.out.suffix == ".html" and args.metric == "logit_diff_norm":
+        parser.error(
+            "--out .html draws the widget, which shows the normalised view as --scale normalized (the default): "
+            "use --metric logit_diff"
+        )
     # Everything that can be checked is checked before the model loads and the grid is computed.
     if args.out is not None and args.out.is_dir():
         parser.error(f"--out {str(args.out)!r} is a folder; give a file name such as {str(args.out / 'grid.png')!r}")

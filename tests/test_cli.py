@@ -187,3 +187,10 @@ def test_version_is_the_packages():
     assert result.returncode == 0 and result.stdout.strip() == f"patchwidget {pw.__version__}"
     pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
     assert pw.__version__ == re.search(r'^version = "(.+)"$', pyproject, re.MULTILINE)[1]
+
+
+def test_the_page_refuses_the_normalised_metric_before_loading_a_model(tmp_path):
+    """The widget shows the normalised view as its scale: the page says so at once, not in a traceback."""
+    result = run_cli("run", "--metric", "logit_diff_norm", "--out", str(tmp_path / "grid.html"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "use --metric logit_diff" in result.stderr and not (tmp_path / "grid.html").exists()
