@@ -1,6 +1,6 @@
 """The explorer: the widget's request state and logic, without a widget.
 
-An ``Explorer`` holds the drill-down path on show, the settings and the pair,
+An ``Explorer`` holds the drill-down path on show, the settings, the pair and the scale on show,
 and the requests still pending; it turns the page's messages (``do_<type>``,
 one per type of ``protocol.MESSAGES``) into requests to its ``Session``, and
 tells its owner what to show through one callback, ``publish(**traits)``,
@@ -77,7 +77,7 @@ def int_field(msg: dict, key: str, low: int, high: int) -> int:
 class Explorer:
     """The drill-down path, settings and pending requests of one explorer, driving one ``Session``.
 
-    ``levels`` is the drill-down path on show, ``settings`` and ``pair`` the
+    ``levels`` is the drill-down path on show, ``settings``, ``pair`` and ``scale`` the
     choices that apply to it, ``pending`` the requests not yet answered (request
     id -> the levels and settings it shows). ``publish(**traits)`` is called on
     the caller's thread for what a message changes at once, and on the
