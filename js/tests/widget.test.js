@@ -38,6 +38,9 @@ beforeEach(() => mount());
 describe("widget", () => {
   it("renders the root, one grid per panel and a legend", () => {
     expect($(".patchwidget")).not.toBeNull();
+    // The protocol the page speaks, the one Python's protocol.fingerprint() names (patchwidget doctor).
+    const source = readFileSync(join(import.meta.dirname, "../src/protocol.js"), "utf8");
+    expect($(".patchwidget").dataset.protocol).toBe(source.match(/PROTOCOL = "([0-9a-f]{12})"/)[1]);
     expect($$('.pw-grid[role="grid"]')).toHaveLength(1);
     expect($$(".pw-legend")).toHaveLength(1);
     expect([...$$(".pw-legend-ticks span")].map((s) => s.textContent)).toEqual(["-1", "0", "1"]);
