@@ -128,6 +128,17 @@ def _fill(parser: argparse.ArgumentParser, template: str, clean: str, corrupt: s
     return prompts
 
 
+def _check_page_metric(parser: argparse.ArgumentParser, metric: str) -> None:
+    """``--out .html`` draws the widget: its metrics only (the widget's own check), before the model loads."""
+    from .errors import SettingsError
+    from .ui.explorer import check_metric
+
+    try:
+        check_metric(metric)
+    except SettingsError as err:
+        parser.error(f"--out .html draws the widget: {err}; use --metric logit_diff and --scale")
+
+
 def _run_texts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     """The prompts and answers of ``run``, every argument checked first: a mistake costs no model load."""
     from .data.demo_data import IOI_EXAMPLE
@@ -137,11 +148,8 @@ def _run_texts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dic
         parser.error("give all of --clean, --corrupt, --answer and --wrong, or none for the demo example")
     if args.out is not None and args.out.suffix not in OUTPUTS:
         parser.error(f"--out must end in one of {', '.join(OUTPUTS)}, got {str(args.out)!r}")
-    if args.out is not None and args.out.suffix == ".html" and args.metric == "logit_diff_norm":
-        parser.error(
-            "--out .html draws the widget, which shows the normalised view as --scale normalized (the default): "
-            "use --metric logit_diff"
-        )
+    if args.out is not None and args.out.suffix == ".html":
+        _check_page_metric(parser, args.metric)
     # Everything that can be checked is checked before the model loads and the grid is computed.
     if args.out is not None and args.out.is_dir():
         parser.error(f"--out {str(args.out)!r} is a folder; give a file name such as {str(args.out / 'grid.png')!r}")

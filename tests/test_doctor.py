@@ -8,6 +8,7 @@ import http.server
 import importlib.metadata
 import json
 import shutil
+import socket
 import threading
 
 import pytest
@@ -102,23 +103,15 @@ def test_ndif_on_another_nnsight_fails_naming_both(status_server, monkeypatch):
 
 
 def test_ndif_down_is_said(capsys):
-    with socket_closed() as url:
-        down = D.check_ndif(url)
-        assert down.state == "FAIL" and f"{url} does not answer" in down.detail
-        assert main(["doctor", "--ndif", url]) == 1
+    url = closed_url()
+    down = D.check_ndif(url)
+    assert down.state == "FAIL" and f"{url} does not answer" in down.detail
+    assert main(["doctor", "--ndif", url]) == 1
     assert capsys.readouterr().out.splitlines()[-1].startswith(f"FAIL  NDIF: {url} does not answer")
 
 
-class socket_closed:
+def closed_url() -> str:
     """A local URL nothing listens on (a port bound, then released)."""
-
-    def __enter__(self) -> str:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc) -> None:
-        pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"

@@ -64,16 +64,16 @@ class JointResult:
             >>> joint.normalized().clean_baseline  # doctest: +SKIP
             array([1., 1.], dtype=float32)
         """
-        span = self.clean_baseline - self.corrupt_baseline
-
-        def rescale(values: np.ndarray) -> np.ndarray:  # (pair,) or (pair, cell)
-            shape = (-1,) + (1,) * (values.ndim - 1)
-            return (values - self.corrupt_baseline.reshape(shape)) / span.reshape(shape)
-
+        base = (self.clean_baseline, self.corrupt_baseline)
         settings = {**self.settings, "metric": f"{self.settings.get('metric', 'metric')} (normalized)"}
         ones = np.ones_like(self.clean_baseline)
         return JointResult(
-            self.cells, rescale(self.per_pair_joint), rescale(self.per_pair_singles), ones, ones * 0, settings
+            self.cells,
+            M.normalize(self.per_pair_joint, *base),
+            M.normalize(self.per_pair_singles, *base),
+            ones,
+            ones * 0,
+            settings,
         )
 
     def to_dataframe(self) -> Any:

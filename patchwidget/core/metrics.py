@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -158,10 +159,11 @@ def _n_params(fn: MetricFn) -> int:
         return 3
 
 
-def normalize(values: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor) -> torch.Tensor:
-    """Rescale so that ``clean`` maps to 1 and ``corrupt`` to 0.
+def normalize(values: Any, clean: Any, corrupt: Any) -> Any:
+    """Rescale so that ``clean`` maps to 1 and ``corrupt`` to 0: torch tensors or numpy arrays (the engine's
+    per-pair values, and a finished result's ``normalized()`` view, use this one formula).
 
     ``values`` is ``(pair, ...)``; ``clean`` and ``corrupt`` are ``(pair,)``.
     """
-    shape = (-1,) + (1,) * (values.dim() - 1)
-    return (values - corrupt.view(shape)) / (clean - corrupt).view(shape)
+    shape = (-1,) + (1,) * (values.ndim - 1)
+    return (values - corrupt.reshape(shape)) / (clean - corrupt).reshape(shape)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.metrics import normalize
 from ..errors import ResultFileError
 from ..files import write_atomic
 
@@ -110,9 +111,7 @@ class PatchResult:
 
     def normalized(self) -> PatchResult:
         """Rescaled per pair so that the clean baseline is 1 and the corrupted 0."""
-        shape = (-1,) + (1,) * len(self.dims)
-        span = (self.clean_baseline - self.corrupt_baseline).reshape(shape)
-        per_pair = (self.per_pair - self.corrupt_baseline.reshape(shape)) / span
+        per_pair = normalize(self.per_pair, self.clean_baseline, self.corrupt_baseline)
         settings = {**self.settings, "metric": f"{self.settings.get('metric', 'metric')} (normalized)"}
         ones = np.ones_like(self.clean_baseline)
         return PatchResult(per_pair, self.dims, self.coords, self.tokens, ones, ones * 0, settings)
