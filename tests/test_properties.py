@@ -24,7 +24,7 @@ scalars = st.one_of(
     st.integers(-5, 20),
     st.floats(allow_nan=True),
     st.text(max_size=8),
-    st.sampled_from(["resid_pre", "head_out", "mean", "noise", "kl"]),
+    st.sampled_from(["resid_pre", "head_out", "mean", "noise", "kl", "raw", "normalized"]),
 )
 # Where an index or a name is expected, hostile users send dicts and lists too (unhashable: a TypeError once).
 hostile = st.one_of(scalars, st.dictionaries(st.text(max_size=3), scalars, max_size=2), st.lists(scalars, max_size=2))
@@ -39,7 +39,7 @@ messages = st.one_of(
             "row": st.one_of(st.integers(-2, 20), scalars, hostile),
             "col": st.one_of(st.integers(-2, 20), scalars, hostile),
             "level": st.one_of(st.integers(-2, 4), scalars, hostile),
-            "key": st.one_of(st.sampled_from(["site", "direction", "metric", "pair", "method"]), scalars),
+            "key": st.one_of(st.sampled_from(["site", "direction", "metric", "scale", "pair", "method"]), scalars),
             "value": hostile,
             "cells": st.one_of(
                 scalars,

@@ -122,6 +122,9 @@ def test_pair_choice_and_settings(widget):
         ({"type": "set", "request_id": 1, "key": "colour", "value": 1}, "cannot set 'colour'"),
         ({"type": "set", "request_id": 1, "key": "metric", "value": "acc"}, "metric must be one of"),
         ({"type": "set", "request_id": 1, "key": "pair", "value": 7}, "pair must be 'mean' or 0..1"),
+        # True is an int to Python but a new axis to numpy: per_pair[True] drew one row for four layers.
+        ({"type": "set", "request_id": 1, "key": "pair", "value": True}, "pair must be 'mean' or 0..1"),
+        ({"type": "set", "request_id": 1, "key": "scale", "value": "norm"}, "scale must be one of normalized, raw"),
     ],
 )
 def test_bad_messages_show_an_error_and_leave_the_widget_working(widget, msg, message):

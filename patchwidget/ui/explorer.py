@@ -286,8 +286,10 @@ class Explorer:
     def _display(self, request_id: int, key: str, value: Any) -> None:
         """The pair on show or the scale: the same results drawn again, nothing computed."""
         if key == "pair":
-            if value != "mean" and not (isinstance(value, int) and 0 <= value < self.session.prompts.n_pairs):
-                raise MessageError(f"pair must be 'mean' or 0..{self.session.prompts.n_pairs - 1}, got {value!r}")
+            n_pairs = self.session.prompts.n_pairs
+            is_index = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n_pairs
+            if value != "mean" and not is_index:  # True is an int to Python, but a new axis to numpy
+                raise MessageError(f"pair must be 'mean' or 0..{n_pairs - 1}, got {value!r}")
             self.pair = value
         else:
             if value not in SCALES:
