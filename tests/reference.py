@@ -260,6 +260,84 @@ def _reference_pattern_gptj(model, source_ids, target_ids, layers, units, groups
     return out
 
 
+# --- answers of several tokens: the continuation appended, one run per cell and continuation ---------------
+
+
+def run_all(model, ids, site=None, layer=None, fn=None, noise=None):
+    """Every position's logits of one prompt ``(pos, vocab)``, with an optional hook as ``run``'s."""
+    handles = [site_hooks(model, site, layer, Sizes(model.config), fn)] if site else []
+    if noise is not None:
+        embed = model.get_input_embeddings()
+        handles.append(embed.register_forward_hook(lambda mod, args, out: out + noise))
+    try:
+        with torch.no_grad():
+            return model(ids[None]).logits[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def continuation_logprob(model, prompt_ids, seq, **hook):
+    """log p(seq | prompt) by teacher forcing: ``seq`` (token ids) appended to the prompt, the log-softmax of
+    the prediction of each of its tokens summed; ``hook`` as ``run_all``'s (noise on the prompt only)."""
+    ids = torch.cat([prompt_ids, torch.tensor(seq[:-1], dtype=torch.long)])
+    if hook.get("noise") is not None:
+        hook["noise"] = torch.cat([hook["noise"], torch.zeros(len(seq) - 1, hook["noise"].shape[-1])])
+    logp = run_all(model, ids, **hook).float().log_softmax(-1)
+    start = len(prompt_ids) - 1  # the prompt's last token predicts the first token of seq
+    return sum(float(logp[start + k, token]) for k, token in enumerate(seq))
+
+
+def reference_sequence_patch(
+    model, source_ids, target_ids, site, layers, units, positions, by_position, answer, wrong, noises=(None, None)
+):
+    """log p(answer | target) - log p(wrong | target) with each cell patched from the source prompt, at prompt
+    positions only, ``(layer, unit, pos_group)``: each continuation appended to the target prompt and run on
+    its own with the patch's hook (``continuation_logprob``). ``noises``: the source's and the target's."""
+    groups = [[p] for p in positions] if by_position else [list(positions)]
+    out = torch.empty(len(layers), len(units), len(groups))
+    if site == "attn_pattern":
+        model.set_attn_implementation("ref_eager")
+        try:
+            return _sequence_pattern(model, source_ids, target_ids, layers, units, groups, (answer, wrong), out)
+        finally:
+            model.set_attn_implementation("eager")
+    for i, layer in enumerate(layers):
+        src = capture(model, source_ids, site, layer, noises[0])
+        for j, unit in enumerate(units):
+            for g, group in enumerate(groups):
+
+                def write(act, unit=unit, group=group, src=src):
+                    for p in group:
+                        act[p, unit] = src[p, unit]
+
+                hook = dict(site=site, layer=layer, fn=write, noise=noises[1])
+                out[i, j, g] = continuation_logprob(model, target_ids, answer, **hook) - continuation_logprob(
+                    model, target_ids, wrong, **hook
+                )
+    return out
+
+
+def _sequence_pattern(model, source_ids, target_ids, layers, units, groups, seqs, out):
+    """``reference_sequence_patch`` of the attention pattern: the source's rows at the prompt's query
+    positions, with a zero weight on the continuation's keys (which no prompt query sees)."""
+    for i, layer in enumerate(layers):
+        PATTERN.update(layer=layer, record=[], replace=None)
+        run(model, source_ids)
+        src = PATTERN["record"][0]  # (head, q, k)
+        PATTERN["record"] = None
+        for j, head in enumerate(units):
+            for g, group in enumerate(groups):
+                total = 0.0
+                for seq, sign in zip(seqs, (1, -1)):
+                    extra = len(seq) - 1
+                    PATTERN["replace"] = {(head, q): torch.nn.functional.pad(src[head, q], (0, extra)) for q in group}
+                    total += sign * continuation_logprob(model, target_ids, seq)
+                out[i, j, g] = total
+        PATTERN.update(layer=None, replace=None)
+    return out
+
+
 # --- attribution patching, one backward pass per cell --------------------------------------------------
 
 
@@ -288,6 +366,35 @@ def reference_attribution(model, source_ids, target_ids, site, layer, units, pos
             diff = logits[answer] - logits[wrong]
             (slope,) = torch.autograd.grad(diff, eps)
             out[j, g] = diff.detach() + slope
+    return out
+
+
+def reference_sequence_attribution(model, source_ids, target_ids, site, layer, units, positions, answer, wrong):
+    """``reference_attribution`` for answers of several tokens, ``(unit, pos)``: the metric is
+    log p(answer | target) - log p(wrong | target), each continuation appended to the target prompt and
+    run on its own with the same nudge at the prompt's cell."""
+    src = capture(model, source_ids, site, layer)
+    tgt = capture(model, target_ids, site, layer)
+    out = torch.empty(len(units), len(positions))
+    for j, unit in enumerate(units):
+        for g, p in enumerate(positions):
+            eps = torch.zeros((), requires_grad=True)
+
+            def nudge(act, unit=unit, p=p, eps=eps):
+                act[p, unit] = act[p, unit] + eps * (src[p, unit] - tgt[p, unit])
+
+            total = 0.0
+            for seq, sign in ((answer, 1.0), (wrong, -1.0)):
+                ids = torch.cat([target_ids, torch.tensor(seq[:-1], dtype=torch.long)])
+                handle = site_hooks(model, site, layer, Sizes(model.config), nudge)
+                try:
+                    logp = model(ids[None]).logits[0].float().log_softmax(-1)
+                finally:
+                    handle.remove()
+                start = len(target_ids) - 1
+                total = total + sign * sum(logp[start + k, token] for k, token in enumerate(seq))
+            (slope,) = torch.autograd.grad(total, eps)
+            out[j, g] = total.detach() + slope
     return out
 
 

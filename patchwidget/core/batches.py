@@ -143,7 +143,14 @@ NONE = Speedups(False, False, False, False, None)  # every copy whole, one per r
 
 
 def choose(
-    wanted: Speedups, *, remote: bool, on_cpu: bool, packable: bool, columns_metric: bool, sites: set[str]
+    wanted: Speedups,
+    *,
+    remote: bool,
+    on_cpu: bool,
+    packable: bool,
+    columns_metric: bool,
+    sites: set[str],
+    sequences: bool = False,
 ) -> Speedups:
     """The speed-ups of ``wanted`` that apply to a request, decided once when it is prepared.
 
@@ -151,7 +158,8 @@ def choose(
     cached keys and values would travel back); the attention pattern's writes and reads span every key
     position, so its copies run whole and unpacked; packing needs a model that takes a 4D mask
     (``packable``); two columns need a metric that reads only the answer and wrong logits; the pass cap
-    is a CPU's. Whether the runs' cache holds every position and whether the unembedding's output is
+    is a CPU's; answers of several tokens are read at more positions than the last, so its MLP runs whole.
+    Whether the runs' cache holds every position and whether the unembedding's output is
     the model's logits are observed on the runs (``runs.Runs``).
 
     Example:
@@ -163,7 +171,7 @@ def choose(
     return Speedups(
         reuse_prefix=wanted.reuse_prefix and not remote and not pattern,
         pack=wanted.pack and not remote and not pattern and packable,
-        trim_last_mlp=wanted.trim_last_mlp,
+        trim_last_mlp=wanted.trim_last_mlp and not sequences,
         two_columns=wanted.two_columns and columns_metric and not remote,
         max_positions=wanted.max_positions if on_cpu and not remote else None,
         pass_overhead=REMOTE_PASS_OVERHEAD if remote else wanted.pass_overhead,
@@ -316,6 +324,19 @@ def segment_mask(lay: Layout) -> torch.Tensor:
     causal = torch.arange(width)[None, :] <= torch.arange(width)[:, None]  # (query, key)
     own = (seg[:, :, None] == seg[:, None, :]) & causal  # (row, query, key)
     return torch.cat([cached, own], 2)[:, None]
+
+
+def tree_mask(lay: Layout, allowed: torch.Tensor) -> torch.Tensor:
+    """Which keys each query of a pass sees by its pair's own mask ``allowed`` ``(pair, width, width)`` (rows
+    with continuations, ``core.continuation``), ``(row, 1, width, cache_end + width)``, True where it does.
+
+    Keys are the cached positions ``< cache_end`` then the pass's own; for packed rows, AND it with
+    ``segment_mask``, which keeps copies apart.
+    """
+    rows, width = lay.positions.shape
+    keys = torch.cat([torch.arange(lay.cache_end).expand(rows, -1), lay.positions], 1)  # (row, key)
+    picked = allowed[lay.pairs]  # (row, width, width)
+    return picked[torch.arange(rows)[:, None, None], lay.positions[:, :, None], keys[:, None, :]][:, None]
 
 
 # A position attends to every key its pass holds: the cached prefix and the positions computed. Its work

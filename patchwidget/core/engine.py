@@ -43,7 +43,7 @@ import torch
 
 from ..data.prompts import Noise, PromptBatch, Texts, prepare_prompts
 from ..errors import NonFiniteWarning, SettingsError
-from . import batches, memory, passes
+from . import batches, continuation, memory, passes
 from . import metrics as M
 from .batches import Copy, Key
 from .cells import READ_ORDER, check_choice, indices
@@ -192,7 +192,6 @@ def prepare(
                 "with attn_implementation='eager' (patchwidget.load_model does this by default)"
             )
     prepare_remote(model, remote)
-    resolved = M.resolve(metric, vocab=model.config.vocab_size)
     check_choice(direction, DIRECTIONS, "direction")
     check_choice(method, METHODS, "method")
     check_batching(batch_size, memory_budget)
@@ -204,6 +203,10 @@ def prepare(
     prompts = prepare_prompts(
         model.tokenizer, clean, corrupt, answer=answer, wrong=wrong, max_len=context_length(model)
     )
+    sequences = prompts.answer_seqs is not None
+    resolved = M.resolve(metric, vocab=model.config.vocab_size, sequences=sequences)
+    if sequences:
+        check_sequences(model, prompts)
     if "attn_pattern" in sites and not prompts.aligned_one_to_one:
         raise SettingsError(
             "site 'attn_pattern' patches rows with one entry per key position, and the key positions of a pair's "
@@ -220,8 +223,20 @@ def prepare(
         packable=takes_segment_mask(model, prompts.n_pos),
         columns_metric=resolved.answer_columns_only,
         sites=set(sites),
+        sequences=sequences,
     )
     return Request(info, prompts, resolved, direction, method, int(batch_size), memory_budget, remote, chosen)
+
+
+def check_sequences(model: Any, prompts: PromptBatch) -> None:
+    """Refuse a model whose attention cannot take the continuations' mask, for answers of several tokens."""
+    if not takes_segment_mask(model, prompts.width):
+        raise SettingsError(
+            "answers of several tokens are read in one row after their prompt under a 4D attention mask, which "
+            f"this model's attention ({model.config._attn_implementation!r}, or a sliding window narrower than "
+            f"{prompts.width} positions) does not take; load it with attn_implementation='eager', or give answers "
+            "of one token"
+        )
 
 
 def check_batching(batch_size: Any, memory_budget: Any) -> None:
@@ -341,13 +356,16 @@ def patched_metric(
     pairs_of = torch.tensor([pair for pair, _ in copies], dtype=torch.long)
     speedups = request.speedups
     unembed = answer_unembedding(model, info) if speedups.two_columns and runs.plain_logits else None
+    width = runs.target_ids.shape[1]
+    ext = runs.target_ext  # answers of several tokens: every copy computes its continuations to the row's end
     shape = passes.Shape(
-        runs.target_ids.shape[1],
+        width,
         info.n_layers,
         info.d_model,
-        runs.target_len[pairs_of].tolist(),
+        runs.target_len[pairs_of].tolist() if ext is None else [width] * len(copies),
         reuse=speedups.reuse_prefix and runs.target_kv is not None,
         two_columns=unembed is not None,
+        ext=ext,
     )
     ids = (prompts.answer_ids, prompts.wrong_ids)
     planned = passes.plan_passes(copies, tables, reads, shape, speedups, batch_size, *ids)
@@ -389,8 +407,8 @@ def run_pass(
     lay = p.lay
     at = (lay.pairs[:, None], lay.positions)  # each index of the pass, as (pair, prompt position)
     ids = runs.target_ids[at]
-    if p.mask is not None:  # packed rows: each copy's own positions, and a mask that keeps copies apart
-        inputs = {"attention_mask": segment_mask(model, p.mask), "position_ids": on_input_device(model, lay.positions)}
+    if p.mask is not None:  # packed rows, continuations: each index's own position, and which keys it sees
+        inputs = {"attention_mask": segment_mask(model, p.mask), "position_ids": on_input_device(model, p.position_ids)}
     else:
         inputs = {"attention_mask": attend_all(model, len(lay.pairs), runs.target_ids.shape[1])}
     if p.cache_end:
@@ -414,6 +432,8 @@ def run_pass(
             logits = last_logits(model, info, p.last).detach().save()
         else:
             logits = answer_logits(model, info, p.last, weight, bias).detach().save()
+    if runs.target_ext is not None:  # (copy * read, vocab): the last prompt token's logits and the scores
+        logits = continuation.scored(logits, runs.target_ext.rows(lay.pairs[lay.copy_row]))
     return logits, got
 
 

@@ -86,12 +86,16 @@ class ResolvedMetric:
     fn: MetricFn  # row-wise ``f(logits, answer_ids, wrong_ids, clean_logits)`` -> ``(rows,)``
     normalized: bool = False  # each pair rescaled so that clean is 1 and corrupt 0, once the baselines are known
     answer_columns_only: bool = False  # reads only the answer and wrong logits: two unembedding columns suffice
+    # Answers of several tokens: the logits ``fn`` receives are ``with_scores``' (the last prompt position's
+    # logits, then the answer's and the wrong answer's summed log-probabilities as two more columns).
+    sequences: bool = False
+    given: Any = None  # what the user passed, to resolve again for prompts of the other kind
 
     def __call__(self, logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor, clean: torch.Tensor):
         return self.fn(logits, answer, wrong, clean)
 
 
-def resolve(metric: Metric | ResolvedMetric, vocab: int | None = None) -> ResolvedMetric:
+def resolve(metric: Metric | ResolvedMetric, vocab: int | None = None, sequences: bool = False) -> ResolvedMetric:
     """``metric`` as a ``ResolvedMetric``; one that is already resolved is returned as it is (an entry point
     called by another, as ``find_circuit`` calls ``patch``, receives the value, not the name again).
 
@@ -101,18 +105,60 @@ def resolve(metric: Metric | ResolvedMetric, vocab: int | None = None) -> Resolv
     would otherwise give every patched copy the batch's mean). With ``vocab``,
     it is first tried on a small batch of made-up logits, so a wrong shape is
     refused before any forward pass.
+
+    With ``sequences`` (an answer of several tokens), the metrics read the whole continuation by teacher
+    forcing (``core.continuation``): ``logit_diff`` is log p(answer | prompt) - log p(wrong | prompt), each
+    summed over its tokens (for one-token answers exactly the logit difference), ``prob`` is p(answer | prompt)
+    of the whole answer, ``kl`` stays at the last prompt position.
     """
     if isinstance(metric, ResolvedMetric):
-        return metric
+        if metric.sequences == sequences:
+            return metric
+        metric = metric.given
     check_metric(metric)
+    if sequences:
+        return _on_sequences(metric)
     if metric in ("logit_diff", "logit_diff_norm"):
         fn = lambda logits, answer, wrong, clean: logit_diff(logits, answer, wrong)
-        return ResolvedMetric(metric, fn, normalized=metric == "logit_diff_norm", answer_columns_only=True)
+        return ResolvedMetric(
+            metric, fn, normalized=metric == "logit_diff_norm", answer_columns_only=True, given=metric
+        )
     if metric == "prob":
-        return ResolvedMetric(metric, lambda logits, answer, wrong, clean: prob(logits, answer, wrong))
+        return ResolvedMetric(metric, lambda logits, answer, wrong, clean: prob(logits, answer, wrong), given=metric)
     if metric == "kl":
-        return ResolvedMetric(metric, lambda logits, answer, wrong, clean: kl(logits, clean))
-    return ResolvedMetric(metric_name(metric), _checked(metric, vocab))
+        return ResolvedMetric(metric, lambda logits, answer, wrong, clean: kl(logits, clean), given=metric)
+    return ResolvedMetric(metric_name(metric), _checked(metric, vocab), given=metric)
+
+
+def with_scores(last: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """What a metric on sequences reads, ``(row, vocab + 2)``: the last prompt position's logits ``(row, vocab)``
+    and each row's summed log-probabilities of its answer and wrong answer ``(row, 2)``, in float32.
+
+    One tensor, so that every table of logits the engine keeps and indexes by row (the runs' baselines, a
+    pass's copies) carries the scores with it.
+
+    Example:
+        >>> with_scores(torch.zeros(1, 3), torch.tensor([[-1.0, -2.0]])).shape
+        torch.Size([1, 5])
+    """
+    return torch.cat([last.float(), scores.to(last.device).float()], 1)
+
+
+def _on_sequences(metric: Metric) -> ResolvedMetric:
+    """``metric`` read from ``with_scores``' rows: the continuations' log-probabilities and the last logits."""
+    if metric in ("logit_diff", "logit_diff_norm"):
+        fn = lambda x, answer, wrong, clean: x[:, -2] - x[:, -1]
+        return ResolvedMetric(metric, fn, normalized=metric == "logit_diff_norm", sequences=True, given=metric)
+    if metric == "prob":
+        return ResolvedMetric(metric, lambda x, answer, wrong, clean: x[:, -2].exp(), sequences=True, given=metric)
+    if metric == "kl":
+        fn = lambda x, answer, wrong, clean: kl(x[:, :-2], clean[:, :-2])
+        return ResolvedMetric(metric, fn, sequences=True, given=metric)
+    raise MetricError(
+        f"metric {metric_name(metric)!r} is a callable of one position's logits, and an answer or wrong answer "
+        "here has several tokens; use 'logit_diff', 'logit_diff_norm', 'prob' or 'kl' (which read the whole "
+        "continuation), or give answers of one token"
+    )
 
 
 def _checked(metric: MetricFn, vocab: int | None) -> MetricFn:

@@ -21,6 +21,7 @@ import torch
 from . import batches
 from .batches import Copy, Key, Layout, Speedups
 from .cells import READ_ORDER, WRITE_ORDER
+from .continuation import Extension
 from .sites import AFTER_LAST_MLP, last_positions
 
 Writes = dict[Key, tuple[torch.Tensor, ...]]  # per (layer, site): rows, indices in the row, units, values
@@ -36,6 +37,7 @@ class Shape:
     ends: list[int]  # per copy: its target prompt's real length
     reuse: bool  # the runs hold every position's keys and values (observed) and reuse is chosen
     two_columns: bool  # the unembedding's output is the model's logits (observed) and two columns are chosen
+    ext: Extension | None = None  # answers of several tokens: each pair's target row with its continuations
 
 
 @dataclass
@@ -47,7 +49,8 @@ class Pass:
     steps: list[tuple[Key, str]]  # ((layer, site), "write" or "read"), in forward order
     writes: Writes
     skip_below: int  # blocks below this layer are not run: they output the target run's cached values
-    mask: torch.Tensor | None  # packed rows: which keys each query sees (batches.segment_mask); None: all earlier
+    mask: torch.Tensor | None  # which keys each query sees (packed rows, continuations); None: all earlier
+    position_ids: torch.Tensor | None  # with a mask: each index's position id
     cache_end: int  # the target run's keys and values of positions before this are reused
     keep: int | torch.Tensor  # logits_to_keep
     last: tuple[torch.Tensor, torch.Tensor] | None  # where each copy's last token lands among the kept logits
@@ -81,9 +84,11 @@ def plan_passes(
     changes = first != batches.NO_CHANGE
     noop = [i for i in range(len(copies)) if not changes[i]]
     todo = [i for i in range(len(copies)) if changes[i]]
+    pairs_of = [pair for pair, _ in copies]
     if not shape.reuse:  # every copy from position 0
         first = torch.zeros_like(first)
-    pairs_of = [pair for pair, _ in copies]
+    elif shape.ext is not None:  # a copy computes its last prompt token, where both answers' first tokens are read
+        first = torch.minimum(first, shape.ext.reads[pairs_of, 0])
     lowest = [min((w.layer for w in writes), default=0) for _, writes in copies]
     rows, groups = batches.plan_rows(
         todo,
@@ -107,10 +112,11 @@ def plan_passes(
             [(key, "write") for key in writes] + [(key, "read") for key in reads],
             key=lambda s: (s[0][0], (WRITE_ORDER if s[1] == "write" else READ_ORDER).index(s[0][1]), s[1] == "read"),
         )
-        keep, last = last_positions(lay.copy_row, lay.copy_last, lay.positions.shape[1])
         pairs = torch.tensor([pairs_of[i] for i in index])
         columns = torch.unique(torch.cat([answer_ids[pairs], wrong_ids[pairs]])) if shape.two_columns else None
         touches_last = any(key == (shape.n_layers - 1, site) for key, _ in steps for site in AFTER_LAST_MLP)
+        mask, position_ids = masks(lay, shape.ext)
+        read = reads_of(lay, pairs, shape.ext)
         passes.append(
             Pass(
                 copies=index,
@@ -118,15 +124,40 @@ def plan_passes(
                 steps=steps,
                 writes=writes,
                 skip_below=min([layer for layer, _ in writes] + [layer for layer, _ in reads]),
-                mask=None if lay.start is not None else batches.segment_mask(lay),
+                mask=mask,
+                position_ids=position_ids,
                 cache_end=lay.cache_end,
-                keep=keep,
-                last=last,
+                **read,
                 columns=columns,
-                trim_last_mlp=speedups.trim_last_mlp and last is None and not touches_last,
+                trim_last_mlp=speedups.trim_last_mlp and read["last"] is None and not touches_last,
             )
         )
     return Plan(noop, passes)
+
+
+def masks(lay: Layout, ext: Extension | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A pass's attention mask and position ids: none for whole rows of one copy (every earlier key);
+    packed rows keep copies apart; continuations see their own branch (``batches.tree_mask``)."""
+    packed = lay.start is None
+    if ext is None:
+        return (batches.segment_mask(lay), lay.positions) if packed else (None, None)
+    mask = batches.tree_mask(lay, ext.allowed)
+    if packed:
+        mask = mask & batches.segment_mask(lay)
+    return mask, ext.positions[lay.pairs[:, None], lay.positions]
+
+
+def reads_of(lay: Layout, pairs: torch.Tensor, ext: Extension | None) -> dict:
+    """``keep`` (``logits_to_keep``) and ``last``: where each copy's read logits land among the kept ones;
+    with continuations, every read of every copy, ``(copy * read,)``, copy by copy."""
+    if ext is None:
+        keep, last = last_positions(lay.copy_row, lay.copy_last, lay.positions.shape[1])
+        return {"keep": keep, "last": last}
+    copy = torch.arange(len(pairs))[:, None]
+    at = lay.index(copy, ext.reads[pairs])  # (copy, read): each read's index in its copy's row
+    keep = torch.unique(at)
+    rows = lay.copy_row[:, None].expand_as(at)
+    return {"keep": keep, "last": (rows.flatten(), torch.searchsorted(keep, at).flatten())}
 
 
 def batch_writes(chunk: list[Copy], tables: dict[str, dict[Key, torch.Tensor]], lay: Layout) -> Writes:

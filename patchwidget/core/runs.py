@@ -22,18 +22,18 @@ import nnsight
 import torch
 
 from ..data.prompts import PromptBatch
+from . import continuation
 from .batches import Key
 from .cells import READ_ORDER
+from .continuation import Extension
 from .remote import trace_kwargs
 from .sites import (
     CACHE,
     ModelInfo,
     add_noise,
-    attend_all,
     cache_tensors,
     hidden_states,
     last_logits,
-    last_tokens,
     layer_module,
     module,
     on_input_device,
@@ -59,7 +59,8 @@ def with_noise(
     weight = module(model, info.arch.embed).weight
     std = embedding_std(model, info, remote) * spec.scale
     gen = torch.Generator().manual_seed(spec.seed)
-    noise = torch.zeros(prompts.n_pairs * spec.samples, prompts.n_pos, weight.shape[1], dtype=weight.dtype)
+    # As wide as a run's row: no noise on the continuation's positions (``core.continuation``).
+    noise = torch.zeros(prompts.n_pairs * spec.samples, prompts.width, weight.shape[1], dtype=weight.dtype)
     for pair, positions in enumerate(prompts.noise_positions or []):
         for sample in range(spec.samples):
             noise[pair * spec.samples + sample, positions] = (
@@ -96,6 +97,7 @@ class Runs:
     block_form: int = 0  # how the blocks returned their output in these runs (sites.output_form)
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (keys, values), (run, kv_head, pos, d_head)
     plain_logits: bool = True  # the model's logits were the unembedding's output, unchanged (observed)
+    ext: Extension | None = None  # answers of several tokens: each row's continuations (``logits`` carry scores)
 
     @property
     def clean_logits(self) -> torch.Tensor:
@@ -121,6 +123,7 @@ class Runs:
             target_noise=noise if direction == "denoise" else None,
             target_kv=None if self.kv is None else [(k[tgt], v[tgt]) for k, v in self.kv],
             plain_logits=self.plain_logits,
+            target_ext=None if self.ext is None else self.ext.rows(tgt),
         )
 
 
@@ -139,6 +142,7 @@ class Directed:
     target_noise: torch.Tensor | None = None  # (pair, pos, d_model) when the target run is the noised one
     target_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, (pair, kv_head, pos, d_head)
     plain_logits: bool = True  # see Runs.plain_logits
+    target_ext: Extension | None = None  # (pair, ...) the target rows' continuations
 
 
 def cached_runs(
@@ -166,6 +170,7 @@ def cached_runs(
         prompts.corrupt_ids.numpy().tobytes(),
         prompts.clean_ids.shape,
         repr(prompts.noise),
+        repr((prompts.answer_seqs, prompts.wrong_seqs)),  # runs with continuations hold their scores
     )
     for (*prefix, sites), runs in store.items():
         if tuple(prefix) == same and set(reads) <= set(sites):
@@ -198,14 +203,18 @@ def run_cache(
     would send them all back) they also keep every layer's keys and values, which
     patched copies reuse for the positions before their first patched one.
     """
-    ids = torch.cat([prompts.clean_ids, prompts.corrupt_ids])  # (run, pos)
+    ext = continuation.extend(prompts)
+    ids = torch.cat([prompts.clean_ids, prompts.corrupt_ids]) if ext is None else ext.ids  # (run, pos)
     noise_all = None if noise is None else torch.cat([torch.zeros_like(noise), noise])
     keep_kv = keep_kv and not remote  # a server would send every layer's keys and values back
     parts = []
     for start in range(0, len(ids), rows_per_pass):
         rows = slice(start, min(start + rows_per_pass, len(ids)))
         part_noise = None if noise_all is None else noise_all[rows]
-        parts.append(_run_pass(model, info, reads, ids[rows], prompts.lengths[rows], part_noise, remote, keep_kv))
+        part_ext = None if ext is None else ext.rows(rows)
+        parts.append(
+            _run_pass(model, info, reads, ids[rows], prompts.lengths[rows], part_noise, remote, keep_kv, part_ext)
+        )
         if progress is not None and rows_per_pass < len(ids):
             progress(rows.stop, len(ids))
     acts = {key: torch.cat([p[0][key] for p in parts]) for key in parts[0][0]}
@@ -215,7 +224,7 @@ def run_cache(
     if keep_kv and all(p[4] is not None and len(p[4]) == info.n_layers for p in parts):
         kv = [tuple(torch.cat([p[4][layer][i] for p in parts]) for i in (0, 1)) for layer in range(info.n_layers)]
     plain = all(p[5] for p in parts)
-    return Runs(prompts.n_pairs, acts, blocks, logits, ids, prompts.lengths, parts[0][3], kv, plain)
+    return Runs(prompts.n_pairs, acts, blocks, logits, ids, prompts.lengths, parts[0][3], kv, plain, ext)
 
 
 def _run_pass(
@@ -227,20 +236,21 @@ def _run_pass(
     noise: torch.Tensor | None,
     remote: bool | str,
     keep_kv: bool = False,
+    ext: Extension | None = None,
 ) -> tuple[dict[Key, torch.Tensor], list[torch.Tensor], torch.Tensor, int, list | None, bool]:
-    """One trace over some rows of the runs."""
+    """One trace over some rows of the runs (with ``ext``, each row with its continuations)."""
     keys = sorted(
         {(layer, site) for site, layers in reads.items() for layer in layers},
         key=lambda k: (k[0], READ_ORDER.index(k[1])),
     )
     top = max(layer for layer, _ in keys)
-    keep, index = last_tokens(lengths, ids.shape[1])
+    keep, index, every = continuation.kept(lengths, ids.shape[1], ext)
     with model.trace(
         on_input_device(model, ids),
         **trace_kwargs(model, remote),
         logits_to_keep=keep,
         use_cache=keep_kv,
-        attention_mask=attend_all(model, *ids.shape),
+        **continuation.inputs(model, ext, ids.shape),
     ):
         acts, blocks = nnsight.save({}), nnsight.save([])  # made inside: only saved values come back from a server
         form = nnsight.save([0])
@@ -253,8 +263,10 @@ def _run_pass(
                 form[0] = output_form(out)  # observed, to skip blocks in the patched runs in the same form
                 blocks.append(hidden_states(out).detach().clone().save())
         unembedded = unembedded_logits(model, info, index).detach().save()
-        logits = last_logits(model, info, index).detach().save()
+        logits = last_logits(model, info, index if ext is None else every).detach().save()
         cache = getattr(model.output, CACHE).save() if keep_kv else None
+    if ext is not None:  # (row * read, vocab): the last prompt position's logits and the continuations' scores
+        logits = continuation.scored(logits, ext)
     # Whether the model changes its logits after the unembedding (scales or caps them), seen in this run.
-    plain = bool(torch.equal(unembedded, logits))
+    plain = bool(torch.equal(unembedded, logits[:, : unembedded.shape[1]].to(unembedded.dtype)))
     return dict(acts), list(blocks), logits, form[0], cache_tensors(cache, ids.shape[1]) if keep_kv else None, plain

@@ -42,7 +42,7 @@ class PromptBatch:
     wrong: list[str]
     clean_ids: torch.Tensor  # (pair, pos)
     corrupt_ids: torch.Tensor  # (pair, pos)
-    answer_ids: torch.Tensor  # (pair,)
+    answer_ids: torch.Tensor  # (pair,) each answer's first token
     wrong_ids: torch.Tensor  # (pair,)
     tokens: list[str]  # the first clean prompt's tokens, as text
     noise: Noise | None = None  # Gaussian-noise corruption instead of corrupted prompts
@@ -52,6 +52,10 @@ class PromptBatch:
     columns: list[str] | None = None  # span labels, for prompts made from a template
     clean_spans: list[list[tuple[int, ...]]] | None = None  # per pair, per column, its positions
     corrupt_spans: list[list[tuple[int, ...]]] | None = None
+    # Per pair, every token of the answer and of the wrong answer, where any of them has several tokens (the
+    # metric then reads the whole continuation, ``core.continuation``); None where every one is one token.
+    answer_seqs: list[tuple[int, ...]] | None = None
+    wrong_seqs: list[tuple[int, ...]] | None = None
 
     @property
     def n_pairs(self) -> int:
@@ -60,6 +64,14 @@ class PromptBatch:
     @property
     def n_pos(self) -> int:
         return self.clean_ids.shape[1]
+
+    @property
+    def width(self) -> int:
+        """Positions of a run's row: the prompt, then the answer's and the wrong answer's fed tokens
+        (all but their last) where answers have several tokens (``core.continuation``)."""
+        if self.answer_seqs is None or self.wrong_seqs is None:
+            return self.n_pos
+        return self.n_pos + max(map(len, self.answer_seqs)) - 1 + max(map(len, self.wrong_seqs)) - 1
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -74,7 +86,7 @@ class PromptBatch:
         picked = list(range(self.n_pairs))[index] if isinstance(index, slice) else index.tolist()
         spans = {
             name: None if getattr(self, name) is None else [getattr(self, name)[i] for i in picked]
-            for name in ("clean_spans", "corrupt_spans")
+            for name in ("clean_spans", "corrupt_spans", "answer_seqs", "wrong_seqs")
         }
         return replace(
             self,
@@ -240,6 +252,20 @@ def one_token(tokenizer: Any, text: str, name: str) -> int:
     return ids[0]
 
 
+def answer_tokens(tokenizer: Any, text: str, name: str) -> tuple[int, ...]:
+    """The ids of ``text`` (an answer): one token or several, each one the vocabulary knows.
+
+    Example:
+        >>> answer_tokens(load_model().tokenizer, " Mary went", "answer")   # doctest: +SKIP
+        (80, 4)
+    """
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise PromptError(f"{name} {text!r} is empty: it tokenizes to no tokens, so there is nothing to score")
+    _check_known(tokenizer, ids, text, name)
+    return tuple(ids)
+
+
 def _paired(clean: Texts, corrupt: Texts | Noise, spec: Noise | None) -> tuple[list, list]:
     """The prompts as two lists that pair up one to one (with noise, the clean prompts are corrupted themselves)."""
     clean_p = _as_list(clean, "clean", prompts_ok=True)
@@ -312,17 +338,31 @@ def _tokenize_pairs(
     return clean_ids, corrupt_ids
 
 
-def _answer_ids(tokenizer: Any, answers: list[str], wrongs: list[str]) -> tuple[list[int], list[int]]:
-    """Each pair's answer and wrong token, one token each and not the same (their logit difference is the metric)."""
+def _answer_seqs(tokenizer: Any, answers: list[str], wrongs: list[str]) -> tuple[list, list]:
+    """Each pair's answer and wrong token sequences, not the same (their difference is the metric)."""
     tag = (lambda i: "") if len(answers) == 1 else (lambda i: f" {i}")
-    answer_ids = [one_token(tokenizer, a, f"answer{tag(i)}") for i, a in enumerate(answers)]
-    wrong_ids = [one_token(tokenizer, w, f"wrong{tag(i)}") for i, w in enumerate(wrongs)]
-    for i, (a, w) in enumerate(zip(answer_ids, wrong_ids)):
+    answer_seqs = [answer_tokens(tokenizer, a, f"answer{tag(i)}") for i, a in enumerate(answers)]
+    wrong_seqs = [answer_tokens(tokenizer, w, f"wrong{tag(i)}") for i, w in enumerate(wrongs)]
+    for i, (a, w) in enumerate(zip(answer_seqs, wrong_seqs)):
         if a == w:
             raise PromptError(
-                f"answer and wrong of pair {i} are the same token {answers[i]!r}: the logit difference is 0"
+                f"answer and wrong of pair {i} are the same token{'s' if len(a) > 1 else ''} "
+                f"{token_strings(tokenizer, list(a))} ({answers[i]!r} and {wrongs[i]!r}): their difference is 0"
             )
-    return answer_ids, wrong_ids
+    return answer_seqs, wrong_seqs
+
+
+def _check_context(
+    tokenizer: Any, ids: list[list[int]], seqs: list[tuple[int, ...]], max_len: int | None, what: str
+) -> None:
+    """Refuse a continuation that would run past the model's context: a prompt and all but the last token of
+    its answer are fed to the model, so they must fit in it together."""
+    for i, (prompt, seq) in enumerate(zip(ids, seqs)):
+        if max_len is not None and len(prompt) + len(seq) - 1 > max_len:
+            raise PromptError(
+                f"{what} of pair {i} ({token_strings(tokenizer, list(seq))}) after its prompt of {len(prompt)} "
+                f"tokens runs past the model's context of {max_len} tokens"
+            )
 
 
 def prepare_prompts(
@@ -349,7 +389,11 @@ def prepare_prompts(
     answers = broadcast_texts(answer, "answer", n)
     wrongs = broadcast_texts(wrong, "wrong", n)
     clean_ids, corrupt_ids = _tokenize_pairs(tokenizer, clean_l, corrupt_l, templated, spec is not None, max_len)
-    answer_ids, wrong_ids = _answer_ids(tokenizer, answers, wrongs)
+    answer_seqs, wrong_seqs = _answer_seqs(tokenizer, answers, wrongs)
+    for seqs, what in ((answer_seqs, "answer"), (wrong_seqs, "wrong")):
+        _check_context(tokenizer, clean_ids, seqs, max_len, what)
+        _check_context(tokenizer, corrupt_ids, seqs, max_len, what)
+    several = any(len(seq) > 1 for seq in answer_seqs + wrong_seqs)
 
     # Aligning: which positions get noise, and for a template's prompts which positions each span holds.
     positions = None
@@ -368,11 +412,13 @@ def prepare_prompts(
         wrong=wrongs,
         clean_ids=_padded(tokenizer, clean_ids, corrupt_ids),
         corrupt_ids=_padded(tokenizer, corrupt_ids, clean_ids),
-        answer_ids=torch.tensor(answer_ids),
-        wrong_ids=torch.tensor(wrong_ids),
+        answer_ids=torch.tensor([seq[0] for seq in answer_seqs]),
+        wrong_ids=torch.tensor([seq[0] for seq in wrong_seqs]),
         tokens=token_strings(tokenizer, clean_ids[0]),
         noise=spec,
         noise_positions=positions,
+        answer_seqs=answer_seqs if several else None,
+        wrong_seqs=wrong_seqs if several else None,
         **spans,
     )
 

@@ -24,10 +24,12 @@ from typing import Any
 import nnsight
 import torch
 
+from ..core import continuation
 from ..core import metrics as M
 from ..core.cells import Write, span_write
+from ..core.continuation import Extension
 from ..core.remote import trace_kwargs
-from ..core.sites import ModelInfo, add_noise, attend_all, last_logits, last_tokens, on_input_device, raw, reshape
+from ..core.sites import ModelInfo, add_noise, last_logits, on_input_device, raw, reshape
 from ..data.prompts import PromptBatch
 from .grid import Grid
 
@@ -110,23 +112,25 @@ def _source_pass(
     direction: str,
     noise: torch.Tensor | None,
     remote: bool | str,
+    ext: Extension | None = None,
 ) -> tuple[dict, torch.Tensor]:
-    """The source run, without gradients: the activations patching would copy in, and its last logits."""
-    source_keep, source_last = last_tokens(source_len, source_ids.shape[1])
+    """The source run, without gradients: the activations patching would copy in, and its last logits
+    (with ``ext``, its rows' continuations, and the logits carry their scores: ``continuation.scored``)."""
+    keep, last, every = continuation.kept(source_len, source_ids.shape[1], ext)
     # Containers filled in a trace are made and saved inside it: on a remote server only saved values come back.
     with torch.no_grad():
         with model.trace(
             on_input_device(model, source_ids),
             **trace_kwargs(model, remote),
-            logits_to_keep=source_keep,
-            attention_mask=attend_all(model, *source_ids.shape),
+            logits_to_keep=keep,
+            **continuation.inputs(model, ext, source_ids.shape),
         ):
             source = nnsight.save({})
             add_noise(model, info, noise if direction == "noise" else None, slice(None))
             for layer in grid.layers:
                 source[layer] = raw(model, info, grid.site, layer).detach().clone().save()
-            source_logits = last_logits(model, info, source_last).detach().save()
-    return source, source_logits
+            source_logits = last_logits(model, info, last if ext is None else every).detach().save()
+    return source, source_logits if ext is None else continuation.scored(source_logits, ext)
 
 
 def _target_pass(
@@ -141,16 +145,17 @@ def _target_pass(
     noise: torch.Tensor | None,
     remote: bool | str,
     source_logits: torch.Tensor,
+    ext: Extension | None = None,
 ) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
     """The target run, and the metric's gradient at each of the grid's activations: acts, grads, logits, metric."""
-    target_keep, target_last = last_tokens(target_len, target_ids.shape[1])
+    keep, last, every = continuation.kept(target_len, target_ids.shape[1], ext)
     answer, wrong = prompts.answer_ids, prompts.wrong_ids
     with torch.enable_grad():
         with model.trace(
             on_input_device(model, target_ids),
             **trace_kwargs(model, remote),
-            logits_to_keep=target_keep,
-            attention_mask=attend_all(model, *target_ids.shape),
+            logits_to_keep=keep,
+            **continuation.inputs(model, ext, target_ids.shape),
         ):
             acts, target, grads = {}, nnsight.save({}), nnsight.save({})
             add_noise(model, info, noise if direction == "denoise" else None, slice(None))
@@ -160,7 +165,9 @@ def _target_pass(
                     # Frozen weights (requires_grad_(False), as large models are loaded) leave the
                     # activations out of the graph: the gradient is wanted with respect to them only.
                     acts[layer].requires_grad_(True)
-            logits = last_logits(model, info, target_last)
+            logits = last_logits(model, info, last if ext is None else every)
+            if ext is not None:  # the continuations' scores, differentiable like the logits they come from
+                logits = continuation.scored(logits, ext)
             clean = source_logits if direction == "denoise" else logits.detach()
             value = fn(logits, answer, wrong, clean)
             # The backward pass runs inside the trace, where the graph lives (also on a remote server).
@@ -173,6 +180,18 @@ def _target_pass(
             target_logits = logits.detach().save()
             value = value.detach().save()
     return target, grads, target_logits, value
+
+
+def _directed_rows(prompts: PromptBatch, direction: str) -> tuple[tuple, tuple]:
+    """The source's and the target's (ids, real lengths, continuations or None): denoising patches clean into
+    corrupt. With answers of several tokens, each row carries its continuations (``core.continuation``)."""
+    n, ext = prompts.n_pairs, continuation.extend(prompts)
+    ids = torch.cat([prompts.clean_ids, prompts.corrupt_ids]) if ext is None else ext.ids
+    runs = [
+        (ids[half], prompts.lengths[half], None if ext is None else ext.rows(half))
+        for half in (slice(0, n), slice(n, 2 * n))
+    ]
+    return (runs[0], runs[1]) if direction == "denoise" else (runs[1], runs[0])
 
 
 def _estimate_rows(
@@ -193,14 +212,12 @@ def _estimate_rows(
     token embeddings (see ``runs.with_noise``).
     """
 
-    source_ids, target_ids = (
-        (prompts.clean_ids, prompts.corrupt_ids) if direction == "denoise" else (prompts.corrupt_ids, prompts.clean_ids)
+    (source_ids, source_len, source_ext), (target_ids, target_len, target_ext) = _directed_rows(prompts, direction)
+    source, source_logits = _source_pass(
+        model, info, grid, source_ids, source_len, direction, noise, remote, source_ext
     )
-    clean_len, corrupt_len = prompts.lengths.split(prompts.n_pairs)
-    source_len, target_len = (clean_len, corrupt_len) if direction == "denoise" else (corrupt_len, clean_len)
-    source, source_logits = _source_pass(model, info, grid, source_ids, source_len, direction, noise, remote)
     target, grads, target_logits, value = _target_pass(
-        model, info, grid, prompts, target_ids, target_len, fn, direction, noise, remote, source_logits
+        model, info, grid, prompts, target_ids, target_len, fn, direction, noise, remote, source_logits, target_ext
     )
     per_layer = []
     for layer in grid.layers:

@@ -152,8 +152,8 @@ def context(session: Session, pair: str | int, top: PatchResult | None) -> Conte
         "n_pairs": prompts.n_pairs,
         "clean": sides["clean"],
         "corrupt": sides["corrupt"],
-        "answer": tokenizer.decode([int(prompts.answer_ids[i])]),
-        "wrong": tokenizer.decode([int(prompts.wrong_ids[i])]),
+        "answer": tokenizer.decode(answer_tokens(prompts, "answer", i)),
+        "wrong": tokenizer.decode(answer_tokens(prompts, "wrong", i)),
     }
     baselines = top.settings.get("baselines") if top is not None else None
     if baselines:
@@ -164,6 +164,12 @@ def context(session: Session, pair: str | int, top: PatchResult | None) -> Conte
             "corrupt": baselines["corrupt"][i],
         }
     return out
+
+
+def answer_tokens(prompts: Any, side: str, i: int) -> list[int]:
+    """Every token of pair ``i``'s answer (``side="answer"``) or wrong answer: one, or several."""
+    seqs = getattr(prompts, f"{side}_seqs")
+    return [int(getattr(prompts, f"{side}_ids")[i])] if seqs is None else list(seqs[i])
 
 
 def model_name(model: Any) -> str:

@@ -1,0 +1,179 @@
+"""Answers of several tokens (issue 30): the metric reads the whole continuation by teacher forcing, and the
+engine equals the plain twin (``reference.reference_sequence_patch``: each continuation appended to the
+target prompt and run on its own, one run per cell and continuation) on every site family."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import patchwidget as pw
+from patchwidget import demo_data
+from patchwidget.core import continuation
+from patchwidget.core.batches import NONE
+
+from .close import assert_close, near
+from .reference import continuation_logprob, reference_sequence_attribution, reference_sequence_patch
+from .test_engine_reference import narrowing
+
+# Two IOI pairs whose answers and wrong answers have 1 to 3 tokens, of other lengths than each other's.
+PAIRS = demo_data.ioi_pairs(2, seed=11)
+CLEAN = [p.clean for p in PAIRS]
+CORRUPT = [p.corrupt for p in PAIRS]
+ANSWERS = [f" {PAIRS[0].answer} went to", f" {PAIRS[1].answer}"]
+WRONGS = [f" {PAIRS[0].wrong}", f" {PAIRS[1].wrong} and {PAIRS[1].answer}"]
+SITES = [s for s in pw.SITES]
+
+
+def ids(model, text):
+    return torch.tensor(model.tokenizer(text)["input_ids"])
+
+
+def seq(model, text):
+    return model.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def units_of(model, site, kwargs):
+    config = model._module.config
+    if not pw.SITES[site].unit:
+        return [0]
+    if site == "mlp_neuron":
+        return kwargs["neurons"]
+    kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return list(range(kv if site in ("head_k", "head_v") else config.num_attention_heads))
+
+
+def expected_grid(model, site, direction, kwargs, by_position):
+    """The plain twin's grid, ``(pair, ...)`` as the engine's ``per_pair``."""
+    out = []
+    for clean, corrupt, answer, wrong in zip(CLEAN, CORRUPT, ANSWERS, WRONGS):
+        source, target = (ids(model, clean), ids(model, corrupt))
+        if direction == "noise":
+            source, target = target, source
+        grid = reference_sequence_patch(
+            model._module,
+            source,
+            target,
+            site,
+            list(range(model.config.num_hidden_layers)),
+            units_of(model, site, kwargs),
+            list(range(len(target))),
+            by_position,
+            seq(model, answer),
+            seq(model, wrong),
+        ).numpy()
+        if not pw.SITES[site].unit:
+            grid = grid[:, 0]
+        out.append(grid if by_position else grid[..., 0])
+    return np.stack(out)
+
+
+def test_answers_keep_their_tokens(demo):
+    batch = pw.data.prompts.prepare_prompts(demo.tokenizer, CLEAN, CORRUPT, answer=ANSWERS, wrong=WRONGS)
+    assert [len(s) for s in batch.answer_seqs] == [3, 1] and [len(s) for s in batch.wrong_seqs] == [1, 3]
+    assert batch.width == batch.n_pos + 2 + 2
+    one = pw.data.prompts.prepare_prompts(
+        demo.tokenizer, CLEAN, CORRUPT, answer=[p.answer for p in PAIRS], wrong=[p.wrong for p in PAIRS]
+    )
+    assert one.answer_seqs is None and one.width == one.n_pos  # one-token answers: the engine as it was
+
+
+@pytest.mark.parametrize("model_name", ["gpt2-demo", "qwen2-gqa"])
+@pytest.mark.parametrize("site", SITES)
+def test_grid_equals_plain_twin(tiny_models, model_name, site):
+    model = tiny_models[model_name]
+    kwargs = narrowing(model, site)
+    for direction in ("denoise", "noise"):
+        result = pw.patch(model, CLEAN, CORRUPT, answer=ANSWERS, wrong=WRONGS, site=site, direction=direction, **kwargs)
+        expected = expected_grid(model, site, direction, kwargs, result.dims[-1] == "pos")
+        assert result.per_pair.shape == expected.shape
+        spread = np.abs(expected - result.corrupt_baseline.reshape((-1,) + (1,) * (expected.ndim - 1)))
+        if direction == "denoise":
+            assert spread.max() > 1e-3  # the comparison has power: patching moves the metric somewhere
+        assert_close(result.per_pair, expected, 1e-4, err_msg=direction)
+
+
+@pytest.mark.parametrize("model_name", ["gpt2-demo", "qwen2-gqa"])
+def test_baselines_are_the_continuations_log_probabilities(tiny_models, model_name):
+    model = tiny_models[model_name]
+    result = pw.patch(model, CLEAN, CORRUPT, answer=ANSWERS, wrong=WRONGS, site="resid_pre", layers=[0])
+    for i, (clean, corrupt) in enumerate(zip(CLEAN, CORRUPT)):
+        for text, got in ((clean, result.clean_baseline[i]), (corrupt, result.corrupt_baseline[i])):
+            want = continuation_logprob(model._module, ids(model, text), seq(model, ANSWERS[i]))
+            want -= continuation_logprob(model._module, ids(model, text), seq(model, WRONGS[i]))
+            assert got == near(want, 1e-4)
+    prob = pw.patch(model, CLEAN, CORRUPT, answer=ANSWERS, wrong=WRONGS, site="resid_pre", layers=[0], metric="prob")
+    want = np.exp(continuation_logprob(model._module, ids(model, CLEAN[0]), seq(model, ANSWERS[0])))
+    assert prob.clean_baseline[0] == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("model_name", ["gpt2-demo", "qwen2-gqa"])
+@pytest.mark.parametrize("site", ["resid_pre", "head_out", "mlp_out"])
+def test_attribution_equals_its_directional_derivative(tiny_models, model_name, site):
+    model = tiny_models[model_name]
+    result = pw.patch(model, CLEAN, CORRUPT, answer=ANSWERS, wrong=WRONGS, site=site, method="attribution")
+    for i in range(len(CLEAN)):
+        source, target = ids(model, CLEAN[i]), ids(model, CORRUPT[i])
+        for layer in range(model.config.num_hidden_layers):
+            units = units_of(model, site, {})
+            want = reference_sequence_attribution(
+                model._module,
+                source,
+                target,
+                site,
+                layer,
+                units,
+                list(range(len(target))),
+                seq(model, ANSWERS[i]),
+                seq(model, WRONGS[i]),
+            ).numpy()
+            got = result.per_pair[i, layer] if pw.SITES[site].unit else result.per_pair[i, layer][None]
+            assert_close(got, want, 1e-4, err_msg=f"pair {i} layer {layer}")
+
+
+def test_every_speedup_gives_the_same_grid(demo):
+    """Prefix reuse, packed rows and the plain batched loop read the continuations alike."""
+    grids = [
+        pw.patch(demo, CLEAN, CORRUPT, answer=ANSWERS, wrong=WRONGS, site="resid_pre", speedups=s, batch_size=b)
+        for s, b in ((None, 64), (pw.Speedups(pack=False), 5), (pw.Speedups(reuse_prefix=False), 64))
+    ] + [pw.patch(demo, CLEAN, CORRUPT, answer=ANSWERS, wrong=WRONGS, site="resid_pre", speedups=NONE)]
+    for grid in grids[1:]:
+        assert_close(grid.per_pair, grids[0].per_pair, 1e-5)
+
+
+def test_a_branch_that_sees_the_other_fails_the_comparison(demo, monkeypatch):
+    """The twin has power over the mask: branches that see each other's tokens give other numbers."""
+    built = continuation.build
+
+    def leaky(*args):
+        ext = built(*args)
+        n_pos = args[0].shape[1]
+        allowed = ext.allowed.clone()
+        allowed[:, n_pos:, n_pos:] |= torch.tril(torch.ones_like(allowed[0, n_pos:, n_pos:]))
+        return continuation.Extension(ext.ids, ext.positions, allowed, ext.reads, ext.targets, ext.sign)
+
+    monkeypatch.setattr(continuation, "build", leaky)
+    result = pw.patch(demo, CLEAN, CORRUPT, answer=ANSWERS, wrong=WRONGS, site="resid_pre")
+    expected = expected_grid(demo, "resid_pre", "denoise", {}, True)
+    with pytest.raises(AssertionError):
+        assert_close(result.per_pair, expected, 1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(answer=""), r"answer '' is empty: it tokenizes to no tokens"),
+        (dict(answer=" Mary went", wrong=" Mary went"), r"same tokens \['Mary', 'went'\]"),
+        (dict(answer=" Mary" + " went" * 60), r"answer of pair 0 .* runs past the model's context of 64"),
+        (dict(metric=lambda logits: logits[:, 0]), r"callable of one position's logits"),
+    ],
+)
+def test_bad_input_is_refused_before_compute(demo, monkeypatch, kwargs, message):
+    def no_trace(*args, **kw):
+        raise AssertionError("a forward pass ran")
+
+    monkeypatch.setattr(demo, "trace", no_trace)
+    given = dict(answer=" Mary went to", wrong=" John", site="resid_pre") | kwargs
+    with pytest.raises((pw.PromptError, pw.SettingsError, pw.MetricError), match=message):
+        pw.patch(demo, CLEAN[0], CORRUPT[0], **given)
