@@ -10,6 +10,7 @@ Example:
 
 from .circuits.circuit import Circuit
 from .circuits.faithfulness import ABLATIONS, faithfulness, faithfulness_nodes
+from .circuits.generate import Generation, generate
 from .circuits.joint import JointResult, patch_sites
 from .core.batches import Speedups
 from .core.cells import Cell
@@ -58,6 +59,7 @@ __all__ = [
     "Arch",
     "Cell",
     "Circuit",
+    "Generation",
     "JointResult",
     "MemoryBudgetError",
     "MessageError",
@@ -87,6 +89,7 @@ __all__ = [
     "faithfulness_nodes",
     "find_bottleneck",
     "find_circuit",
+    "generate",
     "load_model",
     "logit_lens",
     "noise",

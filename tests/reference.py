@@ -699,3 +699,45 @@ def reference_dla(model, ids, answer, wrong):
     if getattr(norm, "bias", None) is not None:
         rest += float(norm.bias.float() @ u)
     return heads, rest
+
+
+# --- generation under a patch: the full sequence rerun for every new token --------------------------
+
+
+def reference_generate(model, source_ids, target_ids, writes, max_new_tokens, eos=None):
+    """Greedy continuation of ``target_ids`` with some activations of its prompt positions taken from the source.
+
+    ``writes`` is a list of ``(site, layer, unit, pairs)``: ``unit`` a head (or neuron) index, or
+    None for the whole activation; ``pairs`` a list of (source position, target position). The
+    source prompt runs alone, recording each site; then every step runs the WHOLE sequence so far
+    (prompt and the tokens generated) with no cache, hooks overwriting the prompt positions at the
+    sites with the source values (the generated positions are never written), and appends the argmax
+    of the last position's logits. Stops before ``eos`` (not included). ``writes=[]``: plain greedy.
+    Returns the new token ids.
+    """
+    sizes = Sizes(model.config)
+    # Every source value is captured before any hook is registered: the source run must be left unpatched.
+    sources = [capture(model, source_ids, site, layer) for site, layer, _, _ in writes]  # (source pos, unit, width)
+    handles = []
+    for (site, layer, unit, pairs), src in zip(writes, sources):
+
+        def put(act, src=src, unit=unit, pairs=pairs):
+            which = slice(None) if unit is None else unit
+            for s, t in pairs:
+                act[t, which] = src[s, which]
+
+        handles.append(site_hooks(model, site, layer, sizes, put))
+    sequence, new = target_ids.tolist(), []
+    try:
+        for _ in range(max_new_tokens):
+            with torch.no_grad():
+                logits = model(torch.tensor(sequence)[None]).logits[0, -1]
+            token = int(logits.argmax())
+            if token == eos:
+                break
+            new.append(token)
+            sequence.append(token)
+    finally:
+        for h in handles:
+            h.remove()
+    return new

@@ -31,12 +31,19 @@ CALLS = {
         (1, "head_out")
     ].numpy(),
     "attention_pattern": lambda m, kw: _call(attention_pattern, m, kw, prompt=TEXTS["clean"][0], layer=1, head=2),
+    "generate": lambda m, kw: _tokens(
+        _call(pw.generate, m, kw, clean=TEXTS["clean"], corrupt=TEXTS["corrupt"], cells=CELLS, max_new_tokens=3)
+    ),
     "explore": lambda m, kw: _widget_values(_call(pw.explore, m, kw, **TEXTS, preview=False)),
 }
 
 
 def _call(fn, model, by_keyword, **kwargs):
     return fn(model=model, **kwargs) if by_keyword else fn(model, **kwargs)
+
+
+def _tokens(generation):
+    return np.array(sum(generation.clean_ids + generation.corrupt_ids + generation.patched_ids, []))
 
 
 def _widget_values(widget):

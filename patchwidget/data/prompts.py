@@ -467,3 +467,35 @@ def broadcast_texts(value: Texts, name: str, n: int) -> list[str]:
     if len(values) != n:
         raise PromptError(f"{name} has {len(values)} entries but there are {n} prompt pairs")
     return values
+
+
+def prepare_pairs(tokenizer: Any, clean: Texts, corrupt: Texts, *, max_len: int | None = None) -> PromptBatch:
+    """Tokenize prompt pairs that have no answers (generation), with the checks of ``prepare_prompts``.
+
+    The batch's ``answer``/``wrong`` are empty and its ``answer_ids``/``wrong_ids`` hold
+    no ids: nothing may read them. Noise is refused (a corrupted run of its own is needed).
+
+    Example:
+        >>> prepare_pairs(tokenizer, "The capital of France is", "The capital of Japan is").n_pos  # doctest: +SKIP
+        5
+    """
+    if isinstance(corrupt, Noise):
+        raise PromptError("corrupt must be corrupted prompts here, not noise(): each run is continued on its own")
+    clean_p, corrupt_p = _paired(clean, corrupt, None)
+    templated = _templated(clean_p + corrupt_p)
+    clean_l, corrupt_l = [str(c) for c in clean_p], [str(k) for k in corrupt_p]
+    clean_ids, corrupt_ids = _tokenize_pairs(tokenizer, clean_l, corrupt_l, templated, False, max_len)
+    spans = _span_fields(tokenizer, clean_p, corrupt_p, clean_ids, corrupt_ids) if templated else {}
+    none = torch.empty(0, dtype=torch.long)
+    return PromptBatch(
+        clean=clean_l,
+        corrupt=corrupt_l,
+        answer=[],
+        wrong=[],
+        clean_ids=_padded(tokenizer, clean_ids, corrupt_ids),
+        corrupt_ids=_padded(tokenizer, corrupt_ids, clean_ids),
+        answer_ids=none,
+        wrong_ids=none,
+        tokens=token_strings(tokenizer, clean_ids[0]),
+        **spans,
+    )
