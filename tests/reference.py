@@ -531,7 +531,8 @@ def reference_faithfulness(model, pairs, kept, ablation="patch", metric="logit_d
     None (kept at every position) or a set of positions. m(C) runs each clean prompt with a hook on
     every other component (and on the kept ones at their other positions) that overwrites it with
     its activation on that pair's corrupted prompt (``ablation="mean"``: the mean over all the
-    corrupted prompts), one run per pair; the logit difference at the last position. ``kept`` may
+    corrupted prompts), one run per pair; the logit difference at the last position (``answer`` and
+    ``wrong`` lists of ids: the continuations' log-probabilities, the prompt's positions replaced). ``kept`` may
     also be a list of such maps, one per pair (a span's positions differ from pair to pair).
     ``metric="logit_diff_norm"``: each pair's logit difference rescaled by that pair's own plain
     clean and corrupted runs (clean 1, corrupted 0) before the means.
@@ -558,6 +559,7 @@ def reference_faithfulness(model, pairs, kept, ablation="patch", metric="logit_d
         values = [mean] * len(pairs)
 
     def patched(ids, a, w, replace, circuit):
+        n = len(ids)  # the prompt's positions: only they are replaced (a continuation is computed)
         handles = []
         for site, layer in {(s, la) for s, la, _ in everything}:
             units = [u for s, la, u in everything if (s, la) == (site, layer)]
@@ -567,20 +569,28 @@ def reference_faithfulness(model, pairs, kept, ablation="patch", metric="logit_d
                     keep = circuit.get((site, layer, u), set())  # None: kept at every position
                     if keep is None:
                         continue
-                    for p in range(act.shape[0]):
-                        if p not in keep and p - act.shape[0] not in keep:
+                    for p in range(n):
+                        if p not in keep and p - n not in keep:
                             act[p, u] = replace[(site, layer)][p, u]
 
             handles.append(site_hooks(model, *where.get((site, layer), (site, layer)), sizes, write))
         try:
-            with torch.no_grad():
-                logits = model(ids[None]).logits[0, -1]
+            return plain(ids, a, w)
         finally:
             for h in handles:
                 h.remove()
-        return float(logits[a] - logits[w])
 
     def plain(ids, a, w):
+        """The logit difference at the last position; for answers of several tokens (lists of ids),
+        log p(a | prompt) - log p(w | prompt) by teacher forcing, each continuation run on its own."""
+        if isinstance(a, list):
+            score = 0.0
+            for seq, sign in ((a, 1), (w, -1)):
+                with torch.no_grad():
+                    logp = model(torch.cat([ids, torch.tensor(seq[:-1], dtype=torch.long)])[None]).logits[0]
+                logp = logp.float().log_softmax(-1)
+                score += sign * sum(float(logp[len(ids) - 1 + k, t]) for k, t in enumerate(seq))
+            return score
         with torch.no_grad():
             logits = model(ids[None]).logits[0, -1]
         return float(logits[a] - logits[w])

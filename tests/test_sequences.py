@@ -14,8 +14,14 @@ from patchwidget.core import continuation
 from patchwidget.core.batches import NONE
 
 from .close import assert_close, near
-from .reference import continuation_logprob, reference_sequence_attribution, reference_sequence_patch
+from .reference import (
+    continuation_logprob,
+    reference_faithfulness,
+    reference_sequence_attribution,
+    reference_sequence_patch,
+)
 from .test_engine_reference import narrowing
+from .test_faithfulness import _kept, _random_sets
 
 # Two IOI pairs whose answers and wrong answers have 1 to 3 tokens, of other lengths than each other's.
 PAIRS = demo_data.ioi_pairs(2, seed=11)
@@ -177,3 +183,52 @@ def test_bad_input_is_refused_before_compute(demo, monkeypatch, kwargs, message)
     given = dict(answer=" Mary went to", wrong=" John", site="resid_pre") | kwargs
     with pytest.raises((pw.PromptError, pw.SettingsError, pw.MetricError), match=message):
         pw.patch(demo, CLEAN[0], CORRUPT[0], **given)
+
+
+def test_template_pairs_of_other_lengths_equal_each_pair_alone(demo):
+    """A shorter pair's row is padded to the longest prompt: its continuations must see its real tokens only
+    (not the pads) and go on from its own last token, so each pair reads as it reads alone."""
+    t = pw.Template("When {IO} and {S1} went to the {PLACE} , {S2} gave a drink to")
+    clean = [
+        t.fill(IO="Mary", S1="John", PLACE="store", S2="John"),
+        t.fill(IO="Tom", S1="Lisa", PLACE="silver castle", S2="Lisa"),
+    ]
+    corrupt = [
+        t.fill(IO="Mary", S1="John", PLACE="store", S2="Mary"),
+        t.fill(IO="Tom", S1="Lisa", PLACE="silver castle", S2="Tom"),
+    ]
+    answers, wrongs = [" Mary went to", " Tom"], [" John", " Lisa and Tom"]
+    for site in ("resid_pre", "head_out"):
+        both = pw.patch(demo, clean, corrupt, answer=answers, wrong=wrongs, site=site)
+        assert both.dims[-1] == "span"
+        for i in range(2):
+            alone = pw.patch(demo, clean[i], corrupt[i], answer=answers[i], wrong=wrongs[i], site=site)
+            assert_close(both.per_pair[i], alone.per_pair[0], 1e-4, err_msg=f"{site} pair {i}")
+            assert both.clean_baseline[i] == near(float(alone.clean_baseline[0]), 1e-4)
+
+
+@pytest.mark.parametrize("model_name", ["gpt2-demo", "qwen2-gqa"])
+@pytest.mark.parametrize("ablation", ["patch", "mean"])
+def test_faithfulness_equals_the_plain_twin(tiny_models, model_name, ablation):
+    """MIB's f with the continuations' log-probabilities: every node outside C carries its corrupted value at
+    the prompt's positions, the continuations computed (``reference_faithfulness`` with lists of ids)."""
+    model = tiny_models[model_name]
+    plain = [
+        (ids(model, c), ids(model, k), seq(model, a), seq(model, w))
+        for c, k, a, w in zip(CLEAN, CORRUPT, ANSWERS, WRONGS)
+    ]
+    for cells in _random_sets(model, np.random.default_rng(1), 3):
+        got = pw.faithfulness(model, CLEAN, CORRUPT, answer=ANSWERS, wrong=WRONGS, circuit=cells, ablation=ablation)
+        assert got == near(reference_faithfulness(model._module, plain, _kept(cells), ablation), 1e-4)
+
+
+def test_joint_patch_and_path_patch_read_the_continuations(demo):
+    """``patch_sites`` and ``path_patch`` through the same loop: one cell equals its grid's cell, and a
+    last-layer sender's path to the logits equals patching its output at every position."""
+    kw = dict(answer=ANSWERS, wrong=WRONGS)
+    grid = pw.patch(demo, CLEAN, CORRUPT, site="head_out", **kw)
+    joint = pw.patch_sites(demo, CLEAN, CORRUPT, cells=[pw.Cell("head_out", 3, head=1, pos=-1)], **kw)
+    assert_close(joint.per_pair_joint, grid.per_pair[:, 3, 1, -1], 1e-4)
+    whole = pw.patch(demo, CLEAN, CORRUPT, site="head_out", by_position=False, **kw)
+    path = pw.path_patch(demo, CLEAN, CORRUPT, senders=[(3, 1)], **kw)
+    assert_close(path.per_pair.reshape(-1), whole.per_pair[:, 3, 1], 1e-4)
