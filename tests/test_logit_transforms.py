@@ -131,3 +131,18 @@ def test_the_two_column_shortcut_is_used_only_where_the_logits_are_the_unembeddi
     assert not calls  # observed: these logits are transformed after the unembedding
     pw.patch(demo, **TEXTS, metric="logit_diff", layers=[0])
     assert calls
+
+
+def test_answers_of_several_tokens_read_the_models_logits(transformed, demo, monkeypatch):
+    """A continuation's log-probabilities come from the model's own (transformed) logits at every read, and
+    the shortcut that unembeds only the reads is taken only where the logits are the unembedding's."""
+    from .test_sequences import ANSWERS, CLEAN, CORRUPT, WRONGS, expected_grid
+
+    calls = []
+    original = engine.answer_logits
+    monkeypatch.setattr(engine, "answer_logits", lambda *a: calls.append(1) or original(*a))
+    r = pw.patch(transformed, CLEAN, CORRUPT, answer=ANSWERS, wrong=WRONGS, site="resid_pre")
+    assert_close(r.per_pair, expected_grid(transformed, "resid_pre", "denoise", {}, True), 1e-4)
+    assert not calls
+    pw.patch(demo, CLEAN, CORRUPT, answer=ANSWERS, wrong=WRONGS, site="resid_pre", layers=[0])
+    assert calls

@@ -134,7 +134,9 @@ class Speedups:
     reuse_prefix: bool = True  # a copy computes from its first changed position over the target run's cached keys
     pack: bool = True  # short copies of one pair share a row, end to end, under a 4D attention mask
     trim_last_mlp: bool = True  # the last block's MLP runs at the last position only where nothing else is read
-    two_columns: bool = True  # the logit difference unembeds only the answer and wrong columns
+    # The logit difference unembeds only the answer and wrong columns; with answers of several tokens, every
+    # column but only at the positions read (a packed row would otherwise unembed every copy's reads).
+    two_columns: bool = True
     max_positions: int | None = CPU_PASS_POSITIONS  # rows x positions per pass on a CPU (None: no cap)
     pass_overhead: float = PASS_OVERHEAD  # the cost of one block a pass runs, in positions through it
 
@@ -172,7 +174,7 @@ def choose(
         reuse_prefix=wanted.reuse_prefix and not remote and not pattern,
         pack=wanted.pack and not remote and not pattern and packable,
         trim_last_mlp=wanted.trim_last_mlp and not sequences,
-        two_columns=wanted.two_columns and columns_metric and not remote,
+        two_columns=wanted.two_columns and (columns_metric or sequences) and not remote,
         max_positions=wanted.max_positions if on_cpu and not remote else None,
         pass_overhead=REMOTE_PASS_OVERHEAD if remote else wanted.pass_overhead,
     )

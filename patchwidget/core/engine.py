@@ -364,7 +364,7 @@ def patched_metric(
         info.d_model,
         runs.target_len[pairs_of].tolist() if ext is None else [width] * len(copies),
         reuse=speedups.reuse_prefix and runs.target_kv is not None,
-        two_columns=unembed is not None,
+        two_columns=unembed is not None and ext is None,
         ext=ext,
     )
     ids = (prompts.answer_ids, prompts.wrong_ids)
@@ -415,6 +415,8 @@ def run_pass(
         inputs[CACHE] = prefix_cache(model, runs.target_kv, lay.pairs, p.cache_end)
     if p.columns is not None:  # made here: names bound inside a trace's body do not come out of it
         weight, bias = unembed[0][p.columns], None if unembed[1] is None else unembed[1][p.columns]
+    elif unembed is not None:  # continuations: every column, at the reads only (not at every kept index of every row)
+        weight, bias = unembed
     with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=p.keep, **inputs):
         got = nnsight.save({})  # made inside: only saved values come back from a server
         noise = None if runs.target_noise is None else runs.target_noise[at]
@@ -428,7 +430,7 @@ def run_pass(
                 got[(layer, site)] = view(model, info, site, layer).detach().clone().save()
         if p.trim_last_mlp:
             mlp_at_last_position(model, info)
-        if p.columns is None:
+        if unembed is None:
             logits = last_logits(model, info, p.last).detach().save()
         else:
             logits = answer_logits(model, info, p.last, weight, bias).detach().save()
