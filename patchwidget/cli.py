@@ -56,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--clean", help="the clean prompt (default: the bundled IOI example)")
     run.add_argument("--corrupt", help="the corrupted prompt, same number of tokens")
-    run.add_argument("--answer", help="the token the clean prompt should predict")
-    run.add_argument("--wrong", help="the token the corrupted prompt predicts")
+    run.add_argument(
+        "--answer", help="the answer the clean prompt should predict: one token or several (scored as a sequence)"
+    )
+    run.add_argument("--wrong", help="the answer the corrupted prompt predicts: one token or several")
     run.add_argument(
         "--template",
         help="a prompt template with {SLOT}s; --clean and --corrupt then give slot values, e.g. 'IO=Mary,S=John' "
@@ -101,6 +103,26 @@ def format_table(result: PatchResult) -> str:
     for j, col in enumerate(cols):
         lines.append(f"{col:<{width}}" + "".join(f"{table[i, j]:9.3f}" for i in range(len(rows))))
     return "\n".join(lines)
+
+
+def describe(result: PatchResult, tokenizer: Any, scale: str) -> str:
+    """The line above a table: what was patched and measured, the answers as text with their tokens.
+
+    Example:
+        >>> describe(result, model.tokenizer, "normalized")   # doctest: +SKIP
+        "attn_out · denoise · logit_diff, normalised (clean 1, corrupted 0) · answer 'Paris is' ['Paris', 'is'] ..."
+    """
+    from .data.templates import token_strings
+
+    s = result.settings
+    tokens = lambda text: token_strings(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"])
+    answer, wrong = s["answer"][0], s["wrong"][0]
+    more = len(s["answer"]) - 1
+    shown = ", normalised (clean 1, corrupted 0)" if scale == "normalized" else ""
+    return (
+        f"{s['site']} · {s['direction']} · {s['metric']}{shown} · answer {answer!r} {tokens(answer)} "
+        f"vs wrong {wrong!r} {tokens(wrong)}" + (f" (pair 0; {more} more)" if more else "")
+    )
 
 
 def _int_list(text: str) -> list[int]:
@@ -234,6 +256,7 @@ def _write(
     elif args.out is not None and args.out.suffix in (".json", ".npz"):
         result.save(args.out)  # the computed values: the scale is how they are shown
     elif args.out is None:
+        print(describe(result, model.tokenizer, args.scale))
         print(format_table(_shown(result, args.scale)))
     else:
         figure = _shown(result, args.scale).plot()

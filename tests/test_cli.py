@@ -67,7 +67,11 @@ def test_demo_table_png_and_html(tmp_path, capsys):
     assert main(["run"]) == 0
     table = capsys.readouterr().out
     lines = table.splitlines()
-    assert lines[0].split() == ["L0", "L1", "L2", "L3"] and lines[-1].startswith("to (13)")  # one line per token
+    assert lines[0] == (  # what is patched, the answers with their tokens
+        "resid_pre · denoise · logit_diff, normalised (clean 1, corrupted 0) · answer 'Mary' ['Mary'] "
+        "vs wrong 'John' ['John']"
+    )
+    assert lines[1].split() == ["L0", "L1", "L2", "L3"] and lines[-1].startswith("to (13)")  # one line per token
     ioi_texts = (
         "When Mary and John went to the store , John gave a drink to",
         "When Mary and John went to the store , Mary gave a drink to",
@@ -153,7 +157,9 @@ def test_template_prompts_of_different_lengths(demo, capsys, tmp_path):
         metric="logit_diff",
     )
     n = len(direct.coords["layer"])  # each line: a span's label (may hold spaces), then one value per layer
-    rows = {" ".join(line.split()[:-n]): [float(x) for x in line.split()[-n:]] for line in table[1:]}
+    rows = {
+        " ".join(line.split()[:-n]): [float(x) for x in line.split()[-n:]] for line in table[2:]
+    }  # after what is patched and the layers
     assert list(rows) == direct.coords["span"]
     assert_close(rows["PLACE"], direct.values[:, direct.coords["span"].index("PLACE")], 1e-3)
     page = tmp_path / "spans.html"
@@ -194,3 +200,20 @@ def test_the_page_refuses_the_normalised_metric_before_loading_a_model(tmp_path)
     result = run_cli("run", "--metric", "logit_diff_norm", "--out", str(tmp_path / "grid.html"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "use --metric logit_diff" in result.stderr and not (tmp_path / "grid.html").exists()
+
+
+def test_answers_of_several_tokens(demo, tmp_path, capsys):
+    """``--answer "Paris is"`` is scored as a sequence, as ``pw.patch`` scores it; the table says the answers."""
+    args = ["run", *FACT[:4], "--answer", "Paris is", "--wrong", "Tokyo", "--site", "attn_out"]
+    out = tmp_path / "grid.json"
+    assert main([*args, "--out", str(out)]) == 0
+    direct = pw.patch(
+        demo, "The capital of France is", "The capital of Japan is", answer="Paris is", wrong="Tokyo", site="attn_out"
+    )
+    assert_close(pw.PatchResult.load(out).values, direct.values, 1e-6)
+    assert direct.settings["answer"] == ["Paris is"]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert (
+        capsys.readouterr().out.splitlines()[0].endswith("answer 'Paris is' ['Paris', 'is'] vs wrong 'Tokyo' ['Tokyo']")
+    )

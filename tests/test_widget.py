@@ -470,3 +470,23 @@ def test_one_pair_on_show_labels_the_columns_with_its_own_tokens(widget, demo):
     send(widget, type="set", request_id=3, key="pair", value="mean")
     assert wait_idle(widget, 3)["state"] == "idle"
     assert widget.view["panels"][0]["cols"] == [f"{t} ({i})" for i, t in enumerate(first)]
+
+
+def test_answers_of_several_tokens(demo):
+    """Issue 30: the widget patches answers of several tokens as the function does (the whole continuation's
+    log-probabilities), says them whole in its header, and the lens, which reads one position, says why not."""
+    texts = dict(TEXTS, answer=[f" {p.answer} went to" for p in PAIRS], wrong=[f" {p.wrong}" for p in PAIRS])
+    w = pw.explore(demo, **texts)
+    try:
+        assert w.context["answer"] == f"{PAIRS[0].answer} went to" and w.context["wrong"] == PAIRS[0].wrong
+        want = pw.patch(demo, **texts).normalized().values
+        assert_close(np.array(w.view["panels"][0]["values"], dtype=float), want, 1e-5)
+        send(w, type="drill", request_id=1, panel="resid_pre", row=3, col=13)
+        assert wait_idle(w, 1)["state"] == "idle"
+        heads = pw.patch(demo, **texts, site="head_out", layers=[3]).normalized()
+        assert_close(np.array(w.view["panels"][0]["values"], dtype=float).ravel(), heads.values.ravel(), 1e-5)
+        send(w, type="set", request_id=2, key="site", value="lens")
+        status = wait_idle(w, 2)
+        assert status["state"] == "error" and "read one position's logits" in status["message"]
+    finally:
+        w.close()

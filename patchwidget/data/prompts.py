@@ -239,16 +239,18 @@ def _check_known(tokenizer: Any, ids: list[int], text: str, name: str) -> None:
         )
 
 
-def one_token(tokenizer: Any, text: str, name: str) -> int:
-    """The id of ``text`` (an answer), which must be exactly one token the vocabulary knows."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+def one_token(tokenizer: Any, text: str, name: str, why: str = "") -> int:
+    """The id of ``text`` (an answer), which must be exactly one token the vocabulary knows; ``why`` says
+    what reads one token only (patching itself scores answers of several tokens)."""
+    ids = answer_tokens(tokenizer, text, name)
     if len(ids) != 1:
-        hint = " (GPT-2-style tokenizers usually want a leading space, e.g. ' Paris')"
-        raise PromptError(
-            f"{name} {text!r} must be exactly one token, but it tokenizes to {len(ids)}: "
-            f"{token_strings(tokenizer, ids)}{hint if len(ids) > 1 else ''}"
+        hint = (
+            " (GPT-2-style tokenizers usually want a leading space, e.g. ' Paris')" if " " not in text.strip() else ""
         )
-    _check_known(tokenizer, ids, text, name)
+        raise PromptError(
+            f"{name} {text!r} must be exactly one token{why}, but it tokenizes to {len(ids)}: "
+            f"{token_strings(tokenizer, list(ids))}{hint}"
+        )
     return ids[0]
 
 

@@ -61,8 +61,12 @@ def tokenize_prompts(model: Any, prompts: Any, answer: Texts, wrong: Texts) -> t
         raise PromptError(f"prompts must be a non-empty prompt or list of prompts, got {prompts!r}")
     tok = model.tokenizer
     ids = [list(tok(str(t))["input_ids"]) for t in texts]
-    answers = [one_token(tok, a, "answer") for a in broadcast_texts(answer, "answer", len(texts))]
-    wrongs = [one_token(tok, w, "wrong") for w in broadcast_texts(wrong, "wrong", len(texts))]
+    why = (
+        " for the lens and direct logit attribution, which read one position's logits (patching, path patching "
+        "and the circuit searches score answers of several tokens)"
+    )
+    answers = [one_token(tok, a, "answer", why) for a in broadcast_texts(answer, "answer", len(texts))]
+    wrongs = [one_token(tok, w, "wrong", why) for w in broadcast_texts(wrong, "wrong", len(texts))]
     return ids, answers, wrongs
 
 
