@@ -139,8 +139,8 @@ def test_answers_of_several_tokens_read_the_models_logits(transformed, demo, mon
     from .test_sequences import ANSWERS, CLEAN, CORRUPT, WRONGS, expected_grid
 
     calls = []
-    original = engine.answer_logits
-    monkeypatch.setattr(engine, "answer_logits", lambda *a: calls.append(1) or original(*a))
+    original = engine.final_hidden
+    monkeypatch.setattr(engine, "final_hidden", lambda *a: calls.append(1) or original(*a))
     r = pw.patch(transformed, CLEAN, CORRUPT, answer=ANSWERS, wrong=WRONGS, site="resid_pre")
     assert_close(r.per_pair, expected_grid(transformed, "resid_pre", "denoise", {}, True), 1e-4)
     assert not calls

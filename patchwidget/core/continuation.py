@@ -142,3 +142,36 @@ def scored(logits: torch.Tensor, ext: Extension) -> torch.Tensor:
     (``metrics.with_scores``): the last prompt token's logits and the two continuations' log-probabilities."""
     logits = logits.view(len(ext.reads), -1, logits.shape[-1])  # (row, read, vocab)
     return with_scores(logits[:, 0], scores(logits, ext))
+
+
+def scored_hidden(
+    hidden: torch.Tensor, ext: Extension, unembed: tuple[torch.Tensor, torch.Tensor | None], difference_only: bool
+) -> torch.Tensor:
+    """``scored`` from the unembedding's input at every read, ``(row * read, d_model)``, unembedded here with
+    ``unembed`` (weight, bias), each read with what it needs.
+
+    With ``difference_only`` (the metric reads only log p(answer) - log p(wrong)), the two reads at the prompt's
+    last token take their token's logit alone: that position's normaliser is in both sums and cancels, so only
+    the continuations' own positions need every column. The two scores are then each off by that normaliser,
+    their difference exact, and no last-position logits are kept (``(row, 2)``).
+    """
+    weight, bias = unembed
+    rows, n_read = ext.reads.shape
+    h = hidden.view(rows, n_read, -1)  # (row, read, d_model)
+    device = h.device
+    weight = weight.to(device, h.dtype)
+    bias = None if bias is None else bias.to(device, h.dtype)
+    sign, targets = ext.sign.to(device), ext.targets.to(device)
+    first = (ext.reads == ext.reads[:, :1]).to(device) & (sign != 0)  # (row, read): at the prompt's last token
+    full = (sign != 0) & ~first if difference_only else sign != 0
+    values = torch.zeros(rows, n_read, device=device)
+    logits = h[full] @ weight.T + (0 if bias is None else bias)  # (full read, vocab)
+    values[full] = logits.float().log_softmax(-1).gather(-1, targets[full][:, None])[:, 0]
+    if difference_only:
+        own = (h[first] * weight[targets[first]]).sum(-1) + (0 if bias is None else bias[targets[first]])
+        values[first] = own.float()
+    scores = torch.stack([torch.where(sign > 0, values, 0.0).sum(1), torch.where(sign < 0, values, 0.0).sum(1)], 1)
+    if difference_only:
+        return scores.cpu()
+    last = h[:, 0] @ weight.T + (0 if bias is None else bias)  # (row, vocab) at the prompt's last token
+    return with_scores(last, scores).cpu()

@@ -58,6 +58,7 @@ from .sites import (
     attend_all,
     check_site_supported,
     check_wrapped,
+    final_hidden,
     last_logits,
     layer_module,
     mlp_at_last_position,
@@ -378,7 +379,7 @@ def patched_metric(
     if progress is not None and done:
         progress(done, len(copies))
     for p in planned.passes:
-        logits, got = run_pass(model, info, runs, p, unembed, request.remote)
+        logits, got = run_pass(model, info, runs, p, unembed, request.remote, fn.answer_columns_only)
         pairs = pairs_of[p.copies]
         answer, wrong = prompts.answer_ids[pairs], prompts.wrong_ids[pairs]
         if p.columns is not None:  # the logits' columns are p.columns, in order
@@ -402,8 +403,10 @@ def run_pass(
     p: passes.Pass,
     unembed: tuple[torch.Tensor, torch.Tensor | None] | None,
     remote: bool | str,
+    difference_only: bool = False,
 ) -> tuple[Any, dict]:
-    """One planned pass, inside one trace: its last-token logits ``(copy, vocab or len(p.columns))`` and its reads."""
+    """One planned pass, inside one trace: its last-token logits ``(copy, vocab or len(p.columns))`` and its reads
+    (with continuations, what ``metrics.with_scores`` holds; ``difference_only``: see ``scored_hidden``)."""
     lay = p.lay
     at = (lay.pairs[:, None], lay.positions)  # each index of the pass, as (pair, prompt position)
     ids = runs.target_ids[at]
@@ -415,8 +418,6 @@ def run_pass(
         inputs[CACHE] = prefix_cache(model, runs.target_kv, lay.pairs, p.cache_end)
     if p.columns is not None:  # made here: names bound inside a trace's body do not come out of it
         weight, bias = unembed[0][p.columns], None if unembed[1] is None else unembed[1][p.columns]
-    elif unembed is not None:  # continuations: every column, at the reads only (not at every kept index of every row)
-        weight, bias = unembed
     with model.trace(on_input_device(model, ids), **trace_kwargs(model, remote), logits_to_keep=p.keep, **inputs):
         got = nnsight.save({})  # made inside: only saved values come back from a server
         noise = None if runs.target_noise is None else runs.target_noise[at]
@@ -432,10 +433,15 @@ def run_pass(
             mlp_at_last_position(model, info)
         if unembed is None:
             logits = last_logits(model, info, p.last).detach().save()
+        elif p.columns is None:  # continuations: the reads' hidden states, unembedded below as each needs
+            hidden = final_hidden(model, info, p.last).detach().save()
         else:
             logits = answer_logits(model, info, p.last, weight, bias).detach().save()
-    if runs.target_ext is not None:  # (copy * read, vocab): the last prompt token's logits and the scores
-        logits = continuation.scored(logits, runs.target_ext.rows(lay.pairs[lay.copy_row]))
+    ext = None if runs.target_ext is None else runs.target_ext.rows(lay.pairs[lay.copy_row])
+    if ext is not None and unembed is not None:
+        logits = continuation.scored_hidden(hidden, ext, unembed, difference_only)
+    elif ext is not None:  # (copy * read, vocab): the last prompt token's logits and the scores
+        logits = continuation.scored(logits, ext)
     return logits, got
 
 

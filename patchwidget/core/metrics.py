@@ -85,7 +85,9 @@ class ResolvedMetric:
     name: str  # what results record: the metric's name, or a callable's ``__name__``
     fn: MetricFn  # row-wise ``f(logits, answer_ids, wrong_ids, clean_logits)`` -> ``(rows,)``
     normalized: bool = False  # each pair rescaled so that clean is 1 and corrupt 0, once the baselines are known
-    answer_columns_only: bool = False  # reads only the answer and wrong logits: two unembedding columns suffice
+    # Reads only the answer and wrong logits (two unembedding columns suffice); on sequences, only the difference of
+    # the two continuations' scores.
+    answer_columns_only: bool = False
     # Answers of several tokens: the logits ``fn`` receives are ``with_scores``' (the last prompt position's
     # logits, then the answer's and the wrong answer's summed log-probabilities as two more columns).
     sequences: bool = False
@@ -147,8 +149,17 @@ def with_scores(last: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
 def _on_sequences(metric: Metric) -> ResolvedMetric:
     """``metric`` read from ``with_scores``' rows: the continuations' log-probabilities and the last logits."""
     if metric in ("logit_diff", "logit_diff_norm"):
+        # Reads only the two scores' difference: a pass may give scores each off by one normaliser that cancels
+        # (``continuation.scored_hidden``), and no last-position logits.
         fn = lambda x, answer, wrong, clean: x[:, -2] - x[:, -1]
-        return ResolvedMetric(metric, fn, normalized=metric == "logit_diff_norm", sequences=True, given=metric)
+        return ResolvedMetric(
+            metric,
+            fn,
+            normalized=metric == "logit_diff_norm",
+            answer_columns_only=True,
+            sequences=True,
+            given=metric,
+        )
     if metric == "prob":
         return ResolvedMetric(metric, lambda x, answer, wrong, clean: x[:, -2].exp(), sequences=True, given=metric)
     if metric == "kl":

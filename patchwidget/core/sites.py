@@ -571,6 +571,17 @@ def answer_logits(
     return logits
 
 
+def final_hidden(model: Any, info: ModelInfo, index: tuple[torch.Tensor, torch.Tensor] | None) -> Any:
+    """Inside a trace: the unembedding's input at each read, ``(read, d_model)``, the unembedding itself
+    skipped (a continuation's reads are unembedded outside the trace, each with the columns it needs:
+    ``continuation.scored_hidden``)."""
+    head = logits_module(model, info)
+    hidden = head.input  # (row, kept position, d_model)
+    rows = at_last(hidden, index)
+    head.skip(hidden[..., :1])
+    return rows
+
+
 def takes_segment_mask(model: Any, n_pos: int) -> bool:
     """Whether a pass of this model can take a custom 4D attention mask (``segment_mask``) in place of the causal one.
 
