@@ -242,3 +242,29 @@ def test_every_metric_reads_the_same_through_either_unembedding(demo, metric):
     fast, plain = pw.patch(demo, CLEAN, CORRUPT, **kw), pw.patch(demo, CLEAN, CORRUPT, speedups=NONE, **kw)
     assert_close(fast.per_pair, plain.per_pair, 1e-5)
     assert np.ptp(fast.per_pair) > 1e-3  # the grid varies: the comparison has power
+
+
+def test_a_callable_metric_on_log_probabilities(demo):
+    """A callable naming ``answer_logprob`` and ``wrong_logprob`` receives each continuation's summed
+    log-probability (and the last prompt token's logits), for answers of several tokens or of one."""
+
+    def diff(logits, answer_logprob, wrong_logprob):
+        return answer_logprob - wrong_logprob
+
+    def prob(logits, answer_logprob, wrong_logprob):
+        return answer_logprob.exp()
+
+    for answers, wrongs in ((ANSWERS, WRONGS), ([p.answer for p in PAIRS], [p.wrong for p in PAIRS])):
+        kw = dict(answer=answers, wrong=wrongs, site="head_out")
+        for custom, named in ((diff, "logit_diff"), (prob, "prob")):
+            got = pw.patch(demo, CLEAN, CORRUPT, metric=custom, **kw)
+            assert_close(got.per_pair, pw.patch(demo, CLEAN, CORRUPT, metric=named, **kw).per_pair, 1e-5)
+    with pytest.raises(pw.MetricError, match=r"shape \(\)"):
+        pw.patch(
+            demo,
+            CLEAN,
+            CORRUPT,
+            answer=ANSWERS,
+            wrong=WRONGS,
+            metric=lambda logits, answer_logprob, wrong_logprob: answer_logprob.sum(),
+        )

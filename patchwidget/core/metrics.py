@@ -8,7 +8,9 @@ and returns one value per row.
   the clean run scores 1 and the corrupted run 0.
 - ``prob``: probability of the answer.
 - ``kl``: KL divergence from the clean run's next-token distribution.
-- any callable ``f(logits)`` or ``f(logits, answer_ids, wrong_ids)``.
+- any callable ``f(logits)`` or ``f(logits, answer_ids, wrong_ids)``, or ``f(logits, answer_logprob,
+  wrong_logprob)`` naming those parameters (each answer's log-probability, of one token or summed over
+  several: the form that works for answers of several tokens).
 
 Example:
     >>> import torch
@@ -119,7 +121,7 @@ def resolve(metric: Metric | ResolvedMetric, vocab: int | None = None, sequences
         metric = metric.given
     check_metric(metric)
     if sequences:
-        return _on_sequences(metric)
+        return _on_sequences(metric, vocab)
     if metric in ("logit_diff", "logit_diff_norm"):
         fn = lambda logits, answer, wrong, clean: logit_diff(logits, answer, wrong)
         return ResolvedMetric(
@@ -146,7 +148,7 @@ def with_scores(last: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     return torch.cat([last.float(), scores.to(last.device).float()], 1)
 
 
-def _on_sequences(metric: Metric) -> ResolvedMetric:
+def _on_sequences(metric: Metric, vocab: int | None = None) -> ResolvedMetric:
     """``metric`` read from ``with_scores``' rows: the continuations' log-probabilities and the last logits."""
     if metric in ("logit_diff", "logit_diff_norm"):
         # Reads only the two scores' difference: a pass may give scores each off by one normaliser that cancels
@@ -165,23 +167,53 @@ def _on_sequences(metric: Metric) -> ResolvedMetric:
     if metric == "kl":
         fn = lambda x, answer, wrong, clean: kl(x[:, :-2], clean[:, :-2])
         return ResolvedMetric(metric, fn, sequences=True, given=metric)
+    if callable(metric) and on_logprobs(metric):
+        return ResolvedMetric(
+            metric_name(metric), _checked(metric, vocab, sequences=True), sequences=True, given=metric
+        )
     raise MetricError(
         f"metric {metric_name(metric)!r} is a callable of one position's logits, and an answer or wrong answer "
         "here has several tokens; use 'logit_diff', 'logit_diff_norm', 'prob' or 'kl' (which read the whole "
-        "continuation), or give answers of one token"
+        "continuation), or a callable f(logits, answer_logprob, wrong_logprob) naming those parameters (the last "
+        "prompt token's logits and each continuation's summed log-probability, one value per row), or give "
+        "answers of one token"
     )
 
 
-def _checked(metric: MetricFn, vocab: int | None) -> MetricFn:
+SEQUENCE_PARAMS = ("answer_logprob", "wrong_logprob")
+
+
+def on_logprobs(metric: MetricFn) -> bool:
+    """Whether a callable metric reads the answers' log-probabilities: it names the parameters
+    ``answer_logprob`` and ``wrong_logprob`` (then it is called ``f(logits=..., answer_logprob=...,
+    wrong_logprob=...)``, and works for answers of one token or several)."""
+    try:
+        names = set(inspect.signature(metric).parameters)
+    except (TypeError, ValueError):
+        return False
+    return set(SEQUENCE_PARAMS) <= names
+
+
+def _call(metric: MetricFn, sequences: bool, logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor) -> Any:
+    """Call a user's metric the way its signature asks (see ``on_logprobs``); ``logits`` are ``with_scores``'
+    on sequences."""
+    if on_logprobs(metric):
+        if sequences:
+            return metric(logits=logits[:, :-2], answer_logprob=logits[:, -2], wrong_logprob=logits[:, -1])
+        logp, rows = logits.float().log_softmax(-1), torch.arange(logits.shape[0])
+        return metric(logits=logits, answer_logprob=logp[rows, answer], wrong_logprob=logp[rows, wrong])
+    return metric(logits, answer, wrong) if _n_params(metric) != 1 else metric(logits)
+
+
+def _checked(metric: MetricFn, vocab: int | None, sequences: bool = False) -> MetricFn:
     """A user's callable, its every result checked (and, with ``vocab``, tried once on made-up logits)."""
-    takes_ids = _n_params(metric) != 1
     calls = [0]
 
     def checked(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         calls[0] += 1
         where = f"metric {metric_name(metric)!r} (call {calls[0]}, on logits of shape {tuple(logits.shape)})"
         try:
-            out = metric(logits, answer, wrong) if takes_ids else metric(logits)
+            out = _call(metric, sequences, logits, answer, wrong)
         except Exception as err:
             raise MetricError(f"{where} raised {type(err).__name__}: {err}") from err
         rows = logits.shape[0]
@@ -201,7 +233,7 @@ def _checked(metric: MetricFn, vocab: int | None) -> MetricFn:
         return out
 
     if vocab is not None:  # a trial on made-up logits, before any compute
-        trial = torch.randn(3, vocab, generator=torch.Generator().manual_seed(0))
+        trial = torch.randn(3, vocab + 2 * sequences, generator=torch.Generator().manual_seed(0))
         ids = torch.zeros(3, dtype=torch.long)
         with torch.no_grad():
             checked(trial, ids, ids + min(1, vocab - 1), trial)
