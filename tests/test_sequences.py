@@ -268,3 +268,21 @@ def test_a_callable_metric_on_log_probabilities(demo):
             wrong=WRONGS,
             metric=lambda logits, answer_logprob, wrong_logprob: answer_logprob.sum(),
         )
+
+
+def test_the_searches_score_the_continuations(demo):
+    """find_circuit and find_bottleneck through the same loop: a found circuit's f is faithfulness on its
+    nodes, a bottleneck's restore the joint patch of its cells, both with the continuations' scores."""
+    pairs = demo_data.ioi_pairs(4, seed=3)
+    texts = dict(
+        clean=[p.clean for p in pairs],
+        corrupt=[p.corrupt for p in pairs],
+        answer=[f" {p.answer} went to" for p in pairs],
+        wrong=[f" {p.wrong}" for p in pairs],
+    )
+    circuit = pw.find_circuit(demo, **texts)
+    assert circuit.faithfulness == near(pw.faithfulness(demo, **texts, circuit=circuit.cells), 1e-5)
+    assert circuit.faithfulness != near(pw.faithfulness(demo, **texts, circuit=circuit.cells[:-1]), 1e-3)
+    bottleneck = pw.find_bottleneck(demo, **texts, metric="logit_diff_norm")
+    joint = pw.patch_sites(demo, **texts, cells=bottleneck.cells, metric="logit_diff_norm")
+    assert bottleneck.restore == near(joint.joint, 1e-5)
