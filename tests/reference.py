@@ -495,7 +495,8 @@ def reference_span_patch(
 
     The source prompt runs alone, at its own length, recording ``site`` at ``layer``; the target
     prompt (any length) then runs with the value at ``source_positions[i]`` written at
-    ``target_positions[i]``, pairwise. ``unit`` is a head (or neuron) index, or None for the whole
+    ``target_positions[i]``, pairwise (``answer`` and ``wrong`` lists of ids: the continuations'
+    log-probabilities, ``continuation_logprob``). ``unit`` is a head (or neuron) index, or None for the whole
     activation (every head at once for head_out). Which positions pair up (span alignment) is the
     caller's choice, written out in the test; nothing here knows about templates.
     """
@@ -516,6 +517,11 @@ def reference_span_patch(
         for s, t in zip(source_positions, target_positions):
             act[t, which] = src[s, which]
 
+    if isinstance(answer, list):  # answers of several tokens: each continuation appended, run with the patch
+        hook = dict(site=site, layer=layer, fn=write)
+        return continuation_logprob(model, target_ids, answer, **hook) - continuation_logprob(
+            model, target_ids, wrong, **hook
+        )
     logits = run(model, target_ids, site, layer, write)
     return float(logits[answer] - logits[wrong])
 

@@ -19,6 +19,7 @@ from .reference import (
     reference_faithfulness,
     reference_sequence_attribution,
     reference_sequence_patch,
+    reference_span_patch,
 )
 from .test_engine_reference import narrowing
 from .test_faithfulness import _kept, _random_sets
@@ -286,3 +287,33 @@ def test_the_searches_score_the_continuations(demo):
     bottleneck = pw.find_bottleneck(demo, **texts, metric="logit_diff_norm")
     joint = pw.patch_sites(demo, **texts, cells=bottleneck.cells, metric="logit_diff_norm")
     assert bottleneck.restore == near(joint.joint, 1e-5)
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_template_pairs_of_unequal_lengths_equal_the_span_twin(demo, direction):
+    """Clean and corrupted prompts of different lengths, aligned by span: each span cell equals the plain
+    span twin (``reference_span_patch`` with the continuations appended to the target prompt)."""
+    from .test_spans import UNEQUAL, aligned
+
+    tok = demo.tokenizer
+    answers, wrongs = [f" {p[2]} went to" for p in UNEQUAL], [f" {p[3]}" for p in UNEQUAL]
+    clean, corrupt = [p[0] for p in UNEQUAL], [p[1] for p in UNEQUAL]
+    r = pw.patch(demo, clean, corrupt, answer=answers, wrong=wrongs, site="resid_pre", direction=direction)
+    for i, (c, k, *_) in enumerate(UNEQUAL):
+        source, target = (c, k) if direction == "denoise" else (k, c)
+        src_ids, tgt_ids = (torch.tensor(tok(str(p))["input_ids"]) for p in (source, target))
+        for col, (src_span, tgt_span) in enumerate(zip(source.spans(tok), target.spans(tok))):
+            read, write = aligned(src_span.positions, tgt_span.positions)
+            for layer in range(demo.config.n_layer):
+                want = reference_span_patch(
+                    demo._module,
+                    src_ids,
+                    tgt_ids,
+                    "resid_pre",
+                    layer,
+                    read,
+                    write,
+                    seq(demo, answers[i]),
+                    seq(demo, wrongs[i]),
+                )
+                assert r.per_pair[i, layer, col] == near(want, 1e-4), (i, src_span.label, layer)
