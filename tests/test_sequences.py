@@ -317,3 +317,11 @@ def test_template_pairs_of_unequal_lengths_equal_the_span_twin(demo, direction):
                     seq(demo, wrongs[i]),
                 )
                 assert r.per_pair[i, layer, col] == near(want, 1e-4), (i, src_span.label, layer)
+
+
+def test_remote_execution_reads_the_continuations_alike(demo):
+    """``remote="local"`` runs every pass as a server would (no cached keys and values, no packing, full
+    logits): the same grid."""
+    kw = dict(answer=ANSWERS, wrong=WRONGS, site="head_out")
+    here, served = pw.patch(demo, CLEAN, CORRUPT, **kw), pw.patch(demo, CLEAN, CORRUPT, remote="local", **kw)
+    assert_close(served.per_pair, here.per_pair, 1e-5)
