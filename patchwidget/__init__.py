@@ -9,6 +9,7 @@ Example:
 """
 
 from .circuits.circuit import Circuit
+from .circuits.edges import Edge, edge_graph
 from .circuits.faithfulness import ABLATIONS, faithfulness, faithfulness_nodes
 from .circuits.generate import Generation, generate
 from .circuits.joint import JointResult, patch_sites
@@ -59,6 +60,8 @@ __all__ = [
     "Arch",
     "Cell",
     "Circuit",
+    "Edge",
+    "edge_graph",
     "Generation",
     "JointResult",
     "MemoryBudgetError",

@@ -1,0 +1,76 @@
+"""The edge graph (issue 29, part 1): senders, receivers, and which sender feeds which receiver, as MIB's
+circuit track and EAP-IG define it, checked against a plain enumeration of every (sender, receiver) pair."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+import patchwidget as pw
+from patchwidget.circuits.edges import edge_graph
+
+
+def plain_graph(n_layers, n_heads, n_kv):
+    """Every (sender, receiver) pair kept by the rule, written out: a head's q/k/v input is fed by the
+    embeddings and every component of an earlier layer; an MLP's input also by its own layer's heads; the
+    logits by everything."""
+    senders = [("embed", -1, None)]
+    senders += [("head_out", la, h) for la in range(n_layers) for h in range(n_heads)]
+    senders += [("mlp_out", la, None) for la in range(n_layers)]
+    receivers = [("head_q", la, h) for la in range(n_layers) for h in range(n_heads)]
+    receivers += [(s, la, h) for s in ("head_k", "head_v") for la in range(n_layers) for h in range(n_kv)]
+    receivers += [("mlp_in", la, None) for la in range(n_layers)] + [("logits", n_layers, None)]
+    kept = set()
+    for (s_site, s_layer, s_head), (r_site, r_layer, r_head) in itertools.product(senders, receivers):
+        feeds = s_layer < r_layer or (r_site == "mlp_in" and s_site == "head_out" and s_layer == r_layer)
+        if feeds:
+            kept.add(((s_site, s_layer, s_head), (r_site, r_layer, r_head)))
+    return kept
+
+
+def as_tuples(edges, n_layers):
+    """The edges in ``plain_graph``'s terms: (site, layer, head), the embeddings at layer -1, the logits at
+    ``n_layers``."""
+
+    def key(cell):
+        layer = {"embed": -1, "logits": n_layers}.get(cell.site, cell.layer)
+        return (cell.site, layer, cell.head)
+
+    return {(key(e.sender), key(e.receiver)) for e in edges}
+
+
+@pytest.mark.parametrize(("n_layers", "n_heads", "n_kv"), [(1, 1, 1), (2, 2, 2), (3, 4, 2), (4, 4, 1), (12, 12, 12)])
+def test_the_graph_is_every_pair_the_rule_keeps(n_layers, n_heads, n_kv):
+    edges = edge_graph(n_layers, n_heads, n_kv)
+    assert len(edges) == len(set(edges))  # no edge twice
+    assert as_tuples(edges, n_layers) == plain_graph(n_layers, n_heads, n_kv)
+
+
+def test_gpt2_small_has_mibs_count():
+    assert len(edge_graph(12, 12)) == 32491  # MIB's count for GPT-2 small
+
+
+def test_an_edge_names_its_ends():
+    e = pw.Edge(pw.Cell("head_out", 0, head=3), "logits")
+    assert e.receiver == pw.Cell("logits") and e.label == "head_out L0 H3 -> logits"
+    assert pw.Edge(pw.Cell("embed"), pw.Cell("mlp_in", 0)).sender == pw.Cell("embed")
+
+
+@pytest.mark.parametrize(
+    ("sender", "receiver", "message"),
+    [
+        (pw.Cell("head_q", 0, head=0), pw.Cell("mlp_in", 1), r"sender is one of"),
+        (pw.Cell("head_out", 0, head=0), pw.Cell("head_out", 1, head=0), r"receiver is one of"),
+        (pw.Cell("head_out", 1, head=0), pw.Cell("head_q", 1, head=2), r"must come before"),
+        (pw.Cell("mlp_out", 1), pw.Cell("mlp_in", 1), r"must come before"),
+        (pw.Cell("mlp_out", 2), pw.Cell("head_v", 1, head=0), r"must come before"),
+        (pw.Cell("head_out", 0), pw.Cell("mlp_in", 1), r"a head for heads"),
+        (pw.Cell("head_out", 0, head=1, pos=3), "logits", r"no position"),
+        (pw.Cell("mlp_out", 0), pw.Cell("mlp_in"), r"give a layer"),
+        ("embed", "logits", r"sender is one of"),
+    ],
+)
+def test_bad_edges_are_refused(sender, receiver, message):
+    with pytest.raises(pw.SettingsError, match=message):
+        pw.Edge(sender, receiver)
