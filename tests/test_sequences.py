@@ -325,3 +325,15 @@ def test_remote_execution_reads_the_continuations_alike(demo):
     kw = dict(answer=ANSWERS, wrong=WRONGS, site="head_out")
     here, served = pw.patch(demo, CLEAN, CORRUPT, **kw), pw.patch(demo, CLEAN, CORRUPT, remote="local", **kw)
     assert_close(served.per_pair, here.per_pair, 1e-5)
+
+
+def test_noise_as_the_corruption(demo):
+    """Gaussian noise on the subject's embeddings (none on the continuation's positions): every speed-up
+    and the plain loop agree, and the estimate's baselines are the exact grid's."""
+    kw = dict(answer=ANSWERS[0], wrong=WRONGS[0], site="resid_pre")
+    corrupt = pw.noise(PAIRS[0].wrong, samples=3)
+    fast, plain = pw.patch(demo, CLEAN[0], corrupt, **kw), pw.patch(demo, CLEAN[0], corrupt, speedups=NONE, **kw)
+    assert_close(fast.per_pair, plain.per_pair, 1e-5)
+    assert abs(float(fast.clean_baseline[0] - fast.corrupt_baseline[0])) > 1e-2  # the noise moved the metric
+    estimate = pw.patch(demo, CLEAN[0], corrupt, method="attribution", **kw)
+    assert_close(estimate.corrupt_baseline, fast.corrupt_baseline, 1e-5)

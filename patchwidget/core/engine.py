@@ -221,7 +221,7 @@ def prepare(
         speedups or batches.Speedups(),
         remote=bool(remote),
         on_cpu=device == "cpu",
-        packable=takes_segment_mask(model, prompts.n_pos),
+        packable=takes_segment_mask(model, prompts.width),
         columns_metric=resolved.answer_columns_only,
         sites=set(sites),
         sequences=sequences,
@@ -265,12 +265,12 @@ def fit_budget(model: Any, request: Request, sites: Iterable[str], rows: PromptB
     if budget is None:
         return batch_size
     dtype_bytes = next(iter(model._module.parameters())).element_size()
-    widths = {"mlp_neuron": info.d_mlp, "attn_pattern": info.n_heads * rows.n_pos}
+    widths = {"mlp_neuron": info.d_mlp, "attn_pattern": info.n_heads * rows.width}
     width = max(widths.get(site, info.d_model) for site in sites)
     vocab = model.config.vocab_size
     if request.method == "attribution":
-        return memory.attribution_rows(budget, batch_size, info, rows.n_pos, vocab, dtype_bytes, width)
-    return memory.rows_per_batch(budget, batch_size, info, rows.n_pos, vocab, dtype_bytes, 2 * rows.n_pairs, width)
+        return memory.attribution_rows(budget, batch_size, info, rows.width, vocab, dtype_bytes, width)
+    return memory.rows_per_batch(budget, batch_size, info, rows.width, vocab, dtype_bytes, 2 * rows.n_pairs, width)
 
 
 # --- patch: one site over a grid -----------------------------------------------------------------
