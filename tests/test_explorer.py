@@ -10,6 +10,7 @@ import pytest
 
 from patchwidget.errors import MessageError
 from patchwidget.ui import explorer as explorer_module
+from patchwidget.ui import session as session_module
 from patchwidget.ui.explorer import Explorer
 
 from .test_widget import TEXTS, wait_for
@@ -115,3 +116,37 @@ def test_a_pair_choice_and_a_keep_publish_at_once(owned):
     assert list(owner.calls[-1]) == ["circuit", "status"]
     assert len(owner.traits["circuit"].cells) == 1 and owner.traits["circuit"].provenance["kept_from"] == "resid_pre"
     assert owner.traits["status"]["message"] == "kept 1 cell as widget.circuit"
+
+
+def test_cancel_stops_a_generation_between_passes(owned, monkeypatch):
+    """Cancel reaches pw.generate at its next forward pass (its progress): no box, and the next ask works."""
+    ex, owner = owned
+    started, release, passes = threading.Event(), threading.Event(), []
+    real = session_module.generate
+
+    def held(*args, progress, **kwargs):
+        def report(done, total):
+            passes.append(done)
+            started.set()
+            release.wait(30)  # the first pass done: held here until the test has cancelled
+            progress(done, total)
+
+        return real(*args, progress=report, **kwargs)
+
+    monkeypatch.setattr(session_module, "generate", held)
+    cells = {"cells": [{"panel": "resid_pre", "row": 3, "col": 13}]}
+    ex.do_says(1, cells)
+    assert started.wait(60)
+    ex.do_cancel(1, {})
+    release.set()
+    assert owner.traits["status"]["state"] == "cancelled" and ex.pending == {}
+    ex.session.close()  # waits for the worker: the generation has stopped
+    assert passes == [1] and "says" not in owner.traits["view"]
+
+
+def test_a_generation_is_published_beside_the_view(owned, monkeypatch):
+    ex, owner = owned
+    ex.do_says(1, {"cells": [{"panel": "resid_pre", "row": 3, "col": 13}]})
+    owner.wait_status(1, "idle")
+    assert list(owner.calls[-1]) == ["view", "status"] and owner.traits["view"]["request_id"] == 1
+    assert owner.traits["view"]["says"]["cells"] == ["resid_pre L3 @13"] and owner.traits["view"]["panels"]

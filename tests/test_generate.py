@@ -232,6 +232,25 @@ def test_generation_stops_at_eos(demo):
     assert any(len(ids) == 4 for ids in g.corrupt_ids)  # a row that did not end ran its 4 tokens
 
 
+def test_progress_counts_every_pass_and_can_stop_the_run(demo):
+    """``progress(done, total)`` after each forward pass (the widget's Cancel raises from it): the two pairs have
+    one length, so each of the three runs is one batch of ``max_new_tokens`` passes."""
+    cells, seen = CELLS["gpt2-demo"], []
+    g = pw.generate(demo, CLEAN, CORRUPT, cells=cells, max_new_tokens=3, progress=lambda *a: seen.append(a))
+    assert seen == [(done, 9) for done in range(1, 10)]
+    assert g.patched_ids == pw.generate(demo, CLEAN, CORRUPT, cells=cells, max_new_tokens=3).patched_ids
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        if done == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        pw.generate(demo, CLEAN, CORRUPT, cells=cells, max_new_tokens=3, progress=stop)
+
+
 def test_remote_local_gives_the_same_tokens(demo):
     cells = CELLS["gpt2-demo"]
     here = pw.generate(demo, CLEAN, CORRUPT, cells=cells, max_new_tokens=3)

@@ -34,6 +34,7 @@ def test_every_kind_is_one_entry(session):
         "search",
         "circuit",
         "joint",
+        "says",
         "lens",
     }
     for kind, entry in LEVELS.items():

@@ -91,6 +91,7 @@ def test_every_message_the_front_end_sends_is_accepted(demo):
         "set": {"key": "direction", "value": "noise"},
         "joint": {"cells": [{"panel": "resid_pre", "row": 0, "col": 3}]},
         "keep": {"cells": [{"panel": "resid_pre", "row": 0, "col": 3}]},
+        "says": {"cells": [{"panel": "resid_pre", "row": 0, "col": 3}]},
         "find": {"target": 0.8},
         "circuit": {"target": 0.9},
         "cancel": {},

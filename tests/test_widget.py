@@ -11,7 +11,9 @@ import pytest
 
 import patchwidget as pw
 from patchwidget import demo_data
-from patchwidget.ui.session import Level, Settings
+from patchwidget.data.templates import token_strings
+from patchwidget.ui import protocol
+from patchwidget.ui.session import SAYS_TOKENS, Level, Settings
 
 from .close import assert_close, near
 
@@ -228,6 +230,7 @@ def test_the_header_says_what_is_patched(widget, demo):
         i = 0 if pair == "mean" else 1
         ctx = widget.context
         assert ctx["pair"] == i and ctx["n_pairs"] == 2 and ctx["answer"] == PAIRS[i].answer
+        assert ctx["answer_tokens"] == [PAIRS[i].answer] and ctx["wrong_tokens"] == [PAIRS[i].wrong]
         assert ctx["model"] == "patchwidget's demo model"  # not the folder's path on this machine
         clean, corrupt = PAIRS[i].clean.split(), PAIRS[i].corrupt.split()  # the demo tokenizer splits words
         assert [t["text"] for t in ctx["clean"]] == clean and [t["text"] for t in ctx["corrupt"]] == corrupt
@@ -479,6 +482,11 @@ def test_answers_of_several_tokens(demo):
     w = pw.explore(demo, **texts)
     try:
         assert w.context["answer"] == f"{PAIRS[0].answer} went to" and w.context["wrong"] == PAIRS[0].wrong
+        # Each answer's tokens as text, shown on hover of the answer in the header: three here, and one.
+        tok = demo.tokenizer
+        ids = tok(texts["answer"][0], add_special_tokens=False)["input_ids"]
+        assert w.context["answer_tokens"] == token_strings(tok, ids) == [PAIRS[0].answer, "went", "to"]
+        assert w.context["wrong_tokens"] == [PAIRS[0].wrong]
         want = pw.patch(demo, **texts).normalized().values
         assert_close(np.array(w.view["panels"][0]["values"], dtype=float), want, 1e-5)
         send(w, type="drill", request_id=1, panel="resid_pre", row=3, col=13)
@@ -488,5 +496,74 @@ def test_answers_of_several_tokens(demo):
         send(w, type="set", request_id=2, key="site", value="lens")
         status = wait_idle(w, 2)
         assert status["state"] == "error" and "read one position's logits" in status["message"]
+    finally:
+        w.close()
+
+
+def says_of(demo, pair, **kwargs):
+    """The box the widget should show: pw.generate on that pair's prompts alone, as the widget asks for it."""
+    g = pw.generate(demo, TEXTS["clean"][pair], TEXTS["corrupt"][pair], max_new_tokens=SAYS_TOKENS, **kwargs)
+    return {"clean": g.clean[0], "corrupt": g.corrupt[0], "patched": g.patched[0], "direction": g.direction}
+
+
+def test_what_the_model_says_under_selected_cells(widget, demo):
+    """Issue 30, part 2b: "What does it say?" shows pw.generate's continuations for the pair on show (the first
+    for the mean), beside the grid; the drill-down path stays."""
+    send(widget, type="drill", request_id=1, panel="resid_pre", row=3, col=13)
+    wait_idle(widget, 1)
+    send(widget, type="says", request_id=2, cells=[{"panel": "head_out", "row": 1, "col": 13}])
+    assert wait_idle(widget, 2)["state"] == "idle"
+    box = widget.view["says"]
+    cell = pw.Cell("head_out", 3, head=1, pos=13)
+    assert box == {"cells": [cell.label], "pair": 0, "max_new_tokens": SAYS_TOKENS, **says_of(demo, 0, cells=[cell])}
+    assert set(box) == set(protocol.SaysBox.__required_keys__)
+    # L3H1 carries the name: the patched corrupted run says the clean run's answer, not the corrupted one's.
+    assert box["patched"].split()[0] == PAIRS[0].answer and box["corrupt"].split()[0] == PAIRS[0].wrong
+    assert widget.path[-1]["kind"] == "heads" and widget.view["panels"][0]["id"] == "head_out"
+    # Another pair on show: the box, of pair 0, goes; asked again, it is pair 1's, in the other direction too.
+    send(widget, type="set", request_id=3, key="pair", value=1)
+    assert "says" not in widget.view
+    send(widget, type="set", request_id=4, key="direction", value="noise")
+    wait_idle(widget, 4)
+    send(widget, type="says", request_id=5, cells=[{"panel": "head_out", "row": 1, "col": 13}] * 2)
+    assert wait_idle(widget, 5)["state"] == "idle"
+    want = says_of(demo, 1, cells=[cell], direction="noise")
+    assert widget.view["says"] == {"cells": [cell.label], "pair": 1, "max_new_tokens": SAYS_TOKENS, **want}
+    send(widget, type="drill", request_id=6, panel="head_out", row=1, col=13)  # a new level: the box goes
+    wait_idle(widget, 6)
+    assert "says" not in widget.view
+
+
+def test_what_the_circuit_found_says(widget, demo):
+    """The circuit a search found (widget.circuit) can be asked too, in its own direction (find_circuit's is noise:
+    its nodes take the corrupted run's values in the clean run)."""
+    send(widget, type="says", request_id=1, cells="circuit")
+    assert widget.status["state"] == "error" and "found no circuit" in widget.status["message"]
+    assert "circuit_cells" not in widget.view
+    send(widget, type="circuit", request_id=2, target=0.9)
+    assert wait_idle(widget, 2, timeout=120)["state"] == "idle"
+    assert widget.view["circuit_cells"] == len(widget.circuit.cells) > 1
+    send(widget, type="says", request_id=3, cells="circuit")
+    assert wait_idle(widget, 3)["state"] == "idle"
+    want = says_of(demo, 0, circuit=widget.circuit)
+    assert want["direction"] == widget.circuit.provenance["direction"] == "noise"
+    assert widget.view["says"] == {
+        "cells": [c.label for c in widget.circuit.cells],
+        "pair": 0,
+        "max_new_tokens": SAYS_TOKENS,
+        **want,
+    }
+    assert widget.view["circuit_cells"] == len(widget.circuit.cells)  # still the circuit view
+
+
+def test_what_generate_refuses_is_an_error_and_the_widget_works_on(demo):
+    """Noise corruption has no corrupted prompt to continue: pw.generate refuses it, and the page says so."""
+    w = pw.explore(demo, TEXTS["clean"], pw.noise("and"), answer=TEXTS["answer"], wrong=TEXTS["wrong"])
+    try:
+        send(w, type="says", request_id=1, cells=[{"panel": "resid_pre", "row": 0, "col": 1}])
+        status = wait_idle(w, 1)
+        assert status["state"] == "error" and "not noise()" in status["message"] and "says" not in w.view
+        send(w, type="drill", request_id=2, panel="resid_pre", row=1, col=1)
+        assert wait_idle(w, 2)["state"] == "idle" and w.breadcrumb[-1]["label"] == "L1 heads"
     finally:
         w.close()

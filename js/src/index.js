@@ -10,6 +10,7 @@ import { renderStatus } from "./progress.js";
 import { PROTOCOL } from "./protocol.js";
 import { colourRange, pathMaxima } from "./range.js";
 import { chooseView, createRequests, currentStatus, seedRequestId } from "./requests.js";
+import { createSaysBox, renderSaysCircuit, updateSaysBox } from "./says.js";
 import { renderSelectionBar, toggleCell } from "./selection.js";
 import { createTooltip } from "./tooltip.js";
 
@@ -27,6 +28,7 @@ function render({ model, el }) {
   const status = h("div", { class: "pw-status" });
   const body = h("div", { class: "pw-body" });
   const jointBox = createJointBox(); // under the panels but outside body, which selection changes rebuild
+  const saysBox = createSaysBox(); // what the model says under a patch, beside the joint box
   // Lumino stops its shortcut lookup here, so arrows, Enter and Escape in the
   // grid are not taken as notebook commands.
   // data-protocol: the protocol this page speaks (patchwidget doctor checks the bundle carries this package's).
@@ -36,6 +38,7 @@ function render({ model, el }) {
     status,
     body,
     jointBox,
+    saysBox,
   ]);
   const tooltip = createTooltip(root);
   el.replaceChildren(root);
@@ -72,7 +75,7 @@ function render({ model, el }) {
 
   function renderHeader() {
     replaceContent(header, [
-      renderContext(model.get("context")),
+      renderContext(model.get("context"), tooltip),
       renderBreadcrumb(model.get("breadcrumb") ?? [], (level) => request({ type: "back", level })),
       shown?.title ? h("div", { class: "pw-title" }, shown.title) : null,
     ]);
@@ -129,9 +132,11 @@ function render({ model, el }) {
     replaceContent(body, [
       shown?.note ? h("div", { class: "pw-note", role: "note" }, shown.note) : null,
       renderCode(shown?.code),
+      renderSaysCircuit(shown?.circuit_cells, () => request({ type: "says", cells: "circuit" })),
       renderSelectionBar(selection(), {
         onJoint: () => request({ type: "joint", cells: selection() }),
         onKeep: () => request({ type: "keep", cells: selection() }),
+        onSays: () => request({ type: "says", cells: selection() }),
         onClear: () => setTrait("selection", []),
       }),
       renderPanels(),
@@ -149,6 +154,7 @@ function render({ model, el }) {
     renderControlsSection();
     renderBody();
     updateJointBox(jointBox, shown?.joint);
+    updateSaysBox(saysBox, shown?.says);
   }
 
   function onStatus() {
@@ -182,6 +188,7 @@ function render({ model, el }) {
   renderStatusSection();
   renderBody();
   updateJointBox(jointBox, shown?.joint);
+  updateSaysBox(saysBox, shown?.says);
 
   return () => {
     for (const [event, fn] of listeners) model.off(event, fn);

@@ -289,6 +289,31 @@ describe("widget", () => {
     expect([...$$(".pw-context mark")].map((m) => m.textContent)).toEqual([" John", " Mary"]);
   });
 
+  it("shows an answer's tokens on hover (issue 30: answers of several tokens)", () => {
+    model.set("context", {
+      model: "demo",
+      pair: 0,
+      n_pairs: 1,
+      clean: [{ text: "When", differs: false }],
+      corrupt: [{ text: "When", differs: false }],
+      answer: "Mary went to",
+      wrong: "John",
+      answer_tokens: ["Mary", "went", "to"],
+      wrong_tokens: ["John"],
+    });
+    expect($(".pw-context-facts").textContent).toBe('demo · answer "Mary went to" vs "John"');
+    const tip = $(".pw-tooltip");
+    expect(tip.hidden).toBe(true);
+    $(".pw-answer-answer").dispatchEvent(new MouseEvent("mouseenter"));
+    expect(tip.hidden).toBe(false);
+    expect([...tip.children].map((l) => l.textContent)).toEqual(["answer: 3 tokens", '"Mary" · "went" · "to"']);
+    $(".pw-answer-answer").dispatchEvent(new MouseEvent("mouseleave"));
+    expect(tip.hidden).toBe(true);
+    $(".pw-answer-wrong").focus(); // the keyboard reaches it too
+    expect([...tip.children].map((l) => l.textContent)).toEqual(["wrong: 1 token", '"John"']);
+    expect($(".pw-answer-wrong").getAttribute("aria-label")).toBe('"John", wrong: 1 token: "John"');
+  });
+
   it("says what Keep as circuit did (issue 39, item 6; it showed nothing)", () => {
     shiftClick(cell(1, 1));
     $(".pw-keep").click();

@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +104,7 @@ def generate(
     direction: str | None = None,
     max_new_tokens: int = 20,
     remote: bool | str = False,
+    progress: Callable[[int, int], None] | bool | None = None,
 ) -> Generation:
     """Greedy continuations of each pair's clean, corrupted and patched runs.
 
@@ -120,6 +121,8 @@ def generate(
     from a template work too, a cell's ``pos`` then a span label. Pairs run batched where
     their prompts have one length, else apart (padding would move a continuation).
     ``remote`` as in ``patch``: one request per new token, each sending the cache.
+    ``progress(done, total)`` is called after each forward pass (``True`` draws a bar): ``total`` counts
+    every pass of the three runs, a run that ends early at the end-of-text token skips the rest.
 
     Example:
         >>> import patchwidget as pw
@@ -139,7 +142,7 @@ def generate(
     if any(w.site == "attn_pattern" for w in writes):
         raise SettingsError("attn_pattern cells cannot be generated under; patch the heads' outputs (head_out)")
     reads = sorted({(w.layer, w.site) for w in writes}, key=lambda k: (k[0], READ_ORDER.index(k[1])))
-    run = Runner(model, info, max_new_tokens, remote)
+    run = Runner(model, info, max_new_tokens, remote, progress, total=n_passes(prompts, direction, max_new_tokens))
     with torch.no_grad():
         clean_ids, clean_acts = run.plain(prompts, "clean", reads if direction == "denoise" else [])
         corrupt_ids, corrupt_acts = run.plain(prompts, "corrupt", reads if direction == "noise" else [])
@@ -234,6 +237,15 @@ class Runner:
     info: ModelInfo
     max_new_tokens: int
     remote: bool | str
+    progress: Callable[[int, int], None] | None = None
+    total: int = 0
+    done: int = 0
+
+    def passed(self) -> None:
+        """One forward pass done: tell ``progress`` (which may stop the run by raising)."""
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, max(self.total, self.done))
 
     def plain(self, prompts: PromptBatch, which: str, reads: list[Key]) -> tuple[list[list[int]], list[dict]]:
         """Each pair's ``which`` ("clean" or "corrupt") prompt continued, and its activations at ``reads``
@@ -324,6 +336,7 @@ class Runner:
         eos = self.model.tokenizer.eos_token_id
         tokens, ended = [], torch.zeros(len(logits), dtype=torch.bool)
         for step in range(self.max_new_tokens):
+            self.passed()  # the pass that gave these logits
             new = logits.argmax(-1).cpu()  # (row,)
             tokens.append(new)
             if eos is not None:
@@ -333,6 +346,13 @@ class Runner:
             logits, cache = self.step(new, cache, width + step + 1)
         rows = torch.stack(tokens, 1).tolist()  # (row, new token)
         return [row[: row.index(eos)] if eos in row else row for row in rows]
+
+
+def n_passes(prompts: PromptBatch, direction: str, max_new_tokens: int) -> int:
+    """How many forward passes the three runs make at most: each group of one prompt length, one per new token."""
+    target = "corrupt" if direction == "denoise" else "clean"
+    groups = sum(len(same_length(prompt_ids(prompts, which)[1])) for which in ("clean", "corrupt", target))
+    return groups * max_new_tokens
 
 
 def prompt_ids(prompts: PromptBatch, which: str) -> tuple[torch.Tensor, list[int]]:

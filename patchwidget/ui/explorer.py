@@ -134,6 +134,7 @@ class Explorer:
         self.pending: dict[int, tuple[list[Level], Settings]] = {}
         self._computed: Computed | None = None
         self._joint: Any = None  # the joint patch on show beside the level (a JointResult), if any
+        self._says: dict | None = None  # what the model says under a patch, on show beside the level (a SaysBox)
         # The first grid is computed before returning, so that the owner has it on show at once.
         try:
             first = self.session.compute(self.levels[0], self.settings)
@@ -238,6 +239,26 @@ class Explorer:
         level = Level("joint", cells=tuple(self._cells(msg)))
         self._request(request_id, self.levels, self.settings, level)
 
+    def do_says(self, request_id: int, msg: dict) -> None:
+        """What the model says (``pw.generate``, a few tokens) for the pair on show (the first for the mean) with
+        the cells ``msg["cells"]`` patched, or with the circuit the level on show found (``"circuit"``, in the
+        circuit's own direction); the drill-down path stays as it is.
+
+        Example:
+            >>> ex.do_says(9, {"cells": [{"panel": "head_out", "row": 1, "col": 13}]})  # doctest: +SKIP
+        """
+        settings = self.settings
+        if msg.get("cells") == "circuit":
+            circuit = self._computed.circuit if self._computed is not None and self._computed.exact else None
+            if circuit is None:
+                raise MessageError("the level on show found no circuit; select cells to patch instead")
+            cells = tuple(circuit.cells)
+            settings = replace(settings, direction=circuit.provenance.get("direction", settings.direction))
+        else:
+            cells = tuple(dict.fromkeys(self._cells(msg)))
+        pair = 0 if self.pair == "mean" else int(self.pair)
+        self._request(request_id, self.levels, self.settings, Level("says", cells=cells, pair=pair), settings)
+
     def _cells(self, msg: dict) -> list[Cell]:
         cells = msg.get("cells")
         if not isinstance(cells, list) or not cells:
@@ -291,6 +312,7 @@ class Explorer:
             if value != "mean" and not is_index:  # True is an int to Python, but a new axis to numpy
                 raise MessageError(f"pair must be 'mean' or 0..{n_pairs - 1}, got {value!r}")
             self.pair = value
+            self._says = None  # it continued another pair's prompts
         else:
             if value not in SCALES:
                 raise MessageError(f"scale must be one of {', '.join(SCALES)}, got {value!r}")
@@ -300,12 +322,21 @@ class Explorer:
         else:  # the exact values are still coming, under the older request id: ask again under this one
             self._request(request_id, self.levels, self.settings)
 
-    def _request(self, request_id: int, levels: list[Level], settings: Settings, level: Level | None = None) -> None:
+    def _request(
+        self,
+        request_id: int,
+        levels: list[Level],
+        settings: Settings,
+        level: Level | None = None,
+        computed_with: Settings | None = None,
+    ) -> None:
+        """Ask for ``levels`` under ``settings``, or for ``level`` beside them (joint, says: ``computed_with``
+        where its settings are not the view's)."""
         if level is None:
-            self._joint = None  # a joint result belongs to the view it was asked on
+            self._joint = self._says = None  # a joint result or a continuation belongs to the view it was asked on
         self.pending[request_id] = (levels, settings)
         self._publish(status=V.status("running", request_id))
-        cached = self.session.submit(request_id, level or levels[-1], settings)
+        cached = self.session.submit(request_id, level or levels[-1], computed_with or settings)
         if cached is not None:
             self.on_result(request_id, cached)
 
@@ -341,8 +372,8 @@ class Explorer:
         """
         if request_id < self.session.latest or request_id not in self.pending:
             return  # stale: a newer request superseded this one
-        if computed.joint is not None:
-            self._on_joint(request_id, computed)
+        if computed.joint is not None or computed.says is not None:
+            self._on_aside(request_id, computed)
             return
         self.levels, self.settings = self.pending[request_id]
         if computed.circuit is not None and computed.exact:  # not the partial sets shown during a search
@@ -351,17 +382,31 @@ class Explorer:
             self.pending = {k: v for k, v in self.pending.items() if k > request_id}
         self.show(request_id, computed)
 
-    def _on_joint(self, request_id: int, computed: Computed) -> None:
+    def _on_aside(self, request_id: int, computed: Computed) -> None:
+        """A joint patch or a continuation, shown beside the level on show."""
         self.pending.pop(request_id)
-        self._joint = computed.joint
-        joint = self._joint_on_screen()
-        view = {**self.shown.get("view", {}), "request_id": request_id, "joint": V.joint_box(joint)}
-        self._publish(joint=joint, view=view, status=V.status("idle", request_id))
+        view = {**self.shown.get("view", {}), "request_id": request_id}
+        if computed.joint is not None:
+            self._joint = computed.joint
+            joint = self._joint_on_screen()
+            self._publish(joint=joint, view={**view, "joint": V.joint_box(joint)}, status=V.status("idle", request_id))
+        else:
+            self._says = V.says_box(computed.says, computed.level.pair)
+            self._publish(view={**view, "says": self._says}, status=V.status("idle", request_id))
         if self._computed is not None and not self._computed.exact:
-            # The joint run superseded the exact values of the estimate on show: compute them again.
+            # The joint or says run superseded the exact values of the estimate on show: compute them again.
             self.pending[request_id] = (self.levels, self.settings)
             self._publish(status={**self.shown["status"], "state": "running"})
             self.session.submit(request_id, self.levels[-1], self.settings)
+
+    def _asides(self, computed: Computed, joint: dict) -> dict:
+        """What the view shows beside the level: the joint patch, the continuation, the circuit it can ask about."""
+        out: dict[str, Any] = {"joint": V.joint_box(joint["joint"])} if joint else {}
+        if self._says is not None:
+            out["says"] = self._says
+        if computed.circuit is not None and computed.exact:
+            out["circuit_cells"] = len(computed.circuit.cells)
+        return out
 
     def _joint_on_screen(self) -> Any:
         """The joint patch on show as drawn: normalised per pair under the ``"normalized"`` scale."""
@@ -399,7 +444,7 @@ class Explorer:
         # when the level is one (a head's breakdown is several, a search's view none: see widget.circuit).
         joint = {} if self._joint is None else {"joint": self._joint_on_screen()}
         self._publish(
-            view={**view, "joint": V.joint_box(joint["joint"])} if joint else view,
+            view={**view, **self._asides(computed, joint)},
             breadcrumb=V.breadcrumb(levels, session.labels_for(self.pair)),
             controls=V.controls(site, self.settings, self.pair, session.prompts.n_pairs, self.scale),
             context=context,

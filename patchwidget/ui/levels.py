@@ -48,6 +48,7 @@ class Level:
     target: float | None = None  # for kinds "search" and "circuit": the share the set must restore, or do alone
     spans: bool = False  # the prompts are made from a template: columns are spans, ``pos`` indexes them
     span: int | None = None  # the span whose positions this level's columns are (``patch(within=...)``)
+    pair: int | None = None  # for kind "says": the pair whose prompts are continued
 
     def label(self, tokens: list[str]) -> str:
         return LEVELS[self.kind].label(self, tokens)
@@ -71,6 +72,7 @@ class Computed:
     joint: JointResult | None = None
     exact: bool = True  # False for an attribution preview that exact values will replace
     circuit: Any = None  # for kinds "search" and "circuit": the Circuit found
+    says: Any = None  # for kind "says": what the model says under the patch (a ``Generation`` of one pair)
 
 
 class Patcher(Protocol):
@@ -81,6 +83,8 @@ class Patcher(Protocol):
     def run(self, site: str, **kwargs: Any) -> PatchResult: ...
 
     def joint(self, cells: list[Cell]) -> JointResult: ...
+
+    def generate(self, cells: list[Cell], pair: int) -> Any: ...
 
     def pattern(self, layer: int, head: int) -> list[np.ndarray]: ...
 
@@ -632,6 +636,11 @@ LEVELS: dict[str, LevelKind] = {
     "joint": LevelKind(
         label=lambda level, tokens: f"{len(level.cells)} cells together",
         compute=lambda level, p: Computed(level, {}, joint=p.joint(list(level.cells))),
+        panels=lambda computed, v: [],
+    ),
+    "says": LevelKind(
+        label=lambda level, tokens: f"what {len(level.cells)} cells make the model say",
+        compute=lambda level, p: Computed(level, {}, says=p.generate(list(level.cells), level.pair)),
         panels=lambda computed, v: [],
     ),
 }

@@ -8,13 +8,13 @@ tests load (``js/tests/contract.json``) is what Python produces today.
 Traits (Python -> front end): ``view``, ``controls``, ``status``,
 ``breadcrumb``, ``context``, ``vmax``; ``selection`` is written by the front end.
 Messages (front end -> Python): ``drill``, ``back``, ``set``, ``joint``,
-``keep``, ``find``, ``cancel``; each carries the ``request_id`` of the request it makes (or, for
+``keep``, ``says``, ``find``, ``circuit``, ``cancel``; each carries the ``request_id`` of the request it makes (or, for
 ``cancel``, the request it cancels), and every reply in ``view`` and
 ``status`` echoes it.
 
 Example:
     >>> sorted(MESSAGES)
-    ['back', 'cancel', 'drill', 'find', 'joint', 'keep', 'set']
+    ['back', 'cancel', 'circuit', 'drill', 'find', 'joint', 'keep', 'says', 'set']
 """
 
 from __future__ import annotations
@@ -64,6 +64,18 @@ class JointBox(TypedDict):
     metric: str
 
 
+class SaysBox(TypedDict):
+    """What the model says under a patch (``pw.generate``) for one pair: its greedy continuations, as text."""
+
+    cells: list[str]  # the patched cells' labels
+    direction: str  # "denoise": the cells take the clean run's values in the corrupted run; "noise": the reverse
+    pair: int  # the pair whose prompts were continued (the first for the mean)
+    max_new_tokens: int
+    clean: str  # the new text only, the prompt not included
+    corrupt: str
+    patched: str
+
+
 class View(TypedDict, total=False):
     """The ``view`` trait: the level on show."""
 
@@ -75,6 +87,8 @@ class View(TypedDict, total=False):
     normalized: bool  # the numbers are on the normalised scale (clean 1, corrupted 0): colours then span ±1
     panels: list[Panel]
     joint: JointBox
+    says: SaysBox  # what the model says under the patch of selected cells or of the circuit on show
+    circuit_cells: int  # the level on show found a circuit of this many cells (widget.circuit): it can be asked
     disabled: dict[str, str]  # controls that do not apply to this level, each with the reason
     code: str  # the Python that computes this level as the widget did (Copy code)
 
@@ -137,6 +151,8 @@ class Context(TypedDict, total=False):
     corrupt: list[Token]
     answer: str
     wrong: str
+    answer_tokens: list[str]  # the answer's tokens as text (one or several), shown on hover of the answer
+    wrong_tokens: list[str]
     baselines: Baselines
 
 
@@ -171,6 +187,9 @@ MESSAGES: dict[str, tuple[str, ...]] = {
     "set": ("key", "value"),  # change site, direction, metric, scale, method or pair
     "joint": ("cells",),  # patch these {panel, row, col} cells together
     "keep": ("cells",),  # keep these {panel, row, col} cells as widget.circuit
+    # what the model says (pw.generate) with these {panel, row, col} cells patched, or "circuit": the circuit
+    # the level on show found; for the pair on show (the first for the mean)
+    "says": ("cells",),
     "find": ("target",),  # search for a bottleneck restoring this share of the effect (find_bottleneck)
     "circuit": ("target",),  # find the circuit doing this share of the task on its own (find_circuit)
     "cancel": (),  # stop the request with this request_id

@@ -17,19 +17,20 @@ from __future__ import annotations
 import functools
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from ..circuits.generate import Generation, generate
 from ..circuits.joint import JointResult, patch_sites
 from ..core.cells import Cell
 from ..core.engine import attention_pattern, check_batching
 from ..core.metrics import DEFAULT
 from ..core.remote import prepare_remote, reporting
 from ..core.sites import ModelInfo, model_info
-from ..data.prompts import Texts, prepare_prompts
+from ..data.prompts import Noise, Texts, prepare_prompts
 from ..data.templates import token_strings
 from ..errors import PatchwidgetError
 from ..grids.dla import direct_logit_attribution
@@ -42,6 +43,8 @@ from ..search.nodes import find_circuit
 from .levels import LENS, LEVELS, Computed, Level
 
 __all__ = ["Cancelled", "Computed", "Level", "Session", "Settings"]
+
+SAYS_TOKENS = 5  # the new tokens "What does it say?" asks pw.generate for: a few words, quickly
 
 
 class Cancelled(Exception):
@@ -281,6 +284,20 @@ class _Patcher:
     def joint(self, cells: list[Cell]) -> JointResult:
         return patch_sites(self.session.model, cells=cells, **self._common())
 
+    def generate(self, cells: list[Cell], pair: int) -> Generation:
+        """What pair ``pair``'s runs say, ``SAYS_TOKENS`` new tokens, with ``cells`` patched (``pw.generate``)."""
+        s = self.session
+        return generate(
+            s.model,
+            one_pair(s.texts["clean"], pair),
+            one_pair(s.texts["corrupt"], pair),
+            cells=cells,
+            direction=self.settings.direction,
+            max_new_tokens=SAYS_TOKENS,
+            remote=s.remote,
+            progress=self.progress,
+        )
+
     def path(self, receivers: str | list[Cell]) -> PatchResult:
         s = self.session
         return path_patch(s.model, receivers=receivers, runs_cache=s.runs_cache, **self._common())
@@ -309,3 +326,16 @@ class _Patcher:
         """The head's attention on each pair's clean prompt (one small trace each), so it follows the pair shown."""
         s = self.session
         return [attention_pattern(s.model, text, layer, head, s.remote) for text in s.prompts.clean]
+
+
+def one_pair(texts: Any, pair: int) -> Any:
+    """Pair ``pair``'s entry of prompts as the session was given them: a list's entry, else the one prompt (or
+    noise) every pair shares.
+
+    Example:
+        >>> one_pair(["a b", "c d"], 1), one_pair("a b", 1)
+        ('c d', 'a b')
+    """
+    if isinstance(texts, str | Noise) or not isinstance(texts, Sequence):
+        return texts
+    return texts[pair]

@@ -25,7 +25,7 @@ from ..data.templates import token_strings
 from ..grids.result import PatchResult
 from .code import level_code
 from .levels import LEVELS, START_SITES, Computed, Display, Level
-from .protocol import Context, Controls, Crumb, JointBox, Server, Status, View
+from .protocol import Context, Controls, Crumb, JointBox, SaysBox, Server, Status, View
 from .scale import SCALE_LABELS, SCALES, rescales, scaled
 
 if TYPE_CHECKING:
@@ -154,6 +154,8 @@ def context(session: Session, pair: str | int, top: PatchResult | None) -> Conte
         "corrupt": sides["corrupt"],
         "answer": tokenizer.decode(answer_tokens(prompts, "answer", i)),
         "wrong": tokenizer.decode(answer_tokens(prompts, "wrong", i)),
+        "answer_tokens": token_strings(tokenizer, answer_tokens(prompts, "answer", i)),
+        "wrong_tokens": token_strings(tokenizer, answer_tokens(prompts, "wrong", i)),
     }
     baselines = top.settings.get("baselines") if top is not None else None
     if baselines:
@@ -193,6 +195,19 @@ def joint_box(joint: JointResult) -> JointBox:
         "sum_of_singles": round(joint.sum_of_singles, 6),
         "joint": round(joint.joint, 6),
         "metric": joint.settings["metric"],
+    }
+
+
+def says_box(says: Any, pair: int) -> SaysBox:
+    """What the model says under a patch (a ``Generation`` of the one pair ``pair``), as the view shows it."""
+    return {
+        "cells": [c.label for c in says.cells],
+        "direction": says.direction,
+        "pair": pair,
+        "max_new_tokens": says.max_new_tokens,
+        "clean": says.clean[0],
+        "corrupt": says.corrupt[0],
+        "patched": says.patched[0],
     }
 
 

@@ -633,3 +633,68 @@ def test_show_switches_between_normalised_and_raw_without_computing(lab_server, 
             pass
         raise
     assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
+
+
+def test_what_the_model_says_and_the_answers_tokens(lab_server, page, ui_output):
+    """Issue 30, parts 2b and 3: L3 H1 selected at the last token of the heads grid, *What does it say?* draws the
+    clean, corrupted and patched continuations, the patched one as ``pw.generate`` gives it; hovering the answer
+    (three tokens here) in the header shows its tokens, in the notebook and in the saved page."""
+    from playwright.sync_api import expect
+
+    import patchwidget as pw
+    from patchwidget.ui.session import SAYS_TOKENS
+
+    cell = pw.Cell("head_out", 3, head=1, pos=len(TOKENS) - 1)
+    want = pw.generate(pw.load_model(), CLEAN, CORRUPT, cells=[cell], max_new_tokens=SAYS_TOKENS)
+    assert want.patched != want.corrupt  # the head moves what the model says, so the test has power
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import patchwidget as pw\n"
+            f"w = pw.explore(pw.load_model(), {CLEAN!r}, {CORRUPT!r}, answer='Mary went to', wrong='John')\n"
+            "w"
+        ),
+        nbformat.v4.new_code_cell(SAVE),
+    ]
+    nbformat.write(nb, lab_server.root / "says.ipynb")
+    tip = page.locator(f"{WIDGET} .pw-tooltip")
+    try:
+        open_widget(page, lab_server, "says.ipynb", n_cells=2)
+        page.locator(f"{WIDGET} .pw-answer-answer").hover()
+        expect(tip).to_be_visible()
+        expect(tip.locator("div")).to_have_text(["answer: 3 tokens", '"Mary" · "went" · "to"'])
+        page.mouse.move(0, 0)
+        expect(tip).to_be_hidden()
+
+        page.locator(f'{TOP_GRID} .pw-cell[data-row="3"][data-col="{cell.pos}"]').click()
+        heads = page.locator(f'{GRID}[aria-label^="Heads of layer 3"]')
+        expect(heads).to_have_count(1, timeout=ACTION_TIMEOUT)
+        wait_settled(page)
+        heads.locator(f'.pw-cell[data-row="1"][data-col="{cell.pos}"]').click(modifiers=["Shift"])
+        expect(page.locator(f"{WIDGET} .pw-selection-count")).to_have_text("1 cell selected")
+        page.locator(f"{WIDGET} .pw-says").click()
+        box = page.locator(f"{WIDGET} .pw-says-result")
+        expect(box).to_have_count(1, timeout=ACTION_TIMEOUT)
+        wait_settled(page)
+        expect(box.locator(".pw-says-summary")).to_contain_text(f"{cell.label} takes the clean run's values")
+        expect(box.locator(".pw-says-line")).to_have_text(
+            [f"clean: {want.clean[0]}", f"corrupted: {want.corrupt[0]}", f"patched: {want.patched[0]}"]
+        )
+        assert box.locator(".pw-says-patched .pw-says-text").text_content() == want.patched[0]
+        expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "L3 heads"])  # the drill-down path stays
+        screenshot(page, ui_output / "widget-says.png")
+
+        run_cell(page, 1)
+        saved = page.locator(".jp-Notebook .jp-CodeCell").nth(1).locator(".jp-OutputArea-output")
+        expect(saved).to_contain_text("SAVED saved.html", timeout=ACTION_TIMEOUT)
+        page.goto((lab_server.root / "saved.html").as_uri(), wait_until="load")
+        page.locator(f"{WIDGET} .pw-answer-answer").hover()
+        expect(tip.locator("div")).to_have_text(["answer: 3 tokens", '"Mary" · "went" · "to"'])
+    except BaseException:
+        try:
+            page.screenshot(path=str(ui_output / "failure-says.png"), full_page=True, timeout=10_000)
+        except Exception:
+            pass
+        raise
+    assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
