@@ -174,5 +174,5 @@ def test_the_installed_command_line_works(venv, tmp_path):
     doctor = run([command, "doctor"], "patchwidget doctor", cwd=tmp_path, env=env)
     assert [line.split()[0] for line in doctor.stdout.splitlines()][:4] == ["ok"] * 4, doctor.stdout
     table = run([command, "run", "--layers", "0,3"], "patchwidget run", cwd=tmp_path, env=env).stdout.splitlines()
-    assert table[0].split() == ["L0", "L3"], table
-    assert len(table) == 1 + 14 and table[1].startswith("When (0)"), table
+    assert table[0].startswith("resid_pre · denoise") and table[1].split() == ["L0", "L3"], table
+    assert len(table) == 2 + 14 and table[2].startswith("When (0)"), table
