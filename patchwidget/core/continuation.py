@@ -37,7 +37,7 @@ class Extension:
     """Rows extended by their pair's two continuations; every tensor is ``(row, ...)``.
 
     ``reads[:, 0]`` is each row's last prompt token (the first token of both answers is read
-    there), so ``at_last_prompt`` is the logits every one-position metric reads.
+    there): its logits are what a one-position metric (``kl``) reads.
     """
 
     ids: torch.Tensor  # (row, width) the prompt (padded to n_pos) then the answer branch then the wrong branch
