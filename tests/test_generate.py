@@ -336,3 +336,44 @@ def test_the_context_check_names_the_longest_prompt(demo, no_forward):
     # 14-token prompts in a 64-position context: 50 new tokens fit, 51 do not.
     with pytest.raises(pw.SettingsError, match=r"14 tokens.*51.*64"):
         pw.generate(demo, CLEAN, CORRUPT, cells=CELLS["gpt2-demo"], max_new_tokens=51)
+
+
+def outside(model, circuit_nodes, n_pos):
+    """The reference's writes for a circuit run alone, written out plainly: every node of the model (the
+    embeddings, each head's output, each MLP's output) that is not in the circuit takes the corrupted
+    prompt's value at every position of the clean prompt."""
+    config = model._module.config
+    nodes = [("resid_pre", 0, None)]  # the embeddings: the residual stream entering the first block
+    for layer in range(config.num_hidden_layers):
+        nodes += [("head_out", layer, h) for h in range(config.num_attention_heads)] + [("mlp_out", layer, None)]
+    kept = {("resid_pre", 0, None) if c.site == "embed" else (c.site, c.layer, c.head) for c in circuit_nodes}
+    return [(s, la, u, [(p, p) for p in range(n_pos)]) for s, la, u in nodes if (s, la, u) not in kept]
+
+
+@pytest.mark.parametrize("name", ["gpt2-demo", "qwen2-gqa"])
+def test_a_circuit_alone_is_the_clean_run_with_everything_else_corrupted(tiny_models, name):
+    """``alone=True``: MIB's m(C) as a continuation, equal to the plain twin with every node outside the
+    circuit overwritten with its corrupted value; the empty-ish and the full circuit give the corrupted and
+    the clean runs' continuations."""
+    model = tiny_models[name]
+    config = model._module.config
+    nodes = [pw.Cell("embed"), pw.Cell("head_out", 1, head=0), pw.Cell("mlp_out", 1), pw.Cell("head_out", 2, head=1)]
+    circuit = pw.Circuit(cells=nodes, provenance={"direction": "noise", "shape": model_info(model).shape()})
+    g = pw.generate(model, CLEAN, CORRUPT, circuit=circuit, alone=True, max_new_tokens=N)
+    hf, eos = model._module, model.tokenizer.eos_token_id
+    for i, (c, k) in enumerate(zip(CLEAN, CORRUPT)):
+        c_ids, k_ids = ids_of(model, c), ids_of(model, k)
+        assert g.patched_ids[i] == reference_generate(hf, k_ids, c_ids, outside(model, nodes, len(c_ids)), N, eos)
+    assert g.direction == "noise"
+    every = pw.faithfulness_nodes(config.num_hidden_layers, config.num_attention_heads)
+    full = pw.generate(model, CLEAN, CORRUPT, cells=every, alone=True, max_new_tokens=N)
+    assert full.patched_ids == full.clean_ids  # nothing outside: the clean run
+    knocked = pw.generate(model, CLEAN, CORRUPT, circuit=circuit, max_new_tokens=N)
+    assert knocked.patched_ids != g.patched_ids  # alone is not the circuit knocked out
+
+
+def test_alone_refuses_what_faithfulness_refuses(demo, no_forward):
+    with pytest.raises(pw.SettingsError, match="its direction is 'noise'"):
+        pw.generate(demo, CLEAN, CORRUPT, cells=[pw.Cell("embed")], direction="denoise", alone=True)
+    with pytest.raises(pw.SettingsError, match="nodes are"):
+        pw.generate(demo, CLEAN, CORRUPT, cells=[pw.Cell("resid_pre", 1)], alone=True)

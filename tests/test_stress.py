@@ -39,6 +39,7 @@ def test_a_hundred_quick_clicks_end_on_the_last_request(demo):
         "spans": False,  # plain-string prompts: columns are tokens
         "span": None,
         "pair": None,  # the pair a "says" request continues, for that kind only
+        "alone": False,  # a "says" request about a circuit run on its own, for that kind only
     }
     assert handler_time < 30  # handlers return at once; only a broken queue could take this long
     seen = []

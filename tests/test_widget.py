@@ -503,7 +503,13 @@ def test_answers_of_several_tokens(demo):
 def says_of(demo, pair, **kwargs):
     """The box the widget should show: pw.generate on that pair's prompts alone, as the widget asks for it."""
     g = pw.generate(demo, TEXTS["clean"][pair], TEXTS["corrupt"][pair], max_new_tokens=SAYS_TOKENS, **kwargs)
-    return {"clean": g.clean[0], "corrupt": g.corrupt[0], "patched": g.patched[0], "direction": g.direction}
+    return {
+        "clean": g.clean[0],
+        "corrupt": g.corrupt[0],
+        "patched": g.patched[0],
+        "direction": g.direction,
+        "alone": g.alone,
+    }
 
 
 def test_what_the_model_says_under_selected_cells(widget, demo):
@@ -535,8 +541,8 @@ def test_what_the_model_says_under_selected_cells(widget, demo):
 
 
 def test_what_the_circuit_found_says(widget, demo):
-    """The circuit a search found (widget.circuit) can be asked too, in its own direction (find_circuit's is noise:
-    its nodes take the corrupted run's values in the clean run)."""
+    """The circuit *Find circuit* found (widget.circuit) says what it says on its own, as MIB's faithfulness runs
+    it: the clean run with every node outside it given the corrupted run's value (pw.generate(alone=True))."""
     send(widget, type="says", request_id=1, cells="circuit")
     assert widget.status["state"] == "error" and "found no circuit" in widget.status["message"]
     assert "circuit_cells" not in widget.view
@@ -545,8 +551,9 @@ def test_what_the_circuit_found_says(widget, demo):
     assert widget.view["circuit_cells"] == len(widget.circuit.cells) > 1
     send(widget, type="says", request_id=3, cells="circuit")
     assert wait_idle(widget, 3)["state"] == "idle"
-    want = says_of(demo, 0, circuit=widget.circuit)
-    assert want["direction"] == widget.circuit.provenance["direction"] == "noise"
+    want = says_of(demo, 0, circuit=widget.circuit, alone=True)
+    assert want["direction"] == "noise" and want["alone"]
+    assert want["patched"] != says_of(demo, 0, circuit=widget.circuit)["patched"]  # not the circuit knocked out
     assert widget.view["says"] == {
         "cells": [c.label for c in widget.circuit.cells],
         "pair": 0,

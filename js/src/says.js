@@ -18,8 +18,12 @@ export function saysSummary(says) {
   const cells = says.cells ?? [];
   const n = cells.length;
   const what = `${n === 1 ? "" : `${n} cells, `}${cellsText(cells)}`;
-  const how = DIRECTIONS[says.direction] ?? says.direction;
   const tokens = `${says.max_new_tokens} new token${says.max_new_tokens === 1 ? "" : "s"}`;
+  if (says.alone) {
+    // A circuit run on its own, as MIB's faithfulness runs it: the clean run, every other node corrupted.
+    return `What the circuit says on its own (pair ${says.pair}, ${tokens}): the clean run with every node but ${what} given the corrupted run's value:`;
+  }
+  const how = DIRECTIONS[says.direction] ?? says.direction;
   return `What the model says (pair ${says.pair}, ${tokens}) when ${what} take${n === 1 ? "s" : ""} ${how}:`;
 }
 

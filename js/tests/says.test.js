@@ -48,6 +48,14 @@ describe("what the model says box", () => {
     updateSaysBox(box, circuit);
     expect(box.querySelector(".pw-says-summary").title).toBe(cells.join("\n"));
   });
+
+  it("says a circuit run on its own is the clean run with every other node corrupted", () => {
+    const alone = { ...says, cells: ["embed", "head_out L3 H1"], direction: "noise", alone: true };
+    expect(saysSummary(alone)).toBe(
+      "What the circuit says on its own (pair 0, 5 new tokens): the clean run with every node but 2 cells, " +
+        "embed, head_out L3 H1 given the corrupted run's value:",
+    );
+  });
 });
 
 describe("widget: What does it say?", () => {

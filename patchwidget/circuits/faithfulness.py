@@ -131,6 +131,19 @@ def complement(kept: dict, every: list[Node], rows: PromptBatch, row: int) -> tu
     return tuple(writes)
 
 
+def outside_writes(circuit: Sequence[Cell], prompts: PromptBatch, n_layers: int, n_heads: int) -> list:
+    """Per pair, the writes that run ``circuit`` on its own, as m(C) does: every node outside it takes the
+    corrupted run's value at every position it is not kept at (``complement``), in the clean run.
+
+    Example:
+        >>> outside_writes([Cell("embed")], prompts, 4, 4)[0][0]   # doctest: +SKIP
+        Write(layer=0, site='head_out', unit=0, positions=(0, 1, ...))
+    """
+    kept = kept_positions(circuit, prompts, n_layers, n_heads)
+    every = [_node(c, n_layers, n_heads) for c in faithfulness_nodes(n_layers, n_heads)]
+    return [complement(kept, every, prompts, pair) for pair in range(prompts.n_pairs)]
+
+
 # --- the prepared request: runs and baselines, then any number of sets ---------------------------
 
 

@@ -34,6 +34,7 @@ from ..core.sites import CACHE, ModelInfo, attend_all, model_info, on_input_devi
 from ..data.prompts import PromptBatch, Texts, prepare_pairs
 from ..errors import SettingsError
 from .circuit import Circuit
+from .faithfulness import outside_writes
 
 __all__ = ["Generation", "generate"]
 
@@ -59,6 +60,7 @@ class Generation:
     cells: list[Cell]
     direction: str
     max_new_tokens: int
+    alone: bool = False  # the cells ran on their own (MIB's m(C)), every other node corrupted
     clean_prompts: list[str] = field(default_factory=list)
     corrupt_prompts: list[str] = field(default_factory=list)
 
@@ -105,6 +107,7 @@ def generate(
     max_new_tokens: int = 20,
     remote: bool | str = False,
     progress: Callable[[int, int], None] | bool | None = None,
+    alone: bool = False,
 ) -> Generation:
     """Greedy continuations of each pair's clean, corrupted and patched runs.
 
@@ -114,6 +117,12 @@ def generate(
     generates are computed by the model as it is (the patched prompt's keys and values
     stay in the cache; no generated position is written). ``direction`` defaults to the
     circuit's own (its provenance), else ``"denoise"``.
+
+    ``alone=True`` runs the circuit (or the cells, nodes as ``pw.faithfulness`` takes them) on its
+    own, as MIB's m(C) does: the clean prompt with every node outside it given its corrupted-run
+    value at the prompt's positions (a node with a ``pos`` is kept only there), so ``patched`` is
+    what the circuit alone says; without it, a circuit's cells are patched in its own direction
+    (for a ``find_circuit`` circuit, ``noise``: the circuit knocked out).
 
     Greedy: each new token is the argmax of the last logits. A continuation stops after
     ``max_new_tokens`` tokens, or where the tokenizer's end-of-text token comes (left out
@@ -132,13 +141,19 @@ def generate(
         >>> g.corrupt, g.patched
         (['John'], ['Mary'])
     """
+    asked = direction
     cells, direction = chosen_cells(model, cells, circuit, direction)
     check_new_tokens(max_new_tokens)
     prepare_remote(model, remote)
     info = model_info(model)
     prompts = prepare_pairs(model.tokenizer, clean, corrupt, max_len=context_length(model))
     check_context(prompts, max_new_tokens, context_length(model))
-    writes = [cell_write(cell, info, prompts.n_pos, prompts.columns) for cell in cells]
+    if alone:  # the circuit on its own, as MIB's m(C): the clean run, every node outside it corrupted
+        direction, per_pair = check_alone(asked, prompts, info, cells)
+        writes = [w for pair in per_pair for w in pair]
+    else:
+        per_pair = None
+        writes = [cell_write(cell, info, prompts.n_pos, prompts.columns) for cell in cells]
     if any(w.site == "attn_pattern" for w in writes):
         raise SettingsError("attn_pattern cells cannot be generated under; patch the heads' outputs (head_out)")
     reads = sorted({(w.layer, w.site) for w in writes}, key=lambda k: (k[0], READ_ORDER.index(k[1])))
@@ -147,7 +162,7 @@ def generate(
         clean_ids, clean_acts = run.plain(prompts, "clean", reads if direction == "denoise" else [])
         corrupt_ids, corrupt_acts = run.plain(prompts, "corrupt", reads if direction == "noise" else [])
         sources = clean_acts if direction == "denoise" else corrupt_acts
-        patched_ids = run.patched(prompts, direction, writes, sources)
+        patched_ids = run.patched(prompts, direction, writes, sources, per_pair)
     decode = lambda rows: [model.tokenizer.decode(ids) for ids in rows]
     return Generation(
         *(decode(rows) for rows in (clean_ids, corrupt_ids, patched_ids)),
@@ -157,6 +172,7 @@ def generate(
         cells=list(cells),
         direction=direction,
         max_new_tokens=int(max_new_tokens),
+        alone=bool(alone),
         clean_prompts=prompts.clean,
         corrupt_prompts=prompts.corrupt,
     )
@@ -189,6 +205,25 @@ def chosen_cells(
     direction = "denoise" if direction is None else direction
     check_choice(direction, DIRECTIONS, "direction")
     return list(cells), direction
+
+
+def check_alone(
+    given: str | None, prompts: PromptBatch, info: ModelInfo, cells: list[Cell]
+) -> tuple[str, list[tuple[Write, ...]]]:
+    """``alone=True``: the direction (the clean run's: ``noise``) and each pair's writes, every node outside
+    the circuit given its corrupted value (``faithfulness.outside_writes``), checked as faithfulness checks;
+    ``given`` is the direction asked for (a circuit's own is where it was found, not how it runs alone)."""
+    if given not in (None, "noise"):
+        raise SettingsError(
+            "alone=True runs the clean prompt with every node outside the circuit given its corrupted value "
+            f"(MIB's m(C)), so its direction is 'noise'; got direction={given!r}"
+        )
+    if not prompts.aligned_one_to_one:
+        raise SettingsError(
+            "alone=True replaces each node position by position with its corrupted-run value, and these pairs' "
+            "clean and corrupted prompts have spans of different lengths: give pairs whose spans match"
+        )
+    return "noise", outside_writes(cells, prompts, info.n_layers, info.n_heads)
 
 
 def check_new_tokens(max_new_tokens: Any) -> None:
@@ -263,14 +298,23 @@ class Runner:
         return out, acts
 
     def patched(
-        self, prompts: PromptBatch, direction: str, writes: list[Write], sources: list[dict]
+        self,
+        prompts: PromptBatch,
+        direction: str,
+        writes: list[Write],
+        sources: list[dict],
+        per_pair: list[tuple[Write, ...]] | None = None,
     ) -> list[list[int]]:
-        """Each pair's target prompt, patched with ``sources`` at the writes' positions, continued."""
+        """Each pair's target prompt, patched with ``sources`` at the writes' positions (or at each pair's own
+        ``per_pair`` writes), continued."""
         ids, lengths = prompt_ids(prompts, "corrupt" if direction == "denoise" else "clean")
         out: list[list[int]] = [[] for _ in lengths]
         for group in same_length(lengths):
             rows = ids[group, : lengths[group[0]]]
-            batch = [(pair, pair_writes(writes, prompts, pair, direction)) for pair in group]
+            batch = [
+                (pair, pair_writes(writes, prompts, pair, direction) if per_pair is None else per_pair[pair])
+                for pair in group
+            ]
             logits, cache, _ = self.prompt_pass(rows, writes=self.write_values(batch, sources))
             for pair, new in zip(group, self.greedy(logits, cache, rows.shape[1])):
                 out[pair] = new

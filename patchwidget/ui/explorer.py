@@ -247,17 +247,21 @@ class Explorer:
         Example:
             >>> ex.do_says(9, {"cells": [{"panel": "head_out", "row": 1, "col": 13}]})  # doctest: +SKIP
         """
-        settings = self.settings
+        settings, alone = self.settings, False
         if msg.get("cells") == "circuit":
             circuit = self._computed.circuit if self._computed is not None and self._computed.exact else None
             if circuit is None:
                 raise MessageError("the level on show found no circuit; select cells to patch instead")
             cells = tuple(circuit.cells)
+            # A circuit found by MIB's faithfulness says what it says on its own (everything else corrupted);
+            # a bottleneck, what the corrupted run says with its cells copied in.
+            alone = circuit.faithfulness is not None
             settings = replace(settings, direction=circuit.provenance.get("direction", settings.direction))
         else:
             cells = tuple(dict.fromkeys(self._cells(msg)))
         pair = 0 if self.pair == "mean" else int(self.pair)
-        self._request(request_id, self.levels, self.settings, Level("says", cells=cells, pair=pair), settings)
+        level = Level("says", cells=cells, pair=pair, alone=alone)
+        self._request(request_id, self.levels, self.settings, level, settings)
 
     def _cells(self, msg: dict) -> list[Cell]:
         cells = msg.get("cells")

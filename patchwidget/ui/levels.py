@@ -49,6 +49,7 @@ class Level:
     spans: bool = False  # the prompts are made from a template: columns are spans, ``pos`` indexes them
     span: int | None = None  # the span whose positions this level's columns are (``patch(within=...)``)
     pair: int | None = None  # for kind "says": the pair whose prompts are continued
+    alone: bool = False  # for kind "says": the cells are a circuit run on its own (MIB's m(C))
 
     def label(self, tokens: list[str]) -> str:
         return LEVELS[self.kind].label(self, tokens)
@@ -640,7 +641,7 @@ LEVELS: dict[str, LevelKind] = {
     ),
     "says": LevelKind(
         label=lambda level, tokens: f"what {len(level.cells)} cells make the model say",
-        compute=lambda level, p: Computed(level, {}, says=p.generate(list(level.cells), level.pair)),
+        compute=lambda level, p: Computed(level, {}, says=p.generate(list(level.cells), level.pair, level.alone)),
         panels=lambda computed, v: [],
     ),
 }

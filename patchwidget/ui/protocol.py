@@ -74,6 +74,7 @@ class SaysBox(TypedDict):
     clean: str  # the new text only, the prompt not included
     corrupt: str
     patched: str
+    alone: bool  # the cells are a circuit run on its own (MIB's m(C)): every other node took corrupted values
 
 
 class View(TypedDict, total=False):

@@ -284,16 +284,18 @@ class _Patcher:
     def joint(self, cells: list[Cell]) -> JointResult:
         return patch_sites(self.session.model, cells=cells, **self._common())
 
-    def generate(self, cells: list[Cell], pair: int) -> Generation:
-        """What pair ``pair``'s runs say, ``SAYS_TOKENS`` new tokens, with ``cells`` patched (``pw.generate``)."""
+    def generate(self, cells: list[Cell], pair: int, alone: bool = False) -> Generation:
+        """What pair ``pair``'s runs say, ``SAYS_TOKENS`` new tokens, with ``cells`` patched, or (``alone``)
+        run on their own as MIB's m(C) runs a circuit (``pw.generate``)."""
         s = self.session
         return generate(
             s.model,
             one_pair(s.texts["clean"], pair),
             one_pair(s.texts["corrupt"], pair),
             cells=cells,
-            direction=self.settings.direction,
+            direction=None if alone else self.settings.direction,
             max_new_tokens=SAYS_TOKENS,
+            alone=alone,
             remote=s.remote,
             progress=self.progress,
         )

@@ -208,6 +208,7 @@ def says_box(says: Any, pair: int) -> SaysBox:
         "clean": says.clean[0],
         "corrupt": says.corrupt[0],
         "patched": says.patched[0],
+        "alone": says.alone,
     }
 
 
