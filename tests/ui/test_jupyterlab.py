@@ -645,8 +645,11 @@ def test_what_the_model_says_and_the_answers_tokens(lab_server, page, ui_output)
     from patchwidget.ui.session import SAYS_TOKENS
 
     cell = pw.Cell("head_out", 3, head=1, pos=len(TOKENS) - 1)
-    want = pw.generate(pw.load_model(), CLEAN, CORRUPT, cells=[cell], max_new_tokens=SAYS_TOKENS)
+    model = pw.load_model()
+    want = pw.generate(model, CLEAN, CORRUPT, cells=[cell], max_new_tokens=SAYS_TOKENS)
     assert want.patched != want.corrupt  # the head moves what the model says, so the test has power
+    found = pw.find_circuit(model, CLEAN, CORRUPT, answer="Mary went to", wrong="John")
+    alone = pw.generate(model, CLEAN, CORRUPT, circuit=found, alone=True, max_new_tokens=SAYS_TOKENS)
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [
@@ -684,6 +687,20 @@ def test_what_the_model_says_and_the_answers_tokens(lab_server, page, ui_output)
         assert box.locator(".pw-says-patched .pw-says-text").text_content() == want.patched[0]
         expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "L3 heads"])  # the drill-down path stays
         screenshot(page, ui_output / "widget-says.png")
+
+        # The circuit Find circuit found says what it says on its own (MIB's m(C)): pw.generate(alone=True).
+        page.locator(f"{WIDGET} .pw-circuit-button").click()
+        circuit = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Circuit of"]')
+        expect(circuit).to_have_count(1, timeout=KERNEL_TIMEOUT)
+        wait_settled(page)
+        page.locator(f"{WIDGET} .pw-says-circuit").click()
+        expect(box.locator(".pw-says-summary")).to_contain_text(
+            "What the circuit says on its own", timeout=ACTION_TIMEOUT
+        )
+        wait_settled(page)
+        expect(box.locator(".pw-says-line")).to_have_text(
+            [f"clean: {alone.clean[0]}", f"corrupted: {alone.corrupt[0]}", f"patched: {alone.patched[0]}"]
+        )
 
         run_cell(page, 1)
         saved = page.locator(".jp-Notebook .jp-CodeCell").nth(1).locator(".jp-OutputArea-output")
