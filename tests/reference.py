@@ -288,6 +288,13 @@ def continuation_logprob(model, prompt_ids, seq, **hook):
     return sum(float(logp[start + k, token]) for k, token in enumerate(seq))
 
 
+def continuation_diff(model, prompt_ids, answer, wrong, **hook):
+    """log p(answer | prompt) - log p(wrong | prompt), each by ``continuation_logprob`` with the same ``hook``."""
+    return continuation_logprob(model, prompt_ids, answer, **hook) - continuation_logprob(
+        model, prompt_ids, wrong, **hook
+    )
+
+
 def reference_sequence_patch(
     model, source_ids, target_ids, site, layers, units, positions, by_position, answer, wrong, noises=(None, None)
 ):
@@ -312,9 +319,7 @@ def reference_sequence_patch(
                         act[p, unit] = src[p, unit]
 
                 hook = dict(site=site, layer=layer, fn=write, noise=noises[1])
-                out[i, j, g] = continuation_logprob(model, target_ids, answer, **hook) - continuation_logprob(
-                    model, target_ids, wrong, **hook
-                )
+                out[i, j, g] = continuation_diff(model, target_ids, answer, wrong, **hook)
     return out
 
 
@@ -346,7 +351,10 @@ def reference_attribution(model, source_ids, target_ids, site, layer, units, pos
 
     Written as a directional derivative rather than a gradient product: the
     target run gets ``eps * (source - target)`` added at the cell, and
-    ``d logit_diff / d eps`` at ``eps = 0`` is the estimate's correction.
+    ``d metric / d eps`` at ``eps = 0`` is the estimate's correction. The metric is the
+    logit difference at the last position, or with ``answer`` and ``wrong`` lists of ids
+    log p(answer | target) - log p(wrong | target), each continuation appended to the
+    target prompt and run on its own with the same nudge at the prompt's cell.
     """
     src = capture(model, source_ids, site, layer)
     tgt = capture(model, target_ids, site, layer)
@@ -358,44 +366,30 @@ def reference_attribution(model, source_ids, target_ids, site, layer, units, pos
             def nudge(act, unit=unit, p=p, eps=eps):
                 act[p, unit] = act[p, unit] + eps * (src[p, unit] - tgt[p, unit])
 
-            handle = site_hooks(model, site, layer, Sizes(model.config), nudge)
-            try:
-                logits = model(target_ids[None]).logits[0, -1]
-            finally:
-                handle.remove()
-            diff = logits[answer] - logits[wrong]
-            (slope,) = torch.autograd.grad(diff, eps)
-            out[j, g] = diff.detach() + slope
+            metric = _nudged_metric(model, target_ids, site, layer, nudge, answer, wrong)
+            (slope,) = torch.autograd.grad(metric, eps)
+            out[j, g] = metric.detach() + slope
     return out
 
 
-def reference_sequence_attribution(model, source_ids, target_ids, site, layer, units, positions, answer, wrong):
-    """``reference_attribution`` for answers of several tokens, ``(unit, pos)``: the metric is
-    log p(answer | target) - log p(wrong | target), each continuation appended to the target prompt and
-    run on its own with the same nudge at the prompt's cell."""
-    src = capture(model, source_ids, site, layer)
-    tgt = capture(model, target_ids, site, layer)
-    out = torch.empty(len(units), len(positions))
-    for j, unit in enumerate(units):
-        for g, p in enumerate(positions):
-            eps = torch.zeros((), requires_grad=True)
-
-            def nudge(act, unit=unit, p=p, eps=eps):
-                act[p, unit] = act[p, unit] + eps * (src[p, unit] - tgt[p, unit])
-
-            total = 0.0
-            for seq, sign in ((answer, 1.0), (wrong, -1.0)):
-                ids = torch.cat([target_ids, torch.tensor(seq[:-1], dtype=torch.long)])
-                handle = site_hooks(model, site, layer, Sizes(model.config), nudge)
-                try:
-                    logp = model(ids[None]).logits[0].float().log_softmax(-1)
-                finally:
-                    handle.remove()
-                start = len(target_ids) - 1
-                total = total + sign * sum(logp[start + k, token] for k, token in enumerate(seq))
-            (slope,) = torch.autograd.grad(total, eps)
-            out[j, g] = total.detach() + slope
-    return out
+def _nudged_metric(model, target_ids, site, layer, nudge, answer, wrong):
+    """The metric of the target run with ``nudge`` hooked at (site, layer), with its graph: the last position's
+    logit difference, or (lists of ids) the continuations' log-probability difference."""
+    seqs = ((answer, 1.0), (wrong, -1.0)) if isinstance(answer, list) else ((None, 1.0),)
+    total = 0.0
+    for seq, sign in seqs:
+        ids = target_ids if seq is None else torch.cat([target_ids, torch.tensor(seq[:-1], dtype=torch.long)])
+        handle = site_hooks(model, site, layer, Sizes(model.config), nudge)
+        try:
+            logits = model(ids[None]).logits[0]
+        finally:
+            handle.remove()
+        if seq is None:
+            return logits[-1, answer] - logits[-1, wrong]
+        logp = logits.float().log_softmax(-1)
+        start = len(target_ids) - 1  # the prompt's last token predicts the first token of seq
+        total = total + sign * sum(logp[start + k, token] for k, token in enumerate(seq))
+    return total
 
 
 # --- path patching, one plain run per step and sender set --------------------------------------------
@@ -518,10 +512,7 @@ def reference_span_patch(
             act[t, which] = src[s, which]
 
     if isinstance(answer, list):  # answers of several tokens: each continuation appended, run with the patch
-        hook = dict(site=site, layer=layer, fn=write)
-        return continuation_logprob(model, target_ids, answer, **hook) - continuation_logprob(
-            model, target_ids, wrong, **hook
-        )
+        return continuation_diff(model, target_ids, answer, wrong, site=site, layer=layer, fn=write)
     logits = run(model, target_ids, site, layer, write)
     return float(logits[answer] - logits[wrong])
 
@@ -590,13 +581,7 @@ def reference_faithfulness(model, pairs, kept, ablation="patch", metric="logit_d
         """The logit difference at the last position; for answers of several tokens (lists of ids),
         log p(a | prompt) - log p(w | prompt) by teacher forcing, each continuation run on its own."""
         if isinstance(a, list):
-            score = 0.0
-            for seq, sign in ((a, 1), (w, -1)):
-                with torch.no_grad():
-                    logp = model(torch.cat([ids, torch.tensor(seq[:-1], dtype=torch.long)])[None]).logits[0]
-                logp = logp.float().log_softmax(-1)
-                score += sign * sum(float(logp[len(ids) - 1 + k, t]) for k, t in enumerate(seq))
-            return score
+            return continuation_diff(model, ids, a, w)
         with torch.no_grad():
             logits = model(ids[None]).logits[0, -1]
         return float(logits[a] - logits[w])

@@ -16,8 +16,8 @@ from patchwidget.core.batches import NONE
 from .close import assert_close, near
 from .reference import (
     continuation_logprob,
+    reference_attribution,
     reference_faithfulness,
-    reference_sequence_attribution,
     reference_sequence_patch,
     reference_span_patch,
 )
@@ -124,7 +124,7 @@ def test_attribution_equals_its_directional_derivative(tiny_models, model_name, 
         source, target = ids(model, CLEAN[i]), ids(model, CORRUPT[i])
         for layer in range(model.config.num_hidden_layers):
             units = units_of(model, site, {})
-            want = reference_sequence_attribution(
+            want = reference_attribution(
                 model._module,
                 source,
                 target,

@@ -29,7 +29,7 @@ import torch
 
 from ..data.prompts import PromptBatch
 from .metrics import with_scores
-from .sites import attend_all, last_tokens, on_input_device, segment_mask
+from .sites import attend_all, last_positions, last_tokens, on_input_device, segment_mask
 
 
 @dataclass(frozen=True)
@@ -108,10 +108,12 @@ def scores(logits: torch.Tensor, ext: Extension) -> torch.Tensor:
     ``logits`` is ``(row, read, vocab)``, the logits at ``ext.reads``.
     """
     logp = logits.float().log_softmax(-1).gather(-1, ext.targets.to(logits.device)[..., None])[..., 0]  # (row, read)
-    sign = ext.sign.to(logp.device)
-    answer = torch.where(sign > 0, logp, 0.0).sum(1)
-    wrong = torch.where(sign < 0, logp, 0.0).sum(1)
-    return torch.stack([answer, wrong], 1).cpu()
+    return branch_sums(logp, ext.sign.to(logp.device)).cpu()
+
+
+def branch_sums(values: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """Each row's answer reads summed, then its wrong answer's, ``(row, 2)``, from ``values`` ``(row, read)``."""
+    return torch.stack([torch.where(sign > 0, values, 0.0).sum(1), torch.where(sign < 0, values, 0.0).sum(1)], 1)
 
 
 def inputs(model: Any, ext: Extension | None, shape: tuple[int, int]) -> dict[str, Any]:
@@ -131,10 +133,10 @@ def kept(lengths: torch.Tensor, width: int, ext: Extension | None) -> tuple[Any,
     if ext is None:
         keep, index = last_tokens(lengths, width)
         return keep, index, None
-    rows = torch.arange(len(lengths))[:, None].expand_as(ext.reads)  # (row, read)
-    keep = torch.unique(ext.reads)
-    at = torch.searchsorted(keep, ext.reads)  # (row, read)
-    return keep, (rows[:, 0], at[:, 0]), (rows.flatten(), at.flatten())
+    rows = torch.arange(len(lengths))[:, None].expand_as(ext.reads).flatten()  # (row * read,)
+    keep, every = last_positions(rows, ext.reads.flatten(), width)  # several reads per row: never (1, None)
+    at = every[1].view(ext.reads.shape)  # (row, read)
+    return keep, (rows.view(ext.reads.shape)[:, 0], at[:, 0]), every
 
 
 def scored(logits: torch.Tensor, ext: Extension) -> torch.Tensor:
@@ -170,7 +172,7 @@ def scored_hidden(
     if difference_only:
         own = (h[first] * weight[targets[first]]).sum(-1) + (0 if bias is None else bias[targets[first]])
         values[first] = own.float()
-    scores = torch.stack([torch.where(sign > 0, values, 0.0).sum(1), torch.where(sign < 0, values, 0.0).sum(1)], 1)
+    scores = branch_sums(values, sign)
     if difference_only:
         return scores.cpu()
     last = h[:, 0] @ weight.T + (0 if bias is None else bias)  # (row, vocab) at the prompt's last token

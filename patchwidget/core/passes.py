@@ -155,9 +155,9 @@ def reads_of(lay: Layout, pairs: torch.Tensor, ext: Extension | None) -> dict:
         return {"keep": keep, "last": last}
     copy = torch.arange(len(pairs))[:, None]
     at = lay.index(copy, ext.reads[pairs])  # (copy, read): each read's index in its copy's row
-    keep = torch.unique(at)
     rows = lay.copy_row[:, None].expand_as(at)
-    return {"keep": keep, "last": (rows.flatten(), torch.searchsorted(keep, at).flatten())}
+    keep, last = last_positions(rows.flatten(), at.flatten(), lay.positions.shape[1])  # several reads per row
+    return {"keep": keep, "last": last}
 
 
 def batch_writes(chunk: list[Copy], tables: dict[str, dict[Key, torch.Tensor]], lay: Layout) -> Writes:
