@@ -23,6 +23,21 @@ from transformers import (
 import patchwidget as pw
 
 
+def _one_torch_thread():
+    """One torch thread for the test (or the module), restored afterwards."""
+    # A forward pass of these tiny models is a few milliseconds on one thread, but can take a hundred times
+    # longer when threads fight over a busy CPU; the values do not depend on it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+one_thread = pytest.fixture(_one_torch_thread)  # for one test: ask for ``one_thread``
+# For a whole module: ``pytestmark = pytest.mark.usefixtures("one_thread_per_module")``.
+one_thread_per_module = pytest.fixture(scope="module")(_one_torch_thread)
+
+
 @pytest.fixture(scope="session")
 def demo():
     return pw.load_model()

@@ -30,14 +30,6 @@ def _script():
     return module
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_files_are_small_and_not_pickle():
     files = {p.name: p.stat().st_size for p in pw.DEMO_MODEL_DIR.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(files)

@@ -31,14 +31,7 @@ CELLS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # A forward pass of these tiny models is a few milliseconds on one thread, but can take a hundred times
-    # longer when threads fight over a busy CPU; the tokens do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def ids_of(model, text):

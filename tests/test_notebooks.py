@@ -129,17 +129,6 @@ def test_marimo_quickstart_runs():
 # demo model (or a change in the engine) makes that prose wrong.
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread while checking claims (see the module docstring); restored afterwards."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _pairs(pairs):
     from patchwidget import demo_data
 

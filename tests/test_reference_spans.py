@@ -19,14 +19,7 @@ TARGET = "When Mary and John went to the store , Mary gave a drink to"  # 14 tok
 LONGER = "Then Tom and Anna had fun at the park , and Tom gave a book to"  # 16 tokens
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # One forward pass of this tiny model is a few milliseconds on one thread, but can take a hundred
-    # times longer when threads fight over a busy CPU; the values do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.fixture(scope="module")
