@@ -194,26 +194,36 @@ def on_logprobs(metric: MetricFn) -> bool:
     return set(SEQUENCE_PARAMS) <= names
 
 
-def _call(metric: MetricFn, sequences: bool, logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor) -> Any:
-    """Call a user's metric the way its signature asks (see ``on_logprobs``); ``logits`` are ``with_scores``'
+def _call(
+    metric: MetricFn, style: str, sequences: bool, logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor
+) -> Any:
+    """Call a user's metric the way its signature asks, ``style`` (``_style``); ``logits`` are ``with_scores``'
     on sequences."""
-    if on_logprobs(metric):
+    if style == "logprobs":
         if sequences:
             return metric(logits=logits[:, :-2], answer_logprob=logits[:, -2], wrong_logprob=logits[:, -1])
         logp, rows = logits.float().log_softmax(-1), torch.arange(logits.shape[0])
         return metric(logits=logits, answer_logprob=logp[rows, answer], wrong_logprob=logp[rows, wrong])
-    return metric(logits, answer, wrong) if _n_params(metric) != 1 else metric(logits)
+    return metric(logits, answer, wrong) if style == "ids" else metric(logits)
+
+
+def _style(metric: MetricFn) -> str:
+    """How a user's metric is called, read once from its signature: ``"logprobs"`` (``on_logprobs``),
+    ``"ids"`` (``f(logits, answer_ids, wrong_ids)``) or ``"logits"`` (``f(logits)``)."""
+    if on_logprobs(metric):
+        return "logprobs"
+    return "ids" if _n_params(metric) != 1 else "logits"
 
 
 def _checked(metric: MetricFn, vocab: int | None, sequences: bool = False) -> MetricFn:
     """A user's callable, its every result checked (and, with ``vocab``, tried once on made-up logits)."""
-    calls = [0]
+    calls, style = [0], _style(metric)
 
     def checked(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         calls[0] += 1
         where = f"metric {metric_name(metric)!r} (call {calls[0]}, on logits of shape {tuple(logits.shape)})"
         try:
-            out = _call(metric, sequences, logits, answer, wrong)
+            out = _call(metric, style, sequences, logits, answer, wrong)
         except Exception as err:
             raise MetricError(f"{where} raised {type(err).__name__}: {err}") from err
         rows = logits.shape[0]
