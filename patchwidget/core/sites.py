@@ -83,6 +83,7 @@ class Arch:
     q: str
     k: str = ""
     v: str = ""
+    ln_attn: str = ""  # norm whose output the attention's q/k/v projections read; "" if not named (edges need it)
 
 
 _LLAMA = Arch(
@@ -99,6 +100,7 @@ _LLAMA = Arch(
     q="self_attn.q_proj",
     k="self_attn.k_proj",
     v="self_attn.v_proj",
+    ln_attn="input_layernorm",
 )
 
 ARCHITECTURES: dict[str, Arch] = {
@@ -114,6 +116,7 @@ ARCHITECTURES: dict[str, Arch] = {
         mlp_proj_out="mlp.c_proj",
         qkv="gpt2",
         q="attn.c_attn",
+        ln_attn="ln_1",
     ),
     "gpt_neox": Arch(
         layers="gpt_neox.layers",
@@ -127,6 +130,7 @@ ARCHITECTURES: dict[str, Arch] = {
         mlp_proj_out="mlp.dense_4h_to_h",
         qkv="neox",
         q="attention.query_key_value",
+        ln_attn="input_layernorm",
     ),
     "gptj": Arch(
         layers="transformer.h",
@@ -142,6 +146,7 @@ ARCHITECTURES: dict[str, Arch] = {
         q="attn.q_proj",
         k="attn.k_proj",
         v="attn.v_proj",
+        ln_attn="ln_1",
     ),
     "llama": _LLAMA,
     "qwen2": _LLAMA,
@@ -245,7 +250,17 @@ def _check_paths(model: Any, model_type: str, arch: Arch) -> None:
     missing = [path for path in (arch.layers, arch.final_norm, arch.unembed, arch.embed) if not _has(model, path)]
     if not missing:
         first = module(model, arch.layers)[0]
-        block_paths = [arch.attn, arch.mlp, arch.ln_mid, arch.attn_proj_out, arch.mlp_proj_out, arch.q, arch.k, arch.v]
+        block_paths = [
+            arch.attn,
+            arch.mlp,
+            arch.ln_mid,
+            arch.attn_proj_out,
+            arch.mlp_proj_out,
+            arch.q,
+            arch.k,
+            arch.v,
+            arch.ln_attn,
+        ]
         missing = [f"{arch.layers}[0].{p}" for p in block_paths if p and not _has(first, p)]
     if missing:
         raise UnsupportedModelError(

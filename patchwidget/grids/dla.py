@@ -32,6 +32,7 @@ import torch
 
 from ..core.engine import entry_point
 from ..core.sites import model_info, module, on_input_device, view
+from ..core.weights import norm_parts, out_per_head
 from ..errors import SettingsError
 from .lens import by_length, logit_transform, tokenize_prompts
 from .result import PatchResult
@@ -107,7 +108,7 @@ def _components(model: Any, info: Any, got: dict) -> dict[str, torch.Tensor]:
     for layer in range(info.n_layers):
         proj = module(model._module, f"{info.arch.layers}.{layer}.{info.arch.attn_proj_out}")
         z = got[("z", layer)].float()  # (prompt, head, d_head)
-        w = _per_head(proj, info)  # (head, d_head, d_model)
+        w = out_per_head(model, info, layer)  # (head, d_head, d_model)
         heads.append(torch.einsum("phk,hkd->phd", z, w.float()))
         b = getattr(proj, "bias", None)
         biases.append(torch.zeros_like(heads[-1][:, 0]) if b is None else b.float().expand_as(heads[-1][:, 0]))
@@ -121,27 +122,10 @@ def _components(model: Any, info: Any, got: dict) -> dict[str, torch.Tensor]:
     }
 
 
-def _per_head(proj: Any, info: Any) -> torch.Tensor:
-    """The output projection's weight as one ``(d_head, d_model)`` slice per head. GPT-2's Conv1D stores it as
-    ``(in, out)``, ``nn.Linear`` as ``(out, in)``."""
-    w = proj.weight if type(proj).__name__ == "Conv1D" else proj.weight.T  # (heads * d_head, d_model)
-    return w.reshape(info.n_heads, -1, w.shape[-1])
-
-
-def _norm_parts(norm: Any) -> tuple[bool, torch.Tensor, torch.Tensor | None, float]:
-    """(centred, gain, bias, eps) of a LayerNorm or RMSNorm module (Gemma's RMSNorm multiplies by 1 + weight)."""
-    name = type(norm).__name__
-    eps = float(getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", None) or 1e-5)
-    centred = "RMS" not in name
-    gain = norm.weight.float() + (1.0 if name.startswith("Gemma") and "RMS" in name else 0.0)
-    bias = getattr(norm, "bias", None)
-    return centred, gain, None if bias is None else bias.float(), eps
-
-
 def _fixed_norm(model: Any, info: Any, x: torch.Tensor, y: torch.Tensor) -> Any:
     """The final norm as a linear map with this run's scale held fixed, checked against its real output ``y``."""
     norm = module(model._module, info.arch.final_norm)
-    centred, gain, bias, eps = _norm_parts(norm)
+    centred, gain, bias, eps = norm_parts(norm)
     center = (lambda v: v - v.mean(-1, keepdim=True)) if centred else (lambda v: v)
     scale = (center(x).pow(2).mean(-1, keepdim=True) + eps).sqrt()  # (prompt, 1)
     again = gain * center(x) / scale + (0 if bias is None else bias)
@@ -166,7 +150,7 @@ def _unembedding(model: Any, info: Any, answers: list[int], wrongs: list[int]) -
     w = head.weight.float()[rows]  # (prompt, 2, d_model)
     direction = w[:, 0] - w[:, 1]
     norm = module(model._module, info.arch.final_norm)
-    _, _, bias, _ = _norm_parts(norm)
+    _, _, bias, _ = norm_parts(norm)
     term = torch.zeros(len(answers)) if bias is None else direction @ bias
     if getattr(head, "bias", None) is not None:
         term = term + head.bias.float()[rows[:, 0]] - head.bias.float()[rows[:, 1]]
