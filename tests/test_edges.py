@@ -8,13 +8,14 @@ import itertools
 import pytest
 
 import patchwidget as pw
-from patchwidget.circuits.edges import edge_graph
+from patchwidget.circuits.edges import edge_graph, numbers, outside_masks
+from patchwidget.core.edge_pass import EdgeIndex
 
 
-def plain_graph(n_layers, n_heads, n_kv):
+def plain_graph(n_layers, n_heads, n_kv, parallel=False):
     """Every (sender, receiver) pair kept by the rule, written out: a head's q/k/v input is fed by the
-    embeddings and every component of an earlier layer; an MLP's input also by its own layer's heads; the
-    logits by everything."""
+    embeddings and every component of an earlier layer; an MLP's input also by its own layer's heads (not
+    where attention and MLP run in parallel); the logits by everything."""
     senders = [("embed", -1, None)]
     senders += [("head_out", la, h) for la in range(n_layers) for h in range(n_heads)]
     senders += [("mlp_out", la, None) for la in range(n_layers)]
@@ -23,7 +24,8 @@ def plain_graph(n_layers, n_heads, n_kv):
     receivers += [("mlp_in", la, None) for la in range(n_layers)] + [("logits", n_layers, None)]
     kept = set()
     for (s_site, s_layer, s_head), (r_site, r_layer, r_head) in itertools.product(senders, receivers):
-        feeds = s_layer < r_layer or (r_site == "mlp_in" and s_site == "head_out" and s_layer == r_layer)
+        same = r_site == "mlp_in" and s_site == "head_out" and s_layer == r_layer and not parallel
+        feeds = s_layer < r_layer or same
         if feeds:
             kept.add(((s_site, s_layer, s_head), (r_site, r_layer, r_head)))
     return kept
@@ -40,11 +42,29 @@ def as_tuples(edges, n_layers):
     return {(key(e.sender), key(e.receiver)) for e in edges}
 
 
-@pytest.mark.parametrize(("n_layers", "n_heads", "n_kv"), [(1, 1, 1), (2, 2, 2), (3, 4, 2), (4, 4, 1), (12, 12, 12)])
-def test_the_graph_is_every_pair_the_rule_keeps(n_layers, n_heads, n_kv):
-    edges = edge_graph(n_layers, n_heads, n_kv)
+SHAPES = [(1, 1, 1), (2, 2, 2), (3, 4, 2), (4, 4, 1), (12, 12, 12)]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize(("n_layers", "n_heads", "n_kv"), SHAPES)
+def test_the_graph_is_every_pair_the_rule_keeps(n_layers, n_heads, n_kv, parallel):
+    edges = edge_graph(n_layers, n_heads, n_kv, parallel)
     assert len(edges) == len(set(edges))  # no edge twice
-    assert as_tuples(edges, n_layers) == plain_graph(n_layers, n_heads, n_kv)
+    assert as_tuples(edges, n_layers) == plain_graph(n_layers, n_heads, n_kv, parallel)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize(("n_layers", "n_heads", "n_kv"), SHAPES)
+def test_the_engines_numbering_has_the_same_edges(n_layers, n_heads, n_kv, parallel):
+    """The engine's (sender, receiver) numbers: each edge of the graph at its own place in ``exists``, once."""
+    index = EdgeIndex(n_layers, n_heads, n_kv, parallel)
+    edges = edge_graph(n_layers, n_heads, n_kv, parallel)
+    places = {numbers(e, index) for e in edges}
+    assert len(places) == len(edges)
+    exists = index.exists
+    assert int(exists.sum()) == len(edges) and all(bool(exists[s, r]) for s, r in places)
+    none_kept = outside_masks([[], edges[:5]], index)
+    assert bool((none_kept[0] == exists).all()) and int(none_kept[1].sum()) == len(edges) - 5
 
 
 def test_gpt2_small_has_mibs_count():

@@ -16,10 +16,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ..core.cells import EMBED, Cell
+from ..core.edge_pass import EdgeIndex
 from ..errors import SettingsError
 
 __all__ = ["Edge", "edge_graph"]
@@ -85,9 +89,11 @@ def check_edge(edge: Any) -> None:
         raise SettingsError(f"{edge.label}: the sender must come before the receiver (a layer's heads feed its MLP)")
 
 
-def edge_graph(n_layers: int, n_heads: int, n_kv_heads: int | None = None) -> list[Edge]:
+def edge_graph(n_layers: int, n_heads: int, n_kv_heads: int | None = None, parallel: bool = False) -> list[Edge]:
     """Every edge of a model of ``n_layers`` layers of ``n_heads`` heads (``n_kv_heads`` key-value heads
     under grouped-query attention), receivers in forward order, each receiver's senders in forward order.
+    ``parallel``: the model's attention and MLP read the same residual stream (GPT-NeoX's
+    ``use_parallel_residual``), so a layer's heads do not feed its MLP.
 
     Example:
         >>> len(edge_graph(12, 12))  # GPT-2 small, as MIB counts it
@@ -100,7 +106,65 @@ def edge_graph(n_layers: int, n_heads: int, n_kv_heads: int | None = None) -> li
         receivers = [Cell("head_q", layer, head=h) for h in range(n_heads)]
         receivers += [Cell(site, layer, head=h) for site in ("head_k", "head_v") for h in range(kv)]
         edges += [Edge(s, r) for r in receivers for s in senders]
-        senders += [Cell("head_out", layer, head=h) for h in range(n_heads)]
-        edges += [Edge(s, Cell("mlp_in", layer)) for s in senders]
-        senders.append(Cell("mlp_out", layer))
+        heads = [Cell("head_out", layer, head=h) for h in range(n_heads)]
+        edges += [Edge(s, Cell("mlp_in", layer)) for s in (senders if parallel else senders + heads)]
+        senders += heads + [Cell("mlp_out", layer)]
     return edges + [Edge(s, LOGITS) for s in senders]
+
+
+def is_edges(items: Any) -> bool:
+    """Whether a circuit given as a list is a list of edges (a non-empty list whose items are all ``Edge``);
+    a list mixing edges and nodes is refused, naming both.
+
+    Example:
+        >>> is_edges([Edge(Cell("embed"), "logits")]), is_edges([Cell("embed")])
+        (True, False)
+    """
+    kinds = {isinstance(item, Edge) for item in items}
+    if kinds == {True, False}:
+        raise SettingsError("a circuit is a set of nodes (pw.Cell) or a set of edges (pw.Edge), not both")
+    return kinds == {True}
+
+
+def check_in_model(edges: Sequence[Edge], index: EdgeIndex) -> None:
+    """Refuse an edge that this model does not have: a layer or head beyond its sizes, a key or value of a
+    key-value head it lacks, or a layer's heads into its own MLP where attention and MLP run in parallel."""
+    for edge in edges:
+        check_edge(edge)
+        for cell in (edge.sender, edge.receiver):
+            heads = index.n_kv_heads if cell.site in ("head_k", "head_v") else index.n_heads
+            if (cell.layer is not None and not 0 <= cell.layer < index.n_layers) or (
+                cell.head is not None and not 0 <= cell.head < heads
+            ):
+                raise SettingsError(
+                    f"{edge.label}: this model has {index.n_layers} layers of {index.n_heads} heads "
+                    f"({index.n_kv_heads} key-value heads); {cell.label} is not one of its components"
+                )
+        same_layer = edge.sender.site == "head_out" and edge.receiver.site == "mlp_in"
+        if index.parallel and same_layer and edge.sender.layer == edge.receiver.layer:
+            raise SettingsError(
+                f"{edge.label}: in this model a layer's attention and MLP read the same residual stream in "
+                "parallel, so a layer's heads do not feed its MLP (edge_graph(..., parallel=True) leaves them out)"
+            )
+
+
+def numbers(edge: Edge, index: EdgeIndex) -> tuple[int, int]:
+    """The edge's sender and receiver numbers in ``index``."""
+    s, r = edge.sender, edge.receiver
+    return index.sender(s.site, s.layer, s.head or 0), index.receiver(r.site, r.layer, r.head or 0)
+
+
+def outside_masks(sets: Sequence[Sequence[Edge]], index: EdgeIndex) -> torch.Tensor:
+    """Per set of kept edges, which edges of the graph are outside it: ``(set, sender, receiver)`` bools.
+
+    Example:
+        >>> index = EdgeIndex(2, 2, 2, False)
+        >>> int(outside_masks([[]], index).sum()), len(edge_graph(2, 2))
+        (46, 46)
+    """
+    out = index.exists.expand(len(sets), -1, -1).clone()
+    for k, edges in enumerate(sets):
+        check_in_model(edges, index)
+        for edge in edges:
+            out[(k, *numbers(edge, index))] = False
+    return out

@@ -41,15 +41,18 @@ import torch
 
 from ..core import metrics as M
 from ..core.cells import EMBED, Cell, Write, check_choice, indices
+from ..core.edge_pass import EdgeIndex, check_edge_model, edge_metric_logits, sender_outputs
 from ..core.engine import Request, entry_point, fit_budget, patched_metric, prepare, summarize
 from ..core.runs import Directed, Progress, cached_runs, with_noise
 from ..data.prompts import Noise, PromptBatch, Texts
 from ..errors import SettingsError
+from .edges import Edge, check_in_model, is_edges, outside_masks
 
 __all__ = ["ABLATIONS", "CURVE_PERCENTS", "faithfulness", "faithfulness_nodes"]
 
 ABLATIONS = ("patch", "mean")
 NODE_SITES = (EMBED, "head_out", "mlp_out")
+EDGE_PASS_BYTES = 2**30  # what an edge pass's per-sender outputs and per-receiver inputs may hold at once
 # MIB's circuit sizes, in % of the components; a size keeps int(p / 100 * n) top-ranked components.
 CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 Node = tuple[str, int, int]  # (site, layer, unit): the write that replaces the component
@@ -182,6 +185,33 @@ class CircuitRuns:
             )
         return self.per_pair(values.view(self.rows.n_pairs, len(sets))).T  # (set, pair)
 
+    def measure_edges(self, sets: list[Sequence[Edge]], progress: Progress | None = None) -> torch.Tensor:
+        """m(C) per set of kept edges and pair, ``(set, pair)``: each row's clean prompt once per set, every edge
+        outside the set carrying its sender's corrupted (or mean) output into its receiver only
+        (``core.edge_pass``)."""
+        info, model = self.request.info, self.model
+        check_edge_request(model, self.request, sets)
+        index = EdgeIndex.of(info)
+        outside = outside_masks(sets, index)  # (set, sender, receiver)
+        corrupt = sender_outputs(model, info, self.directed.source)  # (row, pos, sender, d_model)
+        copies = [(row, k) for row in range(self.rows.n_pairs) for k in range(len(sets))]
+        row_bytes = 4 * corrupt.shape[1] * info.d_model * (2 * index.n_senders + 3 * index.per_layer)
+        per_pass = max(1, min(self.per_pass, EDGE_PASS_BYTES // row_bytes))
+        values, fn, d = torch.empty(len(copies)), self.request.metric, self.directed
+        for start in range(0, len(copies), per_pass):
+            rows = torch.tensor([row for row, _ in copies[start : start + per_pass]])
+            kept = torch.tensor([k for _, k in copies[start : start + per_pass]])
+            with torch.no_grad():
+                logits = edge_metric_logits(
+                    model, info, d.target_ids[rows], d.target_len[rows], corrupt[rows], outside[kept],
+                    self.request.remote,
+                )  # fmt: skip
+            args = (self.rows.answer_ids[rows], self.rows.wrong_ids[rows], d.clean_logits[rows])
+            values[start : start + len(rows)] = fn(logits, *args).float().cpu()
+            if progress or self.progress:
+                (progress or self.progress)(start + len(rows), len(copies))
+        return self.per_pair(values.view(self.rows.n_pairs, len(sets))).T  # (set, pair)
+
 
 def circuit_runs(
     model: Any,
@@ -228,7 +258,10 @@ def circuit_runs(
             "ablation='mean' averages the corrupted prompts position by position: they must have one length"
         )
     for cells in circuits:
-        kept_positions(cells, prompts, info.n_layers, info.n_heads)
+        if is_edges(cells):
+            check_edge_request(model, request, [cells])
+        else:
+            kept_positions(cells, prompts, info.n_layers, info.n_heads)
     rows, noise = with_noise(model, info, prompts, remote)
     per_pass = fit_budget(model, request, sites, rows)
     reads = {"resid_pre": [0], "head_out": list(range(info.n_layers)), "mlp_out": list(range(info.n_layers))}
@@ -247,6 +280,19 @@ def circuit_runs(
     return CircuitRuns(model, request, rows, directed, per_pass, every, logits, m_full, progress)
 
 
+def check_edge_request(model: Any, request: Request, sets: Sequence[Sequence[Edge]]) -> None:
+    """Refuse, before compute, edges this model does not have, a model whose receivers' inputs edges cannot
+    write out, and answers of several tokens (edges read one-token answers for now)."""
+    check_edge_model(model, request.info)
+    for edges in sets:
+        check_in_model(edges, EdgeIndex.of(request.info))
+    if request.prompts.answer_seqs is not None:
+        raise SettingsError(
+            "edge circuits read one-token answers for now: these answers are several tokens long "
+            "(node circuits score them whole)"
+        )
+
+
 def circuit_cells(circuit: Any) -> list[Cell]:
     """The nodes of ``circuit``: a ``pw.Circuit``, a list (or tuple, or set) of ``pw.Cell`` nodes, or one
     ``pw.Cell`` (a one-node circuit); anything else is refused naming these forms.
@@ -255,7 +301,7 @@ def circuit_cells(circuit: Any) -> list[Cell]:
         >>> circuit_cells(Cell("head_out", 3, head=1))
         [Cell(site='head_out', layer=3, head=1, neuron=None, pos=None)]
     """
-    if isinstance(circuit, Cell):
+    if isinstance(circuit, Cell | Edge):
         return [circuit]
     cells = getattr(circuit, "cells", circuit)
     if isinstance(cells, list | tuple | set | frozenset):
@@ -313,6 +359,7 @@ def faithfulness(
         0.0
     """
     cells = circuit_cells(circuit)
+    edges = is_edges(cells)
     runs = circuit_runs(
         model,
         clean,
@@ -327,8 +374,25 @@ def faithfulness(
         remote=remote,
         circuits=[cells],
     )
-    m_circuit, m_empty = runs.measure([cells, []])
+    if not edges:
+        m_circuit, m_empty = runs.measure([cells, []])
+        return ratio(m_circuit, m_empty, runs.clean)
+    m_circuit, m_empty = runs.measure_edges([cells, []])
+    if ablation == "patch":
+        check_empty_is_corrupt(runs, m_empty)
     return ratio(m_circuit, m_empty, runs.clean)
+
+
+def check_empty_is_corrupt(runs: CircuitRuns, m_empty: torch.Tensor) -> None:
+    """Every edge corrupted must give the corrupted run: refuse a model on which it does not (its residual stream
+    is not the sum of the outputs the edges carry), rather than report a number built on that sum."""
+    corrupted = summarize(torch.zeros(runs.rows.n_pairs), runs.rows, runs.n_pairs, runs.request.metric, *runs.logits)[2]
+    scale = max(1.0, float(corrupted.abs().max()))
+    if not torch.allclose(m_empty, corrupted, rtol=0, atol=1e-3 * scale):
+        raise SettingsError(
+            f"with every edge corrupted this model gives {m_empty.tolist()} where its corrupted run gives "
+            f"{corrupted.tolist()}: its residual stream is not the sum of the outputs edges carry"
+        )
 
 
 # --- MIB's curve: faithfulness at circuit sizes, and the areas CPR and CMD -----------------------
