@@ -742,3 +742,264 @@ def reference_generate(model, source_ids, target_ids, writes, max_new_tokens, eo
         for h in handles:
             h.remove()
     return new
+
+
+# --- faithfulness of a circuit of edges (MIB's edge track), one plain run per pair and edge set -----------
+#
+# Senders: ("embed", 0, 0), ("head_out", layer, head), ("mlp_out", layer, 0). Receivers: ("head_q", layer, head),
+# ("head_k", layer, kv_head), ("head_v", layer, kv_head), ("mlp_in", layer, 0), ("logits", 0, 0). An edge is a pair
+# (sender, receiver) of these tuples. Each receiver reads its own input: the residual stream the model gives it, plus
+# the corrupted-minus-current output of every sender whose edge into it is not kept. The residual stream itself is
+# never edited.
+
+EMBED = ("embed", 0, 0)
+LOGITS = ("logits", 0, 0)
+EDGE_MODEL_TYPES = ("gpt2", "gpt_neox", "llama", "qwen2", "mistral", "gemma")
+REFUSED_EDGE_MODEL_TYPES = {
+    "gemma2": "a norm after the attention output (and after the MLP's): a head's output does not add to the "
+    "residual stream as itself",
+    "cohere": "attention and MLP read one shared normed input: an MLP's own input cannot be set without the heads'",
+    "gptj": "attention and MLP read one shared ln_1 output: an MLP's own input cannot be set without the heads'",
+    "granite": "the residual stream adds each branch times residual_multiplier: the outputs are not plain sums",
+}
+ATTN_NORM = {"gpt2": "ln_1"}  # the attention's input norm, a module of the block; the rest: input_layernorm
+
+
+def _edge_model(model):
+    """The model's module names and sizes, and whether its MLP reads the block's input (parallel residual);
+    refuses what this plain twin does not do."""
+    kind = model.config.model_type
+    assert kind not in REFUSED_EDGE_MODEL_TYPES, f"edge faithfulness of {kind}: {REFUSED_EDGE_MODEL_TYPES[kind]}"
+    assert kind in EDGE_MODEL_TYPES, f"edge faithfulness of {kind} is not written here ({', '.join(EDGE_MODEL_TYPES)})"
+    parallel = kind == "gpt_neox" and bool(model.config.use_parallel_residual)
+    return NAMES[kind], Sizes(model.config), parallel
+
+
+def reference_edge_graph(model):
+    """Every edge of the model, a list of (sender, receiver), receivers in forward order.
+
+    Written out from the config: a layer's query receivers are one per head, its key and value receivers one per
+    key-value head (grouped-query attention); every sender below a receiver feeds it. A layer's heads feed that
+    layer's MLP, except under a parallel residual (GPT-NeoX's use_parallel_residual), where the MLP reads the
+    block's input: there a layer's heads first feed the next layer's.
+    """
+    _, sizes, parallel = _edge_model(model)
+    senders, edges = [EMBED], []
+    for layer in range(model.config.num_hidden_layers):
+        receivers = [("head_q", layer, h) for h in range(sizes.h)]
+        receivers += [(site, layer, k) for site in ("head_k", "head_v") for k in range(sizes.kv)]
+        edges += [(s, r) for r in receivers for s in senders]
+        heads = [("head_out", layer, h) for h in range(sizes.h)]
+        below_mlp = senders if parallel else senders + heads
+        edges += [(s, ("mlp_in", layer, 0)) for s in below_mlp]
+        senders = senders + heads + [("mlp_out", layer, 0)]
+    return edges + [(s, LOGITS) for s in senders]
+
+
+def _check_edges(model, edges, graph):
+    _, _, parallel = _edge_model(model)
+    known = set(graph)
+    for sender, receiver in edges:
+        if parallel and sender[0] == "head_out" and receiver == ("mlp_in", sender[1], 0):
+            raise AssertionError(
+                f"{sender} -> {receiver}: under a parallel residual a layer's MLP reads the block's input, "
+                "so that layer's heads do not feed it"
+            )
+        assert (sender, receiver) in known, f"{sender} -> {receiver} is not an edge of this model"
+
+
+def _head_rows(proj, head, d_head):
+    """Head ``head``'s rows of the output projection as ``z_h @ rows`` ``(d_head, d_model)``, no bias."""
+    w = proj.weight if type(proj).__name__ == "Conv1D" else proj.weight.T  # (heads * d_head, d_model)
+    return w[head * d_head : (head + 1) * d_head]
+
+
+def reference_sender_outputs(model, ids):
+    """What each sender adds to the residual stream in a plain run of ``ids``: ``{sender: (pos, d_model)}``.
+    The embeddings are the first block's input; a head's output its slice of the output projection's input
+    times its rows of the projection's weight (no bias); an MLP's output the MLP module's output."""
+    names, sizes, _ = _edge_model(model)
+    blocks = get(model, names["layers"])
+    out = {}
+
+    def embed(mod, args, kwargs):
+        out[EMBED] = (args[0] if args else kwargs["hidden_states"])[0].clone()
+
+    handles = [blocks[0].register_forward_pre_hook(embed, with_kwargs=True)]
+    for layer, block in enumerate(blocks):
+        proj = get(block, names["o"])
+
+        def heads(mod, args, layer=layer):
+            z = args[0][0]  # (pos, heads * d_head)
+            for h in range(sizes.h):
+                out[("head_out", layer, h)] = z[:, h * sizes.dh : (h + 1) * sizes.dh] @ _head_rows(mod, h, sizes.dh)
+
+        def mlp(mod, args, output, layer=layer):
+            out[("mlp_out", layer, 0)] = (output[0] if isinstance(output, tuple) else output)[0].clone()
+
+        handles.append(proj.register_forward_pre_hook(heads))
+        handles.append(get(block, names["mlp"]).register_forward_hook(mlp))
+    try:
+        with torch.no_grad():
+            model(ids[None])
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def _missing(senders, edges, receiver):
+    """The senders of ``receiver`` whose edge into it is not kept: their corrupted output replaces their
+    current one in this receiver's input (and only there)."""
+    return [u for u in senders if (u, receiver) not in edges]
+
+
+def _qkv_columns(model, site, unit, sizes):
+    """The projection (a module path in the block) whose output holds ``site``'s ``unit`` (a head, or a key-value
+    head for k and v), and that unit's columns of its output."""
+    names, kind = NAMES[model.config.model_type], model.config.model_type
+    which = "qkv".index(site[-1])
+    if "q" in names:  # separate q_proj, k_proj, v_proj; k and v have n_kv_heads * d_head columns
+        return names["qkv"[which]], slice(unit * sizes.dh, (unit + 1) * sizes.dh)
+    if kind == "gpt2":  # c_attn: [q | k | v], each d_model wide, heads in order within each
+        start = which * sizes.d + unit * sizes.dh
+        return names["qkv"], slice(start, start + sizes.dh)
+    # gpt_neox: query_key_value, per head [q | k | v], each d_head wide
+    start = unit * 3 * sizes.dh + which * sizes.dh
+    return names["qkv"], slice(start, start + sizes.dh)
+
+
+def _edge_hooks(model, edges, corrupt, n, graph):
+    """Register the hooks of one patched run: every receiver reads its own input (see the section's comment),
+    at the prompt's positions ``< n`` only. ``corrupt`` maps each sender to its corrupted output ``(n, d_model)``.
+    Returns the handles."""
+    names, sizes, _ = _edge_model(model)
+    senders_of = {}
+    for u, r in graph:
+        senders_of.setdefault(r, []).append(u)
+    blocks = get(model, names["layers"])
+    now = {}  # this run's sender outputs, as they happen
+    resid = {}  # each block's input: what its attention reads
+
+    def own_input(actual, receiver):
+        """The receiver's input: the actual one (pos, d_model) plus each dropped edge's corrupted-minus-current."""
+        x = actual.clone()
+        for u in _missing(senders_of[receiver], edges, receiver):
+            x[:n] += corrupt[u][:n] - now[u][:n]
+        return x
+
+    handles = []
+    for layer, block in enumerate(blocks):
+
+        def block_input(mod, args, kwargs, layer=layer):
+            x = (args[0] if args else kwargs["hidden_states"])[0]
+            if layer == 0:
+                now.clear()
+                now[EMBED] = x.clone()
+            resid[layer] = x.clone()
+
+        handles.append(block.register_forward_pre_hook(block_input, with_kwargs=True))
+
+        # the head receivers: each computes its own q, k or v from its own input, written into the projection's output
+        norm = get(block, ATTN_NORM.get(model.config.model_type, "input_layernorm"))
+        by_module = {}
+        for site, units in (("head_q", range(sizes.h)), ("head_k", range(sizes.kv)), ("head_v", range(sizes.kv))):
+            for unit in units:
+                path, cols = _qkv_columns(model, site, unit, sizes)
+                by_module.setdefault(path, []).append(((site, layer, unit), cols))
+        for path, receivers in by_module.items():
+
+            def project(mod, args, output, layer=layer, receivers=receivers, norm=norm):
+                output = output.clone()
+                for receiver, cols in receivers:
+                    x = own_input(resid[layer], receiver)
+                    y = mod.forward(norm(x[None]))  # forward, not __call__: this hook does not run again
+                    output[0, :n, cols] = y[0, :n, cols]
+                return output
+
+            handles.append(get(block, path).register_forward_hook(project))
+
+        proj = get(block, names["o"])
+
+        def heads(mod, args, layer=layer):
+            z = args[0][0]
+            for h in range(sizes.h):
+                now[("head_out", layer, h)] = z[:, h * sizes.dh : (h + 1) * sizes.dh] @ _head_rows(mod, h, sizes.dh)
+
+        handles.append(proj.register_forward_pre_hook(heads))
+
+        def mlp_input(mod, args, layer=layer):  # the MLP's input norm reads the MLP receiver's own input
+            return (own_input(args[0][0], ("mlp_in", layer, 0))[None], *args[1:])
+
+        handles.append(get(block, names["ln2"]).register_forward_pre_hook(mlp_input))
+
+        def mlp(mod, args, output, layer=layer):
+            now[("mlp_out", layer, 0)] = (output[0] if isinstance(output, tuple) else output)[0].clone()
+
+        handles.append(get(block, names["mlp"]).register_forward_hook(mlp))
+
+    def logits_input(mod, args):
+        return (own_input(args[0][0], LOGITS)[None], *args[1:])
+
+    final_norm = get(model, FINAL_NORM.get(model.config.model_type, "model.norm"))
+    handles.append(final_norm.register_forward_pre_hook(logits_input))
+    return handles
+
+
+def _plain_diff(model, ids, answer, wrong):
+    """The logit difference at the last position, or (lists of ids) ``continuation_diff``; hooks already registered
+    act on every run."""
+    if isinstance(answer, list):
+        return continuation_diff(model, ids, answer, wrong)
+    with torch.no_grad():
+        logits = model(ids[None]).logits[0, -1]
+    return float(logits[answer] - logits[wrong])
+
+
+def reference_edge_metric(model, clean_ids, corrupt, edges, answer, wrong):
+    """m(C) of one pair: the clean prompt run with every receiver reading its own input, the edges outside
+    ``edges`` carrying ``corrupt``'s value (``reference_sender_outputs`` of the corrupted prompt, or a mean of
+    them); the logit difference at the last position (lists of ids: ``continuation_diff``, the continuation's
+    positions unedited)."""
+    graph = reference_edge_graph(model)
+    edges = set(edges)
+    _check_edges(model, edges, graph)
+    handles = _edge_hooks(model, edges, corrupt, len(clean_ids), graph)
+    try:
+        return _plain_diff(model, clean_ids, answer, wrong)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def reference_edge_faithfulness(model, pairs, edges, ablation="patch", metric="logit_diff"):
+    """MIB's faithfulness of a circuit of edges, f = (m(C) - m(empty)) / (m(full) - m(empty)), means over pairs.
+
+    ``pairs``: (clean_ids, corrupt_ids, answer, wrong); ``edges``: the kept (sender, receiver) pairs, each an edge
+    of ``reference_edge_graph``. ``ablation="mean"``: each sender's corrupted value is its mean output over all
+    the corrupted prompts (of one length). ``metric="logit_diff_norm"``: each pair's value rescaled by its own
+    plain clean and corrupted runs (clean 1, corrupted 0) before the means, as ``reference_faithfulness``.
+    """
+    graph = reference_edge_graph(model)
+    edges = set(edges)
+    _check_edges(model, edges, graph)
+    values = [reference_sender_outputs(model, corrupt) for _, corrupt, _, _ in pairs]
+    if ablation == "mean":
+        assert len({len(c) for _, c, _, _ in pairs}) == 1, "mean ablation needs corrupted prompts of one length"
+        mean = {u: torch.stack([v[u] for v in values]).mean(0) for u in values[0]}
+        values = [mean] * len(pairs)
+    else:
+        assert ablation == "patch", ablation
+    m_c, m_empty, m_full = [], [], []
+    for (clean, corrupt, a, w), value in zip(pairs, values):
+        scale = lambda x: x
+        if metric == "logit_diff_norm":
+            high, low = _plain_diff(model, clean, a, w), _plain_diff(model, corrupt, a, w)
+            scale = lambda x, high=high, low=low: (x - low) / (high - low)
+        else:
+            assert metric == "logit_diff", metric
+        m_c.append(scale(reference_edge_metric(model, clean, value, edges, a, w)))
+        m_empty.append(scale(reference_edge_metric(model, clean, value, set(), a, w)))
+        m_full.append(scale(reference_edge_metric(model, clean, value, graph, a, w)))
+    mean = lambda xs: sum(xs) / len(xs)
+    return (mean(m_c) - mean(m_empty)) / (mean(m_full) - mean(m_empty))
