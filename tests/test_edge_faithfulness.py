@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import patchwidget as pw
 from patchwidget import demo_data
@@ -16,6 +17,7 @@ from patchwidget.circuits.edges import edge_graph
 from patchwidget.core.sites import model_info
 
 from .close import near
+from .reference import reference_edge_faithfulness
 
 MODELS = ["gpt2-demo", "gpt_neox", "qwen2-gqa", "gemma-gqa", "llama"]
 
@@ -84,3 +86,93 @@ def test_a_residual_that_is_not_the_senders_sum_is_refused(tiny_models, monkeypa
     monkeypatch.setattr(F, "sender_outputs", lambda *a: real(*a) * 1.01)
     with pytest.raises(pw.SettingsError, match="not the sum of the outputs edges carry"):
         pw.faithfulness(model, **prompts, circuit=_graph(model)[:10])
+
+
+def _plain_pairs(model, pairs):
+    tok = model.tokenizer
+    return [
+        (
+            torch.tensor(tok(p.clean)["input_ids"]),
+            torch.tensor(tok(p.corrupt)["input_ids"]),
+            tok(p.answer)["input_ids"][0],
+            tok(p.wrong)["input_ids"][0],
+        )
+        for p in pairs
+    ]
+
+
+def _tuple(cell):
+    return (cell.site, cell.layer or 0, cell.head or 0)
+
+
+def _random_edge_sets(graph, rng, n):
+    """Random sets of kept edges, from a few edges to most of the graph: each receiver gets another mix."""
+    sizes = [int(len(graph) * share) for share in rng.uniform(0.05, 0.95, n)]
+    return [[graph[i] for i in sorted(rng.choice(len(graph), size, replace=False))] for size in sizes]
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("ablation", ["patch", "mean"])
+def test_edge_faithfulness_matches_the_plain_twin(tiny_models, model_name, ablation):
+    """Random edge sets, so that receivers of one layer get different inputs, equal to the twin that sums each
+    receiver's input edge by edge with hooks (one run per pair and set)."""
+    model = tiny_models[model_name]
+    pairs = demo_data.ioi_pairs(3, seed=13)
+    plain, graph = _plain_pairs(model, pairs), _graph(model)
+    for edges in _random_edge_sets(graph, np.random.default_rng(7), 3):
+        got = pw.faithfulness(model, **demo_data.as_prompts(pairs), circuit=edges, ablation=ablation, batch_size=4)
+        kept = {(_tuple(e.sender), _tuple(e.receiver)) for e in edges}
+        want = reference_edge_faithfulness(model._module, plain, kept, ablation)
+        assert got == near(want, 1e-4), len(edges)
+
+
+def test_a_normalised_metric_matches_the_twin(tiny_models):
+    """metric='logit_diff_norm' rescales each pair before the ratio, as node faithfulness does."""
+    model = tiny_models["qwen2-gqa"]
+    pairs = demo_data.ioi_pairs(3, seed=13)
+    plain, graph = _plain_pairs(model, pairs), _graph(model)
+    edges = _random_edge_sets(graph, np.random.default_rng(2), 1)[0]
+    got = pw.faithfulness(model, **demo_data.as_prompts(pairs), circuit=edges, metric="logit_diff_norm")
+    kept = {(_tuple(e.sender), _tuple(e.receiver)) for e in edges}
+    assert got == near(reference_edge_faithfulness(model._module, plain, kept, metric="logit_diff_norm"), 1e-4)
+
+
+def test_noise_corruption_gives_each_sample_its_own_row(tiny_models):
+    """Corrupting by noise, each noise sample is a row of its own: edges out of a node set still equal that node
+    circuit, and with every edge corrupted each row gives its noised run (checked inside, or refused)."""
+    model = tiny_models["gpt2-demo"]
+    prompts = _prompts()
+    noised = {**prompts, "corrupt": pw.noise(positions=[0, 1, 2], samples=3)}
+    info, graph = model_info(model), _graph(model)
+    chosen = pw.faithfulness_nodes(info.n_layers, info.n_heads)[::2]
+    got = pw.faithfulness(model, **noised, circuit=[e for e in graph if e.sender in chosen], batch_size=5)
+    assert got == near(pw.faithfulness(model, **noised, circuit=chosen), 1e-4)
+    assert abs(got) > 0.02
+
+
+def test_one_edges_value_sent_to_every_receiver_is_caught(tiny_models, monkeypatch):
+    """The comparison can fail: an engine that sends a dropped edge's corrupted value to every receiver of its
+    sender (a node patch) disagrees with the twin."""
+    model = tiny_models["gpt2-demo"]
+    pairs = demo_data.ioi_pairs(3, seed=13)
+    plain, graph = _plain_pairs(model, pairs), _graph(model)
+    edges = [e for e in graph if e != pw.Edge(pw.Cell("head_out", 1, head=0), pw.Cell("head_q", 3, head=1))]
+    kept = {(_tuple(e.sender), _tuple(e.receiver)) for e in edges}
+    want = reference_edge_faithfulness(model._module, plain, kept)
+    assert pw.faithfulness(model, **demo_data.as_prompts(pairs), circuit=edges) == near(want, 1e-4)
+    real = F.outside_masks
+
+    def everywhere(sets, index):
+        out = real(sets, index)
+        return out | (out.any(2, keepdim=True) & index.exists)  # a dropped edge's sender corrupted everywhere
+
+    monkeypatch.setattr(F, "outside_masks", everywhere)
+    assert pw.faithfulness(model, **demo_data.as_prompts(pairs), circuit=edges) != near(want, 1e-3)
+
+
+def test_remote_local_gives_the_same_number(tiny_models):
+    """remote='local' (nnsight's serialisation of a remote request, run here) computes the same edge passes."""
+    model, prompts = tiny_models["gpt2-demo"], _prompts()
+    edges = _random_edge_sets(_graph(model), np.random.default_rng(4), 1)[0]
+    here = pw.faithfulness(model, **prompts, circuit=edges)
+    assert pw.faithfulness(model, **prompts, circuit=edges, remote="local") == near(here, 1e-5)
