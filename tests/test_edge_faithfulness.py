@@ -23,8 +23,7 @@ MODELS = ["gpt2-demo", "gpt_neox", "qwen2-gqa", "gemma-gqa", "llama"]
 
 
 def _graph(model):
-    info = model_info(model)
-    return edge_graph(info.n_layers, info.n_heads, info.n_kv_heads, info.parallel_residual)
+    return edge_graph(model)
 
 
 def _prompts(n=3, seed=13):

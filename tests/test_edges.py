@@ -94,3 +94,12 @@ def test_an_edge_names_its_ends():
 def test_bad_edges_are_refused(sender, receiver, message):
     with pytest.raises(pw.SettingsError, match=message):
         pw.Edge(sender, receiver)
+
+
+def test_a_model_gives_its_own_graph(tiny_models):
+    """edge_graph(model) reads the sizes, the key-value heads and the parallel residual from the model."""
+    assert pw.edge_graph(tiny_models["gpt2-demo"]) == edge_graph(4, 4)
+    assert pw.edge_graph(tiny_models["qwen2-gqa"]) == edge_graph(3, 4, 2)
+    assert pw.edge_graph(tiny_models["gpt_neox"]) == edge_graph(3, 4, 4, parallel=True) != edge_graph(3, 4, 4)
+    with pytest.raises(pw.SettingsError, match="n_layers and n_heads"):
+        edge_graph(3)

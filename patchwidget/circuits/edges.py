@@ -24,6 +24,7 @@ import torch
 
 from ..core.cells import EMBED, Cell
 from ..core.edge_pass import EdgeIndex
+from ..core.sites import model_info
 from ..errors import SettingsError
 
 __all__ = ["Edge", "edge_graph"]
@@ -89,16 +90,24 @@ def check_edge(edge: Any) -> None:
         raise SettingsError(f"{edge.label}: the sender must come before the receiver (a layer's heads feed its MLP)")
 
 
-def edge_graph(n_layers: int, n_heads: int, n_kv_heads: int | None = None, parallel: bool = False) -> list[Edge]:
+def edge_graph(
+    n_layers: Any, n_heads: int | None = None, n_kv_heads: int | None = None, parallel: bool = False
+) -> list[Edge]:
     """Every edge of a model of ``n_layers`` layers of ``n_heads`` heads (``n_kv_heads`` key-value heads
     under grouped-query attention), receivers in forward order, each receiver's senders in forward order.
     ``parallel``: the model's attention and MLP read the same residual stream (GPT-NeoX's
-    ``use_parallel_residual``), so a layer's heads do not feed its MLP.
+    ``use_parallel_residual``), so a layer's heads do not feed its MLP. Give a loaded model instead of
+    the sizes (``edge_graph(model)``) to read all four from it.
 
     Example:
         >>> len(edge_graph(12, 12))  # GPT-2 small, as MIB counts it
         32491
     """
+    if not isinstance(n_layers, int):  # a model: its own sizes
+        info = model_info(n_layers)
+        n_layers, n_heads, n_kv_heads, parallel = info.n_layers, info.n_heads, info.n_kv_heads, info.parallel_residual
+    if n_heads is None:
+        raise SettingsError("edge_graph takes a loaded model, or n_layers and n_heads")
     kv = n_heads if n_kv_heads is None else n_kv_heads
     senders = [Cell(EMBED)]
     edges = []

@@ -342,7 +342,9 @@ def faithfulness(
     """How much of the behaviour a circuit does on its own: MIB's faithfulness f(C) (see the module docstring).
 
     ``circuit`` is a ``pw.Circuit`` of nodes, a list of nodes (``Cell("embed")``,
-    ``Cell("head_out", l, head=h)``, ``Cell("mlp_out", l)``), possibly empty, or one node.
+    ``Cell("head_out", l, head=h)``, ``Cell("mlp_out", l)``), possibly empty, or one node;
+    or a list of edges (``pw.Edge``, see ``pw.edge_graph``): every edge outside it then carries
+    its sender's corrupted output into that one receiver (``core.edge_pass``).
     1 means the circuit alone, everything else corrupted, gives the full model's
     metric; 0 means it does no more than the empty circuit. ``ablation="mean"``
     replaces the components outside with their mean over the corrupted prompts.
