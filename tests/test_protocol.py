@@ -23,18 +23,29 @@ TRAITS = ("view", "controls", "status", "breadcrumb", "vmax", "selection")
 
 
 def produce() -> dict:
-    """The traits of a real widget at the top level and after a drill-down, and the message kinds."""
+    """The traits of a real widget at the top level, after a drill-down and at one head (its attention pattern),
+    of one whose corruption is noise() (what it cannot generate under), and the message kinds."""
     model = pw.load_model()
     widget = pw.explore(model, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo")
     top = {name: getattr(widget, name) for name in TRAITS}
-    child = widget.session.drill(widget.explorer.levels[-1], "resid_pre", 2, 4)
+    drilled = show_drilled(widget, ("resid_pre", 2, 4))
+    head = show_drilled(widget, ("head_out", 1, 4))
+    widget.close()
+    noisy = pw.explore(model, "The capital of France is", pw.noise("France"), answer="Paris", wrong="Tokyo")
+    noise = {name: getattr(noisy, name) for name in TRAITS}
+    noisy.close()
+    messages = {k: list(v) for k, v in protocol.MESSAGES.items()}
+    return {"top": top, "drilled": drilled, "head": head, "noise": noise, "messages": messages}
+
+
+def show_drilled(widget, cell: tuple[str, int, int]) -> dict:
+    """The widget's traits once the (panel, row, col) ``cell`` of the level on show is opened."""
+    child = widget.session.drill(widget.explorer.levels[-1], *cell)
     computed = widget.session.compute(child, widget.explorer.settings)
     widget.session.cache[(child, widget.explorer.settings)] = computed
     widget.explorer.levels = [*widget.explorer.levels, child]
-    widget.explorer.show(1, computed)
-    drilled = {name: getattr(widget, name) for name in TRAITS}
-    widget.close()
-    return {"top": top, "drilled": drilled, "messages": {k: list(v) for k, v in protocol.MESSAGES.items()}}
+    widget.explorer.show(len(widget.explorer.levels) - 1, computed)
+    return {name: getattr(widget, name) for name in TRAITS}
 
 
 def _required(typed: type) -> set[str]:
@@ -53,7 +64,7 @@ def produced():
 
 
 def test_traits_have_the_keys_the_protocol_names(produced):
-    for state in (produced["top"], produced["drilled"]):
+    for state in (produced["top"], produced["drilled"], produced["head"], produced["noise"]):
         _check(state["view"], protocol.View)
         for panel in state["view"]["panels"]:
             _check(panel, protocol.Panel)
@@ -64,6 +75,7 @@ def test_traits_have_the_keys_the_protocol_names(produced):
         for crumb in state["breadcrumb"]:
             _check(crumb, protocol.Crumb)
     assert produced["drilled"]["view"]["level"] == 1
+    assert [p["id"] for p in produced["head"]["view"]["panels"]] == ["components", "pattern"]
 
 
 def test_the_javascript_tests_run_on_what_python_sends(produced):

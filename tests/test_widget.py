@@ -563,14 +563,47 @@ def test_what_the_circuit_found_says(widget, demo):
     assert widget.view["circuit_cells"] == len(widget.circuit.cells)  # still the circuit view
 
 
-def test_what_generate_refuses_is_an_error_and_the_widget_works_on(demo):
-    """Noise corruption has no corrupted prompt to continue: pw.generate refuses it, and the page says so."""
-    w = pw.explore(demo, TEXTS["clean"], pw.noise("and"), answer=TEXTS["answer"], wrong=TEXTS["wrong"])
+def test_what_generate_refuses_is_said_before_a_click_and_the_widget_works_on(demo):
+    """A noise() corruption has no corrupted prompt to continue: the view says so before any click, in
+    pw.generate's own words (``disabled["says"]``, on every level); a says message sent anyway is answered with it
+    at once, nothing queued, and the widget works on."""
+    noise = pw.noise("and")
+    with pytest.raises(pw.PromptError) as refused:
+        pw.generate(demo, TEXTS["clean"], noise, cells=[pw.Cell("resid_pre", 0, pos=1)])
+    why = str(refused.value)
+    assert "noise() corruption has no corrupted prompt to continue" in why
+    w = pw.explore(demo, TEXTS["clean"], noise, answer=TEXTS["answer"], wrong=TEXTS["wrong"])
     try:
-        send(w, type="says", request_id=1, cells=[{"panel": "resid_pre", "row": 0, "col": 1}])
-        status = wait_idle(w, 1)
-        assert status["state"] == "error" and "not noise()" in status["message"] and "says" not in w.view
-        send(w, type="drill", request_id=2, panel="resid_pre", row=1, col=1)
-        assert wait_idle(w, 2)["state"] == "idle" and w.breadcrumb[-1]["label"] == "L1 heads"
+        assert w.view["disabled"] == {"says": why}
+        assert w.view["title"] == "denoise · logit_diff · normalised (clean 1, corrupted 0)"
+        for request_id, cells in enumerate(([{"panel": "resid_pre", "row": 0, "col": 1}], "circuit"), start=1):
+            send(w, type="says", request_id=request_id, cells=cells)
+            assert w.status == {**w.status, "state": "error", "request_id": request_id, "message": why}
+        assert w.session.latest == 0 and "says" not in w.view  # nothing was asked of the worker
+        send(w, type="drill", request_id=3, panel="resid_pre", row=1, col=1)
+        assert wait_idle(w, 3)["state"] == "idle" and w.breadcrumb[-1]["label"] == "L1 heads"
+        assert w.view["disabled"] == {"says": why}
     finally:
         w.close()
+
+
+def test_the_attention_patterns_cells_say_why_they_cannot_be_generated_under(widget, demo):
+    """A head's attention pattern: pw.generate refuses attn_pattern cells, and the panel says so in its words
+    (``says_refused``) before any click; a says message with one of its cells is answered with it, and the
+    head's own cells still say what the model says. Where nothing refuses, nothing is said."""
+    with pytest.raises(pw.SettingsError) as refused:
+        pw.generate(demo, TEXTS["clean"], TEXTS["corrupt"], cells=[pw.Cell("attn_pattern", 3, head=1)])
+    assert "says" not in widget.view.get("disabled", {})
+    send(widget, type="drill", request_id=1, panel="resid_pre", row=3, col=13)
+    wait_idle(widget, 1)
+    send(widget, type="drill", request_id=2, panel="head_out", row=1, col=13)
+    wait_idle(widget, 2)
+    panels = {p["id"]: p for p in widget.view["panels"]}
+    assert panels["pattern"]["says_refused"] == str(refused.value) and "says_refused" not in panels["components"]
+    assert "says" not in widget.view.get("disabled", {})
+    pattern, out = {"panel": "pattern", "row": 13, "col": 2}, {"panel": "components", "row": 3, "col": 13}
+    send(widget, type="says", request_id=3, cells=[out, pattern])
+    assert widget.status["state"] == "error" and widget.status["message"] == str(refused.value)
+    send(widget, type="says", request_id=4, cells=[out])
+    assert wait_idle(widget, 4)["state"] == "idle"
+    assert widget.view["says"]["cells"] == [pw.Cell("head_out", 3, head=1, pos=13).label]

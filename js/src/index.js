@@ -11,7 +11,7 @@ import { PROTOCOL } from "./protocol.js";
 import { colourRange, pathMaxima } from "./range.js";
 import { chooseView, createRequests, currentStatus, seedRequestId } from "./requests.js";
 import { createSaysBox, renderSaysCircuit, updateSaysBox } from "./says.js";
-import { renderSelectionBar, toggleCell } from "./selection.js";
+import { renderSelectionBar, saysRefusal, toggleCell } from "./selection.js";
 import { createTooltip } from "./tooltip.js";
 
 function render({ model, el }) {
@@ -132,12 +132,13 @@ function render({ model, el }) {
     replaceContent(body, [
       shown?.note ? h("div", { class: "pw-note", role: "note" }, shown.note) : null,
       renderCode(shown?.code),
-      renderSaysCircuit(shown?.circuit_cells, () => request({ type: "says", cells: "circuit" })),
+      renderSaysCircuit(shown?.circuit_cells, () => request({ type: "says", cells: "circuit" }), shown?.disabled?.says),
       renderSelectionBar(selection(), {
         onJoint: () => request({ type: "joint", cells: selection() }),
         onKeep: () => request({ type: "keep", cells: selection() }),
         onSays: () => request({ type: "says", cells: selection() }),
         onClear: () => setTrait("selection", []),
+        saysRefused: saysRefusal(shown, selection()),
       }),
       renderPanels(),
     ]);

@@ -54,18 +54,34 @@ export function updateSaysBox(box, says) {
   box.replaceChildren(...(says ? renderSays(says) : []));
 }
 
-// On a level that found a circuit (view.circuit_cells): ask what the model says with it patched.
-export function renderSaysCircuit(nCells, onSays) {
-  if (!nCells) return null;
-  return h(
+// A "What does ... say?" button. Where pw.generate would refuse the request (refused: its message, from
+// Python), the button does nothing and says why: marked aria-disabled rather than disabled, so that Tab still
+// reaches it and reads the reason (its accessible description), which is also its tooltip and is written beside it.
+export function saysButton(attrs, label, onSays, refused) {
+  const button = h(
     "button",
     {
       type: "button",
-      class: "pw-says-circuit",
-      "data-pw-key": "says-circuit",
-      title: `widget.circuit's ${nCells} cells patched, in the circuit's own direction`,
-      onclick: onSays,
+      ...attrs,
+      "aria-disabled": refused ? "true" : null,
+      title: refused || attrs.title,
+      "aria-description": refused || null,
+      onclick: refused ? null : onSays,
     },
-    "What does the circuit say?",
+    label,
   );
+  if (!refused) return button;
+  return h("span", { class: "pw-says-unavailable" }, [button, h("span", { class: "pw-says-refused" }, refused)]);
+}
+
+// On a level that found a circuit (view.circuit_cells): ask what the model says with it patched (refused: why
+// pw.generate would not run it, view.disabled.says).
+export function renderSaysCircuit(nCells, onSays, refused = null) {
+  if (!nCells) return null;
+  const attrs = {
+    class: "pw-says-circuit",
+    "data-pw-key": "says-circuit",
+    title: `widget.circuit's ${nCells} cells patched, in the circuit's own direction`,
+  };
+  return saysButton(attrs, "What does the circuit say?", onSays, refused);
 }

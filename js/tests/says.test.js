@@ -1,4 +1,6 @@
 // @vitest-environment jsdom
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { beforeEach, describe, expect, it } from "vitest";
 import widget from "../src/index.js";
 import { createSaysBox, saysSummary, updateSaysBox } from "../src/says.js";
@@ -97,7 +99,8 @@ describe("widget: What does it say?", () => {
     expect($(".pw-says-circuit").textContent).toBe("What does the circuit say?");
     $(".pw-says-circuit").click();
     expect(model.sent).toEqual([{ type: "says", cells: "circuit", request_id: 1 }]);
-    const message = "corrupt must be corrupted prompts here, not noise(): each run is continued on its own";
+    // A refusal only the click finds (a circuit run alone on pairs whose spans differ in length)
+    const message = "alone=True replaces each node position by position with its corrupted-run value, and ...";
     model.set("status", { state: "error", request_id: 1, done: 0, total: 0, message });
     expect($(".pw-error").textContent).toContain(message);
     expect($(".pw-says-result")).toBeNull();
@@ -110,5 +113,65 @@ describe("widget: What does it say?", () => {
     cell(0, 0).click(); // request 2
     model.set("view", { ...model.get("view"), request_id: 1, says });
     expect($(".pw-says-result")).toBeNull();
+  });
+});
+
+// What Python sends where pw.generate would refuse (tests/test_protocol.py writes it): a noise() corruption's
+// explorer (view.disabled.says) and one head's level, whose attention pattern panel says why (says_refused).
+const contract = JSON.parse(readFileSync(join(import.meta.dirname, "fixtures", "contract.json"), "utf8"));
+
+describe("widget: What does it say? where pw.generate would refuse", () => {
+  let model;
+  let el;
+  const $ = (selector) => el.querySelector(selector);
+  const shiftClick = (target) => target.dispatchEvent(new MouseEvent("click", { bubbles: true, shiftKey: true }));
+  const mount = (state) => {
+    model = fakeModel(structuredClone(state));
+    el = document.createElement("div");
+    document.body.replaceChildren(el);
+    widget.render({ model, el });
+  };
+  const expectRefused = (button, why) => {
+    expect(button.getAttribute("aria-disabled")).toBe("true");
+    expect(button.disabled).toBe(false); // Tab reaches it, and reads why
+    expect(button.title).toBe(why);
+    expect(button.getAttribute("aria-description")).toBe(why);
+    expect(button.parentElement.querySelector(".pw-says-refused").textContent).toBe(why);
+  };
+
+  it("with a noise() corruption: says pw.generate's reason on the button, sends nothing, and the grid works on", () => {
+    mount(contract.noise);
+    const why = contract.noise.view.disabled.says;
+    expect(why).toContain("noise() corruption has no corrupted prompt to continue");
+    shiftClick($('.pw-cell[data-row="2"][data-col="3"]'));
+    expect($(".pw-selection-count").textContent).toBe("1 cell selected");
+    expectRefused($(".pw-says"), why);
+    $(".pw-says").focus();
+    expect(document.activeElement).toBe($(".pw-says"));
+    $(".pw-says").click();
+    expect(model.sent).toEqual([]);
+    $(".pw-joint").click(); // the other buttons, and the grid, still ask
+    $('.pw-cell[data-row="1"][data-col="3"]').click();
+    expect(model.sent.map((m) => m.type)).toEqual(["joint", "drill"]);
+    model.set("view", { ...model.get("view"), request_id: 2, circuit_cells: 3 }); // nor about a circuit
+    expectRefused($(".pw-says-circuit"), why);
+    $(".pw-says-circuit").click();
+    expect(model.sent).toHaveLength(2);
+  });
+
+  it("with the attention pattern's cells selected: says why, in Python's words; other cells can ask", () => {
+    mount(contract.head);
+    const why = contract.head.view.panels.find((p) => p.id === "pattern").says_refused;
+    expect(why).toContain("attn_pattern");
+    shiftClick($('.pw-grid[data-panel="components"] .pw-cell[data-row="3"][data-col="4"]'));
+    expect($(".pw-says").hasAttribute("aria-disabled")).toBe(false);
+    expect($(".pw-says-refused")).toBeNull();
+    shiftClick($('.pw-grid[data-panel="pattern"] .pw-cell[data-row="4"][data-col="1"]'));
+    expectRefused($(".pw-says"), why);
+    $(".pw-says").click();
+    expect(model.sent).toEqual([]);
+    shiftClick($('.pw-grid[data-panel="pattern"] .pw-cell[data-row="4"][data-col="1"]')); // unselected again
+    $(".pw-says").click();
+    expect(model.sent).toEqual([{ type: "says", cells: [{ panel: "components", row: 3, col: 4 }], request_id: 3 }]);
   });
 });

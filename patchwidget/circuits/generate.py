@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +31,8 @@ from ..core.cells import READ_ORDER, WRITE_ORDER, Cell, Write, cell_write, check
 from ..core.engine import DIRECTIONS, context_length, entry_point, write
 from ..core.remote import prepare_remote, trace_kwargs
 from ..core.sites import CACHE, ModelInfo, attend_all, model_info, on_input_device, view
-from ..data.prompts import PromptBatch, Texts, prepare_pairs
-from ..errors import SettingsError
+from ..data.prompts import Noise, PromptBatch, Texts, prepare_pairs
+from ..errors import PatchwidgetError, PromptError, SettingsError
 from .circuit import Circuit
 from .faithfulness import outside_writes
 
@@ -143,6 +143,9 @@ def generate(
     """
     asked = direction
     cells, direction = chosen_cells(model, cells, circuit, direction)
+    refused = refusal(corrupt, [getattr(cell, "site", None) for cell in cells])
+    if refused is not None:
+        raise refused
     check_new_tokens(max_new_tokens)
     prepare_remote(model, remote)
     info = model_info(model)
@@ -154,8 +157,6 @@ def generate(
     else:
         per_pair = None
         writes = [cell_write(cell, info, prompts.n_pos, prompts.columns) for cell in cells]
-    if any(w.site == "attn_pattern" for w in writes):
-        raise SettingsError("attn_pattern cells cannot be generated under; patch the heads' outputs (head_out)")
     reads = sorted({(w.layer, w.site) for w in writes}, key=lambda k: (k[0], READ_ORDER.index(k[1])))
     run = Runner(model, info, max_new_tokens, remote, progress, total=n_passes(prompts, direction, max_new_tokens))
     with torch.no_grad():
@@ -179,6 +180,27 @@ def generate(
 
 
 # --- checks, before any forward pass ---------------------------------------------------------------
+
+
+def refusal(corrupt: Any = None, sites: Iterable[str | None] = ()) -> PatchwidgetError | None:
+    """The error ``generate`` raises, before any forward pass, for a ``noise()`` corruption or for cells at
+    ``sites`` it cannot patch (``attn_pattern``), or None where neither refuses it. The widget asks this too,
+    to say why *What does it say?* is unavailable before it is clicked.
+
+    Example:
+        >>> import patchwidget as pw
+        >>> str(refusal(pw.noise("Mary")))
+        'a noise() corruption has no corrupted prompt to continue: pw.generate needs corrupted prompts'
+        >>> refusal("When John and Mary went", ["head_out"]) is None
+        True
+    """
+    if isinstance(corrupt, Noise):
+        return PromptError(
+            "a noise() corruption has no corrupted prompt to continue: pw.generate needs corrupted prompts"
+        )
+    if "attn_pattern" in sites:
+        return SettingsError("attn_pattern cells cannot be generated under; patch the heads' outputs (head_out)")
+    return None
 
 
 def chosen_cells(

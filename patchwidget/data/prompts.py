@@ -475,14 +475,13 @@ def prepare_pairs(tokenizer: Any, clean: Texts, corrupt: Texts, *, max_len: int 
     """Tokenize prompt pairs that have no answers (generation), with the checks of ``prepare_prompts``.
 
     The batch's ``answer``/``wrong`` are empty and its ``answer_ids``/``wrong_ids`` hold
-    no ids: nothing may read them. Noise is refused (a corrupted run of its own is needed).
+    no ids: nothing may read them. ``corrupt`` is corrupted prompts: ``generate`` refuses a ``noise()``
+    corruption before it comes here (``generate.refusal``: each run is continued on its own).
 
     Example:
         >>> prepare_pairs(tokenizer, "The capital of France is", "The capital of Japan is").n_pos  # doctest: +SKIP
         5
     """
-    if isinstance(corrupt, Noise):
-        raise PromptError("corrupt must be corrupted prompts here, not noise(): each run is continued on its own")
     clean_p, corrupt_p = _paired(clean, corrupt, None)
     templated = _templated(clean_p + corrupt_p)
     clean_l, corrupt_l = [str(c) for c in clean_p], [str(k) for k in corrupt_p]

@@ -247,6 +247,9 @@ class Explorer:
         Example:
             >>> ex.do_says(9, {"cells": [{"panel": "head_out", "row": 1, "col": 13}]})  # doctest: +SKIP
         """
+        refused = self._says_refused(msg.get("cells"))
+        if refused is not None:  # the page says it before a click; a message sent anyway is answered with it
+            raise MessageError(refused)
         settings, alone = self.settings, False
         if msg.get("cells") == "circuit":
             circuit = self._computed.circuit if self._computed is not None and self._computed.exact else None
@@ -262,6 +265,19 @@ class Explorer:
         pair = 0 if self.pair == "mean" else int(self.pair)
         level = Level("says", cells=cells, pair=pair, alone=alone)
         self._request(request_id, self.levels, self.settings, level, settings)
+
+    def _says_refused(self, cells: Any) -> str | None:
+        """Why ``pw.generate`` refuses what *What does it say?* asks (the view says it: ``disabled["says"]``, a
+        panel's ``says_refused``), or None."""
+        if self.session.says_refused is not None:
+            return self.session.says_refused
+        panels = {p["id"]: p for p in self.shown.get("view", {}).get("panels", [])}
+        for cell in cells if isinstance(cells, list) else []:
+            name = cell.get("panel") if isinstance(cell, dict) else None
+            why = panels[name].get("says_refused") if isinstance(name, str) and name in panels else None
+            if why is not None:
+                return why
+        return None
 
     def _cells(self, msg: dict) -> list[Cell]:
         cells = msg.get("cells")

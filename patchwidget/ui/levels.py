@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..circuits.generate import refusal
 from ..circuits.joint import JointResult
 from ..core.cells import Cell
 from ..core.sites import SITES, ModelInfo
@@ -280,7 +281,8 @@ def _head_panels(computed: Computed, v: Display) -> list[dict]:
             computed.pattern[v.index],
             False,
             diverging=False,
-        ),
+        )
+        | {"says_refused": str(refusal(sites=["attn_pattern"]))},  # What does it say? with its cells selected
     ]
 
 

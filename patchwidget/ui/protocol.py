@@ -48,6 +48,7 @@ class Panel(TypedDict, total=False):
         list[bool]
     ]  # whether a click on the cell opens a narrower level (absent: every cell of a clickable panel)
     closed: str  # why a cell of a clickable panel opens nothing (the saved page: not computed in the notebook)
+    says_refused: str  # why pw.generate refuses this panel's cells (the attention pattern): What does it say? says it
     same_before: int  # by-token grids: columns before this token are 0 by causality (the runs agree there)
     mark_col: int  # the column of the token the level was opened at
     x: list[float]  # "curve": the x value of each column (circuit size in %, drawn on a log axis)
@@ -90,7 +91,8 @@ class View(TypedDict, total=False):
     joint: JointBox
     says: SaysBox  # what the model says under the patch of selected cells or of the circuit on show
     circuit_cells: int  # the level on show found a circuit of this many cells (widget.circuit): it can be asked
-    disabled: dict[str, str]  # controls that do not apply to this level, each with the reason
+    disabled: dict[str, str]  # controls that do not apply to this level, each with the reason ("says": What does
+    # it say? and What does the circuit say?, where pw.generate refuses the explorer's prompts: a noise() corruption)
     code: str  # the Python that computes this level as the widget did (Copy code)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..circuits.generate import Generation, generate
+from ..circuits.generate import Generation, generate, refusal
 from ..circuits.joint import JointResult, patch_sites
 from ..core.cells import Cell
 from ..core.engine import attention_pattern, check_batching
@@ -93,6 +93,8 @@ class Session:
         self.info = model_info(model)
         self.prompts = prepare_prompts(model.tokenizer, clean, corrupt, answer=answer, wrong=wrong)
         self.texts = dict(clean=clean, corrupt=corrupt, answer=answer, wrong=wrong)
+        refused = refusal(corrupt)  # a noise() corruption: pw.generate has no corrupted prompt to continue
+        self.says_refused = None if refused is None else str(refused)  # why "What does it say?" cannot run
         self.batch_size = batch_size
         self.memory_budget = memory_budget
         self.preview = preview

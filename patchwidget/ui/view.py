@@ -96,6 +96,8 @@ def level_view(
     elif not computed.exact:
         note = "Attribution estimate, shown while the exact values are computed. " + note
     disabled = dict(LEVELS[computed.level.kind].disabled)
+    if session.says_refused is not None:  # What does it say? (and about the circuit): pw.generate's reason
+        disabled["says"] = session.says_refused
     panels = LEVELS[computed.level.kind].panels(  # type: ignore[typeddict-item]
         computed, Display(tokens, pair, session.clean_tokens(0 if pair == "mean" else int(pair)))
     )
@@ -265,7 +267,8 @@ NOT_SAVED = "not opened in the notebook, so not in this saved page"
 def _mark_saved(view: dict, edges: dict[str, int], state_id: int) -> None:
     """A saved state as the page should draw it: only the clicks it can replay open (the others say why), and
     the settings it cannot change disabled with the reason."""
-    view["disabled"] = dict.fromkeys(("site", "direction", "metric", "scale", "method", "pair"), SAVED_PAGE)
+    settings = dict.fromkeys(("site", "direction", "metric", "scale", "method", "pair"), SAVED_PAGE)
+    view["disabled"] = {**view.get("disabled", {}), **settings}  # and why What does it say? is not (noise)
     for panel in view["panels"]:
         if not panel["clickable"]:
             continue

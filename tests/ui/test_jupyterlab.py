@@ -715,3 +715,64 @@ def test_what_the_model_says_and_the_answers_tokens(lab_server, page, ui_output)
             pass
         raise
     assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
+
+
+def test_what_generate_refuses_is_said_on_the_button_and_the_grid_works_on(lab_server, page, ui_output):
+    """A noise() corruption has no corrupted prompt to continue: with a cell selected, *What does it say?* says so
+    in ``pw.generate``'s own words, beside it, as its tooltip, and as its description when Tab reaches it; a click
+    or Enter on it asks the kernel nothing, and the grid works on (the cell patched alone, a drill-down)."""
+    from playwright.sync_api import expect
+
+    import patchwidget as pw
+
+    with pytest.raises(pw.PromptError) as refused:
+        pw.generate(pw.load_model(), CLEAN, pw.noise("Mary"), cells=[pw.Cell("resid_pre", 3, pos=13)])
+    why = str(refused.value)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import patchwidget as pw\n"
+            f"w = pw.explore(pw.load_model(), {CLEAN!r}, pw.noise('Mary'), answer='Mary', wrong='John')\n"
+            "w"
+        ),
+        nbformat.v4.new_code_cell("print('PROBE', w.session.latest, w.status['state'], len(w.breadcrumb))"),
+    ]
+    nbformat.write(nb, lab_server.root / "refused.ipynb")
+    button, reason = page.locator(f"{WIDGET} .pw-says"), page.locator(f"{WIDGET} .pw-says-refused")
+    try:
+        open_widget(page, lab_server, "refused.ipynb", n_cells=2)
+        page.locator(f'{TOP_GRID} .pw-cell[data-row="3"][data-col="13"]').click(modifiers=["Shift"])
+        expect(page.locator(f"{WIDGET} .pw-selection-count")).to_have_text("1 cell selected")
+        expect(button).to_be_disabled()  # aria-disabled: still reached by Tab
+        expect(button).to_have_attribute("title", why)
+        expect(reason).to_have_text(why)
+        expect(reason).to_be_visible()
+        screenshot(page, ui_output / "widget-says-refused.png")
+        page.locator(f"{WIDGET} .pw-keep").focus()
+        page.keyboard.press("Tab")
+        expect(button).to_be_focused()
+        expect(button).to_have_accessible_description(why)
+        page.keyboard.press("Enter")
+        button.click(force=True)  # as a user may click it anyway
+        run_cell(page, 1)  # nothing was asked of the kernel, and nothing failed
+        probe = page.locator(".jp-Notebook .jp-CodeCell").nth(1).locator(".jp-OutputArea-output")
+        expect(probe).to_have_text("PROBE 0 idle 1", timeout=ACTION_TIMEOUT)
+        expect(page.locator(f"{WIDGET} .pw-error")).to_have_count(0)
+        expect(page.locator(f"{WIDGET} .pw-says-result")).to_have_count(0)
+
+        page.locator(f"{WIDGET} .pw-joint").click()  # the grid works on: the cell patched alone
+        expect(page.locator(f"{WIDGET} .pw-joint-table")).to_have_count(1, timeout=ACTION_TIMEOUT)
+        wait_settled(page)
+        page.locator(f'{TOP_GRID} .pw-cell[data-row="3"][data-col="13"]').click()
+        expect(page.locator(f'{GRID}[aria-label^="Heads of layer 3"]')).to_have_count(1, timeout=ACTION_TIMEOUT)
+        expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "L3 heads"])
+        wait_settled(page)
+        expect(reason).to_have_text(why)  # on every level
+    except BaseException:
+        try:
+            page.screenshot(path=str(ui_output / "failure-says-refused.png"), full_page=True, timeout=10_000)
+        except Exception:
+            pass
+        raise
+    assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
