@@ -169,3 +169,15 @@ def test_joint_patching_keeps_to_the_budget(demo):
     assert r.joint == near(whole.joint, 1e-5)
     with pytest.raises(pw.PatchwidgetError, match="too small"):
         pw.patch_sites(demo, p.clean, p.corrupt, answer=p.answer, wrong=p.wrong, cells=cells, memory_budget=1000)
+
+
+def test_answers_of_several_tokens_count_their_logits(tokenizer):
+    """Several-token answers are read at each fed token, each read a full row of logits: on a model whose
+    vocabulary dwarfs its width the budget must count them (it counted one read per row, and went over)."""
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=4, n_embd=64, n_head=4, vocab_size=60_000, attn_implementation="eager")
+    wide = pw.load_model(GPT2LMHeadModel(config).eval(), tokenizer=tokenizer)
+    clean, corrupt = word_prompts(8, 1)
+    answer, wrong = " ".join(["Mary"] * 8), " ".join(["John"] * 7)
+    kw = dict(answer=answer, wrong=wrong, site="resid_pre", speedups=batches.Speedups(max_positions=None))
+    check_budget_bounds(lambda budget: pw.patch(wide, clean, corrupt, memory_budget=budget, **kw), 30 * 2**20)

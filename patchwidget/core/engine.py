@@ -268,9 +268,10 @@ def fit_budget(model: Any, request: Request, sites: Iterable[str], rows: PromptB
     widths = {"mlp_neuron": info.d_mlp, "attn_pattern": info.n_heads * rows.width}
     width = max(widths.get(site, info.d_model) for site in sites)
     vocab = model.config.vocab_size
+    shape = (info, rows.width, vocab, dtype_bytes)
     if request.method == "attribution":
-        return memory.attribution_rows(budget, batch_size, info, rows.width, vocab, dtype_bytes, width)
-    return memory.rows_per_batch(budget, batch_size, info, rows.width, vocab, dtype_bytes, 2 * rows.n_pairs, width)
+        return memory.attribution_rows(budget, batch_size, *shape, width, rows.reads)
+    return memory.rows_per_batch(budget, batch_size, *shape, 2 * rows.n_pairs, width, rows.reads)
 
 
 # --- patch: one site over a grid -----------------------------------------------------------------

@@ -19,12 +19,14 @@ from .sites import ModelInfo
 MARGIN = 1.5  # allocator slack and temporaries the count below misses
 
 
-def forward_row_elements(info: ModelInfo, n_pos: int, vocab: int) -> int:
-    """Elements one batch row keeps alive at the peak of a forward pass (no gradients)."""
+def forward_row_elements(info: ModelInfo, n_pos: int, vocab: int, reads: int = 1) -> int:
+    """Elements one batch row keeps alive at the peak of a forward pass (no gradients). Its logits are held
+    about three times over at each of its ``reads`` positions (the unembedding's output, a float32 copy, their
+    log-softmax); answers of several tokens are read at each fed token, so a large vocabulary counts per read."""
     d, t = info.d_model, n_pos
     attn = info.n_heads * info.d_head
     block = t * (4 * d + 3 * attn + attn + 2 * info.d_mlp) + 2 * info.n_heads * t * t
-    return block + 2 * vocab
+    return block + 3 * vocab * reads
 
 
 def kv_elements(info: ModelInfo, n_pos: int) -> int:
@@ -43,12 +45,12 @@ def packed_row_elements(info: ModelInfo, n_pos: int) -> int:
     return 2 * info.n_heads * t * t + 2 * t * t
 
 
-def patched_row_bytes(info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int) -> int:
+def patched_row_bytes(info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int, reads: int = 1) -> int:
     """Bytes per row of patched copies: its forward pass (a packed row's wider attention included), the
     cached block outputs fed to skipped layers and the target run's keys and values for the positions it
     does not compute."""
     skipped = info.n_layers * n_pos * info.d_model
-    elements = forward_row_elements(info, n_pos, vocab) + packed_row_elements(info, n_pos)
+    elements = forward_row_elements(info, n_pos, vocab, reads) + packed_row_elements(info, n_pos)
     return int(MARGIN * dtype_bytes * (elements + skipped + kv_elements(info, n_pos)))
 
 
@@ -71,12 +73,14 @@ def rows_per_batch(
     dtype_bytes: int,
     runs: int,
     site_width: int,
+    reads: int = 1,
 ) -> int:
-    """How many rows of patched copies fit in one forward pass under ``budget`` bytes."""
+    """How many rows of patched copies fit in one forward pass under ``budget`` bytes (``reads``: positions
+    each row's logits are read at)."""
     if budget is None:
         return batch_size
     fixed = cache_bytes(info, n_pos, vocab, dtype_bytes, runs, site_width)
-    per_row = patched_row_bytes(info, n_pos, vocab, dtype_bytes)
+    per_row = patched_row_bytes(info, n_pos, vocab, dtype_bytes, reads)
     if fixed + per_row > budget:
         raise MemoryBudgetError(
             f"memory_budget={budget / 2**20:.2f} MB is too small: the cached clean and corrupted runs need about "
@@ -86,20 +90,29 @@ def rows_per_batch(
     return int(max(1, min(batch_size, (budget - fixed) // per_row)))  # a budget may be a float
 
 
-def attribution_row_bytes(info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int, site_width: int) -> int:
+def attribution_row_bytes(
+    info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int, site_width: int, reads: int = 1
+) -> int:
     """Bytes per prompt row of attribution patching: the target run keeps every
     layer's activations for its backward pass, the source run one layer's, and
     both runs' site activations and the gradients are kept to the end."""
-    graph = (info.n_layers + 2) * forward_row_elements(info, n_pos, vocab)
+    graph = (info.n_layers + 2) * forward_row_elements(info, n_pos, vocab, reads)
     kept = 3 * info.n_layers * n_pos * site_width
     return int(MARGIN * dtype_bytes * (graph + kept))
 
 
 def attribution_rows(
-    budget: int, batch_size: int, info: ModelInfo, n_pos: int, vocab: int, dtype_bytes: int, site_width: int
+    budget: int,
+    batch_size: int,
+    info: ModelInfo,
+    n_pos: int,
+    vocab: int,
+    dtype_bytes: int,
+    site_width: int,
+    reads: int = 1,
 ) -> int:
     """How many prompt rows one attribution pass (forward and backward) may take under ``budget`` bytes."""
-    per_row = attribution_row_bytes(info, n_pos, vocab, dtype_bytes, site_width)
+    per_row = attribution_row_bytes(info, n_pos, vocab, dtype_bytes, site_width, reads)
     if per_row > budget:
         raise MemoryBudgetError(
             f"memory_budget={budget / 2**20:.2f} MB is too small for method='attribution': its backward pass "

@@ -74,6 +74,11 @@ class PromptBatch:
         return self.n_pos + max(map(len, self.answer_seqs)) - 1 + max(map(len, self.wrong_seqs)) - 1
 
     @property
+    def reads(self) -> int:
+        """Positions a row's logits are read at: the prompt's last token, and each continuation's fed tokens."""
+        return 1 + self.width - self.n_pos
+
+    @property
     def lengths(self) -> torch.Tensor:
         """Real lengths of the clean then the corrupted prompts, ``(2 * pair,)``, the rows of the runs."""
         full = torch.full((self.n_pairs,), self.n_pos)
