@@ -64,7 +64,7 @@ def test_packing_puts_short_copies_of_a_pair_end_to_end_under_a_mask():
     assert packed, "an every-token grid of one layer packs"
     for p in packed:
         assert p.mask.shape == (len(p.lay.pairs), 1, p.lay.positions.shape[1], p.cache_end + p.lay.positions.shape[1])
-        assert p.last is not None and not p.trim_last_mlp  # several copies a row: their last tokens are read
+        assert p.last is not None and p.trim_last_mlp  # several copies a row: the MLP at their last tokens
     unpacked = _plan(copies, _tables(changed_from=0), batches.Speedups(pack=False))
     assert all(p.mask is None for p in unpacked.passes)
 

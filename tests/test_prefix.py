@@ -211,8 +211,8 @@ def test_segment_mask_shows_each_copy_its_cache_and_own_segment():
 
 @pytest.fixture
 def trim_count(monkeypatch):
-    """How many patched passes ran the last block's MLP at the last position only."""
-    return spy(monkeypatch, engine, "mlp_at_last_position", lambda model, info: info.n_layers)
+    """Where patched passes ran the last block's MLP: at the last position only (1) or at the read positions."""
+    return spy(monkeypatch, engine, "mlp_at_read_positions", lambda model, info, keep: keep)
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -235,6 +235,22 @@ def test_last_mlp_at_the_last_position_equals_the_full_mlp(tiny_models, model_na
         )
         assert_close(trimmed, full, 1e-5, err_msg=site)
     assert trim_count  # the MLP was trimmed in some passes
+
+
+@pytest.mark.parametrize("model_name", ["gpt2-demo", "qwen2-gqa", "gpt_neox"])
+def test_last_mlp_at_the_read_positions_with_answers_of_several_tokens(tiny_models, model_name, trim_count):
+    """Answers of several tokens are read at the prompt's last token and each fed token: the last block's MLP
+    runs at those positions only, packed rows too, and every value equals the MLP run whole."""
+    model = tiny_models[model_name]
+    pairs = demo_data.ioi_pairs(2, seed=5)
+    kw = dict(answer=[p.answer + " and" for p in pairs], wrong=[p.wrong for p in pairs], batch_size=7)
+    clean, corrupt = [p.clean for p in pairs], [p.corrupt for p in pairs]
+    for site in ("resid_pre", "head_out", "attn_out"):
+        trimmed, full = on_and_off(
+            "trim_last_mlp", lambda sp, s=site: pw.patch(model, clean, corrupt, site=s, speedups=sp, **kw).per_pair
+        )
+        assert_close(trimmed, full, 1e-5, err_msg=site)
+    assert any(isinstance(keep, torch.Tensor) and len(keep) > 1 for keep in trim_count), trim_count
 
 
 def test_prefix_reuse_with_noise_and_joint_sets(demo, monkeypatch, reuse_count):

@@ -133,7 +133,7 @@ class Speedups:
 
     reuse_prefix: bool = True  # a copy computes from its first changed position over the target run's cached keys
     pack: bool = True  # short copies of one pair share a row, end to end, under a 4D attention mask
-    trim_last_mlp: bool = True  # the last block's MLP runs at the last position only where nothing else is read
+    trim_last_mlp: bool = True  # the last block's MLP runs at the read positions only where nothing after it is read
     # The logit difference unembeds only the answer and wrong columns; with answers of several tokens, every
     # column but only at the positions read (a packed row would otherwise unembed every copy's reads).
     two_columns: bool = True
@@ -160,7 +160,7 @@ def choose(
     cached keys and values would travel back); the attention pattern's writes and reads span every key
     position, so its copies run whole and unpacked; packing needs a model that takes a 4D mask
     (``packable``); two columns need a metric that reads only the answer and wrong logits; the pass cap
-    is a CPU's; answers of several tokens are read at more positions than the last, so its MLP runs whole.
+    is a CPU's.
     Whether the runs' cache holds every position and whether the unembedding's output is
     the model's logits are observed on the runs (``runs.Runs``).
 
@@ -173,7 +173,7 @@ def choose(
     return Speedups(
         reuse_prefix=wanted.reuse_prefix and not remote and not pattern,
         pack=wanted.pack and not remote and not pattern and packable,
-        trim_last_mlp=wanted.trim_last_mlp and not sequences,
+        trim_last_mlp=wanted.trim_last_mlp,
         two_columns=wanted.two_columns and (columns_metric or sequences) and not remote,
         max_positions=wanted.max_positions if on_cpu and not remote else None,
         pass_overhead=REMOTE_PASS_OVERHEAD if remote else wanted.pass_overhead,

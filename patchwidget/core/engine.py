@@ -61,7 +61,7 @@ from .sites import (
     final_hidden,
     last_logits,
     layer_module,
-    mlp_at_last_position,
+    mlp_at_read_positions,
     model_info,
     on_input_device,
     prefix_cache,
@@ -431,7 +431,7 @@ def run_pass(
             else:
                 got[(layer, site)] = view(model, info, site, layer).detach().clone().save()
         if p.trim_last_mlp:
-            mlp_at_last_position(model, info)
+            mlp_at_read_positions(model, info, p.keep)
         if unembed is None:
             logits = last_logits(model, info, p.last).detach().save()
         elif p.columns is None:  # continuations: the reads' hidden states, unembedded below as each needs

@@ -55,7 +55,7 @@ class Pass:
     keep: int | torch.Tensor  # logits_to_keep
     last: tuple[torch.Tensor, torch.Tensor] | None  # where each copy's last token lands among the kept logits
     columns: torch.Tensor | None  # the unembedding's columns read, sorted (None: every column)
-    trim_last_mlp: bool  # run the last block's MLP at the last position only
+    trim_last_mlp: bool  # run the last block's MLP at the read positions only (``keep``)
 
 
 @dataclass
@@ -129,7 +129,7 @@ def plan_passes(
                 cache_end=lay.cache_end,
                 **read,
                 columns=columns,
-                trim_last_mlp=speedups.trim_last_mlp and read["last"] is None and not touches_last,
+                trim_last_mlp=speedups.trim_last_mlp and not touches_last,
             )
         )
     return Plan(noop, passes)

@@ -547,23 +547,33 @@ def answer_unembedding(model: Any, info: ModelInfo) -> tuple[torch.Tensor, torch
 
 
 # Sites of the last block whose values at other positions than the last change when its MLP runs at the last
-# position only (``mlp_at_last_position``): a pass that writes or reads one of them there runs the MLP in full.
+# position only (``mlp_at_read_positions``): a pass that writes or reads one of them there runs the MLP in full.
 AFTER_LAST_MLP = ("mlp_out", "mlp_neuron", "resid_post")
 
 
-def mlp_at_last_position(model: Any, info: ModelInfo) -> None:
-    """Inside a trace: run the last block's MLP at the last position only.
+def mlp_at_read_positions(model: Any, info: ModelInfo, keep: int | torch.Tensor) -> None:
+    """Inside a trace: run the last block's MLP at the positions whose logits are read only.
 
-    Only the last position's logits are read, and after the last block's attention
-    nothing mixes positions, so the MLP's output at the other positions feeds
-    nothing that is read: a pass saves most of its last block's work there. The
-    MLP's output, ``(row, 1, d_model)``, broadcasts over the positions in the
-    block's residual sum; the last position gets exactly its own. Valid only when
-    every row's last real token is the last position and no write or read at the
-    last layer touches ``AFTER_LAST_MLP``.
+    ``keep`` is the pass's ``logits_to_keep``: 1 (each row read at its last position) or
+    the positions read (several copies packed in a row, answers of several tokens). After
+    the last block's attention nothing mixes positions, so the MLP's output at the other
+    positions feeds nothing that is read: a pass saves most of its last block's work there.
+    At the last position only, the MLP's output ``(row, 1, d_model)`` broadcasts over the
+    positions in the block's residual sum; at several, it is put back at its positions
+    (zeros elsewhere, which nothing reads). Valid only when no write or read at the last
+    layer touches ``AFTER_LAST_MLP``.
     """
     mlp = layer_module(model, info, info.n_layers - 1, info.arch.mlp)
-    mlp.input = mlp.input[:, -1:]
+    if isinstance(keep, int):
+        mlp.input = mlp.input[:, -keep:]
+        return
+    x = mlp.input  # (row, pos, d_model)
+    at = keep.to(x.device)
+    mlp.input = x[:, at]
+    out = mlp.output  # (row, read position, d_model)
+    full = torch.zeros(x.shape[0], x.shape[1], out.shape[-1], dtype=out.dtype, device=out.device)
+    full[:, at] = out
+    mlp.output = full
 
 
 def answer_logits(
