@@ -9,6 +9,7 @@ Example:
 """
 
 from .circuits.circuit import Circuit
+from .circuits.edge_scores import EdgeScores, edge_scores
 from .circuits.edges import Edge, edge_graph
 from .circuits.faithfulness import ABLATIONS, faithfulness, faithfulness_nodes
 from .circuits.generate import Generation, generate
@@ -61,7 +62,9 @@ __all__ = [
     "Cell",
     "Circuit",
     "Edge",
+    "EdgeScores",
     "edge_graph",
+    "edge_scores",
     "Generation",
     "JointResult",
     "MemoryBudgetError",

@@ -1003,3 +1003,19 @@ def reference_edge_faithfulness(model, pairs, edges, ablation="patch", metric="l
         m_full.append(scale(reference_edge_metric(model, clean, value, graph, a, w)))
     mean = lambda xs: sum(xs) / len(xs)
     return (mean(m_c) - mean(m_empty)) / (mean(m_full) - mean(m_empty))
+
+
+def reference_edge_score(model, pairs, edge, ablation="patch"):
+    """The exact score of one edge, written out: the mean over pairs of m(every edge but ``edge``) minus the
+    plain clean run's logit difference, each m one hooked run (``reference_edge_metric``)."""
+    graph = reference_edge_graph(model)
+    values = [reference_sender_outputs(model, corrupt) for _, corrupt, _, _ in pairs]
+    if ablation == "mean":
+        mean = {u: torch.stack([v[u] for v in values]).mean(0) for u in values[0]}
+        values = [mean] * len(pairs)
+    kept = set(graph) - {edge}
+    changes = [
+        reference_edge_metric(model, clean, value, kept, a, w) - _plain_diff(model, clean, a, w)
+        for (clean, _, a, w), value in zip(pairs, values)
+    ]
+    return sum(changes) / len(changes)

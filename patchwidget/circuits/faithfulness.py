@@ -228,12 +228,14 @@ def circuit_runs(
     remote: bool | str,
     runs_cache: dict | None = None,
     circuits: Sequence[Sequence[Cell]] = (),
+    more_reads: dict[str, list[int]] | None = None,
 ) -> CircuitRuns:
-    """Validate a faithfulness request (and the node sets ``circuits``) before any forward pass, then run the
-    clean and corrupted runs: the one preamble of every circuit evaluation (``faithfulness``,
-    ``find_circuit``, ``Circuit.faithfulness_on``)."""
+    """Validate a faithfulness request (and the node sets or edge sets ``circuits``) before any forward pass,
+    then run the clean and corrupted runs: the one preamble of every circuit evaluation (``faithfulness``,
+    ``find_circuit``, ``Circuit.faithfulness_on``, ``edge_scores``). The runs record every node's output,
+    and ``more_reads`` (site -> layers) besides."""
     check_choice(ablation, ABLATIONS, "ablation")
-    sites = {"resid_pre", "head_out", "mlp_out"}
+    sites = {"resid_pre", "head_out", "mlp_out", *(more_reads or {})}
     request = prepare(
         model,
         clean,
@@ -265,6 +267,8 @@ def circuit_runs(
     rows, noise = with_noise(model, info, prompts, remote)
     per_pass = fit_budget(model, request, sites, rows)
     reads = {"resid_pre": [0], "head_out": list(range(info.n_layers)), "mlp_out": list(range(info.n_layers))}
+    for site, layers in (more_reads or {}).items():
+        reads[site] = sorted({*reads.get(site, []), *layers})
     with torch.no_grad():
         keep_kv = request.speedups.reuse_prefix
         runs = cached_runs(runs_cache, model, info, reads, rows, noise, remote, per_pass, progress, keep_kv)
