@@ -814,10 +814,11 @@ def _head_rows(proj, head, d_head):
     return w[head * d_head : (head + 1) * d_head]
 
 
-def reference_sender_outputs(model, ids):
+def reference_sender_outputs(model, ids, noise=None):
     """What each sender adds to the residual stream in a plain run of ``ids``: ``{sender: (pos, d_model)}``.
     The embeddings are the first block's input; a head's output its slice of the output projection's input
-    times its rows of the projection's weight (no bias); an MLP's output the MLP module's output."""
+    times its rows of the projection's weight (no bias); an MLP's output the MLP module's output. ``noise``
+    ``(pos, d_model)``: added to the token embeddings (the embedding module's output)."""
     names, sizes, _ = _edge_model(model)
     blocks = get(model, names["layers"])
     out = {}
@@ -826,6 +827,8 @@ def reference_sender_outputs(model, ids):
         out[EMBED] = (args[0] if args else kwargs["hidden_states"])[0].clone()
 
     handles = [blocks[0].register_forward_pre_hook(embed, with_kwargs=True)]
+    if noise is not None:
+        handles.append(model.get_input_embeddings().register_forward_hook(lambda mod, args, o: o + noise))
     for layer, block in enumerate(blocks):
         proj = get(block, names["o"])
 
@@ -869,10 +872,10 @@ def _qkv_columns(model, site, unit, sizes):
     return names["qkv"], slice(start, start + sizes.dh)
 
 
-def _edge_hooks(model, edges, corrupt, n, graph):
+def _edge_hooks(model, edges, corrupt, n, graph, extra=None):
     """Register the hooks of one patched run: every receiver reads its own input (see the section's comment),
-    at the prompt's positions ``< n`` only. ``corrupt`` maps each sender to its corrupted output ``(n, d_model)``.
-    Returns the handles."""
+    at the prompt's positions ``< n`` only. ``corrupt`` maps each sender to its corrupted output ``(n, d_model)``;
+    ``extra`` maps receivers to a further ``(n, d_model)`` added to their own input. Returns the handles."""
     names, sizes, _ = _edge_model(model)
     senders_of = {}
     for u, r in graph:
@@ -886,6 +889,8 @@ def _edge_hooks(model, edges, corrupt, n, graph):
         x = actual.clone()
         for u in _missing(senders_of[receiver], edges, receiver):
             x[:n] += corrupt[u][:n] - now[u][:n]
+        if extra and receiver in extra:
+            x[:n] = x[:n] + extra[receiver]
         return x
 
     handles = []
@@ -1019,3 +1024,107 @@ def reference_edge_score(model, pairs, edge, ablation="patch"):
         for (clean, _, a, w), value in zip(pairs, values)
     ]
     return sum(changes) / len(changes)
+
+
+# --- first-order edge scores (EAP, EAP-IG), one backward pass per edge, pair and step -------------------------
+
+
+def reference_edge_attribution(model, pairs, edges, method="eap", steps=5, metric="logit_diff", split=True):
+    """First-order estimates of m(G minus e) - m(G) for each edge e = (u, r) of ``edges``, the mean over pairs.
+
+    Written as a directional derivative, not a gradient product: the clean prompt runs with every receiver reading
+    its own input (``_edge_hooks``, every edge kept), r's own input plus t * delta_u at the prompt's positions, where
+    delta_u is u's output on the corrupted prompt minus its output on the clean one (``reference_sender_outputs``)
+    and t a scalar at 0; d(logit difference)/dt is the score, one backward pass per edge and pair.
+    ``method="eap-ig"``: the same derivative in ``steps`` runs whose token embeddings (the embedding module's
+    output) are corrupted + alpha * (clean - corrupted), alpha = k / steps for k = 0 .. steps - 1, averaged
+    (delta_u stays the plain runs' difference). ``pairs``: (clean_ids, corrupt_ids, answer, wrong), or with a fifth
+    entry, noise ``(pos, d_model)`` added to the corrupted prompt's token embeddings. ``metric="logit_diff_norm"``:
+    each pair divided by its plain clean minus corrupted logit difference. ``split=False``: t * delta_u goes into
+    the residual stream r reads (the block's input for a head's q/k/v; for an MLP, the residual after attention),
+    which every later component reads too: the gradient at the shared residual, another quantity.
+    """
+    graph = reference_edge_graph(model)
+    _check_edges(model, edges, graph)
+    alphas = [1.0] if method == "eap" else [k / steps for k in range(steps)]
+    assert method in ("eap", "eap-ig"), method
+    out = torch.zeros(len(edges))
+    embed = model.get_input_embeddings()
+    for clean, corrupt, a, w, *noise in pairs:
+        noise = noise[0] if noise else None
+        assert len(clean) == len(corrupt), "edges patch position by position"
+        before, after = reference_sender_outputs(model, clean), reference_sender_outputs(model, corrupt, noise)
+        scale = 1.0
+        if metric == "logit_diff_norm":
+            low = _plain_diff_noised(model, corrupt, a, w, noise)
+            scale = 1.0 / (_plain_diff(model, clean, a, w) - low)
+        with torch.no_grad():
+            ends = (embed(clean[None])[0], embed(corrupt[None])[0] + (0 if noise is None else noise))
+        for i, (u, r) in enumerate(edges):
+            delta = (after[u] - before[u]).detach()
+            for alpha in alphas:
+                moved = ends[1] + alpha * (ends[0] - ends[1])
+                slope = _edge_slope(model, clean, r, delta, None if alpha == 1.0 else moved, (a, w), graph, split)
+                out[i] += scale * slope / (len(alphas) * len(pairs))
+    return out
+
+
+def _plain_diff_noised(model, ids, answer, wrong, noise):
+    if noise is None:
+        return _plain_diff(model, ids, answer, wrong)
+    handle = model.get_input_embeddings().register_forward_hook(lambda mod, args, o: o + noise)
+    try:
+        return _plain_diff(model, ids, answer, wrong)
+    finally:
+        handle.remove()
+
+
+def _edge_slope(model, ids, receiver, delta, embeddings, answers, graph, split):
+    """d(logit difference)/dt at t = 0 of the clean run ``ids`` with ``t * delta`` added to ``receiver``'s own
+    input (``split``) or to the residual stream it reads, the token embeddings replaced by ``embeddings``."""
+    t = torch.zeros((), requires_grad=True)
+    n = len(ids)
+    if split:
+        handles = _edge_hooks(model, set(graph), {}, n, graph, extra={receiver: t * delta})
+    else:
+        handles = [_shared_nudge(model, receiver, t * delta, n)]
+    if embeddings is not None:
+        handles.append(model.get_input_embeddings().register_forward_hook(lambda mod, args, o: embeddings[None]))
+    try:
+        logits = model(ids[None]).logits[0, -1]
+    finally:
+        for h in handles:
+            h.remove()
+    (slope,) = torch.autograd.grad(logits[answers[0]] - logits[answers[1]], t)
+    return float(slope)
+
+
+def _shared_nudge(model, receiver, nudge, n):
+    """A hook adding ``nudge`` ``(n, d_model)`` to the residual stream ``receiver`` reads, where every later
+    component reads it too: the block's input (a head's q/k/v; an MLP under a parallel residual), the attention's
+    output (an MLP after it), the final norm's input (the logits). Returns the handle."""
+    names, _, parallel = _edge_model(model)
+    site, layer, _ = receiver
+
+    def add(x):
+        x = x.clone()
+        x[0, :n] = x[0, :n] + nudge
+        return x
+
+    if site == "logits":
+        norm = get(model, FINAL_NORM.get(model.config.model_type, "model.norm"))
+        return norm.register_forward_pre_hook(lambda mod, args: (add(args[0]), *args[1:]))
+    block = get(model, names["layers"])[layer]
+    if site == "mlp_in" and not parallel:
+
+        def attention_output(mod, args, output):
+            return (add(output[0]), *output[1:]) if isinstance(output, tuple) else add(output)
+
+        return get(block, names["attn"]).register_forward_hook(attention_output)
+
+    def block_input(mod, args, kwargs):
+        if args:
+            return (add(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": add(kwargs["hidden_states"])}
+
+    return block.register_forward_pre_hook(block_input, with_kwargs=True)
