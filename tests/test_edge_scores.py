@@ -9,6 +9,9 @@ import patchwidget as pw
 from patchwidget import demo_data
 from patchwidget.circuits import edge_exact
 from patchwidget.circuits import faithfulness as F
+from patchwidget.circuits.edge_attribution import edge_attribution
+from patchwidget.circuits.edges import numbers
+from patchwidget.core.edge_pass import EdgeIndex
 
 from .close import assert_close, near
 from .reference import reference_edge_score
@@ -113,3 +116,31 @@ def test_refused_before_compute(tiny_models, monkeypatch):
         pw.edge_scores(model, **prompts, method="acdc")
     with pytest.raises(pw.SettingsError, match="not for this 'gptj' model"):
         pw.edge_scores(tiny_models["gptj"], **prompts)
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_first_order_methods_give_edge_attribution_per_edge(tiny_models, scored, method):
+    """method='eap' / 'eap-ig' are edge_attribution's scores (tested against their twin in
+    test_edge_attribution), one per edge of the graph, and they follow the exact scores' ranking."""
+    model = tiny_models["gpt2-demo"]
+    prompts = demo_data.as_prompts(demo_data.ioi_pairs(3, seed=13))
+    got = pw.edge_scores(model, **prompts, method=method, steps=3)
+    runs = F.circuit_runs(
+        model, **prompts, ablation="patch", metric="logit_diff", batch_size=64, memory_budget=None, progress=None,
+        remote=False,
+    )  # fmt: skip
+    table = edge_attribution(runs, method, 3)
+    index = EdgeIndex.of(runs.request.info)
+    assert_close(got.values, [float(table[numbers(e, index)]) for e in got.edges], 1e-6)
+    assert got.method == method and (got.provenance.get("steps") == 3) == (method == "eap-ig")
+    exact = scored[("gpt2-demo", "patch")]
+    top = {e for e, _ in exact.top(10)}
+    assert len(top & {e for e, _ in got.top(20)}) >= 5, (method, [e.label for e, _ in got.top(20)])
+
+
+def test_steps_refused_before_compute(tiny_models, monkeypatch):
+    model = tiny_models["gpt2-demo"]
+    monkeypatch.setattr(F, "cached_runs", lambda *a, **k: pytest.fail("ran"))
+    prompts = demo_data.as_prompts(demo_data.ioi_pairs(2, seed=1))
+    with pytest.raises(pw.SettingsError, match="steps must be an integer of at least 1"):
+        pw.edge_scores(model, **prompts, method="eap-ig", steps=0)

@@ -76,6 +76,16 @@ __all__ = ["EDGE_METHODS", "edge_attribution"]
 EDGE_METHODS = ("eap", "eap-ig")
 
 
+def check_method(method: str, steps: int) -> None:
+    """Refuse, before compute, an unknown method, ``steps`` that is not an integer of at least 1 (for EAP-IG),
+    and gradients where ``torch.inference_mode()`` forbids them."""
+    check_choice(method, EDGE_METHODS, "method")
+    if method == "eap-ig" and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+        raise SettingsError(f"steps must be an integer of at least 1, got {steps!r}")
+    if torch.is_inference_mode_enabled():
+        raise SettingsError("edge attribution takes gradients, which torch.inference_mode() forbids")
+
+
 def edge_attribution(runs: CircuitRuns, method: str, steps: int = 5, progress: Progress | None = None) -> torch.Tensor:
     """First-order scores of every edge, ``(sender, receiver)`` in ``EdgeIndex`` numbering, float32, zero where
     the graph has no edge: each the estimate of m(G minus that edge) - m(G), the mean over pairs in the request's
@@ -89,11 +99,7 @@ def edge_attribution(runs: CircuitRuns, method: str, steps: int = 5, progress: P
         >>> edge_attribution(runs, "eap").shape  # doctest: +SKIP
         torch.Size([21, 45])
     """
-    check_choice(method, EDGE_METHODS, "method")
-    if method == "eap-ig" and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
-        raise SettingsError(f"steps must be an integer of at least 1, got {steps!r}")
-    if torch.is_inference_mode_enabled():
-        raise SettingsError("edge attribution takes gradients, which torch.inference_mode() forbids")
+    check_method(method, steps)
     check_edge_request(runs.model, runs.request, [])  # the model, and answers of one token, before compute
     info = runs.request.info
     index = EdgeIndex.of(info)

@@ -4,7 +4,10 @@
 the metric's change when that edge alone carries its sender's corrupted output into its
 receiver (every other edge clean): m(G \\ {e}) - m(G), negative where corrupting the edge
 lowers the metric. ``method="exact"`` runs each edge's copy (``edge_exact``): the exact edge
-activation patching MIB's circuit track scores best (Mueller et al. 2025).
+activation patching MIB's circuit track scores best (Mueller et al. 2025). ``"eap"`` and
+``"eap-ig"`` estimate the same change to first order from gradients (``edge_attribution``):
+EAP (Syed et al. 2023) at the clean run, EAP-IG (Hanna et al. 2024; MIB's EAP-IG-inputs)
+averaged over ``steps`` runs with embeddings interpolated between the corrupted and clean runs.
 
 Example:
     >>> import patchwidget as pw
@@ -33,13 +36,14 @@ from ..core.sites import model_info
 from ..data.prompts import Noise, Texts
 from ..errors import ResultFileError, SettingsError
 from ..files import write_atomic
+from .edge_attribution import check_method, edge_attribution
 from .edge_exact import exact_edge_scores, reads_for_exact
 from .edges import Edge, edge_graph, numbers
 from .faithfulness import circuit_runs
 
 __all__ = ["METHODS", "EdgeScores", "edge_scores"]
 
-METHODS = ("exact",)
+METHODS = ("exact", "eap", "eap-ig")
 FORMAT, VERSION = "patchwidget.edge_scores", 1
 
 
@@ -135,6 +139,7 @@ def edge_scores(
     answer: Texts,
     wrong: Texts,
     method: str = "exact",
+    steps: int = 5,
     ablation: str = "patch",
     metric: M.Metric = M.DEFAULT,
     batch_size: int = 64,
@@ -144,13 +149,16 @@ def edge_scores(
 ) -> EdgeScores:
     """Score every edge of ``pw.edge_graph(model)``: the mean over pairs of m(G \\ {e}) - m(G), the metric's change
     when edge e alone carries its sender's corrupted output (``ablation="mean"``: its mean over the corrupted
-    prompts) into its receiver. See the module docstring.
+    prompts) into its receiver: exactly (``method="exact"``), or estimated from gradients (``"eap"``, ``"eap-ig"``
+    over ``steps`` interpolations). See the module docstring.
 
     Example:
         >>> scores = pw.edge_scores(model, clean, corrupt, answer="Mary", wrong="John")  # doctest: +SKIP
         >>> scores.top(3)  # doctest: +SKIP
     """
     check_choice(method, METHODS, "method")
+    if method != "exact":
+        check_method(method, steps)
     info = model_info(model)
     check_edge_model(model, info)  # before the runs: their reads are the receivers' inputs, which it checks exist
     graph = edge_graph(model)
@@ -167,11 +175,15 @@ def edge_scores(
         progress=progress,
         remote=remote,
         circuits=[graph],
-        more_reads=reads_for_exact(info),
+        more_reads=reads_for_exact(info) if method == "exact" else None,
     )
-    table = exact_edge_scores(runs, progress)
+    table = exact_edge_scores(runs, progress) if method == "exact" else edge_attribution(runs, method, steps, progress)
     index = EdgeIndex.of(runs.request.info)
     at = torch.tensor([numbers(e, index) for e in graph])
     values = table[at[:, 0], at[:, 1]].numpy()
-    about = {**provenance(model, runs.request), "ablation": ablation}
+    about = {
+        **provenance(model, runs.request),
+        "ablation": ablation,
+        **({"steps": steps} if method == "eap-ig" else {}),
+    }
     return EdgeScores(graph, values, method, about)
