@@ -289,7 +289,7 @@ def test_bad_circuits_are_refused_before_compute(demo, monkeypatch, change, mess
 def test_find_circuit_refuses_an_unknown_level_before_compute(demo, monkeypatch):
     monkeypatch.setattr(demo, "trace", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a forward pass ran")))
     with pytest.raises(pw.SettingsError, match="level"):
-        pw.find_circuit(demo, **demo_data.as_prompts(demo_data.ioi_pairs(2)), level="edges")
+        pw.find_circuit(demo, **demo_data.as_prompts(demo_data.ioi_pairs(2)), level="paths")
 
 
 def test_faithfulness_under_remote_local_and_in_small_batches_gives_the_local_number(demo):

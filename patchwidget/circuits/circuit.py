@@ -27,6 +27,7 @@ import torch
 
 from ..core import metrics as M
 from ..core.cells import READ_ORDER, WRITE_ORDER, Cell, cell_write
+from ..core.edge_pass import EdgeIndex
 from ..core.engine import entry_point
 from ..core.runs import Progress
 from ..core.sites import ModelInfo, model_info, on_input_device, view
@@ -34,6 +35,7 @@ from ..data.prompts import Texts
 from ..data.templates import token_strings
 from ..errors import PromptError, ResultFileError, SettingsError
 from ..files import write_atomic
+from .edges import Edge, check_in_model
 from .joint import JointResult, patch_sites
 
 FORMAT = "patchwidget.Circuit"
@@ -43,6 +45,7 @@ DEFAULT_TARGET = 0.9
 # 2: ``faithfulness`` is MIB's f (find_circuit); the denoising search's number is ``restore``. A version-1
 # file's "faithfulness" was that restore, and loads as what it was.
 VERSION = 2
+EDGES_VERSION = 3  # a circuit of edges: "edges" and "edge_values" (a version-2 reader refuses it, as it should)
 
 
 @dataclass
@@ -61,15 +64,27 @@ class Circuit:
     trace: list[dict] = field(default_factory=list)  # what the search ranked and kept, and why
     curve: dict[str, Any] = field(default_factory=dict)  # f (with cpr, cmd) or the restore (with area) by size
     restore: float | None = None  # find_bottleneck: the joint denoising restore of the set (not faithfulness)
+    edges: list[Edge] = field(default_factory=list)  # a circuit of edges: its edges (``cells``: their senders)
+    edge_values: list[float] = field(default_factory=list)  # the edges' scores where they were found
     _sources: dict = field(default_factory=dict, repr=False, compare=False)  # sources() results, for write()
 
     def __post_init__(self) -> None:
+        if not all(isinstance(e, Edge) for e in self.edges):
+            raise SettingsError(f"a circuit's edges must be patchwidget.Edge objects, got {self.edges!r}")
+        if self.edges and not self.cells:  # the nodes whose outputs the edges carry
+            self.cells = list(dict.fromkeys(e.sender for e in self.edges))
         if not self.cells or not all(isinstance(c, Cell) for c in self.cells):
             raise SettingsError(f"a circuit needs a non-empty list of patchwidget.Cell objects, got {self.cells!r}")
         if self.values and len(self.values) != len(self.cells):
             raise SettingsError(f"a circuit of {len(self.cells)} cells has {len(self.values)} values")
+        if self.edge_values and len(self.edge_values) != len(self.edges):
+            raise SettingsError(f"a circuit of {len(self.edges)} edges has {len(self.edge_values)} edge values")
 
     def __repr__(self) -> str:
+        if self.edges:
+            shown = ", ".join(e.label for e in self.edges[:3]) + (", ..." if len(self.edges) > 3 else "")
+            faith = "" if self.faithfulness is None else f"; faithfulness {self.faithfulness:.3f}"
+            return f"Circuit({len(self.edges)} edges: {shown}{faith})"
         shown = ", ".join(c.label for c in self.cells[:5]) + (", ..." if len(self.cells) > 5 else "")
         faith = "" if self.faithfulness is None else f"; faithfulness {self.faithfulness:.3f}"
         restore = "" if self.restore is None else f"; restores {self.restore:.3f} when copied"
@@ -141,6 +156,7 @@ class Circuit:
         The same as ``pw.patch_sites`` with these cells. Example:
             >>> circuit.evaluate(model, clean, corrupt, answer="Mary", wrong="John").joint  # doctest: +SKIP
         """
+        self._nodes_only("evaluate")
         self.check_model(model)
         return patch_sites(
             model,
@@ -168,6 +184,7 @@ class Circuit:
         zeros. All prompts must tokenize to one length. Example:
             >>> logits = circuit.knockout(model, prompts, mode="mean")  # doctest: +SKIP
         """
+        self._nodes_only("knockout")
         if mode not in ("mean", "zero"):
             raise SettingsError(f"unknown knockout mode {mode!r}; choose one of mean, zero")
         info = self.check_model(model)
@@ -192,6 +209,7 @@ class Circuit:
         Example:
             >>> circuit.sources(model, "When Mary and John went to the store , John gave a drink to")  # doctest: +SKIP
         """
+        self._nodes_only("sources")
         info = self.check_model(model)
         ids = torch.tensor([model.tokenizer(source_prompt)["input_ids"]])
         with torch.no_grad():
@@ -224,7 +242,16 @@ class Circuit:
         n_pos = next(iter(source.values())).shape[0]
         _put(model, info, self._writes(info, n_pos), source, n_pos)
 
+    def _nodes_only(self, what: str) -> None:
+        """Refuse what patches a circuit's nodes for a circuit of edges, which has no nodes to patch."""
+        if self.edges:
+            raise SettingsError(
+                f"circuit.{what}() patches a circuit's nodes, and this is a circuit of edges: check it with "
+                "circuit.faithfulness_on(model, ...) (each edge outside it corrupted into its receiver)"
+            )
+
     def _writes(self, info: ModelInfo, n_pos: int) -> list:
+        self._nodes_only("write")
         writes = [cell_write(c, info, n_pos) for c in self.cells]
         if any(w.site == "attn_pattern" for w in writes):
             raise SettingsError("attn_pattern cells cannot be written or knocked out; use the heads' outputs instead")
@@ -238,6 +265,9 @@ class Circuit:
             raise SettingsError(
                 f"this circuit was found on a model of shape {found}, but this model has {info.shape()}"
             )
+        if self.edges:
+            check_in_model(self.edges, EdgeIndex.of(info))
+            return info
         for cell in self.cells:  # also checks cells against a model when no shape was recorded
             if cell.site == "embed":
                 continue
@@ -249,9 +279,16 @@ class Circuit:
     # --- files ----------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        edges = {}
+        if self.edges:  # version 3: a reader of version 2 would take the senders for a circuit of nodes
+            edges = {
+                "edges": [[_cell_dict(e.sender), _cell_dict(e.receiver)] for e in self.edges],
+                "edge_values": [float(v) for v in self.edge_values],
+            }
         return {
             "format": FORMAT,
-            "version": VERSION,
+            "version": EDGES_VERSION if self.edges else VERSION,
+            **edges,
             "cells": [_cell_dict(c) for c in self.cells],
             "values": [float(v) for v in self.values],
             "provenance": self.provenance,
@@ -259,7 +296,7 @@ class Circuit:
             "restore": None if self.restore is None else float(self.restore),
             "reached": self.reached,
             "trace": self.trace,
-            "curve": {**self.curve, "ranked": [_cell_dict(c) for c in self.curve.get("ranked", [])]},
+            "curve": {**self.curve, "ranked": [_ranked_dict(c) for c in self.curve.get("ranked", [])]},
         }
 
     def save(self, path: str | Path) -> Path:
@@ -279,7 +316,7 @@ class Circuit:
             raise ResultFileError(f"could not read {str(path)!r}: {type(err).__name__}: {err}") from err
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ResultFileError(f"{str(path)!r} is not a patchwidget circuit (missing format marker)")
-        if data.get("version") not in (1, VERSION):
+        if data.get("version") not in (1, VERSION, EDGES_VERSION):
             raise ResultFileError(f"unsupported circuit format version {data.get('version')!r}")
         try:
             if data["version"] == 1:
@@ -294,9 +331,13 @@ class Circuit:
             if reached is not None and not isinstance(reached, bool):
                 raise ValueError(f"reached must be true, false or null, got {reached!r}")
             trace, curve = list(data.get("trace", [])), dict(data.get("curve", {}))
-            if "ranked" in curve:
+            if "ranked" in curve and "edges" not in data:
                 curve["ranked"] = [_cell(c) for c in curve["ranked"]]
-            return cls(cells, values, provenance, faithfulness, reached, trace, curve, restore)
+            edges = [Edge(_cell(a), _cell(b)) for a, b in data.get("edges", [])]
+            edge_values = [float(v) for v in data.get("edge_values", [])]
+            if "ranked" in curve and edges:
+                curve["ranked"] = [Edge(_cell(a), _cell(b)) for a, b in data["curve"]["ranked"]]
+            return cls(cells, values, provenance, faithfulness, reached, trace, curve, restore, edges, edge_values)
         except (KeyError, TypeError, ValueError) as err:
             raise ResultFileError(f"circuit file {str(path)!r} is malformed: {err}") from err
 
@@ -312,6 +353,10 @@ def _from_version_1(data: dict) -> dict:
     for row in trace:
         row.pop("faithfulness", None)
     return {**data, "curve": curve, "trace": trace}
+
+
+def _ranked_dict(item: Cell | Edge) -> Any:
+    return [_cell_dict(item.sender), _cell_dict(item.receiver)] if isinstance(item, Edge) else _cell_dict(item)
 
 
 def _cell_dict(cell: Cell) -> dict[str, Any]:

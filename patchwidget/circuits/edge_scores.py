@@ -177,13 +177,19 @@ def edge_scores(
         circuits=[graph],
         more_reads=reads_for_exact(info) if method == "exact" else None,
     )
-    table = exact_edge_scores(runs, progress) if method == "exact" else edge_attribution(runs, method, steps, progress)
-    index = EdgeIndex.of(runs.request.info)
-    at = torch.tensor([numbers(e, index) for e in graph])
-    values = table[at[:, 0], at[:, 1]].numpy()
+    values = score_edges(runs, graph, method, steps, progress)
     about = {
         **provenance(model, runs.request),
         "ablation": ablation,
         **({"steps": steps} if method == "eap-ig" else {}),
     }
     return EdgeScores(graph, values, method, about)
+
+
+def score_edges(runs: Any, graph: list[Edge], method: str, steps: int, progress: Progress | None) -> np.ndarray:
+    """The scores of ``graph``'s edges, in its order, by ``method`` on prepared runs (``circuit_runs``; for
+    ``"exact"`` with ``reads_for_exact``)."""
+    table = exact_edge_scores(runs, progress) if method == "exact" else edge_attribution(runs, method, steps, progress)
+    index = EdgeIndex.of(runs.request.info)
+    at = torch.tensor([numbers(e, index) for e in graph])
+    return table[at[:, 0], at[:, 1]].numpy()

@@ -307,7 +307,7 @@ def circuit_cells(circuit: Any) -> list[Cell]:
     """
     if isinstance(circuit, Cell | Edge):
         return [circuit]
-    cells = getattr(circuit, "cells", circuit)
+    cells = getattr(circuit, "edges", None) or getattr(circuit, "cells", circuit)  # a Circuit: its edges, or nodes
     if isinstance(cells, list | tuple | set | frozenset):
         return list(cells)
     raise SettingsError(
@@ -419,13 +419,16 @@ def areas(f: Sequence[float]) -> tuple[float, float]:
     return cpr, cmd
 
 
-def curve(runs: CircuitRuns, ranked: list[Cell], measured: dict[int, torch.Tensor], m_empty: torch.Tensor) -> dict:
+def curve(
+    runs: CircuitRuns, ranked: list, measured: dict[int, torch.Tensor], m_empty: torch.Tensor, measure: Any = None
+) -> dict:
     """f at MIB's sizes of the ranking (missing prefixes measured in one more batched pass), per pair and on
-    average, with CPR and CMD of the mean curve and of each pair's."""
+    average, with CPR and CMD of the mean curve and of each pair's. ``ranked`` holds nodes (measured by
+    ``runs.measure``) or edges (``measure=runs.measure_edges``)."""
     sizes = curve_sizes(len(ranked))
     missing = sorted({k for k in sizes if k not in measured})
     if missing:
-        measured.update(zip(missing, runs.measure([ranked[:k] for k in missing])))
+        measured.update(zip(missing, (measure or runs.measure)([ranked[:k] for k in missing])))
     mean = [ratio(measured[k], m_empty, runs.clean) for k in sizes]
     # Each pair's own f (NaN or infinite for a pair whose full and empty circuits agree), (pair, size).
     per_pair = np.stack([((measured[k] - m_empty) / (runs.clean - m_empty)).numpy() for k in sizes], axis=1)

@@ -38,10 +38,11 @@ from ..core.runs import Progress
 from ..data.prompts import Noise, Texts
 from ..errors import SettingsError
 from ..grids.patch import patch
+from .edges import RANKING, find_edge_circuit
 
 __all__ = ["find_circuit"]
 
-LEVELS = ("nodes",)  # the level a circuit is found at: its components are nodes (edges are to come)
+LEVELS = ("nodes", "edges")  # the level a circuit is found at: its components are nodes, or edges
 CHUNK = 8  # prefixes evaluated per batched pass while looking for the smallest that reaches the target
 TOP_SHOWN = 20  # ranked nodes recorded in the trace
 
@@ -68,8 +69,10 @@ def find_circuit(
 
     Returns a ``Circuit`` of nodes with ``faithfulness`` (f of the set, over all pairs),
     ``reached``, ``trace`` (the ranking and why the set was kept) and ``curve`` (f at MIB's
-    sizes, 0.1 to 100 % of the nodes, per pair and on average, with ``cpr`` and ``cmd``;
-    ``level="nodes"``, the only level yet, finds a set of nodes);
+    sizes, 0.1 to 100 % of the nodes, per pair and on average, with ``cpr`` and ``cmd``).
+    ``level="edges"`` finds a set of edges instead (``circuit.edges``), ranked by EAP-IG
+    (``method="attribution"`` or ``"eap-ig"``), EAP (``"eap"``) or exact edge scores (``"exact"``);
+    see ``search.edges``;
     ``circuit.plot()`` draws the circuit, ``circuit.plot_curve()`` the curve.
 
     Example:
@@ -80,9 +83,12 @@ def find_circuit(
     if not isinstance(target, int | float) or isinstance(target, bool) or not 0 < target <= 1:
         raise SettingsError(f"target must be a number in (0, 1], got {target!r}")
     check_choice(level, LEVELS, "level")
-    check_choice(method, METHODS, "method")
-    store: dict = {}
+    check_choice(method, METHODS if level == "nodes" else tuple(RANKING), "method")
     texts = dict(clean=clean, corrupt=corrupt, answer=answer, wrong=wrong)
+    if level == "edges":
+        settings = dict(ablation=ablation, metric=metric, batch_size=batch_size, memory_budget=memory_budget)
+        return find_edge_circuit(model, texts, target, method, {**settings, "remote": remote}, progress)
+    store: dict = {}
     runs = circuit_runs(
         model,
         **texts,
