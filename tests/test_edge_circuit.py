@@ -95,3 +95,18 @@ def test_refused_before_compute(demo, monkeypatch):
         pw.find_circuit(demo, **prompts, level="edges", method="acdc")
     with pytest.raises(pw.SettingsError, match="level"):
         pw.find_circuit(demo, **prompts, level="paths")
+
+
+def test_the_diagram_draws_every_edge(found):
+    """circuit.plot() of a circuit of edges: one line per edge, as wide as its score is large, red where
+    corrupting it lowers the metric."""
+    from matplotlib.collections import LineCollection
+
+    circuit = found["attribution"]
+    fig = circuit.plot(show=False)
+    (lines,) = [c for c in fig.axes[0].collections if isinstance(c, LineCollection)]
+    assert len(lines.get_segments()) == len(circuit.edges)
+    widths = lines.get_linewidths()
+    biggest = max(range(len(circuit.edges)), key=lambda i: abs(circuit.edge_values[i]))
+    assert widths[biggest] == max(widths)
+    assert f"{len(circuit.edges)} edges" in fig.axes[0].get_title()

@@ -106,7 +106,8 @@ class Circuit:
 
     def plot(self, ax: Any = None, show: bool | None = None) -> Any:
         """The circuit diagram: every node of the model by layer (embeddings at the bottom, logits at the top),
-        the circuit's nodes filled and sized by their effect, its faithfulness in the title.
+        the circuit's nodes filled and sized by their effect, its faithfulness in the title; a circuit of
+        edges also draws each edge, width by its score's magnitude, colour by its sign.
 
         Example:
             >>> pw.find_circuit(model, **prompts).plot().savefig("circuit.png")  # doctest: +SKIP
@@ -116,7 +117,7 @@ class Circuit:
         shape = self.provenance.get("shape") or {}
         if not shape:
             raise SettingsError("this circuit does not record its model's shape, so its diagram cannot be drawn")
-        return plot_circuit(self, shape["n_layers"], shape["n_heads"], ax=ax, show=show)
+        return plot_circuit(self, shape["n_layers"], shape["n_heads"], ax, show, shape.get("n_kv_heads"))
 
     def faithfulness_on(self, model: Any, clean: Texts, corrupt: Texts, **kwargs: Any) -> float:
         """MIB's faithfulness of this circuit on other prompt pairs: the held-out check
