@@ -21,6 +21,7 @@ from patchwidget.core.sites import model_info
 
 from .close import assert_close, scale
 from .reference import reference_edge_attribution, reference_sender_outputs
+from .test_edge_faithfulness import _plain_pairs, _tuple
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
@@ -34,23 +35,6 @@ def _runs(model, prompts, metric="logit_diff"):
         model, **prompts, ablation="patch", metric=metric, batch_size=8, memory_budget=None, progress=None,
         remote=False,
     )  # fmt: skip
-
-
-def _plain_pairs(model, pairs):
-    tok = model.tokenizer
-    return [
-        (
-            torch.tensor(tok(p.clean)["input_ids"]),
-            torch.tensor(tok(p.corrupt)["input_ids"]),
-            tok(p.answer)["input_ids"][0],
-            tok(p.wrong)["input_ids"][0],
-        )
-        for p in pairs
-    ]
-
-
-def _tuple(cell):
-    return (cell.site, cell.layer or 0, cell.head or 0)
 
 
 def _twin_edges(edges):
