@@ -72,9 +72,34 @@ def test_refused_before_compute(tiny_models, monkeypatch):
     with pytest.raises(pw.SettingsError, match="not for this 'gptj' model"):
         pw.faithfulness(tiny_models["gptj"], **prompts, circuit=[pw.Edge(head, "logits")])
     several = {**prompts, "answer": [a + " and" for a in prompts["answer"]]}
-    with pytest.raises(pw.SettingsError, match="one-token answers"):
-        pw.faithfulness(model, **several, circuit=[pw.Edge(head, "logits")])
+    with pytest.raises(pw.SettingsError, match="method='eap' reads one-token answers"):
+        pw.edge_scores(model, **several, method="eap")
     assert not ran
+
+
+def _several(pairs, tok):
+    """The pairs' answers as two or three tokens, the wrong answers as one or two: continuations of other
+    lengths per side and per pair."""
+    answers = [p.answer + (" and" if i % 2 else " and the") for i, p in enumerate(pairs)]
+    wrongs = [p.wrong + (" and" if i % 2 == 0 else "") for i, p in enumerate(pairs)]
+    ids = [[tok(a)["input_ids"], tok(w)["input_ids"]] for a, w in zip(answers, wrongs)]
+    return answers, wrongs, ids
+
+
+@pytest.mark.parametrize("model_name", ["gpt2-demo", "qwen2-gqa"])
+@pytest.mark.parametrize("ablation", ["patch", "mean"])
+def test_answers_of_several_tokens_match_the_twin(tiny_models, model_name, ablation):
+    """Edges are corrupted at the prompt's positions; each continuation is scored whole in the patched run (the
+    twin: each continuation appended, one hooked run each, the appended positions unedited)."""
+    model = tiny_models[model_name]
+    pairs = demo_data.ioi_pairs(3, seed=13)
+    answers, wrongs, ids = _several(pairs, model.tokenizer)
+    prompts = {**demo_data.as_prompts(pairs), "answer": answers, "wrong": wrongs}
+    plain = [(c, k, a, w) for (c, k, _, _), (a, w) in zip(_plain_pairs(model, pairs), ids)]
+    for edges in _random_edge_sets(_graph(model), np.random.default_rng(11), 2):
+        got = pw.faithfulness(model, **prompts, circuit=edges, ablation=ablation, batch_size=4)
+        kept = {(_tuple(e.sender), _tuple(e.receiver)) for e in edges}
+        assert got == near(reference_edge_faithfulness(model._module, plain, kept, ablation), 1e-4)
 
 
 def test_a_residual_that_is_not_the_senders_sum_is_refused(tiny_models, monkeypatch):

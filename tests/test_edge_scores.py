@@ -144,3 +144,21 @@ def test_steps_refused_before_compute(tiny_models, monkeypatch):
     prompts = demo_data.as_prompts(demo_data.ioi_pairs(2, seed=1))
     with pytest.raises(pw.SettingsError, match="steps must be an integer of at least 1"):
         pw.edge_scores(model, **prompts, method="eap-ig", steps=0)
+
+
+@pytest.mark.parametrize("model_name", ["gpt2-demo", "qwen2-gqa"])
+def test_exact_scores_of_answers_of_several_tokens_match_the_twin(tiny_models, model_name):
+    """Several-token answers: each edge's copy writes at the prompt's positions and its continuations are scored
+    in the patched run; the logits' edges go through the edge pass (the continuation reads them too)."""
+    from .test_edge_faithfulness import _several
+
+    model = tiny_models[model_name]
+    pairs = demo_data.ioi_pairs(3, seed=13)
+    answers, wrongs, ids = _several(pairs, model.tokenizer)
+    prompts = {**demo_data.as_prompts(pairs), "answer": answers, "wrong": wrongs}
+    plain = [(c, k, a, w) for (c, k, _, _), (a, w) in zip(_plain_pairs(model, pairs), ids)]
+    scores = pw.edge_scores(model, **prompts, batch_size=16)
+    sample = _sample(scores.edges, np.random.default_rng(5), per_kind=1) + [e for e, _ in scores.top(3)]
+    want = [reference_edge_score(model._module, plain, (_tuple(e.sender), _tuple(e.receiver))) for e in sample]
+    assert_close([scores.score(e) for e in sample], want, 1e-4, err_msg=str([e.label for e in sample]))
+    assert max(abs(w) for w in want) > 0.05

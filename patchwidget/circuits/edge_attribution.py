@@ -100,7 +100,7 @@ def edge_attribution(runs: CircuitRuns, method: str, steps: int = 5, progress: P
         torch.Size([21, 45])
     """
     check_method(method, steps)
-    check_edge_request(runs.model, runs.request, [])  # the model, and answers of one token, before compute
+    check_edge_request(runs.model, runs.request, [], f"method={method!r}")  # before any gradient pass
     info = runs.request.info
     index = EdgeIndex.of(info)
     alphas = [1.0] if method == "eap" else [k / steps for k in range(steps)]

@@ -61,7 +61,8 @@ def exact_edge_scores(runs: Any, progress: Progress | None = None) -> torch.Tens
     d = runs.directed
     delta = sender_outputs(model, info, d.source) - sender_outputs(model, info, d.target)  # (row, pos, sender, d)
     values = torch.zeros(runs.rows.n_pairs, index.n_senders, index.n_receivers)  # m per row and edge
-    values[:, :, -1] = _logits_receiver(runs, index, delta)
+    if d.target_ext is None:
+        values[:, :, -1] = _logits_receiver(runs, index, delta)
     groups = [(layer, site) for layer in range(info.n_layers) for site in ("head_q", "head_k", "head_v", "mlp_in")]
     total = int(index.exists.sum()) * runs.rows.n_pairs
     done = [0]
@@ -69,6 +70,10 @@ def exact_edge_scores(runs: Any, progress: Progress | None = None) -> torch.Tens
         _through_the_loop(runs, index, delta, layer, site, values, progress, done, total)
     per_pair = runs.per_pair(values.view(runs.rows.n_pairs, -1)).view(-1, index.n_senders, index.n_receivers)
     scores = per_pair.mean(0) - runs.clean.mean()
+    if d.target_ext is not None:  # the continuations read the patched run: the logits' edges through the edge pass
+        alone = torch.zeros(index.n_senders, index.n_senders, index.n_receivers, dtype=torch.bool)
+        alone[torch.arange(index.n_senders), torch.arange(index.n_senders), -1] = True
+        scores[:, -1] = runs.measure_outside(alone, progress).mean(1) - runs.clean.mean()
     return torch.where(index.exists, scores, torch.zeros(()))
 
 

@@ -189,28 +189,33 @@ class CircuitRuns:
         """m(C) per set of kept edges and pair, ``(set, pair)``: each row's clean prompt once per set, every edge
         outside the set carrying its sender's corrupted (or mean) output into its receiver only
         (``core.edge_pass``)."""
-        info, model = self.request.info, self.model
-        check_edge_request(model, self.request, sets)
+        check_edge_request(self.model, self.request, sets)
+        return self.measure_outside(outside_masks(sets, EdgeIndex.of(self.request.info)), progress)
+
+    def measure_outside(self, outside: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+        """``measure_edges`` for sets given as which edges are outside them, ``(set, sender, receiver)`` bools in
+        ``EdgeIndex`` numbering (already checked)."""
+        info, model, n_sets = self.request.info, self.model, len(outside)
         index = EdgeIndex.of(info)
-        outside = outside_masks(sets, index)  # (set, sender, receiver)
         corrupt = sender_outputs(model, info, self.directed.source)  # (row, pos, sender, d_model)
-        copies = [(row, k) for row in range(self.rows.n_pairs) for k in range(len(sets))]
+        copies = [(row, k) for row in range(self.rows.n_pairs) for k in range(n_sets)]
         row_bytes = 4 * corrupt.shape[1] * info.d_model * (2 * index.n_senders + 3 * index.per_layer)
         per_pass = max(1, min(self.per_pass, EDGE_PASS_BYTES // row_bytes))
         values, fn, d = torch.empty(len(copies)), self.request.metric, self.directed
         for start in range(0, len(copies), per_pass):
             rows = torch.tensor([row for row, _ in copies[start : start + per_pass]])
             kept = torch.tensor([k for _, k in copies[start : start + per_pass]])
+            ext = None if d.target_ext is None else d.target_ext.rows(rows)
             with torch.no_grad():
                 logits = edge_metric_logits(
                     model, info, d.target_ids[rows], d.target_len[rows], corrupt[rows], outside[kept],
-                    self.request.remote,
+                    self.request.remote, ext,
                 )  # fmt: skip
             args = (self.rows.answer_ids[rows], self.rows.wrong_ids[rows], d.clean_logits[rows])
             values[start : start + len(rows)] = fn(logits, *args).float().cpu()
             if progress or self.progress:
                 (progress or self.progress)(start + len(rows), len(copies))
-        return self.per_pair(values.view(self.rows.n_pairs, len(sets))).T  # (set, pair)
+        return self.per_pair(values.view(self.rows.n_pairs, n_sets)).T  # (set, pair)
 
 
 def circuit_runs(
@@ -229,11 +234,13 @@ def circuit_runs(
     runs_cache: dict | None = None,
     circuits: Sequence[Sequence[Cell]] = (),
     more_reads: dict[str, list[int]] | None = None,
+    one_token_only: str | None = None,
 ) -> CircuitRuns:
     """Validate a faithfulness request (and the node sets or edge sets ``circuits``) before any forward pass,
     then run the clean and corrupted runs: the one preamble of every circuit evaluation (``faithfulness``,
     ``find_circuit``, ``Circuit.faithfulness_on``, ``edge_scores``). The runs record every node's output,
-    and ``more_reads`` (site -> layers) besides."""
+    and ``more_reads`` (site -> layers) besides. ``one_token_only`` names a method that refuses several-token
+    answers (``check_edge_request``)."""
     check_choice(ablation, ABLATIONS, "ablation")
     sites = {"resid_pre", "head_out", "mlp_out", *(more_reads or {})}
     request = prepare(
@@ -261,7 +268,7 @@ def circuit_runs(
         )
     for cells in circuits:
         if is_edges(cells):
-            check_edge_request(model, request, [cells])
+            check_edge_request(model, request, [cells], one_token_only)
         else:
             kept_positions(cells, prompts, info.n_layers, info.n_heads)
     rows, noise = with_noise(model, info, prompts, remote)
@@ -284,16 +291,16 @@ def circuit_runs(
     return CircuitRuns(model, request, rows, directed, per_pass, every, logits, m_full, progress)
 
 
-def check_edge_request(model: Any, request: Request, sets: Sequence[Sequence[Edge]]) -> None:
-    """Refuse, before compute, edges this model does not have, a model whose receivers' inputs edges cannot
-    write out, and answers of several tokens (edges read one-token answers for now)."""
+def check_edge_request(model: Any, request: Request, sets: Sequence[Sequence[Edge]], what: str | None = None) -> None:
+    """Refuse, before compute, edges this model does not have and a model whose receivers' inputs edges cannot
+    write out; ``what`` names a method that reads one-token answers only, refused for several-token ones."""
     check_edge_model(model, request.info)
     for edges in sets:
         check_in_model(edges, EdgeIndex.of(request.info))
-    if request.prompts.answer_seqs is not None:
+    if what and request.prompts.answer_seqs is not None:
         raise SettingsError(
-            "edge circuits read one-token answers for now: these answers are several tokens long "
-            "(node circuits score them whole)"
+            f"{what} reads one-token answers for now: these answers are several tokens long "
+            "(exact edge scores and edge faithfulness score them whole)"
         )
 
 

@@ -32,8 +32,10 @@ from typing import Any
 import torch
 
 from ..errors import SettingsError
+from . import continuation
+from .continuation import Extension
 from .remote import trace_kwargs
-from .sites import ModelInfo, attend_all, last_logits, layer_module, module, on_input_device, raw, reshape, view
+from .sites import ModelInfo, last_logits, layer_module, module, on_input_device, raw, reshape, view
 from .weights import apply_norm, norm_parts, out_per_head, qkv_per_head
 
 __all__ = ["EDGE_MODELS", "EdgeIndex", "check_edge_model", "edge_metric_logits", "sender_outputs"]
@@ -164,29 +166,35 @@ def edge_metric_logits(
     corrupt: torch.Tensor,
     outside: torch.Tensor,
     remote: bool | str = False,
+    ext: Extension | None = None,
 ) -> torch.Tensor:
-    """One pass of edge patching: each row's logits at its last real token, ``(row, vocab)``.
+    """One pass of edge patching: each row's logits at its last real token, ``(row, vocab)`` (with ``ext``,
+    answers of several tokens: ``continuation.scored``'s last-token logits and the continuations' scores).
 
-    ``ids`` ``(row, pos)`` are the prompts run (padded on the right, ``lengths`` real), ``corrupt``
-    ``(row, pos, sender, d_model)`` the senders' outputs each row's corrupted edges carry, ``outside``
-    ``(row, sender, receiver)`` which edges are corrupted (outside the circuit) in each row.
+    ``ids`` ``(row, pos)`` are the prompts run (padded on the right, ``lengths`` real; with ``ext``, each row's
+    prompt then its continuations), ``corrupt`` ``(row, pos, sender, d_model)`` the senders' outputs each
+    row's corrupted edges carry, ``outside`` ``(row, sender, receiver)`` which edges are corrupted (outside
+    the circuit) in each row. Edges are corrupted at the prompt's positions; a continuation's positions read
+    what the patched run computes there.
     """
     index = EdgeIndex.of(info)
     weights = [_layer_weights(model, info, layer) for layer in range(info.n_layers)]
     final = norm_parts(module(model._module, info.arch.final_norm))
     rows, last = torch.arange(len(ids)), lengths - 1
     mask = outside.float()
-    kwargs = trace_kwargs(model, remote)
-    with model.trace(on_input_device(model, ids), attention_mask=attend_all(model, *ids.shape), **kwargs):
+    prompt = (torch.arange(ids.shape[1])[None] < lengths[:, None]).float()  # (row, pos): the prompt's own tokens
+    keep, at_last, every = continuation.kept(lengths, ids.shape[1], ext)
+    inputs = {**continuation.inputs(model, ext, tuple(ids.shape)), **trace_kwargs(model, remote)}
+    with model.trace(on_input_device(model, ids), logits_to_keep=keep, **inputs):
         delta = torch.zeros(corrupt.shape)  # corrupt - current, per sender, filled in forward order
         for layer in range(info.n_layers):
-            _edge_layer(model, info, index, layer, weights[layer], corrupt, delta, mask)
+            _edge_layer(model, info, index, layer, weights[layer], corrupt, delta, mask, prompt)
         norm_in = module(model, info.arch.final_norm).input[rows, last].float()  # (row, d_model)
         wanted = norm_in + torch.einsum("bs,bsd->bd", mask[:, :, -1], delta[rows, last])
         norm_out = module(model, info.arch.final_norm).output
         norm_out[rows, last] = apply_norm(final, wanted).to(norm_out.dtype)
-        logits = last_logits(model, info, (rows, last)).detach().float().save()
-    return logits
+        logits = last_logits(model, info, at_last if ext is None else every).detach().float().save()
+    return logits if ext is None else continuation.scored(logits, ext)
 
 
 def _edge_layer(
@@ -198,6 +206,7 @@ def _edge_layer(
     corrupt: torch.Tensor,
     delta: torch.Tensor,
     mask: torch.Tensor,
+    prompt: torch.Tensor,
 ) -> None:
     """Inside the trace, one layer in forward order: its heads' q/k/v from their own inputs, its heads' outputs
     recorded, its MLP's input norm from its own input, its MLP's output recorded."""
@@ -205,7 +214,7 @@ def _edge_layer(
     first = layer * index.per_layer
     resid = view(model, info, "resid_pre", layer)[:, :, 0].float()  # (row, pos, d_model)
     if layer == 0:
-        delta[:, :, 0] = corrupt[:, :, 0] - resid
+        delta[:, :, 0] = (corrupt[:, :, 0] - resid) * prompt[:, :, None]  # a continuation's positions: unedited
     extra = torch.einsum("bsn,bpsd->bpnd", mask[:, :s, first : first + h + 2 * kv], delta[:, :, :s])
     normed = apply_norm(w.attn_norm, resid[:, :, None] + extra)  # (row, pos, receiver, d_model)
     fused = None if info.arch.qkv == "split" else raw(model, info, "head_q", layer)  # one output holds q, k, v
@@ -217,7 +226,8 @@ def _edge_layer(
         target[:] = (value if bias is None else value + bias).to(target.dtype)
     z = view(model, info, "head_out", layer).float()  # (row, pos, head, d_head)
     heads = index.sender("head_out", layer, 0)
-    delta[:, :, heads : heads + h] = corrupt[:, :, heads : heads + h] - torch.einsum("bphk,hkd->bphd", z, w.out)
+    current = torch.einsum("bphk,hkd->bphd", z, w.out)
+    delta[:, :, heads : heads + h] = (corrupt[:, :, heads : heads + h] - current) * prompt[:, :, None, None]
     s = index.senders_before(layer, mlp=True)
     norm = layer_module(model, info, layer, info.arch.ln_mid)
     wanted = norm.input.float() + torch.einsum(
@@ -226,4 +236,4 @@ def _edge_layer(
     out = norm.output
     out[:] = apply_norm(w.mlp_norm, wanted).to(out.dtype)
     mlp = index.sender("mlp_out", layer)
-    delta[:, :, mlp] = corrupt[:, :, mlp] - view(model, info, "mlp_out", layer)[:, :, 0].float()
+    delta[:, :, mlp] = (corrupt[:, :, mlp] - view(model, info, "mlp_out", layer)[:, :, 0].float()) * prompt[:, :, None]
