@@ -149,7 +149,7 @@ def _through_the_loop(
     edges = [(row, s, u) for row in range(rows) for s in range(n_senders) for u in range(n_units)]
     for start in range(0, len(edges), CHUNK):
         chunk = edges[start : start + CHUNK]
-        table = torch.zeros(len(chunk), n_pos, n_units, computed.shape[-1])
+        table = torch.zeros(len(chunk), n_pos, n_units, computed.shape[-1], device=computed.device)
         copies = []
         for k, (row, s, u) in enumerate(chunk):
             table[k, :, u] = computed[row, :, s, u]

@@ -133,7 +133,7 @@ def sender_outputs(model: Any, info: ModelInfo, acts: dict) -> torch.Tensor:
     parts = [acts[(0, "resid_pre")][:, :, 0].float()[:, :, None]]
     for layer in range(info.n_layers):
         z = acts[(layer, "head_out")].float()  # (row, pos, head, d_head)
-        parts.append(torch.einsum("bphk,hkd->bphd", z, out_per_head(model, info, layer).detach().float()))
+        parts.append(torch.einsum("bphk,hkd->bphd", z, out_per_head(model, info, layer).detach().float().to(z.device)))
         parts.append(acts[(layer, "mlp_out")].float())  # (row, pos, 1, d_model)
     return torch.cat(parts, 2)
 
@@ -181,12 +181,13 @@ def edge_metric_logits(
     weights = [_layer_weights(model, info, layer) for layer in range(info.n_layers)]
     final = norm_parts(module(model._module, info.arch.final_norm))
     rows, last = torch.arange(len(ids)), lengths - 1
-    mask = outside.float()
-    prompt = (torch.arange(ids.shape[1])[None] < lengths[:, None]).float()  # (row, pos): the prompt's own tokens
+    dev = corrupt.device  # the runs' device: the model's, where the senders' outputs were recorded
+    mask = outside.float().to(dev)
+    prompt = (torch.arange(ids.shape[1])[None] < lengths[:, None]).float().to(dev)  # (row, pos): the prompt's tokens
     keep, at_last, every = continuation.kept(lengths, ids.shape[1], ext)
     inputs = {**continuation.inputs(model, ext, tuple(ids.shape)), **trace_kwargs(model, remote)}
     with model.trace(on_input_device(model, ids), logits_to_keep=keep, **inputs):
-        delta = torch.zeros(corrupt.shape)  # corrupt - current, per sender, filled in forward order
+        delta = torch.zeros(corrupt.shape, device=dev)  # corrupt - current, per sender, filled in forward order
         for layer in range(info.n_layers):
             _edge_layer(model, info, index, layer, weights[layer], corrupt, delta, mask, prompt)
         norm_in = module(model, info.arch.final_norm).input[rows, last].float()  # (row, d_model)
