@@ -1035,7 +1035,10 @@ def reference_edge_attribution(model, pairs, edges, method="eap", steps=5, metri
     Written as a directional derivative, not a gradient product: the clean prompt runs with every receiver reading
     its own input (``_edge_hooks``, every edge kept), r's own input plus t * delta_u at the prompt's positions, where
     delta_u is u's output on the corrupted prompt minus its output on the clean one (``reference_sender_outputs``)
-    and t a scalar at 0; d(logit difference)/dt is the score, one backward pass per edge and pair.
+    and t a scalar at 0; d(logit difference)/dt is the score, one backward pass per edge and pair. With answers as
+    lists of ids (several tokens), the metric is log p(answer | prompt) - log p(wrong | prompt) by teacher forcing:
+    each continuation appended to the prompt, its own hooked run (the appended positions unedited, their
+    embeddings their own), the score the answer run's derivative minus the wrong run's.
     ``method="eap-ig"``: the same derivative in ``steps`` runs whose token embeddings (the embedding module's
     output) are corrupted + alpha * (clean - corrupted), alpha = k / steps for k = 0 .. steps - 1, averaged
     (delta_u stays the plain runs' difference). ``pairs``: (clean_ids, corrupt_ids, answer, wrong), or with a fifth
@@ -1072,6 +1075,8 @@ def reference_edge_attribution(model, pairs, edges, method="eap", steps=5, metri
 def _plain_diff_noised(model, ids, answer, wrong, noise):
     if noise is None:
         return _plain_diff(model, ids, answer, wrong)
+    if isinstance(answer, list):
+        return continuation_diff(model, ids, answer, wrong, noise=noise)
     handle = model.get_input_embeddings().register_forward_hook(lambda mod, args, o: o + noise)
     try:
         return _plain_diff(model, ids, answer, wrong)
@@ -1080,23 +1085,39 @@ def _plain_diff_noised(model, ids, answer, wrong, noise):
 
 
 def _edge_slope(model, ids, receiver, delta, embeddings, answers, graph, split):
-    """d(logit difference)/dt at t = 0 of the clean run ``ids`` with ``t * delta`` added to ``receiver``'s own
-    input (``split``) or to the residual stream it reads, the token embeddings replaced by ``embeddings``."""
+    """d(metric)/dt at t = 0 of the clean run ``ids`` with ``t * delta`` added to ``receiver``'s own input
+    (``split``) or to the residual stream it reads, the prompt's token embeddings replaced by ``embeddings``; the
+    metric ``_graded_diff``'s."""
     t = torch.zeros((), requires_grad=True)
     n = len(ids)
     if split:
         handles = _edge_hooks(model, set(graph), {}, n, graph, extra={receiver: t * delta})
     else:
         handles = [_shared_nudge(model, receiver, t * delta, n)]
-    if embeddings is not None:
-        handles.append(model.get_input_embeddings().register_forward_hook(lambda mod, args, o: embeddings[None]))
+    if embeddings is not None:  # the prompt's positions only: an appended continuation keeps its own
+        replace = lambda mod, args, o: torch.cat([embeddings[None].to(o.dtype), o[:, n:]], 1)
+        handles.append(model.get_input_embeddings().register_forward_hook(replace))
     try:
-        logits = model(ids[None]).logits[0, -1]
+        value = _graded_diff(model, ids, *answers)
     finally:
         for h in handles:
             h.remove()
-    (slope,) = torch.autograd.grad(logits[answers[0]] - logits[answers[1]], t)
+    (slope,) = torch.autograd.grad(value, t)
     return float(slope)
+
+
+def _graded_diff(model, ids, answer, wrong):
+    """The hooked run's logit difference at the last position, or (lists of ids) log p(answer | ids) -
+    log p(wrong | ids) by teacher forcing, each continuation appended and run on its own; a tensor in the graph."""
+    if not isinstance(answer, list):
+        logits = model(ids[None]).logits[0, -1]
+        return logits[answer] - logits[wrong]
+    value = 0.0
+    for seq, sign in ((answer, 1.0), (wrong, -1.0)):
+        logp = model(torch.cat([ids, torch.tensor(seq[:-1], dtype=torch.long)])[None]).logits[0].float()
+        logp = logp.log_softmax(-1)
+        value = value + sign * sum(logp[len(ids) - 1 + k, token] for k, token in enumerate(seq))
+    return value
 
 
 def _shared_nudge(model, receiver, nudge, n):

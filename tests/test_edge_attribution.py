@@ -1,9 +1,12 @@
 """First-order edge scores (EAP, EAP-IG): against the plain twin, which takes each edge's score as a directional
 derivative (r's own input plus t * delta_u, one backward pass per edge, pair and step), on GPT-2, Qwen2-GQA and
 GPT-NeoX (parallel residual); the gradient at the shared residual, or without the norm's Jacobian, gives other
-numbers; EAP's ranking follows exact single-edge patching; the refusals."""
+numbers; answers of several tokens (the continuation's log-probabilities differentiated, on the tree rows); EAP's
+ranking follows exact single-edge patching; the refusals."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,9 +22,9 @@ from patchwidget.core.edge_pass import EdgeIndex, sender_outputs
 from patchwidget.core.runs import with_noise
 from patchwidget.core.sites import model_info
 
-from .close import assert_close, scale
+from .close import assert_close, near, scale
 from .reference import reference_edge_attribution, reference_sender_outputs
-from .test_edge_faithfulness import _plain_pairs, _tuple
+from .test_edge_faithfulness import _plain_pairs, _several, _tuple
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
@@ -127,6 +130,90 @@ def test_the_split_input_is_what_is_differentiated(tiny_models, monkeypatch):
     assert float((_scores(model, runs, edges, "eap") - split).abs().max()) > 1e-2 * scale(split)
 
 
+def _several_tokens(model, n=3):
+    """IOI pairs with answers of two or three tokens and wrong answers of one or two (``_several``): the package's
+    prompts and the twin's pairs (answers as lists of ids)."""
+    pairs = demo_data.ioi_pairs(n, seed=13)
+    answers, wrongs, ids = _several(pairs, model.tokenizer)
+    prompts = {**demo_data.as_prompts(pairs), "answer": answers, "wrong": wrongs}
+    return prompts, [(c, k, a, w) for (c, k, _, _), (a, w) in zip(_plain_pairs(model, pairs), ids)]
+
+
+@pytest.mark.parametrize("model_name", ["gpt2-demo", "qwen2-gqa"])
+def test_answers_of_several_tokens_match_the_twin(tiny_models, model_name):
+    """The metric is log p(answer | prompt) - log p(wrong | prompt) over the continuations' tokens, its gradient
+    taken on the tree rows (one pass per batch) at every receiver's own input at the prompt's positions; the twin
+    runs each continuation appended, its own hooked run, and takes the derivative of the difference. EAP-IG
+    moves the prompt's embeddings only."""
+    model = tiny_models[model_name]
+    prompts, plain = _several_tokens(model)
+    assert {len(a) for _, _, a, _ in plain} == {2, 3} and {len(w) for _, _, _, w in plain} == {1, 2}
+    edges = list(dict.fromkeys(e for seed in (5, 6) for e in _sample(model, plain, np.random.default_rng(seed))))
+    assert {e.receiver.site for e in edges} == set(RECEIVERS)
+    runs = _runs(model, prompts)
+    assert runs.directed.target_ext is not None  # the tree rows, not one-token answers
+    for method in ("eap", "eap-ig"):
+        got = _scores(model, runs, edges, method)
+        want = reference_edge_attribution(model._module, plain, _twin_edges(edges), method, steps=STEPS)
+        print(f"{model_name} {method}: max |got - want| / scale = {float((got - want).abs().max()) / scale(want):.2e}")
+        assert_close(got, want, 1e-4, err_msg=f"{method}: {[e.label for e in edges]}")
+        assert int((want.abs() > 1e-3 * scale(want)).sum()) >= 5, want
+
+
+def test_several_tokens_with_a_normalised_metric_and_noise_rows(tiny_models):
+    """Several-token answers under logit_diff_norm (each pair in its clean-minus-corrupted units of the sequence
+    metric) and with noise rows (each sample its own row, the noise on the prompt's embeddings only)."""
+    model = tiny_models["gpt2-demo"]
+    prompts, plain = _several_tokens(model)
+    edges = _sample(model, plain, np.random.default_rng(5))
+    runs = _runs(model, prompts, metric="logit_diff_norm")
+    want = reference_edge_attribution(model._module, plain, _twin_edges(edges), "eap-ig", STEPS, "logit_diff_norm")
+    assert_close(_scores(model, runs, edges, "eap-ig"), want, 1e-4)
+    runs = _runs(model, {**prompts, "corrupt": pw.noise(positions=[1, 2, 3], samples=2, seed=3)})
+    _, noise = with_noise(model, runs.request.info, runs.request.prompts)
+    rows_plain = [
+        (clean, clean, a, w, noise[row, : len(clean)].float())
+        for row, (clean, _, a, w) in enumerate(p for p in plain for _ in range(2))
+    ]
+    want = reference_edge_attribution(model._module, rows_plain, _twin_edges(edges), "eap-ig", steps=STEPS)
+    assert_close(_scores(model, runs, edges, "eap-ig"), want, 1e-4)
+    assert float(want.abs().max()) > 0.1
+
+
+def test_the_continuation_is_differentiated(tiny_models):
+    """The comparison can fail: the gradient of the last prompt token's logit difference alone (every read of the
+    continuations dropped, so the first tokens' log-probabilities, whose normaliser cancels) is the twin's for
+    the answers' first tokens, and other numbers than the twin's for the whole answers."""
+    model = tiny_models["gpt2-demo"]
+    prompts, plain = _several_tokens(model)
+    edges = _sample(model, plain, np.random.default_rng(5))
+    runs = _runs(model, prompts)
+    whole = reference_edge_attribution(model._module, plain, _twin_edges(edges), "eap")
+    assert_close(_scores(model, runs, edges, "eap"), whole, 1e-4)
+    ext = runs.directed.target_ext
+    first = ext.sign * (ext.reads == ext.reads[:, :1])  # only the reads at the prompt's last token
+    cut = replace(runs, directed=replace(runs.directed, target_ext=replace(ext, sign=first)))
+    got = _scores(model, cut, edges, "eap")
+    firsts = [(c, k, a[0], w[0]) for c, k, a, w in plain]
+    assert_close(got, reference_edge_attribution(model._module, firsts, _twin_edges(edges), "eap"), 1e-4)
+    assert float((got - whole).abs().max()) > 1e-2 * scale(whole), (got, whole)
+
+
+def test_edge_scores_and_edge_circuits_take_answers_of_several_tokens(tiny_models):
+    """pw.edge_scores(method="eap-ig") and find_circuit(level="edges") (ranked by EAP-IG) run with several-token
+    answers: the scores are edge_attribution's, the circuit's f is edge faithfulness's of its edges."""
+    model = tiny_models["gpt2-demo"]
+    prompts, _ = _several_tokens(model)
+    got = pw.edge_scores(model, **prompts, method="eap-ig", steps=STEPS)
+    table = edge_attribution(_runs(model, prompts), "eap-ig", steps=STEPS)
+    index = EdgeIndex.of(model_info(model))
+    assert_close(got.values, [float(table[numbers(e, index)]) for e in got.edges], 1e-6)
+    assert np.abs(got.values).max() > 0.05
+    found = pw.find_circuit(model, **prompts, level="edges", target=0.8)
+    assert found.provenance["method"] == "eap-ig" and 0 < len(found.edges) <= len(got.edges)
+    assert found.faithfulness == near(pw.faithfulness(model, **prompts, circuit=found.edges), 1e-6)
+
+
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     ranks = [np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float) for v in (a, b)]
     return float(np.corrcoef(*ranks)[0, 1])
@@ -167,9 +254,6 @@ def test_refused_before_compute(tiny_models, monkeypatch):
         edge_attribution(runs, "eap_ig")
     with pytest.raises(pw.SettingsError, match="steps must be"):
         edge_attribution(runs, "eap-ig", steps=0)
-    several = {**prompts, "answer": [a + " and" for a in prompts["answer"]]}
-    with pytest.raises(pw.SettingsError, match="one-token answers"):
-        edge_attribution(_runs(model, several), "eap")
     with pytest.raises(pw.SettingsError, match="not for this 'gptj' model"):
         edge_attribution(_runs(tiny_models["gptj"], prompts), "eap")
     with torch.inference_mode(), pytest.raises(pw.SettingsError, match="inference_mode"):

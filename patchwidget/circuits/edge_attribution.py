@@ -37,6 +37,15 @@ backward pass takes the gradients at the projections' outputs and the norms' out
 pulled back to every receiver's input outside the trace (a vector-Jacobian product through that
 receiver's columns and norm, at the norm's input in that run).
 
+Answers of several tokens: the metric is the request's metric on sequences (``logit_diff``: log p(answer |
+prompt) - log p(wrong | prompt), each summed over its continuation's tokens by teacher forcing), its gradient taken
+in the same one forward and backward pass per batch on the runs' tree rows (``core.continuation``: the prompt,
+then both continuations' fed tokens, with their attention mask and position ids). Edges are corrupted at the
+prompt's positions only, as the exact pass corrupts them (``core.edge_pass``): delta_u is zero at a
+continuation's positions, which are not edges' targets; the continuation's tokens see the prompt's positions,
+so the gradient there carries what the continuation's log-probabilities owe them. EAP-IG moves the prompt's
+embeddings only: the continuation's tokens are the answers, the same in both runs.
+
 Scores are per pair in the request's metric, then averaged over pairs: noise samples are
 averaged per pair, and under ``logit_diff_norm`` each pair is divided by its clean-minus-corrupted
 logit difference (``CircuitRuns.per_pair``). A metric whose gradient vanishes at the clean run
@@ -61,11 +70,13 @@ from typing import Any
 import nnsight
 import torch
 
+from ..core import continuation
 from ..core.cells import check_choice
+from ..core.continuation import Extension
 from ..core.edge_pass import EdgeIndex, sender_outputs
 from ..core.remote import trace_kwargs
 from ..core.runs import Progress
-from ..core.sites import ModelInfo, attend_all, last_logits, last_tokens, layer_module, module, on_input_device, raw
+from ..core.sites import ModelInfo, last_logits, layer_module, module, on_input_device, raw
 from ..core.sites import reshape as site_reshape
 from ..core.weights import apply_norm, norm_parts, qkv_per_head
 from ..errors import SettingsError
@@ -100,7 +111,7 @@ def edge_attribution(runs: CircuitRuns, method: str, steps: int = 5, progress: P
         torch.Size([21, 45])
     """
     check_method(method, steps)
-    check_edge_request(runs.model, runs.request, [], f"method={method!r}")  # before any gradient pass
+    check_edge_request(runs.model, runs.request, [])  # before any gradient pass
     info = runs.request.info
     index = EdgeIndex.of(info)
     alphas = [1.0] if method == "eap" else [k / steps for k in range(steps)]
@@ -131,19 +142,24 @@ def _pass_scores(
     runs: CircuitRuns, index: EdgeIndex, rows: torch.Tensor, alpha: float, weights: torch.Tensor
 ) -> torch.Tensor:
     """One gradient pass over ``rows`` (embeddings at ``alpha`` between corrupted and clean): every edge's
-    ``delta_u . dm/d input_r``, summed over the rows with ``weights``, ``(sender, receiver)``."""
+    ``delta_u . dm/d input_r``, summed over the rows with ``weights``, ``(sender, receiver)``. Sender outputs
+    differ, and embeddings move, at the prompt's positions only (with several-token answers, not the
+    continuations')."""
     model, info, d = runs.model, runs.request.info, runs.directed
     source = {key: value[rows] for key, value in d.source.items()}
     target = {key: value[rows] for key, value in d.target.items()}
     lengths = d.target_len[rows]
     real = (torch.arange(d.target_ids.shape[1])[None] < lengths[:, None]).float()  # (row, pos): prompt positions
-    delta = (sender_outputs(model, info, source) - sender_outputs(model, info, target)) * real[:, :, None, None]
+    delta = (sender_outputs(model, info, source) - sender_outputs(model, info, target)).cpu()  # where the gradients are
+    delta = delta * real[:, :, None, None]
     shift = None
     if alpha != 1.0:  # the first block's input moved from clean to corrupted + alpha * (clean - corrupted)
-        shift = (1 - alpha) * (source[(0, "resid_pre")] - target[(0, "resid_pre")])[:, :, 0]
+        moved = (source[(0, "resid_pre")] - target[(0, "resid_pre")])[:, :, 0]
+        shift = (1 - alpha) * moved * real.to(moved.device)[:, :, None]
     fn = runs.request.metric
     args = (runs.rows.answer_ids[rows], runs.rows.wrong_ids[rows], d.clean_logits[rows])
-    got = _gradients(model, info, d.target_ids[rows], lengths, shift, lambda logits: fn(logits, *args), runs)
+    ext = None if d.target_ext is None else d.target_ext.rows(rows)
+    got = _gradients(model, info, d.target_ids[rows], lengths, shift, lambda logits: fn(logits, *args), runs, ext)
     out = torch.zeros(index.n_senders, index.n_receivers)
     delta = delta * weights[:, None, None, None]
     for layer in range(info.n_layers):
@@ -160,20 +176,26 @@ def _pass_scores(
 
 
 def _gradients(
-    model: Any, info: ModelInfo, ids: torch.Tensor, lengths: torch.Tensor, shift: Any, metric: Any, runs: CircuitRuns
+    model: Any,
+    info: ModelInfo,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    shift: Any,
+    metric: Any,
+    runs: CircuitRuns,
+    ext: Extension | None = None,
 ) -> dict:
     """One traced forward and backward pass of ``ids`` (the first block's input plus ``shift`` when given): the
     metric's gradient at each layer's q/k/v projection output and MLP norm output and at the final norm's output,
     with the norms' inputs, in float32 on the CPU (``"qkv"``, ``"attn_in"``, ``"mlp_grad"``, ``"mlp_in"``: lists by
-    layer; ``"final_grad"``, ``"final_in"``)."""
+    layer; ``"final_grad"``, ``"final_in"``). With ``ext`` (answers of several tokens) the rows are trees, the
+    metric reads ``continuation.scored`` at every read."""
     arch, fused = info.arch, info.arch.qkv != "split"
-    keep, index = last_tokens(lengths, ids.shape[1])
+    keep, index, every = continuation.kept(lengths, ids.shape[1], ext)
     sites = ("head_q",) if fused else ("head_q", "head_k", "head_v")
-    kwargs = trace_kwargs(model, runs.request.remote)
+    kwargs = {**continuation.inputs(model, ext, tuple(ids.shape)), **trace_kwargs(model, runs.request.remote)}
     with torch.enable_grad():
-        with model.trace(
-            on_input_device(model, ids), attention_mask=attend_all(model, *ids.shape), logits_to_keep=keep, **kwargs
-        ):
+        with model.trace(on_input_device(model, ids), logits_to_keep=keep, **kwargs):
             got, points = nnsight.save({"qkv": [], "attn_in": [], "mlp_in": []}), []
             for layer in range(info.n_layers):
                 if layer == 0 and shift is not None:
@@ -190,7 +212,10 @@ def _gradients(
             for point in points:
                 if not point.requires_grad:  # frozen weights: the gradient is wanted at these activations only
                     point.requires_grad_(True)
-            value = metric(last_logits(model, info, index))
+            if ext is None:
+                value = metric(last_logits(model, info, index))
+            else:  # the last prompt token's logits and both continuations' log-probabilities
+                value = metric(continuation.scored(last_logits(model, info, every), ext))
             grads = torch.autograd.grad(value.sum(), points)
             per_layer = len(sites) + 1
             for layer in range(info.n_layers):

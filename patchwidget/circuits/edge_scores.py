@@ -176,7 +176,6 @@ def edge_scores(
         remote=remote,
         circuits=[graph],
         more_reads=reads_for_exact(info) if method == "exact" else None,
-        one_token_only=None if method == "exact" else f"method={method!r}",
     )
     values = score_edges(runs, graph, method, steps, progress)
     about = {

@@ -234,13 +234,11 @@ def circuit_runs(
     runs_cache: dict | None = None,
     circuits: Sequence[Sequence[Cell]] = (),
     more_reads: dict[str, list[int]] | None = None,
-    one_token_only: str | None = None,
 ) -> CircuitRuns:
     """Validate a faithfulness request (and the node sets or edge sets ``circuits``) before any forward pass,
     then run the clean and corrupted runs: the one preamble of every circuit evaluation (``faithfulness``,
     ``find_circuit``, ``Circuit.faithfulness_on``, ``edge_scores``). The runs record every node's output,
-    and ``more_reads`` (site -> layers) besides. ``one_token_only`` names a method that refuses several-token
-    answers (``check_edge_request``)."""
+    and ``more_reads`` (site -> layers) besides."""
     check_choice(ablation, ABLATIONS, "ablation")
     sites = {"resid_pre", "head_out", "mlp_out", *(more_reads or {})}
     request = prepare(
@@ -268,7 +266,7 @@ def circuit_runs(
         )
     for cells in circuits:
         if is_edges(cells):
-            check_edge_request(model, request, [cells], one_token_only)
+            check_edge_request(model, request, [cells])
         else:
             kept_positions(cells, prompts, info.n_layers, info.n_heads)
     rows, noise = with_noise(model, info, prompts, remote)
@@ -291,17 +289,12 @@ def circuit_runs(
     return CircuitRuns(model, request, rows, directed, per_pass, every, logits, m_full, progress)
 
 
-def check_edge_request(model: Any, request: Request, sets: Sequence[Sequence[Edge]], what: str | None = None) -> None:
+def check_edge_request(model: Any, request: Request, sets: Sequence[Sequence[Edge]]) -> None:
     """Refuse, before compute, edges this model does not have and a model whose receivers' inputs edges cannot
-    write out; ``what`` names a method that reads one-token answers only, refused for several-token ones."""
+    write out."""
     check_edge_model(model, request.info)
     for edges in sets:
         check_in_model(edges, EdgeIndex.of(request.info))
-    if what and request.prompts.answer_seqs is not None:
-        raise SettingsError(
-            f"{what} reads one-token answers for now: these answers are several tokens long "
-            "(exact edge scores and edge faithfulness score them whole)"
-        )
 
 
 def circuit_cells(circuit: Any) -> list[Cell]:

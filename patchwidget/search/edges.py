@@ -49,10 +49,7 @@ def find_edge_circuit(
     ranking = RANKING[method]
     graph = edge_graph(model)
     more = reads_for_exact(info) if ranking == "exact" else None
-    one_token = None if ranking == "exact" else f"ranking edges by {ranking}"
-    runs = circuit_runs(
-        model, **texts, **settings, progress=None, circuits=[graph], more_reads=more, one_token_only=one_token
-    )
+    runs = circuit_runs(model, **texts, **settings, progress=None, circuits=[graph], more_reads=more)
     scores = score_edges(runs, graph, ranking, 5, progress)
     order = np.argsort(-np.abs(scores), kind="stable")
     ranked = [graph[i] for i in order]
