@@ -10,8 +10,8 @@ indices (never labels to parse). A new level is one entry plus its test.
 Example:
     >>> Level("top", site="resid_pre").label(["When", "Mary"])
     'resid_pre'
-    >>> LEVELS["heads"].opens(Level("heads", layer=2), "head_out", 1, 3, None)
-    Level(kind='head', site='resid_pre', layer=2, head=1, pos=None, cells=())
+    >>> LEVELS["heads"].opens(Level("heads", layer=2), "head_out", 1, 3, None).head
+    1
 """
 
 from __future__ import annotations
