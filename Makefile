@@ -54,6 +54,7 @@ screenshot: $(VENV)/.installed browser
 	$(PY) -m pytest tests/ui -q
 	mkdir -p docs && cp test-output/ui/widget-heads.png docs/widget.png
 	cp test-output/ui/widget-circuit.png docs/widget_circuit.png
+	cp test-output/ui/widget-edges.png docs/widget_edges.png
 	cp test-output/ui/widget-lens.png docs/widget_lens.png
 
 ## make lint: ruff (lint and format check) on the Python, biome on js/

@@ -105,3 +105,20 @@ def test_the_code_holds_every_pair(widget):
     send(widget, type="set", request_id=50, key="pair", value=1)
     wait_idle(widget, 50)
     assert "prompts = dict(" in widget.view["code"]  # all pairs: the mean and each pair come from one run
+
+
+def test_a_circuit_of_edges_and_one_edge_of_it(widget):
+    """The circuit of edges is find_circuit(level='edges'); an edge's level, pw.edge_scores' exact score of it
+    (the table's last row) and the path patching into its receiver (the grid)."""
+    send(widget, type="set", request_id=60, key="pair", value="mean")  # the module's widget: as the first grid
+    wait_idle(widget, 60)
+    view = show(widget, 61, Level("circuit", target=0.9, edges=True))
+    assert "level='edges'" in view["code"]
+    circuit = run(view["code"])["circuit"]
+    assert circuit.edges == widget.circuit.edges and circuit.faithfulness == near(widget.circuit.faithfulness, 1e-6)
+    edge = pw.Edge(pw.Cell("mlp_out", 2), pw.Cell("head_v", 3, head=1))
+    view = show(widget, 62, Level("edge", cells=(edge.sender, edge.receiver)))
+    got = run(view["code"])
+    table, grid = view["panels"]
+    assert got["edge_score"] == near(table["values"][2][0], 1e-5)
+    assert_close(got["head_v"].values, values(grid), 1e-5)  # normalised in the code, as the widget shows it

@@ -16,6 +16,7 @@ import pytest
 
 import patchwidget as pw
 from patchwidget.ui import protocol
+from patchwidget.ui.levels import Level
 
 FIXTURE = Path(__file__).resolve().parent.parent / "js" / "tests" / "fixtures" / "contract.json"
 JS_PROTOCOL = FIXTURE.parents[2] / "src" / "protocol.js"  # the fingerprint the bundle carries (patchwidget doctor)
@@ -23,24 +24,31 @@ TRAITS = ("view", "controls", "status", "breadcrumb", "vmax", "selection")
 
 
 def produce() -> dict:
-    """The traits of a real widget at the top level, after a drill-down and at one head (its attention pattern),
-    of one whose corruption is noise() (what it cannot generate under), and the message kinds."""
+    """The traits of a real widget at the top level, after a drill-down, at one head (its attention pattern) and on
+    a circuit of edges (its diagram and its edges), of one whose corruption is noise() (what it cannot generate
+    under), and the message kinds."""
     model = pw.load_model()
     widget = pw.explore(model, "The capital of France is", "The capital of Japan is", answer="Paris", wrong="Tokyo")
     top = {name: getattr(widget, name) for name in TRAITS}
     drilled = show_drilled(widget, ("resid_pre", 2, 4))
     head = show_drilled(widget, ("head_out", 1, 4))
+    widget.explorer.levels = widget.explorer.levels[:1]  # a search is of the whole model, from the first grid
+    edges = show_level(widget, Level("circuit", target=0.9, edges=True))
     widget.close()
     noisy = pw.explore(model, "The capital of France is", pw.noise("France"), answer="Paris", wrong="Tokyo")
     noise = {name: getattr(noisy, name) for name in TRAITS}
     noisy.close()
     messages = {k: list(v) for k, v in protocol.MESSAGES.items()}
-    return {"top": top, "drilled": drilled, "head": head, "noise": noise, "messages": messages}
+    return {"top": top, "drilled": drilled, "head": head, "edges": edges, "noise": noise, "messages": messages}
 
 
 def show_drilled(widget, cell: tuple[str, int, int]) -> dict:
     """The widget's traits once the (panel, row, col) ``cell`` of the level on show is opened."""
-    child = widget.session.drill(widget.explorer.levels[-1], *cell)
+    return show_level(widget, widget.session.drill(widget.explorer.levels[-1], *cell))
+
+
+def show_level(widget, child: Level) -> dict:
+    """The widget's traits once ``child`` is computed and on show below the level on show."""
     computed = widget.session.compute(child, widget.explorer.settings)
     widget.session.cache[(child, widget.explorer.settings)] = computed
     widget.explorer.levels = [*widget.explorer.levels, child]
@@ -64,7 +72,7 @@ def produced():
 
 
 def test_traits_have_the_keys_the_protocol_names(produced):
-    for state in (produced["top"], produced["drilled"], produced["head"], produced["noise"]):
+    for state in (produced["top"], produced["drilled"], produced["head"], produced["edges"], produced["noise"]):
         _check(state["view"], protocol.View)
         for panel in state["view"]["panels"]:
             _check(panel, protocol.Panel)
@@ -76,6 +84,7 @@ def test_traits_have_the_keys_the_protocol_names(produced):
             _check(crumb, protocol.Crumb)
     assert produced["drilled"]["view"]["level"] == 1
     assert [p["id"] for p in produced["head"]["view"]["panels"]] == ["components", "pattern"]
+    assert [p["id"] for p in produced["edges"]["view"]["panels"]] == ["circuit", "edges", "curve"]
 
 
 def test_the_javascript_tests_run_on_what_python_sends(produced):
@@ -105,7 +114,7 @@ def test_every_message_the_front_end_sends_is_accepted(demo):
         "keep": {"cells": [{"panel": "resid_pre", "row": 0, "col": 3}]},
         "says": {"cells": [{"panel": "resid_pre", "row": 0, "col": 3}]},
         "find": {"target": 0.8},
-        "circuit": {"target": 0.9},
+        "circuit": {"target": 0.9, "level": "edges"},
         "cancel": {},
     }
     assert examples.keys() == protocol.MESSAGES.keys()

@@ -58,3 +58,32 @@ def test_levels_that_link_back_are_stored_once(demo):
     assert edges[f"{index['direct to logits']}|logits|3|1"] == index["L3 H1"]
     assert edges[f"{index['what feeds L3 H1']}|head_q|1|0"] == index["L1 H0"]
     assert all(0 <= target < len(states) for target in edges.values())
+
+
+def test_a_circuit_of_edges_and_its_opened_edges_are_saved(demo):
+    """The saved page keeps a circuit of edges under its own key (beside one of nodes with the same target), and
+    its edges panel offers the edges opened in the notebook, by row, and says why the others open nothing."""
+    from patchwidget.ui.levels import Level
+    from patchwidget.ui.view import NOT_SAVED
+
+    widget = pw.explore(demo, CLEAN, CORRUPT, answer="Mary", wrong="John", preview=False)
+    try:
+        top = widget.explorer.levels[0]
+        found = Level("circuit", target=0.9, edges=True)
+        _compute(widget, found, Level("circuit", target=0.9))
+        edges = widget.session.cache[(found, widget.explorer.settings)].circuit.edges[0]  # the first ranked
+        opened = Level("edge", cells=(edges.sender, edges.receiver))
+        _compute(widget, opened)
+        states, keys = _walk((widget.session, top, widget.explorer.settings, "mean"))
+    finally:
+        widget.close()
+
+    labels = [s["crumb"]["label"] for s in states]
+    circuit = labels.index("find circuit of edges (target 0.9)")
+    assert keys["0|circuit|0.9|edges"] == circuit and keys["0|circuit|0.9|nodes"] == labels.index(
+        "find circuit (target 0.9)"
+    )
+    assert keys[f"{circuit}|edges|0|0"] == labels.index(f"edge {edges.label}")
+    panel = next(p for p in states[circuit]["view"]["panels"] if p["id"] == "edges")
+    assert [row[0] for row in panel["opens"]] == [True] + [False] * (len(panel["rows"]) - 1)
+    assert panel["closed"] == NOT_SAVED and len(panel["rows"]) > 1

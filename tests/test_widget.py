@@ -445,6 +445,38 @@ def test_find_circuit_from_the_widget_ends_on_the_circuit_view(widget, demo):
     assert widget.controls["site"] == "mlp_out"  # the site tab names the grid on show (issue 39, item 9)
 
 
+def test_find_circuit_of_edges_draws_its_edges_and_an_edge_opens_its_exact_score(widget, demo):
+    """Issue 29, part 5: *Find circuit* of edges ends on the diagram with the circuit's edges as a panel of lines;
+    a click on an edge opens its exact score and path patching into its receiver; the level's message is checked."""
+    send(widget, type="circuit", request_id=1, target=0.9, level="edges")
+    assert wait_idle(widget, 1, timeout=120)["state"] == "idle"
+    found = widget.circuit
+    direct = pw.find_circuit(demo, **TEXTS, target=0.9, level="edges", method="exact")  # the widget's method
+    assert found.edges == direct.edges and found.faithfulness == near(direct.faithfulness, 1e-6)
+    assert widget.breadcrumb[-1]["label"] == "find circuit of edges (target 0.9)"
+    assert [p["id"] for p in widget.view["panels"]] == ["circuit", "edges", "curve"]
+    edges = widget.view["panels"][1]
+    assert edges["rows"] == [e.label for e in found.edges] and edges["on"] == "circuit"
+    # What the circuit says needs nodes: said before a click, and a message sent anyway is answered with it.
+    assert "this circuit is of edges" in widget.view["disabled"]["says"]
+    send(widget, type="says", request_id=2, cells="circuit")
+    assert "this circuit is of edges" in wait_idle(widget, 2)["message"]
+    row = edges["rows"].index("head_out L3 H1 -> logits")
+    send(widget, type="drill", request_id=3, panel="edges", row=row, col=0)
+    assert wait_idle(widget, 3, timeout=60)["state"] == "idle"
+    assert [c["label"] for c in widget.breadcrumb] == [
+        "resid_pre",
+        "find circuit of edges (target 0.9)",
+        "edge head_out L3 H1 -> logits",
+    ]
+    table, grid = widget.view["panels"]
+    score = pw.edge_scores(demo, **TEXTS, method="exact").score(found.edges[row])
+    assert table["values"][2][0] == near(score, 1e-4) and grid["id"] == "logits"
+    assert widget.path[-1]["kind"] == "edge" and widget.result is not None  # the path-patching grid on show
+    send(widget, type="circuit", request_id=4, target=0.9, level="paths")
+    assert "level must be one of nodes, edges" in wait_idle(widget, 4)["message"]
+
+
 def test_a_search_from_a_deeper_level_starts_from_the_first_grid(widget):
     send(widget, type="drill", request_id=1, panel="resid_pre", row=3, col=13)
     wait_idle(widget, 1)

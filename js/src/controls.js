@@ -96,10 +96,31 @@ function rangeControl(vmax, autoMax, onVmax) {
   ]);
 }
 
-// The searches: "Find circuit" (find_circuit: the nodes that do the target share of the task on their own) and
-// "Find bottleneck" (find_bottleneck: the cells that, copied into the corrupted run, restore it), one target
-// control for both (controls.target is Python's default).
-function findControl(target, onFind, onCircuit) {
+const CIRCUIT_LEVELS = [
+  { value: "nodes", label: "of nodes" },
+  { value: "edges", label: "of edges" },
+];
+
+// What "Find circuit" finds, next to it: nodes or edges (controls.circuit_levels; `level`, the page's choice).
+function circuitLevelControl(levels, level, onLevel) {
+  const options = choices(levels ?? CIRCUIT_LEVELS);
+  return h(
+    "select",
+    {
+      class: "pw-circuit-level",
+      "data-pw-key": "ctl:circuit-level",
+      "aria-label": "Find a circuit of nodes or of edges",
+      onchange: (e) => onLevel(options[e.target.selectedIndex][0]),
+    },
+    options.map(([value, text]) => h("option", { value, selected: value === level }, text)),
+  );
+}
+
+// The searches: "Find circuit" (find_circuit: the nodes, or the edges, that do the target share of the task on
+// their own) and "Find bottleneck" (find_bottleneck: the cells that, copied into the corrupted run, restore it),
+// one target control for both (controls.target is Python's default).
+function findControl(controls, onFind, onCircuit, circuit) {
+  const target = controls.target;
   const input = h("input", {
     type: "number",
     class: "pw-target",
@@ -115,14 +136,21 @@ function findControl(target, onFind, onCircuit) {
     if (Number.isFinite(value) && value > 0 && value <= 1) send(value);
     else input.value = String(target ?? 0.9);
   };
+  const level = onCircuit ? circuitLevelControl(controls.circuit_levels, circuit.level, circuit.onLevel) : null;
   return h("div", { class: "pw-control pw-find", role: "group", "aria-label": "Find a circuit or a bottleneck" }, [
     onCircuit
       ? h(
           "button",
-          { type: "button", class: "pw-circuit-button", "data-pw-key": "circuit", onclick: run(onCircuit) },
+          {
+            type: "button",
+            class: "pw-circuit-button",
+            "data-pw-key": "circuit",
+            onclick: run((value) => onCircuit(value, level.value)),
+          },
           "Find circuit",
         )
       : null,
+    level,
     h(
       "button",
       { type: "button", class: "pw-find-button", "data-pw-key": "find", onclick: run(onFind) },
@@ -132,9 +160,13 @@ function findControl(target, onFind, onCircuit) {
   ]);
 }
 
-// handlers: onSet(key, value) for protocol "set" requests, onVmax(value|null), onFind(target), onCircuit(target).
+// handlers: onSet(key, value) for protocol "set" requests, onVmax(value|null), onFind(target), onCircuit(target,
+// level); circuitLevel: what Find circuit finds ("nodes" or "edges", the page's choice), onCircuitLevel(level).
 // disabled: {control: reason} for the controls the level on show ignores (view.disabled).
-export function renderControls(controls, { vmax, autoMax, onSet, onVmax, onFind, onCircuit, disabled = {} }) {
+export function renderControls(
+  controls,
+  { vmax, autoMax, onSet, onVmax, onFind, onCircuit, circuitLevel = "nodes", onCircuitLevel = () => {}, disabled = {} },
+) {
   return [
     h(
       "div",
@@ -159,7 +191,7 @@ export function renderControls(controls, { vmax, autoMax, onSet, onVmax, onFind,
         ? selectControl("pair", "Pair", pairOptions(controls.n_pairs), controls.pair, onSet, disabled.pair)
         : null,
       rangeControl(vmax, autoMax, onVmax),
-      onFind ? findControl(controls.target, onFind, onCircuit) : null,
+      onFind ? findControl(controls, onFind, onCircuit, { level: circuitLevel, onLevel: onCircuitLevel }) : null,
     ]),
   ];
 }

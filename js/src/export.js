@@ -1,20 +1,35 @@
 import { cellColors } from "./colors.js";
 import { h } from "./dom.js";
+import { edgesMarkup } from "./edges.js";
 import { formatValue } from "./format.js";
 
 const CELL_W = 44;
 const CELL_H = 22;
+const NODE_H = 34; // a diagram of nodes: rows tall enough for the edges between them
+const NODE_R = 7;
 const LEFT = 90; // row labels
 const TOP = 90; // title and rotated column labels
 
 const xmlText = (text) =>
   String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 
+// A node of a diagram (kind "nodes") as the widget draws it: filled by its value, grey where it is in the
+// circuit without one (a circuit of edges), hollow outside the circuit.
+function nodeSvg(panel, r, c, colors, x, y) {
+  const fill = colors?.background ?? (panel.kept?.[r]?.[c] ? "#888888" : "#ffffff");
+  const stroke = colors || panel.kept?.[r]?.[c] ? "#333333" : "#bbbbbb";
+  return `<circle cx="${x + CELL_W / 2}" cy="${y + NODE_H / 2}" r="${NODE_R}" fill="${fill}" stroke="${stroke}"/>`;
+}
+
 // A grid panel as a standalone SVG document: its title, labels, and each cell in the colour and with the
-// value the widget draws (issue 39, item 6: figures to take away). Cells without a value are left white.
-export function panelSvg(panel, scale) {
-  const width = LEFT + panel.cols.length * CELL_W + 10;
-  const height = TOP + panel.rows.length * CELL_H + 10;
+// value the widget draws (issue 39, item 6: figures to take away). Cells without a value are left white. A
+// diagram of nodes is drawn as nodes, with a circuit's edges over it (`edges`, an edges panel) as lines.
+export function panelSvg(panel, scale, edges = null) {
+  const nodes = panel.kind === "nodes";
+  const cellH = nodes ? NODE_H : CELL_H;
+  const title = 4 + panel.title.length * 6.5; // bold 11 px: the title is not cut (a circuit's says its faithfulness)
+  const width = Math.ceil(Math.max(LEFT + panel.cols.length * CELL_W + 10, title));
+  const height = TOP + panel.rows.length * cellH + 10;
   const digits = Math.abs(scale.domain().at(-1));
   const cells = panel.rows.flatMap((_, r) =>
     panel.cols.map((_, c) => {
@@ -22,7 +37,8 @@ export function panelSvg(panel, scale) {
       const value = panel.values[r][c];
       const colors = cellColors(scale, value);
       const x = LEFT + c * CELL_W;
-      const y = TOP + r * CELL_H;
+      const y = TOP + r * cellH;
+      if (nodes) return nodeSvg(panel, r, c, colors, x, y);
       const fill = colors?.background ?? "#ffffff";
       const text = colors ? formatValue(value, 2, digits) : "";
       return (
@@ -34,8 +50,11 @@ export function panelSvg(panel, scale) {
     }),
   );
   const rowLabels = panel.rows.map(
-    (label, r) => `<text x="${LEFT - 6}" y="${TOP + r * CELL_H + 15}" text-anchor="end">${xmlText(label)}</text>`,
+    (label, r) =>
+      `<text x="${LEFT - 6}" y="${TOP + r * cellH + cellH / 2 + 4}" text-anchor="end">${xmlText(label)}</text>`,
   );
+  const centre = (r, c) => ({ x: LEFT + c * CELL_W + CELL_W / 2, y: TOP + r * cellH + cellH / 2 });
+  const lines = edges ? edgesMarkup(edges, scale, centre, NODE_R + 2) : [];
   const colLabels = panel.cols.map((label, c) => {
     const x = LEFT + c * CELL_W + CELL_W / 2;
     return `<text transform="translate(${x},${TOP - 6}) rotate(-60)">${xmlText(label)}</text>`;
@@ -47,6 +66,7 @@ export function panelSvg(panel, scale) {
     ...rowLabels,
     ...colLabels,
     ...cells,
+    ...lines,
     "</svg>",
   ].join("\n");
 }
@@ -73,10 +93,10 @@ function downloadPng(name, svg) {
   image.src = `data:image/svg+xml;charset=utf-8,${encodeURIComponent(svg)}`;
 }
 
-// "SVG" and "PNG" buttons for a grid panel.
-export function renderDownloads(panel, scale) {
+// "SVG" and "PNG" buttons for a grid panel (with the circuit's edges drawn over it: `edges`).
+export function renderDownloads(panel, scale, edges = null) {
   const name = `patchwidget-${panel.id}`;
-  const svg = () => panelSvg(panel, scale);
+  const svg = () => panelSvg(panel, scale, edges);
   return h("span", { class: "pw-downloads" }, [
     h(
       "button",

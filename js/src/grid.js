@@ -13,16 +13,28 @@ export function opensAt(panel, row, col) {
   return Boolean(panel.clickable) && (panel.opens?.[row]?.[col] ?? true);
 }
 
-// A cell's value in words: the number, or what having none means here (a node outside the circuit).
+// A node of the circuit that has no value of its own (a circuit of edges: the nodes its edges join).
+const isKept = (panel, row, col) => Boolean(panel.kept?.[row]?.[col]);
+
+// A cell's value in words: the number, or what having none means here (a node the circuit's edges join, a node
+// outside the circuit).
 function valueText(panel, row, col, format) {
   const value = panel.values[row][col];
+  if (isMissing(value) && isKept(panel, row, col) && panel.kept_note) return panel.kept_note;
   return isMissing(value) && panel.missing ? panel.missing : format(value);
+}
+
+// Where a cell is, in words: its row and column; a diagram's node alone in its row (the embeddings, the logits)
+// by its row only.
+function placeText(panel, row, col) {
+  const alone = isNodes(panel) && panel.absent?.[row]?.some(Boolean);
+  return alone ? panel.rows[row] : `${panel.rows[row]}, '${panel.cols[col]}'`;
 }
 
 // nPairs (controls.n_pairs) only words the spread and flips of mean views.
 export function cellLabel(panel, row, col, nPairs) {
   const value = valueText(panel, row, col, (v) => formatValue(v, 3));
-  const label = `${panel.rows[row]}, '${panel.cols[col]}', ${panel.title}: ${value}`;
+  const label = `${placeText(panel, row, col)}, ${panel.title}: ${value}`;
   return [label, ...consistencyNotes(panel, row, col, nPairs)].join(", ");
 }
 
@@ -36,19 +48,14 @@ function tooltipLines(panel, row, col, nPairs) {
           `0 by causality: before '${panel.cols[panel.same_before]}', the first token the corruption changes, the clean and corrupted runs are the same`,
         ]
       : [];
-  return [
-    `${panel.rows[row]}, '${panel.cols[col]}'`,
-    value,
-    ...same,
-    ...consistencyNotes(panel, row, col, nPairs),
-    ...closed,
-  ];
+  return [placeText(panel, row, col), value, ...same, ...consistencyNotes(panel, row, col, nPairs), ...closed];
 }
 
-function cellContent(panel, value, colors, scale) {
+function cellContent(panel, value, colors, scale, kept) {
   if (!isNodes(panel)) return formatValue(value, 2, Math.abs(scale.domain().at(-1)));
   const fill = colors ? `background-color: ${colors.background}` : null;
-  return h("span", { class: `pw-node ${colors ? "pw-node-in" : "pw-node-out"}`, style: fill, "aria-hidden": "true" });
+  const state = colors ? "pw-node-in" : kept ? "pw-node-in pw-node-kept" : "pw-node-out";
+  return h("span", { class: `pw-node ${state}`, style: fill, "aria-hidden": "true" });
 }
 
 function renderCell(panel, row, col, { scale, focus, selection, nPairs }) {
@@ -63,6 +70,7 @@ function renderCell(panel, row, col, { scale, focus, selection, nPairs }) {
     selected && "pw-selected",
     isMissing(value) && "pw-nan",
     cellFlips(panel, row, col) > 0 && "pw-flip",
+    panel.mark_cell?.[0] === row && panel.mark_cell?.[1] === col && "pw-marked-cell",
   ];
   return h(
     "td",
@@ -77,7 +85,7 @@ function renderCell(panel, row, col, { scale, focus, selection, nPairs }) {
       "aria-selected": String(selected),
       style: colors && !isNodes(panel) && `background-color: ${colors.background}; color: ${colors.color}`,
     },
-    cellContent(panel, value, colors, scale),
+    cellContent(panel, value, colors, scale, isKept(panel, row, col)),
   );
 }
 

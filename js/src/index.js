@@ -22,6 +22,7 @@ function render({ model, el }) {
   const focus = new Map(); // panel id -> {row, col}, so the roving cell survives re-renders
   let shown = chooseView(model.get("view"), null, requests.latest());
   let maxima = pathMaxima([], shown); // the largest |value| of each level along the drill-down
+  let circuitLevel = "nodes"; // what Find circuit finds: nodes or edges (the page's choice, kept across redraws)
 
   const header = h("div", { class: "pw-header" });
   const controls = h("div", { class: "pw-controls" });
@@ -93,7 +94,11 @@ function render({ model, el }) {
         },
         onVmax: (value) => setTrait("vmax", value),
         onFind: (target) => request({ type: "find", target }),
-        onCircuit: (target) => request({ type: "circuit", target }),
+        onCircuit: (target, level) => request({ type: "circuit", target, level }),
+        circuitLevel,
+        onCircuitLevel: (level) => {
+          circuitLevel = level;
+        },
         disabled: shown?.disabled ?? {},
       }),
     );
@@ -111,19 +116,28 @@ function render({ model, el }) {
     if (panels.length === 0) return h("div", { class: "pw-empty" }, "Nothing to show yet.");
     const cells = selection();
     const { vmax: shared, note } = range();
+    // A circuit's edges (kind "edges") are drawn over the diagram they name, not as a panel of their own.
+    const overlays = new Map(panels.filter((p) => p.kind === "edges").map((p) => [p.on, p]));
+    const edgesOver = (panel) => {
+      const edges = overlays.get(panel.id);
+      return edges && { panel: edges, focus: focus.get(edges.id), actions: panelActions(edges) };
+    };
     return h("div", { class: "pw-panels" }, [
       h("div", { class: "pw-range-note", role: "note" }, note),
-      ...panels.map((panel) =>
-        renderPanel(panel, {
-          vmax: shared,
-          exact: shown.exact !== false,
-          focus: focus.get(panel.id),
-          selection: cells.filter((c) => c.panel === panel.id),
-          nPairs: model.get("controls")?.n_pairs,
-          tooltip,
-          actions: panelActions(panel),
-        }),
-      ),
+      ...panels
+        .filter((panel) => panel.kind !== "edges")
+        .map((panel) =>
+          renderPanel(panel, {
+            vmax: shared,
+            exact: shown.exact !== false,
+            focus: focus.get(panel.id),
+            selection: cells.filter((c) => c.panel === panel.id),
+            nPairs: model.get("controls")?.n_pairs,
+            tooltip,
+            actions: panelActions(panel),
+            edges: edgesOver(panel),
+          }),
+        ),
     ]);
   }
 

@@ -2,6 +2,7 @@ import { panelScale } from "./colors.js";
 import { panelHasFlips } from "./consistency.js";
 import { renderCurve } from "./curve.js";
 import { h } from "./dom.js";
+import { followLayout, renderEdges } from "./edges.js";
 import { renderDownloads } from "./export.js";
 import { formatExact } from "./format.js";
 import { renderGrid } from "./grid.js";
@@ -31,7 +32,20 @@ function flipKey() {
   return h("span", { class: "pw-flip-key" }, "sign flips across pairs");
 }
 
-// opts: vmax (validated, null = auto), exact, focus, selection, nPairs, tooltip, actions.
+// The grid, with a circuit's edges drawn over it where an edges panel names it (opts.edges).
+function gridBody(panel, gridOpts) {
+  const grid = renderGrid(panel, gridOpts);
+  const { edges, tooltip, scale } = gridOpts;
+  if (!edges) return grid;
+  grid.classList.add("pw-grid-edges");
+  const layer = renderEdges(edges.panel, { scale, focus: edges.focus, tooltip, actions: edges.actions });
+  const diagram = h("div", { class: "pw-diagram" }, [grid, layer]);
+  followLayout(diagram, layer);
+  return diagram;
+}
+
+// opts: vmax (validated, null = auto), exact, focus, selection, nPairs, tooltip, actions; edges {panel, focus,
+// actions}: a circuit's edges panel to draw over this one (its kind "edges", its `on` this panel's id).
 export function renderPanel(panel, opts) {
   const header = h("div", { class: "pw-panel-header" }, [
     h("span", { class: "pw-panel-title" }, panel.title),
@@ -56,12 +70,16 @@ export function renderPanel(panel, opts) {
   }
   const scale = panelScale(panel, opts.vmax);
   const gridOpts = { ...opts, scale, focus: clampFocus(opts.focus, panel) };
-  header.append(renderDownloads(panel, scale));
+  header.append(renderDownloads(panel, scale, opts.edges?.panel));
+  const edgesNote = opts.edges?.panel.note
+    ? h("p", { class: "pw-panel-note pw-edges-note" }, opts.edges.panel.note)
+    : null;
   return h("section", { class: classes, "data-panel": panel.id }, [
     header,
     renderLegend(scale),
-    h("div", { class: "pw-grid-scroll" }, renderGrid(panel, gridOpts)),
+    h("div", { class: "pw-grid-scroll" }, gridBody(panel, gridOpts)),
     note,
+    edgesNote,
   ]);
 }
 

@@ -107,9 +107,26 @@ describe("widget", () => {
   it("asks Python to find a circuit, or a bottleneck, with the target in the control", () => {
     $(".pw-target").value = "0.9";
     $(".pw-circuit-button").click();
-    expect(model.sent.at(-1)).toEqual({ type: "circuit", request_id: 1, target: 0.9 });
+    expect(model.sent.at(-1)).toEqual({ type: "circuit", request_id: 1, target: 0.9, level: "nodes" });
     expect($(".pw-circuit-button").textContent).toBe("Find circuit");
     expect($(".pw-find-button").textContent).toBe("Find bottleneck");
+  });
+
+  it("finds a circuit of nodes or of edges, as chosen beside the button, and keeps the choice on redraw", () => {
+    const choice = $(".pw-circuit-level");
+    expect([...choice.options].map((o) => [o.value, o.textContent])).toEqual([
+      ["nodes", "of nodes"],
+      ["edges", "of edges"],
+    ]);
+    expect(choice.value).toBe("nodes"); // the default
+    choice.value = "edges";
+    choice.dispatchEvent(new Event("change"));
+    $(".pw-circuit-button").click();
+    expect(model.sent.at(-1)).toEqual({ type: "circuit", request_id: 1, target: 0.8, level: "edges" });
+    model.set("view", pythonView(1)); // the controls are drawn again
+    expect($(".pw-circuit-level").value).toBe("edges");
+    $(".pw-circuit-button").click();
+    expect(model.sent.at(-1)).toEqual({ type: "circuit", request_id: 2, target: 0.8, level: "edges" });
   });
 
   it("asks Python to find a bottleneck with the target in the control", () => {

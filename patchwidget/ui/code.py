@@ -3,7 +3,7 @@
 A level's ``compute`` (in ``levels.LEVELS``) asks a ``Patcher`` for its results; here a
 ``Recorder`` stands in for the session's patcher and writes each request down as the
 public call that makes it (``pw.patch``, ``pw.path_patch``, ``pw.patch_sites``,
-``pw.find_circuit``, ``pw.find_bottleneck``, ``pw.attention_pattern``), with the session's
+``pw.find_circuit``, ``pw.find_bottleneck``, ``pw.edge_scores``, ``pw.attention_pattern``), with the session's
 prompts and settings. So every level, and every level added to the table later, has its
 code with no code of its own, and the code is what the widget ran.
 
@@ -111,8 +111,16 @@ class Recorder:
     def find(self, target: float, on_level: Any) -> None:
         self._call("bottleneck", "find_bottleneck", f"target={target!r}")
 
-    def find_circuit(self, target: float) -> None:
-        self._call("circuit", "find_circuit", f"target={target!r}", direction=False)
+    def find_circuit(self, target: float, level: str = "nodes") -> None:
+        edges = [f"level={level!r}"] if level != "nodes" else []
+        self._call("circuit", "find_circuit", f"target={target!r}", *edges, direction=False)
+
+    def edge_score(self, edge: Any) -> None:
+        """One edge's exact score: what ``pw.edge_scores(method="exact")`` gives it (every edge's, here)."""
+        metric = f"metric={self.settings.metric!r}"
+        self.lines.append(f"scores = pw.edge_scores(model, **prompts, method='exact', {metric})")
+        sender, receiver = cell_literal(edge.sender), cell_literal(edge.receiver)
+        self.lines.append(f"edge_score = scores.score(pw.Edge({sender}, {receiver}))")
 
     def pattern(self, layer: int, head: int) -> None:
         one = isinstance(self.session.texts["clean"], str | Prompt)

@@ -28,6 +28,7 @@ from ..core.engine import DIRECTIONS, METHODS
 from ..core.metrics import DEFAULT
 from ..data.prompts import Texts
 from ..errors import MessageError, SettingsError
+from ..search.nodes import LEVELS as CIRCUIT_LEVELS
 from . import view as V
 from .levels import START_SITES, Computed, Level
 from .scale import DEFAULT_SCALE, SCALES, check_scale, scaled
@@ -59,6 +60,14 @@ def check_site(site: str) -> None:
     """
     if site not in START_SITES:
         raise MessageError(f"site {site!r} cannot start the explorer; choose one of {', '.join(START_SITES)}")
+
+
+def _target(msg: dict) -> float:
+    """A search's ``msg["target"]``, checked to be a number in (0, 1]."""
+    target = msg.get("target")
+    if not isinstance(target, int | float) or isinstance(target, bool) or not 0 < target <= 1:
+        raise MessageError(f"target must be a number in (0, 1], got {target!r}")
+    return float(target)
 
 
 def int_field(msg: dict, key: str, low: int, high: int) -> int:
@@ -197,24 +206,29 @@ class Explorer:
         """
         self._set(request_id, msg.get("key"), msg.get("value"))
 
-    def do_find(self, request_id: int, msg: dict, kind: str = "search") -> None:
-        """find_bottleneck (``find``) or find_circuit (``circuit``): a search is of the whole model, from the top.
+    def do_find(self, request_id: int, msg: dict) -> None:
+        """find_bottleneck: the cells restoring ``msg["target"]`` of the effect when copied together.
 
         Example:
             >>> ex.do_find(5, {"target": 0.8})  # doctest: +SKIP
         """
-        target = msg.get("target")
-        if not isinstance(target, int | float) or isinstance(target, bool) or not 0 < target <= 1:
-            raise MessageError(f"target must be a number in (0, 1], got {target!r}")
-        self._request(request_id, [self.levels[0], Level(kind, target=float(target))], self.settings)
+        self._search(request_id, Level("search", target=_target(msg)))
 
     def do_circuit(self, request_id: int, msg: dict) -> None:
-        """Find the circuit doing ``msg["target"]`` of the task on its own (find_circuit).
+        """Find the circuit doing ``msg["target"]`` of the task on its own (find_circuit), of nodes or of edges
+        (``msg["level"]``, ``"nodes"`` where absent).
 
         Example:
-            >>> ex.do_circuit(6, {"target": 0.9})  # doctest: +SKIP
+            >>> ex.do_circuit(6, {"target": 0.9, "level": "edges"})  # doctest: +SKIP
         """
-        self.do_find(request_id, msg, kind="circuit")
+        level = msg.get("level", "nodes")
+        if level not in CIRCUIT_LEVELS:
+            raise MessageError(f"level must be one of {', '.join(CIRCUIT_LEVELS)}, got {level!r}")
+        self._search(request_id, Level("circuit", target=_target(msg), edges=level == "edges"))
+
+    def _search(self, request_id: int, found: Level) -> None:
+        """A search is of the whole model: from the first grid, whatever the level on show."""
+        self._request(request_id, [self.levels[0], found], self.settings)
 
     def do_keep(self, request_id: int, msg: dict) -> None:
         """Publish the cells ``msg["cells"]`` (``{panel, row, col}`` each) as ``circuit``.
@@ -271,6 +285,9 @@ class Explorer:
         panel's ``says_refused``), or None."""
         if self.session.says_refused is not None:
             return self.session.says_refused
+        why = self.shown.get("view", {}).get("disabled", {}).get("says")
+        if why is not None:  # the level on show (a circuit of edges)
+            return why
         panels = {p["id"]: p for p in self.shown.get("view", {}).get("panels", [])}
         for cell in cells if isinstance(cells, list) else []:
             name = cell.get("panel") if isinstance(cell, dict) else None
@@ -301,7 +318,7 @@ class Explorer:
         panel, row, col = self._locate(msg)
         if not panel["clickable"]:
             return None
-        return self.session.drill(self.levels[-1], panel["id"], row, col)
+        return self.session.drill(self.levels[-1], panel, row, col)
 
     def _cell_at(self, msg: Any) -> Cell:
         panel, row, col = self._locate(msg)

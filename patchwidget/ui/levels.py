@@ -10,24 +10,37 @@ indices (never labels to parse). A new level is one entry plus its test.
 Example:
     >>> Level("top", site="resid_pre").label(["When", "Mary"])
     'resid_pre'
-    >>> LEVELS["heads"].opens(Level("heads", layer=2), "head_out", 1, 3, None).head
-    1
+    >>> LEVELS["heads"].opens(Level("heads", layer=2), {"id": "head_out"}, 1, 3, None).label([])
+    'L2 H1'
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from ..circuits.edges import Edge
 from ..circuits.generate import refusal
 from ..circuits.joint import JointResult
-from ..core.cells import Cell
+from ..core.cells import EMBED, Cell
 from ..core.sites import SITES, ModelInfo
 from ..grids.result import PatchResult
+from .circuit_view import (
+    CIRCUIT_PANEL,
+    EDGES_PANEL,
+    INPUTS,
+    Layout,
+    circuit_panels,
+    edge_at,
+    edge_score_panel,
+    receiver_words,
+    search_panels,
+    sender_mark,
+)
+from .panels import panel, table
 
 TOP_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out")
 LENS = "lens"  # the start view beside the sites: the logit lens and direct logit attribution
@@ -45,12 +58,13 @@ class Level:
     layer: int | None = None
     head: int | None = None
     pos: int | None = None
-    cells: tuple[Cell, ...] = ()  # for kind "joint": the cells patched together
+    cells: tuple[Cell, ...] = ()  # for kind "joint": the cells patched together; "edge": its sender and receiver
     target: float | None = None  # for kinds "search" and "circuit": the share the set must restore, or do alone
     spans: bool = False  # the prompts are made from a template: columns are spans, ``pos`` indexes them
     span: int | None = None  # the span whose positions this level's columns are (``patch(within=...)``)
     pair: int | None = None  # for kind "says": the pair whose prompts are continued
     alone: bool = False  # for kind "says": the cells are a circuit run on its own (MIB's m(C))
+    edges: bool = False  # for kind "circuit": a circuit of edges (``find_circuit(level="edges")``)
 
     def label(self, tokens: list[str]) -> str:
         return LEVELS[self.kind].label(self, tokens)
@@ -75,6 +89,7 @@ class Computed:
     exact: bool = True  # False for an attribution preview that exact values will replace
     circuit: Any = None  # for kinds "search" and "circuit": the Circuit found
     says: Any = None  # for kind "says": what the model says under the patch (a ``Generation`` of one pair)
+    edge: dict | None = None  # for kind "edge": its exact score and both means (``Patcher.edge_score``)
 
 
 class Patcher(Protocol):
@@ -97,7 +112,9 @@ class Patcher(Protocol):
 
     def find(self, target: float, on_level: Callable[[Any], None]) -> Any: ...
 
-    def find_circuit(self, target: float) -> Any: ...
+    def find_circuit(self, target: float, level: str = "nodes") -> Any: ...
+
+    def edge_score(self, edge: Edge) -> dict: ...
 
     def lens(self) -> dict[str, PatchResult]: ...
 
@@ -149,8 +166,9 @@ class LevelKind:
     label: Callable[[Level, list[str]], str]
     compute: Callable[[Level, Patcher], Computed]
     panels: Callable[[Computed, Display], list[dict]]
-    # What a click on (row, col) of a panel opens; the model's shape for levels laid out by it (the circuit).
-    opens: Callable[[Level, str, int, int, ModelInfo], Level | None] = lambda level, panel, row, col, info: None
+    # What a click on (row, col) of a panel (as the view holds it) opens; the model's shape for levels laid out by
+    # it (the circuit).
+    opens: Callable[[Level, dict, int, int, ModelInfo], Level | None] = lambda level, panel, row, col, info: None
     cell: Callable[[Level, dict, int, int, ModelInfo], Cell | None] = lambda level, panel, row, col, info: None
     preview: bool = False  # an attribution estimate is drawn first while the exact values are computed
     disabled: tuple[tuple[str, str], ...] = ()  # (control, why it does not apply here): drawn disabled, with why
@@ -188,7 +206,7 @@ def level_spans(result: PatchResult) -> bool:
     return "span" in result.dims
 
 
-def _top_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo) -> Level:
+def _top_opens(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Level:
     if level.site == "head_out":
         return level.open("head", layer=row, head=col)
     if level.spans:  # a span opens into its positions first
@@ -286,8 +304,8 @@ def _head_panels(computed: Computed, v: Display) -> list[dict]:
     ]
 
 
-def _head_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo) -> Level | None:
-    if panel != "components":
+def _head_opens(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Level | None:
+    if panel["id"] != "components":
         return None
     if row == 3:  # the head's output: where outputs go straight to the logits
         return level.open("direct", layer=level.layer, head=level.head)
@@ -349,7 +367,7 @@ def _direct_panels(computed: Computed, v: Display) -> list[dict]:
     return _sender_panels(computed, v, {"logits": "Path patching: each head's direct path to the logits (exact)"})
 
 
-def _sender_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo) -> Level:
+def _sender_opens(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Level:
     """A sender cell opens that sender's breakdown: follow the circuit upstream."""
     return level.open("head", layer=row, head=col)
 
@@ -358,132 +376,67 @@ def _sender_cell(level: Level, panel: dict, row: int, col: int, info: ModelInfo)
     return Cell("head_out", row, head=col)
 
 
-# --- guided search -----------------------------------------------------------------------------------
+# --- the searches: a bottleneck, a circuit of nodes or of edges, and one edge of it ------------------
 
-
-def _search_panels(computed: Computed, v: Display) -> list[dict]:
-    c = computed.circuit
-    last = c.trace[-1]
-    if c.reached is None:  # still searching: the level just done
-        title = f"Level '{last['level']}': kept {last['kept']} of {last['candidates']} ({last['why']}); searching on"
-    else:
-        state = "reached" if c.reached else "did not reach"
-        title = (
-            f"Bottleneck of {len(c.cells)} cells: copied together they restore {c.restore:.3f} "
-            f"({state} {computed.level.target})"
-        )
-    kept = {cell.label for cell in c.cells}
-    marked = [("● " if label in kept else "") + label for label, _ in last["ranked"]]
-    ranked = panel(
-        "ranked",
-        title + "; ● marks the cells kept",
-        "cell",
-        "",
-        marked,
-        ["effect alone (estimate)"],
-        np.array([[effect] for _, effect in last["ranked"]], dtype=float),
-        False,
-    )
-    steps = panel(
-        "trace",
-        "Each level: candidates opened, kept, and the joint restore of what was kept",
-        "level",
-        "",
-        [row["level"] for row in c.trace],
-        ["candidates", "kept", "restore"],
-        np.array([[row["candidates"], row["kept"], row["restore"]] for row in c.trace], dtype=float),
-        False,
-        diverging=False,
-    ) | {"kind": "table"}  # counts and a share side by side: numbers to read, not colours
-    if not c.curve:
-        return [ranked, steps]
-    curve = c.curve
-    note = (
-        f"Area {curve['area']:.2f}: the area under this curve (1 would mean the first cell alone restores "
-        "everything). This is the bottleneck's restore, not MIB's faithfulness."
-    )
-    title = "Restore of the last level's top cells, copied together, by how many are kept"
-    line = curve_panel(title, "cells kept", "restored", curve["restore"], curve, "cells", computed.level.target, note)
-    return [ranked, steps, line]
-
-
-# --- the circuit view: find_circuit's nodes by layer ----------------------------------------------
-
-CIRCUIT_PANEL = "circuit"
 CIRCUIT_DISABLED = (
     ("direction", "A circuit always runs the clean prompts with every node outside it corrupted."),
     ("pair", "The circuit is found on all pairs together: its faithfulness is a ratio of means over them."),
 )
+EDGE_CIRCUIT_SAYS = (
+    "What the circuit says needs a circuit of nodes: pw.generate runs nodes on their own, and this circuit is of "
+    "edges (find one of nodes to ask it)"
+)
 
 
-def _circuit_panels(computed: Computed, v: Display) -> list[dict]:
-    """The circuit as a diagram of nodes, as ``circuit.plot()`` draws it: one row per layer, the last at the
-    top, each layer's heads then its MLP, the embeddings at the bottom; the circuit's nodes marked, with
-    their effect (the metric's change when that node alone is corrupted, in the metric's unit). Then MIB's
-    curve as a line, the target marked, CPR and CMD said in words."""
-    c = computed.circuit
-    n_layers, n_heads = c.provenance["shape"]["n_layers"], c.provenance["shape"]["n_heads"]
-    values = np.full((n_layers + 1, n_heads + 1), np.nan)
-    for cell, effect in zip(c.cells, c.values):
-        row, col = _circuit_place(cell, n_layers, n_heads)
-        values[row, col] = effect
-    absent = [[False] * (n_heads + 1) for _ in range(n_layers)] + [[col != 0 for col in range(n_heads + 1)]]
-    state = "reached" if c.reached else "did not reach"
-    title = (
-        f"Circuit of {len(c.cells)} nodes: on their own, everything else corrupted, they do {c.faithfulness:.3f} "
-        f"of the task (faithfulness as MIB defines it; {state} the target {computed.level.target})"
-    )
-    rows = [f"L{layer}" for layer in reversed(range(n_layers))] + ["embed"]
-    nodes = panel(
-        CIRCUIT_PANEL, title, "layer", "node", rows, [f"H{h}" for h in range(n_heads)] + ["MLP"], values, True
-    )
-    nodes |= {
-        "kind": "nodes",
-        "absent": absent,
-        "opens": [[row < n_layers for _ in range(n_heads + 1)] for row in range(n_layers + 1)],  # not the embeddings
-        "missing": "not in the circuit: corrupted when the circuit runs alone",
-        "note": "Filled: the circuit's nodes, coloured by their effect when corrupted alone (hover for the value). "
-        "Click a head for its breakdown, an MLP for its grid.",
-    }
-    return [nodes, _faithfulness_curve(c.curve, computed.level.target)]
+def disabled(computed: Computed) -> dict[str, str]:
+    """The controls that do not apply to a computed level, each with the reason: its kind's, and *What does the
+    circuit say?* on a circuit of edges."""
+    out = dict(LEVELS[computed.level.kind].disabled)
+    if computed.circuit is not None and computed.circuit.edges:
+        out["says"] = EDGE_CIRCUIT_SAYS
+    return out
 
 
-def _circuit_place(cell: Cell, n_layers: int, n_heads: int) -> tuple[int, int]:
-    """Where a node sits in the circuit diagram: (row, column), the last layer in row 0, the embeddings last."""
-    if cell.site == "embed":
-        return n_layers, 0
-    return n_layers - 1 - cell.layer, n_heads if cell.site == "mlp_out" else cell.head
-
-
-def curve_panel(
-    title: str, x_label: str, y_label: str, y: list, curve: dict, unit: str, target: float | None, note: str
-) -> dict:
-    """A search's curve as a line (kind ``"curve"``): ``y`` over ``curve``'s sizes in % of the candidates (a log
-    axis), the target marked, ``note`` under it. Each column is labelled by its % and how many ``unit`` it keeps."""
-    cols = [f"{p:.3g}% ({k} {unit})" for p, k in zip(curve["percent"], curve["size"])]
-    line = panel("curve", title, "", x_label, [y_label], cols, np.asarray([y]), False)
-    return line | {"kind": "curve", "x": [float(p) for p in curve["percent"]], "target": target, "note": note}
-
-
-def _faithfulness_curve(curve: dict, target: float | None) -> dict:
-    """MIB's faithfulness curve as a line over the circuit sizes, with CPR and CMD in a sentence each."""
-    note = (
-        f"CPR {curve['cpr']:.2f}: the area under this curve (higher is better; above 1 where a partial circuit "
-        f"does more than the whole model). CMD {curve['cmd']:.2f}: the area between the curve and 1 (lower is "
-        "better; 0 means every size does the whole task)."
-    )
-    title = "Faithfulness of the top-ranked nodes, at MIB's circuit sizes"
-    return curve_panel(title, "circuit size", "faithfulness", curve["faithfulness"], curve, "nodes", target, note)
-
-
-def _circuit_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo) -> Level | None:
+def _circuit_opens(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Level | None:
     """A head node opens its breakdown (query, key, value, output, then what feeds it); an MLP node the
-    mlp_out grid (layers by token, then its top neurons); the embeddings nothing narrower."""
-    if panel != CIRCUIT_PANEL or row >= info.n_layers:  # the last row: the embeddings
+    mlp_out grid (layers by token, then its top neurons); the logits each head's direct path to them; the
+    embeddings nothing narrower. An edge (a row of the edges panel) opens its exact score and path patching
+    into its receiver."""
+    if panel["id"] == EDGES_PANEL:
+        edge = edge_at(panel, row)
+        return level.open("edge", cells=(edge.sender, edge.receiver))
+    node = Layout.of(info, logits=level.edges).node_at(row, col) if panel["id"] == CIRCUIT_PANEL else None
+    if node is None or node.site == EMBED:
         return None
-    if col == info.n_heads:
+    if node.site == "logits":
+        return level.open("direct")
+    if node.site == "mlp_out":
         return Level("top", site="mlp_out", spans=level.spans)
-    return level.open("head", layer=info.n_layers - 1 - row, head=col)
+    return level.open("head", layer=node.layer, head=node.head)
+
+
+def _edge_compute(level: Level, p: Patcher) -> Computed:
+    """One edge: its exact score, and path patching into its receiver (a head's query, key or value, or the
+    logits; none into an MLP)."""
+    receiver = level.cells[1]
+    if receiver.site == "logits":
+        results = {"logits": p.path("logits")}
+    else:
+        results = {receiver.site: p.path([receiver])} if receiver.site in INPUTS else {}
+    return Computed(level, results, edge=p.edge_score(Edge(*level.cells)))
+
+
+def _edge_panels(computed: Computed, v: Display) -> list[dict]:
+    edge, score = Edge(*computed.level.cells), computed.edge
+    layout = Layout.of(score["shape"])
+    if not computed.results:  # into an MLP: the score alone
+        return [edge_score_panel(edge, score, layout)]
+    (site,) = computed.results
+    into = "each head's direct path to the logits (exact)" if site == "logits" else (
+        f"senders into {receiver_words(edge.receiver, layout)} (exact; empty at and above its layer)"
+    )  # fmt: skip
+    (grid,) = _sender_panels(computed, v, {site: f"Path patching: {into}"})
+    return [edge_score_panel(edge, score, layout), grid | sender_mark(edge)]
 
 
 # --- the lens: where the answer is readable, and who writes it directly ------------------------------
@@ -521,9 +474,9 @@ def _lens_panels(computed: Computed, v: Display) -> list[dict]:
     return [grid | {"note": lens.settings["note"]}, direct | {"note": dla.settings["note"]}]
 
 
-def _lens_opens(level: Level, panel: str, row: int, col: int, info: ModelInfo) -> Level | None:
+def _lens_opens(level: Level, panel: dict, row: int, col: int, info: ModelInfo) -> Level | None:
     """A head of the attribution opens its breakdown (needed for the answer?), an MLP the mlp_out grid."""
-    if panel != "dla":
+    if panel["id"] != "dla":
         return None
     if col == info.n_heads:
         return Level("top", site="mlp_out", spans=level.spans)
@@ -617,16 +570,29 @@ LEVELS: dict[str, LevelKind] = {
             {},
             circuit=p.find(level.target, lambda partial: p.show(Computed(level, {}, exact=False, circuit=partial))),
         ),
-        panels=_search_panels,
+        panels=lambda computed, v: search_panels(computed.circuit, computed.level.target),
         scale=None,
     ),
     "circuit": LevelKind(
-        label=lambda level, tokens: f"find circuit (target {level.target})",
-        compute=lambda level, p: Computed(level, {}, circuit=p.find_circuit(level.target)),
-        panels=_circuit_panels,
+        label=lambda level, tokens: f"find circuit{' of edges' if level.edges else ''} (target {level.target})",
+        compute=lambda level, p: Computed(
+            level, {}, circuit=p.find_circuit(level.target, "edges" if level.edges else "nodes")
+        ),
+        panels=lambda computed, v: circuit_panels(computed.circuit, computed.level.target),
         opens=_circuit_opens,
         disabled=CIRCUIT_DISABLED,
         scale=None,
+    ),
+    "edge": LevelKind(
+        label=lambda level, tokens: f"edge {Edge(*level.cells).label}",
+        compute=_edge_compute,
+        panels=_edge_panels,
+        opens=lambda level, panel, row, col, info: (
+            _sender_opens(level, panel, row, col, info) if panel["id"] != "edge" else None
+        ),
+        cell=lambda level, panel, row, col, info: (
+            _sender_cell(level, panel, row, col, info) if panel["id"] != "edge" else None
+        ),
     ),
     LENS: LevelKind(
         label=lambda level, tokens: "lens",
@@ -647,36 +613,3 @@ LEVELS: dict[str, LevelKind] = {
         panels=lambda computed, v: [],
     ),
 }
-
-
-# --- panels as the front end draws them -----------------------------------------------------------
-
-
-def table(values: np.ndarray) -> list[list[float | None]]:
-    """Rows of numbers for JSON: 6 decimals, ``None`` where a value is NaN or infinite ("no value")."""
-    return [[None if not math.isfinite(v) else round(float(v), 6) for v in row] for row in values]
-
-
-def panel(
-    pid: str,
-    title: str,
-    row_dim: str,
-    col_dim: str,
-    rows: list[str],
-    cols: list[str],
-    values: np.ndarray,
-    clickable: bool,
-    diverging: bool = True,
-) -> dict:
-    """One panel of a view (see ``protocol.Panel``)."""
-    return {
-        "id": pid,
-        "title": title,
-        "row_dim": row_dim,
-        "col_dim": col_dim,
-        "rows": rows,
-        "cols": cols,
-        "values": table(np.asarray(values, dtype=float)),
-        "clickable": clickable,
-        "diverging": diverging,
-    }

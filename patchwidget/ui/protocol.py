@@ -40,10 +40,20 @@ class Panel(TypedDict, total=False):
     spread: list[list[float | None]]  # only for the mean of several pairs
     flips: list[list[int]]
     keys: list[int]  # the unit index of each row, where rows are not in index order (top neurons)
-    kind: Literal["grid", "nodes", "curve", "table"]  # how it is drawn; absent: "grid"; "table": numbers only
+    kind: Literal["grid", "nodes", "curve", "table", "edges"]  # how it is drawn; absent: "grid"; "table": numbers
+    # only; "edges": one row per edge of a circuit, drawn as lines over the panel ``on`` names (the diagram)
     note: str  # a sentence under the panel
     absent: list[list[bool]]  # "nodes": cells where no node is (drawn empty, not focusable)
     missing: str  # "nodes": what a cell without a value means (a node outside the circuit)
+    kept: list[list[bool]]  # "nodes": cells of the circuit that have no value (a circuit of edges: the nodes they join)
+    kept_note: str  # "nodes": what a kept cell without a value means
+    on: str  # "edges": the id of the panel the edges are drawn over
+    ends: list[list[list[int]]]  # "edges": per edge, the (row, col) of its sender's node and its receiver's there
+    receivers: list[str]  # "edges": per edge, its receiver's site (head_q, head_k, head_v, mlp_in, logits)
+    edges: list[list[dict]]  # "edges": per edge, its sender's and receiver's Cell fields (site, layer, head)
+    tips: list[list[str]]  # "edges": per edge, more lines for its tooltip (where a key-value head is drawn)
+    opens_to: list[str]  # "edges": per edge, what a click on it opens, in words
+    mark_cell: list[int]  # the (row, col) of a cell to mark (a clicked edge's sender in path patching into it)
     opens: list[
         list[bool]
     ]  # whether a click on the cell opens a narrower level (absent: every cell of a clickable panel)
@@ -127,6 +137,7 @@ class Controls(TypedDict):
     pair: str | int  # "mean" or a pair index
     n_pairs: int
     target: float  # the default share of the effect "Find circuit" looks for
+    circuit_levels: list[Choice]  # what "Find circuit" finds: nodes or edges (find_circuit's level)
 
 
 class Token(TypedDict):
@@ -194,7 +205,8 @@ MESSAGES: dict[str, tuple[str, ...]] = {
     # the level on show found; for the pair on show (the first for the mean)
     "says": ("cells",),
     "find": ("target",),  # search for a bottleneck restoring this share of the effect (find_bottleneck)
-    "circuit": ("target",),  # find the circuit doing this share of the task on its own (find_circuit)
+    "circuit": ("target", "level"),  # find the circuit (of "nodes" or "edges") doing this share of the task on its
+    # own (find_circuit)
     "cancel": (),  # stop the request with this request_id
 }
 

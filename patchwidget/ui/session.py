@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..circuits.edges import Edge, edge_graph
+from ..circuits.faithfulness import circuit_runs
 from ..circuits.generate import Generation, generate, refusal
 from ..circuits.joint import JointResult, patch_sites
 from ..core.cells import Cell
@@ -230,8 +232,10 @@ class Session:
 
         return LEVELS[level.kind].compute(level, _Patcher(self, settings, progress, show))
 
-    def drill(self, level: Level, panel: str, row: int, col: int) -> Level | None:
-        """The level a click on (row, col) of ``panel`` opens, or None if it opens nothing."""
+    def drill(self, level: Level, panel: dict | str, row: int, col: int) -> Level | None:
+        """The level a click on (row, col) of ``panel`` (a panel of the view, or its id) opens, or None if it opens
+        nothing. A panel whose rows carry data (the edges of a circuit) is given whole."""
+        panel = panel if isinstance(panel, dict) else {"id": panel}
         return LEVELS[level.kind].opens(level, panel, row, col, self.info)
 
     def cell(self, level: Level, panel: dict, row: int, col: int) -> Cell | None:
@@ -310,11 +314,26 @@ class _Patcher:
         s = self.session
         return find_bottleneck(s.model, target=target, method=self.settings.method, on_level=on_level, **self._common())
 
-    def find_circuit(self, target: float) -> Any:
+    def find_circuit(self, target: float, level: str = "nodes") -> Any:
+        """``find_circuit`` of nodes or of ``level="edges"`` (ranked exactly, or by EAP-IG for the widget's
+        attribution method)."""
         s = self.session
         common = self._common()
         del common["direction"]  # a circuit is always the clean run with everything outside it corrupted
-        return find_circuit(s.model, target=target, method=self.settings.method, **common)
+        return find_circuit(s.model, target=target, level=level, method=self.settings.method, **common)
+
+    def edge_score(self, edge: Edge) -> dict:
+        """One edge's exact score, as ``pw.edge_scores(method="exact")`` gives it: the mean over pairs of m(every
+        edge but this one) - m(every edge), in the session's metric; one pass over the pairs, after the
+        clean and corrupted runs (cached). With both means, the metric, the number of pairs and the model's shape."""
+        s = self.session
+        common = self._common()
+        del common["direction"]  # the clean run, the edge alone carrying its sender's corrupted output
+        runs = circuit_runs(s.model, **common, ablation="patch", runs_cache=s.runs_cache, circuits=[[edge]])
+        rest = [e for e in edge_graph(s.model) if e != edge]
+        without, full = float(runs.measure_edges([rest], self.progress)[0].mean()), float(runs.clean.mean())
+        about = {"metric": self.settings.metric, "n_pairs": runs.n_pairs, "shape": self.info.shape()}
+        return {"score": without - full, "without": without, "full": full, **about}
 
     def lens(self) -> dict[str, PatchResult]:
         """The logit lens and direct logit attribution of the clean prompts, in logit differences (the

@@ -23,8 +23,9 @@ from ..core.metrics import METRICS, resolve
 from ..data.models import is_demo_model
 from ..data.templates import token_strings
 from ..grids.result import PatchResult
+from ..search.nodes import LEVELS as CIRCUIT_LEVELS
 from .code import level_code
-from .levels import LEVELS, START_SITES, Computed, Display, Level
+from .levels import LEVELS, START_SITES, Computed, Display, Level, disabled
 from .protocol import Context, Controls, Crumb, JointBox, SaysBox, Server, Status, View
 from .scale import SCALE_LABELS, SCALES, rescales, scaled
 
@@ -42,6 +43,7 @@ SITE_GROUPS = {
 }
 DIRECTION_LABELS = {"denoise": "denoise (clean into corrupt run)", "noise": "noise (corrupt into clean run)"}
 METHOD_LABELS = {"exact": "exact patching", "attribution": "attribution (fast estimate)"}
+CIRCUIT_LABELS = {"nodes": "of nodes", "edges": "of edges"}  # Find circuit ...
 # The widget's metrics: a normalised one would be the scale's "normalized" view a second time.
 WIDGET_METRICS = tuple(m for m in METRICS if not resolve(m).normalized)
 
@@ -72,6 +74,7 @@ def controls(site: str, settings: Settings, pair: str | int, n_pairs: int, scale
         "pair": pair,
         "n_pairs": n_pairs,
         "target": DEFAULT_TARGET,
+        "circuit_levels": [{"value": v, "label": CIRCUIT_LABELS[v]} for v in CIRCUIT_LEVELS],
     }
 
 
@@ -95,9 +98,9 @@ def level_view(
         note = "Search in progress: the set kept so far; Cancel stops it."
     elif not computed.exact:
         note = "Attribution estimate, shown while the exact values are computed. " + note
-    disabled = dict(LEVELS[computed.level.kind].disabled)
+    off = disabled(computed)
     if session.says_refused is not None:  # What does it say? (and about the circuit): pw.generate's reason
-        disabled["says"] = session.says_refused
+        off["says"] = session.says_refused
     panels = LEVELS[computed.level.kind].panels(  # type: ignore[typeddict-item]
         computed, Display(tokens, pair, session.clean_tokens(0 if pair == "mean" else int(pair)))
     )
@@ -107,13 +110,11 @@ def level_view(
     if same:  # by-token grids: say why the columns before the first changed token are 0
         panels = [p | {"same_before": same} if p["col_dim"] == "pos" else p for p in panels]
     return {
-        **({"disabled": disabled} if disabled else {}),
+        **({"disabled": off} if off else {}),
         "request_id": request_id,
         "level": len(levels) - 1,
         # The level itself is the breadcrumb's last label; the title says how it was measured.
-        "title": " · ".join(
-            [*([settings.direction] if "direction" not in disabled else []), settings.metric, *shown_as]
-        ),
+        "title": " · ".join([*([settings.direction] if "direction" not in off else []), settings.metric, *shown_as]),
         "note": note,
         "exact": computed.exact and settings.method == "exact",
         "normalized": bool(shown_as),
@@ -229,10 +230,11 @@ def computed_states(
 
     Each state holds a level's view and its breadcrumb label (``crumb``); the page builds
     the breadcrumb from the path it has followed. ``edges`` maps ``"state|panel|row|col"``
-    to the state that click opens, and ``"0|circuit|target"`` (``"0|find|target"``) to a
-    circuit (bottleneck) found in the notebook, which the first grid's *Find circuit*
-    (*Find bottleneck*) button opens. Levels link back to each other (a head, what feeds
-    it, a sender head), so this is a walk over a graph: each level is visited once.
+    to the state that click opens (an edge of a circuit is a row of its ``edges`` panel), and
+    ``search_key`` of each circuit (bottleneck) found in the notebook to it, which the first
+    grid's *Find circuit* of nodes or of edges (*Find bottleneck*) button opens. Levels link back
+    to each other (a head, what feeds it, a sender head), so this is a walk over a graph: each
+    level is visited once.
 
     Example:
         >>> ex = w.explorer  # doctest: +SKIP
@@ -284,13 +286,25 @@ def _links(session: Session, level: Level, view: dict, settings: Settings, state
     for panel in view["panels"]:
         for row in range(len(panel["rows"]) if panel["clickable"] else 0):
             for col in range(len(panel["cols"])):
-                child = session.drill(level, panel["id"], row, col)
+                child = session.drill(level, panel, row, col)
                 if child is not None and (child, settings) in session.cache:
                     yield f"{state_id}|{panel['id']}|{row}|{col}", child
     if state_id == 0:  # the searches run in the notebook, replayed from the first grid by their buttons
         for found, kept in list(session.cache):
             if kept == settings and found.kind in SEARCH_MESSAGES:
-                yield f"0|{SEARCH_MESSAGES[found.kind]}|{found.target}", found
+                yield search_key(found), found
 
 
 SEARCH_MESSAGES = {"circuit": "circuit", "search": "find"}  # a search level's kind -> the message its button sends
+
+
+def search_key(found: Level) -> str:
+    """The saved page's key of a search run in the notebook, as the page builds it from the message its button
+    sends: ``"0|find|<target>"``, ``"0|circuit|<target>|<nodes or edges>"``.
+
+    Example:
+        >>> search_key(Level("circuit", target=0.9, edges=True))
+        '0|circuit|0.9|edges'
+    """
+    key = f"0|{SEARCH_MESSAGES[found.kind]}|{found.target}"
+    return key + ("|edges" if found.edges else "|nodes") if found.kind == "circuit" else key

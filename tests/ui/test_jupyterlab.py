@@ -776,3 +776,140 @@ def test_what_generate_refuses_is_said_on_the_button_and_the_grid_works_on(lab_s
             pass
         raise
     assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
+
+
+# A point on an edge's line where the pointer reaches that edge (not a node, nor another edge crossing it): the
+# middle of the line, or the nearest point along it that is the edge's own.
+EDGE_POINT = """g => {
+  const line = g.querySelector('.pw-edge-line');
+  const box = g.ownerSVGElement.getBoundingClientRect();
+  const total = line.getTotalLength();
+  for (const t of [0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8]) {
+    const p = line.getPointAtLength(t * total);
+    const [x, y] = [box.left + p.x, box.top + p.y];
+    if (document.elementFromPoint(x, y)?.closest('.pw-edge') === g) return [x, y];
+  }
+  return null;
+}"""
+
+
+def test_find_circuit_of_edges_draws_them_and_an_edge_opens_its_exact_score(lab_server, page, ui_output):
+    """Issue 29, part 5: on the bundled model's IOI pairs (pw.demo_data), *Find circuit* with "of edges" chosen
+    draws the circuit's edges over its diagram, one line per edge (L3 H1 -> logits among them); hovering that edge
+    says its ranking score and method, a click opens its exact score (pw.edge_scores') and path patching into the
+    logits; the SVG download and the saved page keep the edges, and Enter opens the edge there."""
+    from playwright.sync_api import expect
+
+    import patchwidget as pw
+
+    model = pw.load_model()
+    prompts = pw.demo_data.as_prompts(pw.demo_data.ioi_pairs(8))
+    found = pw.find_circuit(model, **prompts, level="edges", method="exact")  # the widget's method: exact
+    edge = pw.Edge(pw.Cell("head_out", 3, head=1), "logits")
+    assert edge in found.edges
+    ranking = found.edge_values[found.edges.index(edge)]
+    exact = pw.edge_scores(model, **prompts, method="exact").score(edge)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import patchwidget as pw\n"
+            "prompts = pw.demo_data.as_prompts(pw.demo_data.ioi_pairs(8))\n"
+            "w = pw.explore(pw.load_model(), **prompts)\n"
+            "w"
+        ),
+        nbformat.v4.new_code_cell(SAVE),
+    ]
+    nbformat.write(nb, lab_server.root / "edges.ipynb")
+    n = len(found.edges)
+    circuit = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Circuit of {n} edges: on their own"]')
+    lines = page.locator(f"{WIDGET} svg.pw-edges .pw-edge")
+    target = page.locator(f'{WIDGET} .pw-edge[aria-label^="{edge.label},"]')
+    tip = page.locator(f"{WIDGET} .pw-tooltip")
+    try:
+        open_widget(page, lab_server, "edges.ipynb", n_cells=2)
+        expect(page.locator(f"{WIDGET} .pw-circuit-level")).to_have_value("nodes")  # nodes unless edges are chosen
+        page.locator(f"{WIDGET} .pw-circuit-level").select_option("edges")
+        page.locator(f"{WIDGET} .pw-circuit-button").click()
+        expect(circuit).to_have_count(1, timeout=KERNEL_TIMEOUT)
+        wait_settled(page)
+        expect(page.locator(CRUMBS)).to_have_text(["resid_pre", "find circuit of edges (target 0.9)"])
+        expect(circuit.locator("th[role=rowheader]")).to_have_text(["logits", "L3", "L2", "L1", "L0", "embed"])
+        expect(lines).to_have_count(n)
+        drawn = lines.locator(".pw-edge-line").evaluate_all("ls => ls.map(l => l.getAttribute('d') || '')")
+        assert all(d.startswith("M") for d in drawn), drawn  # laid out between their nodes
+        expect(page.locator(f"{WIDGET} svg.pw-curve")).to_have_count(1)
+        expect(page.locator(f"{WIDGET} .pw-panel-curve .pw-panel-title")).to_contain_text("top-ranked edges")
+        page.mouse.move(0, 0)  # the diagram alone, for the docs (make screenshot)
+        page.locator(f'{WIDGET} section[data-panel="circuit"]').screenshot(path=str(ui_output / "widget-edges.png"))
+
+        # Hover: sender -> receiver, the ranking score and its method, what a click opens.
+        expect(target).to_have_count(1)
+        point = target.evaluate(EDGE_POINT)
+        assert point is not None, "no point of the L3 H1 -> logits line reaches it"
+        page.mouse.move(*point)
+        expect(tip).to_be_visible()
+        texts = tip.locator("div").all_text_contents()
+        assert texts[0] == edge.label and texts[-1].endswith("path patching into the logits"), texts
+        assert abs(float(texts[1].removeprefix("ranking score (exact): ")) - ranking) < 1e-3, texts
+        page.mouse.click(*point)
+        expect(page.locator(CRUMBS).last).to_have_text(f"edge {edge.label}", timeout=ACTION_TIMEOUT)
+        wait_settled(page)
+        check_edge_level(page, edge, exact)
+        screenshot(page, ui_output / "widget-edge.png")
+
+        # Back on the circuit: the SVG download keeps the edges.
+        page.locator(f"{CRUMBS}[data-level='1']").click()
+        expect(lines).to_have_count(n, timeout=ACTION_TIMEOUT)
+        wait_settled(page)
+        with page.expect_download() as download:
+            page.locator(f'{WIDGET} section[data-panel="circuit"] .pw-download-svg').click()
+        svg = Path(download.value.path()).read_text()
+        assert svg.count('<path class="pw-edge"') == n and f"<title>{edge.label}: " in svg.replace("&#62;", ">")
+
+        run_cell(page, 1)
+        saved = page.locator(".jp-Notebook .jp-CodeCell").nth(1).locator(".jp-OutputArea-output")
+        expect(saved).to_contain_text("SAVED saved.html", timeout=ACTION_TIMEOUT)
+        follow_saved_edges(page, lab_server.root / "saved.html", n, edge, exact)
+    except BaseException:
+        try:
+            page.screenshot(path=str(ui_output / "failure-edges.png"), full_page=True, timeout=10_000)
+        except Exception:
+            pass
+        raise
+    assert not page.errors, "JavaScript errors in the page:\n" + "\n".join(page.errors)
+
+
+def check_edge_level(page, edge, exact: float) -> None:
+    """The level an edge opens: its exact score (the table's last row) and path patching into the logits, its
+    sender outlined."""
+    from playwright.sync_api import expect
+
+    table = page.locator(f'{WIDGET} section[data-panel="edge"]')
+    expect(table.locator(".pw-panel-title")).to_have_text(f"Edge {edge.label}: exact score {exact:.3f} (logit_diff)")
+    shown = float(table.locator("tbody tr").last.locator("td").text_content())
+    assert abs(shown - exact) < 1e-3, (shown, exact)
+    grid = page.locator(f'{GRID}[aria-label^="Path patching: each head\'s direct path to the logits"]')
+    expect(grid).to_have_count(1)
+    expect(grid.locator(".pw-marked-cell")).to_have_attribute("data-row", "3")
+    expect(grid.locator(".pw-marked-cell")).to_have_attribute("data-col", "1")
+
+
+def follow_saved_edges(page, path: Path, n: int, edge, exact: float) -> None:
+    """The offline page: Find circuit of edges opens the saved circuit with its edges drawn, and Enter on the
+    opened edge replays its level."""
+    from playwright.sync_api import expect
+
+    page.goto(path.as_uri(), wait_until="load")
+    expect(page.locator(TOP_GRID)).to_have_count(1, timeout=ACTION_TIMEOUT)
+    page.locator(f"{WIDGET} .pw-circuit-level").select_option("edges")
+    page.locator(f"{WIDGET} .pw-circuit-button").click()
+    expect(page.locator(f"{WIDGET} svg.pw-edges .pw-edge")).to_have_count(n, timeout=ACTION_TIMEOUT)
+    drawn = page.locator(f"{WIDGET} .pw-edge-line").evaluate_all("ls => ls.map(l => l.getAttribute('d') || '')")
+    assert all(d.startswith("M") for d in drawn), drawn
+    page.locator(f'{WIDGET} .pw-edge[aria-label^="{edge.label},"]').focus()
+    expect(page.locator(f"{WIDGET} .pw-tooltip")).to_contain_text(edge.label)
+    page.keyboard.press("Enter")
+    expect(page.locator(CRUMBS).last).to_have_text(f"edge {edge.label}", timeout=ACTION_TIMEOUT)
+    check_edge_level(page, edge, exact)
+    expect(page.locator(f"{WIDGET} .pw-error")).to_have_count(0)
