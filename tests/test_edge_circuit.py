@@ -110,3 +110,15 @@ def test_the_diagram_draws_every_edge(found):
     biggest = max(range(len(circuit.edges)), key=lambda i: abs(circuit.edge_values[i]))
     assert widths[biggest] == max(widths)
     assert f"{len(circuit.edges)} edges" in fig.axes[0].get_title()
+
+
+def test_generate_refuses_a_circuit_of_edges(demo, found):
+    """pw.generate patches nodes; a circuit of edges' cells are its senders, so generating under them would be
+    another circuit's continuation: refused, in the words the widget shows beside its button."""
+    from patchwidget.circuits.generate import EDGES_REFUSED
+    from patchwidget.ui.levels import EDGE_CIRCUIT_SAYS
+
+    prompts = demo_data.as_prompts(demo_data.ioi_pairs(2, seed=3))
+    with pytest.raises(pw.SettingsError, match="this circuit is of edges"):
+        pw.generate(demo, prompts["clean"], prompts["corrupt"], circuit=found["attribution"])
+    assert EDGE_CIRCUIT_SAYS == EDGES_REFUSED

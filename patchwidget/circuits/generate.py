@@ -182,6 +182,13 @@ def generate(
 # --- checks, before any forward pass ---------------------------------------------------------------
 
 
+# What generate says of a circuit of edges (the widget says it too, beside *What does the circuit say?*).
+EDGES_REFUSED = (
+    "pw.generate runs a circuit of nodes, and this circuit is of edges: generating under its edges is not offered "
+    "yet (pw.faithfulness measures it; find a circuit of nodes to hear what one says)"
+)
+
+
 def refusal(corrupt: Any = None, sites: Iterable[str | None] = ()) -> PatchwidgetError | None:
     """The error ``generate`` raises, before any forward pass, for a ``noise()`` corruption or for cells at
     ``sites`` it cannot patch (``attn_pattern``), or None where neither refuses it. The widget asks this too,
@@ -214,6 +221,8 @@ def chosen_cells(
     if circuit is not None:
         if not isinstance(circuit, Circuit):
             raise SettingsError(f"circuit must be a patchwidget.Circuit, got {circuit!r}")
+        if circuit.edges:  # its cells are its senders: patching them is not running its edges
+            raise SettingsError(EDGES_REFUSED)
         circuit.check_model(model)
         cells = circuit.cells
         if direction is None:

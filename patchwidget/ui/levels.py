@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..circuits.edges import Edge
-from ..circuits.generate import refusal
+from ..circuits.generate import EDGES_REFUSED, refusal
 from ..circuits.joint import JointResult
 from ..core.cells import EMBED, Cell
 from ..core.sites import SITES, ModelInfo
@@ -382,10 +382,7 @@ CIRCUIT_DISABLED = (
     ("direction", "A circuit always runs the clean prompts with every node outside it corrupted."),
     ("pair", "The circuit is found on all pairs together: its faithfulness is a ratio of means over them."),
 )
-EDGE_CIRCUIT_SAYS = (
-    "What the circuit says needs a circuit of nodes: pw.generate runs nodes on their own, and this circuit is of "
-    "edges (find one of nodes to ask it)"
-)
+EDGE_CIRCUIT_SAYS = EDGES_REFUSED  # pw.generate's own words
 
 
 def disabled(computed: Computed) -> dict[str, str]:
