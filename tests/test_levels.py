@@ -9,7 +9,7 @@ from patchwidget.core.cells import Cell
 from patchwidget.ui.levels import LEVELS, N_TOP_NEURONS, Display, Level
 from patchwidget.ui.session import Session, Settings
 
-from .close import assert_close
+from .close import assert_close, near
 from .test_widget import PAIRS, TEXTS
 
 TOKENS_OF_PAIR_0 = PAIRS[0].clean.split()
@@ -204,8 +204,8 @@ def test_an_edge_opens_its_exact_score_and_path_patching_into_it(session, demo, 
     table, *grids = panels
     assert table["kind"] == "table" and table["id"] == "edge"
     clean, without, score = (row[0] for row in table["values"])
-    assert score == pytest.approx(exact.score(edge), abs=1e-4)  # pw.edge_scores(method="exact"), as its note says
-    assert score == pytest.approx(without - clean, abs=1e-5) and abs(score) > 1e-3
+    assert score == near(exact.score(edge), 1e-4)  # pw.edge_scores(method="exact"), as its note says
+    assert score == near(without - clean, 1e-5) and abs(score) > 1e-3
     assert table["title"] == f"Edge {edge.label}: exact score {score:.3f} (logit_diff)"
     if grid is None:  # into an MLP: the score, and why no path patching
         assert grids == [] and "Path patching into an MLP is not offered" in table["note"]

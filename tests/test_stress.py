@@ -40,6 +40,7 @@ def test_a_hundred_quick_clicks_end_on_the_last_request(demo):
         "span": None,
         "pair": None,  # the pair a "says" request continues, for that kind only
         "alone": False,  # a "says" request about a circuit run on its own, for that kind only
+        "edges": False,  # a circuit of edges, for a circuit level only
     }
     assert handler_time < 30  # handlers return at once; only a broken queue could take this long
     seen = []
