@@ -73,14 +73,14 @@ import torch
 from ..core import continuation
 from ..core.cells import check_choice
 from ..core.continuation import Extension
-from ..core.edge_pass import EdgeIndex, sender_outputs
+from ..core.edge_pass import EdgeIndex, sender_deltas
 from ..core.remote import trace_kwargs
 from ..core.runs import Progress
 from ..core.sites import ModelInfo, last_logits, layer_module, module, on_input_device, raw
 from ..core.sites import reshape as site_reshape
-from ..core.weights import apply_norm, norm_parts, qkv_per_head
+from ..core.weights import apply_norm, qkv_per_head, receiver_norm
 from ..errors import SettingsError
-from .faithfulness import EDGE_PASS_BYTES, CircuitRuns, check_edge_request
+from .faithfulness import CircuitRuns, check_edge_request
 
 __all__ = ["EDGE_METHODS", "edge_attribution"]
 
@@ -116,14 +116,14 @@ def edge_attribution(runs: CircuitRuns, method: str, steps: int = 5, progress: P
     index = EdgeIndex.of(info)
     alphas = [1.0] if method == "eap" else [k / steps for k in range(steps)]
     weights = row_weights(runs)
-    n, width = runs.rows.n_pairs, runs.directed.target_ids.shape[1]
-    row_bytes = 4 * width * info.d_model * (2 * index.n_senders + 3 * index.per_layer)
-    per_pass = max(1, min(runs.per_pass, EDGE_PASS_BYTES // row_bytes))
+    n = runs.rows.n_pairs
+    per_pass = runs.edge_rows_per_pass
     scores = torch.zeros(index.n_senders, index.n_receivers)
     for start in range(0, n, per_pass):
         rows = torch.arange(start, min(start + per_pass, n))
+        delta, real = _row_deltas(runs, rows)  # the same at every interpolation step
         for k, alpha in enumerate(alphas):
-            scores += _pass_scores(runs, index, rows, alpha, weights[rows] / len(alphas))
+            scores += _pass_scores(runs, index, rows, alpha, weights[rows] / len(alphas), delta, real)
             if progress or runs.progress:
                 (progress or runs.progress)(start * len(alphas) + (k + 1) * len(rows), n * len(alphas))
     return scores
@@ -138,24 +138,36 @@ def row_weights(runs: CircuitRuns) -> torch.Tensor:
     return unit.repeat_interleave(n // runs.n_pairs) / n
 
 
-def _pass_scores(
-    runs: CircuitRuns, index: EdgeIndex, rows: torch.Tensor, alpha: float, weights: torch.Tensor
-) -> torch.Tensor:
-    """One gradient pass over ``rows`` (embeddings at ``alpha`` between corrupted and clean): every edge's
-    ``delta_u . dm/d input_r``, summed over the rows with ``weights``, ``(sender, receiver)``. Sender outputs
-    differ, and embeddings move, at the prompt's positions only (with several-token answers, not the
-    continuations')."""
-    model, info, d = runs.model, runs.request.info, runs.directed
+def _row_deltas(runs: CircuitRuns, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The senders' corrupted-minus-clean outputs of ``rows`` at the prompt's positions only (with several-token
+    answers, not the continuations'), on the CPU where the gradients are, ``(row, pos, sender, d_model)``; and
+    which positions are the prompt's, ``(row, pos)``."""
+    d = runs.directed
     source = {key: value[rows] for key, value in d.source.items()}
     target = {key: value[rows] for key, value in d.target.items()}
+    real = (torch.arange(d.target_ids.shape[1])[None] < d.target_len[rows][:, None]).float()  # (row, pos)
+    delta = sender_deltas(runs.model, runs.request.info, source, target).cpu()
+    return delta * real[:, :, None, None], real
+
+
+def _pass_scores(
+    runs: CircuitRuns,
+    index: EdgeIndex,
+    rows: torch.Tensor,
+    alpha: float,
+    weights: torch.Tensor,
+    delta: torch.Tensor,
+    real: torch.Tensor,
+) -> torch.Tensor:
+    """One gradient pass over ``rows`` (embeddings at ``alpha`` between corrupted and clean): every edge's
+    ``delta_u . dm/d input_r``, summed over the rows with ``weights``, ``(sender, receiver)``; ``delta`` and
+    ``real`` as ``_row_deltas`` gives them (embeddings move at the prompt's positions only)."""
+    model, info, d = runs.model, runs.request.info, runs.directed
     lengths = d.target_len[rows]
-    real = (torch.arange(d.target_ids.shape[1])[None] < lengths[:, None]).float()  # (row, pos): prompt positions
-    delta = (sender_outputs(model, info, source) - sender_outputs(model, info, target)).cpu()  # where the gradients are
-    delta = delta * real[:, :, None, None]
     shift = None
     if alpha != 1.0:  # the first block's input moved from clean to corrupted + alpha * (clean - corrupted)
-        moved = (source[(0, "resid_pre")] - target[(0, "resid_pre")])[:, :, 0]
-        shift = (1 - alpha) * moved * real.to(moved.device)[:, :, None]
+        moved = delta[:, :, 0]  # the embeddings' corrupted-minus-clean output, at the prompt's positions
+        shift = (1 - alpha) * moved
     fn = runs.request.metric
     args = (runs.rows.answer_ids[rows], runs.rows.wrong_ids[rows], d.clean_logits[rows])
     ext = None if d.target_ext is None else d.target_ext.rows(rows)
@@ -169,7 +181,7 @@ def _pass_scores(
         out[:s, first : first + index.per_layer - 1] = torch.einsum("bpsd,bprd->sr", delta[:, :, :s], heads)
         s = index.senders_before(layer, mlp=True)
         out[:s, first + index.per_layer - 1] = torch.einsum("bpsd,bpd->s", delta[:, :, :s], mlp)
-    final = norm_parts(module(model._module, info.arch.final_norm))
+    final = receiver_norm(model, info, None, "logits")
     logits_in = norm_vjp(final, got["final_in"], got["final_grad"][:, :, None])[:, :, 0]
     out[:, -1] = torch.einsum("bpsd,bpd->s", delta, logits_in)
     return out
@@ -240,7 +252,6 @@ def receiver_grads(model: Any, info: ModelInfo, layer: int, got: dict) -> tuple[
 
     A head's q (k, v) is the attention norm of its input through that head's columns: the gradient at the
     projection's output, per head, goes back through the columns and then through the norm at its input."""
-    arch = info.arch
     grads = got["qkv"][layer]
     if len(grads) == 1:  # one fused projection holds q, k and v
         grads = grads * 3
@@ -249,10 +260,9 @@ def receiver_grads(model: Any, info: ModelInfo, layer: int, got: dict) -> tuple[
         weight = qkv_per_head(model, info, layer, site[-1])[0].detach().float().cpu()  # (unit, d_model, d_head)
         per_unit = site_reshape(info, site, grad)  # (row, pos, unit, d_head)
         through.append(torch.einsum("bpnk,ndk->bpnd", per_unit, weight))
-    attn_norm = norm_parts(module(model._module, f"{arch.layers}.{layer}.{arch.ln_attn}"))
-    heads = norm_vjp(attn_norm, got["attn_in"][layer], torch.cat(through, 2))
-    mlp_norm = norm_parts(module(model._module, f"{arch.layers}.{layer}.{arch.ln_mid}"))
-    mlp = norm_vjp(mlp_norm, got["mlp_in"][layer], got["mlp_grad"][layer][:, :, None])[:, :, 0]
+    heads = norm_vjp(receiver_norm(model, info, layer), got["attn_in"][layer], torch.cat(through, 2))
+    mlp_grad = got["mlp_grad"][layer][:, :, None]
+    mlp = norm_vjp(receiver_norm(model, info, layer, "mlp_in"), got["mlp_in"][layer], mlp_grad)[:, :, 0]
     return heads, mlp
 
 

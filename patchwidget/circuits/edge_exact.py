@@ -29,11 +29,11 @@ from typing import Any
 import torch
 
 from ..core.cells import Write
-from ..core.edge_pass import EdgeIndex, sender_outputs
+from ..core.edge_pass import EdgeIndex, sender_deltas
 from ..core.engine import patched_metric
 from ..core.runs import Progress
 from ..core.sites import ModelInfo, module
-from ..core.weights import apply_norm, norm_parts, qkv_per_head
+from ..core.weights import apply_norm, qkv_per_head, receiver_norm
 
 __all__ = ["exact_edge_scores", "reads_for_exact"]
 
@@ -59,7 +59,7 @@ def exact_edge_scores(runs: Any, progress: Progress | None = None) -> torch.Tens
     model, info = runs.model, runs.request.info
     index = EdgeIndex.of(info)
     d = runs.directed
-    delta = sender_outputs(model, info, d.source) - sender_outputs(model, info, d.target)  # (row, pos, sender, d)
+    delta = sender_deltas(model, info, d.source, d.target)  # (row, pos, sender, d_model)
     values = torch.zeros(runs.rows.n_pairs, index.n_senders, index.n_receivers)  # m per row and edge
     if d.target_ext is None:
         values[:, :, -1] = _logits_receiver(runs, index, delta)
@@ -86,7 +86,7 @@ def _logits_receiver(runs: Any, index: EdgeIndex, delta: torch.Tensor) -> torch.
     final = d.target[(info.n_layers - 1, "resid_post")][rows, last, 0].float()  # (row, d_model)
     x = final[:, None] + delta[rows, last]  # (row, sender, d_model)
     head = module(model._module, info.arch.unembed)
-    normed = apply_norm(norm_parts(module(model._module, info.arch.final_norm)), x)
+    normed = apply_norm(receiver_norm(model, info, None, "logits"), x)
     with torch.no_grad():
         logits = head(normed.to(head.weight.dtype)).float()  # (row, sender, vocab)
     fn, n = runs.request.metric, index.n_senders
@@ -119,7 +119,7 @@ def _receiver_fn(model: Any, info: ModelInfo, layer: int, site: str) -> Any:
     """What a receiver computes from its input ``(..., d_model)``: ``(..., unit, width)``."""
     arch = info.arch
     mlp = site == "mlp_in"
-    parts = norm_parts(module(model._module, f"{arch.layers}.{layer}.{arch.ln_mid if mlp else arch.ln_attn}"))
+    parts = receiver_norm(model, info, layer, site)
     if mlp:
         block_mlp = module(model._module, f"{arch.layers}.{layer}.{arch.mlp}")
         dtype = next(block_mlp.parameters()).dtype

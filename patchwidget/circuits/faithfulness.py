@@ -185,6 +185,15 @@ class CircuitRuns:
             )
         return self.per_pair(values.view(self.rows.n_pairs, len(sets))).T  # (set, pair)
 
+    @property
+    def edge_rows_per_pass(self) -> int:
+        """Rows per edge pass (faithfulness's and the gradients'): each row holds every sender's output and the
+        inputs of a layer's receivers at every position, ``EDGE_PASS_BYTES`` at most, and no more rows than the
+        request's own passes take."""
+        info, index = self.request.info, EdgeIndex.of(self.request.info)
+        row_bytes = 4 * self.directed.target_ids.shape[1] * info.d_model * (2 * index.n_senders + 3 * index.per_layer)
+        return max(1, min(self.per_pass, EDGE_PASS_BYTES // row_bytes))
+
     def measure_edges(self, sets: list[Sequence[Edge]], progress: Progress | None = None) -> torch.Tensor:
         """m(C) per set of kept edges and pair, ``(set, pair)``: each row's clean prompt once per set, every edge
         outside the set carrying its sender's corrupted (or mean) output into its receiver only
@@ -196,11 +205,9 @@ class CircuitRuns:
         """``measure_edges`` for sets given as which edges are outside them, ``(set, sender, receiver)`` bools in
         ``EdgeIndex`` numbering (already checked)."""
         info, model, n_sets = self.request.info, self.model, len(outside)
-        index = EdgeIndex.of(info)
         corrupt = sender_outputs(model, info, self.directed.source)  # (row, pos, sender, d_model)
         copies = [(row, k) for row in range(self.rows.n_pairs) for k in range(n_sets)]
-        row_bytes = 4 * corrupt.shape[1] * info.d_model * (2 * index.n_senders + 3 * index.per_layer)
-        per_pass = max(1, min(self.per_pass, EDGE_PASS_BYTES // row_bytes))
+        per_pass = self.edge_rows_per_pass
         values, fn, d = torch.empty(len(copies)), self.request.metric, self.directed
         for start in range(0, len(copies), per_pass):
             rows = torch.tensor([row for row, _ in copies[start : start + per_pass]])

@@ -36,9 +36,9 @@ from . import continuation
 from .continuation import Extension
 from .remote import trace_kwargs
 from .sites import ModelInfo, last_logits, layer_module, module, on_input_device, raw, reshape, view
-from .weights import apply_norm, norm_parts, out_per_head, qkv_per_head
+from .weights import apply_norm, norm_parts, out_per_head, qkv_per_head, receiver_norm
 
-__all__ = ["EDGE_MODELS", "EdgeIndex", "check_edge_model", "edge_metric_logits", "sender_outputs"]
+__all__ = ["EDGE_MODELS", "EdgeIndex", "check_edge_model", "edge_metric_logits", "sender_deltas", "sender_outputs"]
 
 # Architectures whose residual stream is exactly the sum of its senders' outputs and biases, read through a
 # LayerNorm or RMSNorm: a model that adds a norm after a branch (Gemma 2) or scales the branches (Granite) is not.
@@ -138,6 +138,13 @@ def sender_outputs(model: Any, info: ModelInfo, acts: dict) -> torch.Tensor:
     return torch.cat(parts, 2)
 
 
+def sender_deltas(model: Any, info: ModelInfo, source: dict, target: dict) -> torch.Tensor:
+    """Every sender's output in the ``source`` run minus its output in the ``target`` run,
+    ``(row, pos, sender, d_model)``: what corrupting an edge adds to its receiver's input where the target is
+    the run up to that receiver (``sender_outputs`` of each)."""
+    return sender_outputs(model, info, source) - sender_outputs(model, info, target)
+
+
 @dataclass(frozen=True)
 class _Weights:
     """What the trace needs of one layer: the q/k/v columns per head, the output slices, the norms."""
@@ -149,13 +156,12 @@ class _Weights:
 
 
 def _layer_weights(model: Any, info: ModelInfo, layer: int) -> _Weights:
-    arch, raw = info.arch, model._module
     qkv = []
     for which in "qkv":
         w, b = qkv_per_head(model, info, layer, which)
         qkv.append((w.detach().float(), None if b is None else b.detach().float()))
-    norm = lambda path: norm_parts(module(raw, f"{arch.layers}.{layer}.{path}"))
-    return _Weights(qkv, out_per_head(model, info, layer).detach().float(), norm(arch.ln_attn), norm(arch.ln_mid))
+    out = out_per_head(model, info, layer).detach().float()
+    return _Weights(qkv, out, receiver_norm(model, info, layer), receiver_norm(model, info, layer, "mlp_in"))
 
 
 def edge_metric_logits(
@@ -179,7 +185,7 @@ def edge_metric_logits(
     """
     index = EdgeIndex.of(info)
     weights = [_layer_weights(model, info, layer) for layer in range(info.n_layers)]
-    final = norm_parts(module(model._module, info.arch.final_norm))
+    final = receiver_norm(model, info, None, "logits")
     rows, last = torch.arange(len(ids)), lengths - 1
     dev = corrupt.device  # the runs' device: the model's, where the senders' outputs were recorded
     mask = outside.float().to(dev)

@@ -21,7 +21,7 @@ import torch
 
 from .sites import ModelInfo, module
 
-__all__ = ["NormParts", "apply_norm", "norm_parts", "out_per_head", "qkv_per_head"]
+__all__ = ["NormParts", "apply_norm", "norm_parts", "out_per_head", "qkv_per_head", "receiver_norm"]
 
 NormParts = tuple[bool, torch.Tensor, torch.Tensor | None, float]  # (centred, gain, bias, eps)
 
@@ -84,6 +84,20 @@ def norm_parts(norm: Any) -> NormParts:
     gain = norm.weight.float() + (1.0 if name.startswith("Gemma") and "RMS" in name else 0.0)
     bias = getattr(norm, "bias", None)
     return centred, gain, None if bias is None else bias.float(), eps
+
+
+def receiver_norm(model: Any, info: ModelInfo, layer: int | None, site: str = "head_q") -> NormParts:
+    """The norm a receiver's input goes through: the attention's input norm for a head's q/k/v (``site``), the
+    MLP's input norm for ``"mlp_in"``, the final norm for ``"logits"`` (``layer`` None).
+
+    Example:
+        >>> receiver_norm(model, info, 0, "mlp_in")[0]  # doctest: +SKIP
+        True
+    """
+    arch = info.arch
+    if site == "logits":
+        return norm_parts(module(model._module, arch.final_norm))
+    return norm_parts(_raw(model, info, layer, arch.ln_mid if site == "mlp_in" else arch.ln_attn))
 
 
 def apply_norm(parts: NormParts, x: torch.Tensor) -> torch.Tensor:
