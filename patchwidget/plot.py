@@ -120,11 +120,12 @@ def plot_curve(curve: dict, found: float | None, ax: Any = None, show: bool | No
 
 
 def plot_circuit(
-    circuit: Any, n_layers: int, n_heads: int, ax: Any = None, show: bool | None = None, n_kv_heads: int | None = None
+    circuit: Any, n_layers: int, n_heads: int, ax: Any = None, show: bool | None = None, ends: list | None = None
 ) -> Any:
     """Draw a circuit of nodes: one row per layer (embeddings at the bottom, logits at the top), each
     layer's heads then its MLP; the circuit's nodes filled, sized by |effect|, the rest hollow. A circuit
-    of edges also draws its edges, sender to receiver (its nodes: the senders)."""
+    of edges also draws its edges, ``ends`` giving each edge's two ends as the nodes they are drawn at
+    (``edges.drawn_at``; its nodes: the senders)."""
     fig, ax = _figure(ax, (1.6 + 0.55 * (n_heads + 1), 1.4 + 0.6 * (n_layers + 2)))
     effect = dict(zip((c.label for c in circuit.cells), circuit.values or [1.0] * len(circuit.cells)))
     largest = max([abs(v) for v in effect.values()] + [1e-12])
@@ -136,8 +137,8 @@ def plot_circuit(
         ax.scatter([x], [y], s=size, facecolor=face, edgecolor="#333", linewidth=0.8, zorder=3)
         ax.annotate(text, (x, y), xytext=(0, -17), textcoords="offset points", ha="center", fontsize=6, color="#333")
 
-    if getattr(circuit, "edges", None):
-        _draw_edges(ax, circuit, n_layers, n_heads, n_kv_heads or n_heads)
+    if ends:
+        _draw_edges(ax, ends, circuit.edge_values or [1.0] * len(ends), n_layers, n_heads)
     node(n_heads / 2, 0, "embed", "embed")
     for layer in range(n_layers):
         ax.axhline(layer + 1, color="#eee", linewidth=0.6, zorder=0)
@@ -155,38 +156,31 @@ def plot_circuit(
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
     faith = "" if circuit.faithfulness is None else f": faithfulness {circuit.faithfulness:.2f}"
-    if getattr(circuit, "edges", None):
+    if ends:
         key = "width by |score|; red: corrupting it lowers the metric, blue: raises it"
-        what = f"{len(circuit.edges)} edges{faith}\n({key})"
+        what = f"{len(ends)} edges{faith}\n({key})"
     else:
         what = f"{len(circuit.cells)} nodes{faith}\n(filled: in the circuit, sized by effect)"
     ax.set_title(f"Circuit of {what}", fontsize=9)
     return _shown(fig, show)
 
 
-def _node_xy(cell: Any, n_layers: int, n_heads: int, n_kv_heads: int) -> tuple[float, float]:
-    """Where an edge's end sits in the diagram: a head's q/k/v at its head (a key-value head at the first head
-    of its group), an MLP's input at its MLP, the logits at the top."""
-    if cell.site == "embed":
+def _node_xy(node: Any, n_layers: int, n_heads: int) -> tuple[float, float]:
+    """Where a node sits in the diagram, as ``plot_circuit`` draws it: the embeddings at the bottom, the logits
+    at the top, a layer's heads then its MLP."""
+    if node.site == "embed":
         return n_heads / 2, 0
-    if cell.site == "logits":
+    if node.site == "logits":
         return n_heads / 2, n_layers + 1
-    if cell.site in ("mlp_out", "mlp_in"):
-        return n_heads + 0.4, cell.layer + 1
-    group = n_heads // n_kv_heads if cell.site in ("head_k", "head_v") else 1
-    return cell.head * group, cell.layer + 1
+    return (n_heads + 0.4 if node.site == "mlp_out" else node.head), node.layer + 1
 
 
-def _draw_edges(ax: Any, circuit: Any, n_layers: int, n_heads: int, n_kv_heads: int) -> None:
-    """The circuit's edges as lines from sender to receiver, width by |score|, colour by sign."""
+def _draw_edges(ax: Any, ends: list, values: list[float], n_layers: int, n_heads: int) -> None:
+    """Edges as lines between the nodes they are drawn at, width by |score|, colour by sign."""
     from matplotlib.collections import LineCollection
 
-    values = circuit.edge_values or [1.0] * len(circuit.edges)
     largest = max([abs(v) for v in values] + [1e-12])
-    segments = [
-        [_node_xy(e.sender, n_layers, n_heads, n_kv_heads), _node_xy(e.receiver, n_layers, n_heads, n_kv_heads)]
-        for e in circuit.edges
-    ]
+    segments = [[_node_xy(a, n_layers, n_heads), _node_xy(b, n_layers, n_heads)] for a, b in ends]
     widths = [0.6 + 3.4 * abs(v) / largest for v in values]
     colours = ["#c33" if v < 0 else "#36c" for v in values]
     ax.add_collection(LineCollection(segments, linewidths=widths, colors=colours, alpha=0.55, zorder=2))

@@ -35,7 +35,7 @@ from ..data.prompts import Texts
 from ..data.templates import token_strings
 from ..errors import PromptError, ResultFileError, SettingsError
 from ..files import write_atomic
-from .edges import Edge, check_in_model
+from .edges import Edge, check_in_model, drawn_at
 from .joint import JointResult, patch_sites
 
 FORMAT = "patchwidget.Circuit"
@@ -117,7 +117,10 @@ class Circuit:
         shape = self.provenance.get("shape") or {}
         if not shape:
             raise SettingsError("this circuit does not record its model's shape, so its diagram cannot be drawn")
-        return plot_circuit(self, shape["n_layers"], shape["n_heads"], ax, show, shape.get("n_kv_heads"))
+        n_heads = shape["n_heads"]
+        at = lambda cell: drawn_at(cell, n_heads, shape.get("n_kv_heads") or n_heads)
+        ends = [(at(e.sender), at(e.receiver)) for e in self.edges]
+        return plot_circuit(self, shape["n_layers"], n_heads, ax, show, ends)
 
     def faithfulness_on(self, model: Any, clean: Texts, corrupt: Texts, **kwargs: Any) -> float:
         """MIB's faithfulness of this circuit on other prompt pairs: the held-out check

@@ -177,3 +177,20 @@ def outside_masks(sets: Sequence[Sequence[Edge]], index: EdgeIndex) -> torch.Ten
         for edge in edges:
             out[(k, *numbers(edge, index))] = False
     return out
+
+
+def drawn_at(cell: Cell, n_heads: int, n_kv_heads: int) -> Cell:
+    """The node an edge's end is drawn at in a circuit diagram: a head's query, key or value at that head's
+    output (a key-value head's at the first head of its group), an MLP's input at its output; senders and
+    the logits at themselves. The widget's diagram and ``Circuit.plot`` both place edges so.
+
+    Example:
+        >>> drawn_at(Cell("head_v", 3, head=1), 4, 2)
+        Cell(site='head_out', layer=3, head=2, neuron=None, pos=None)
+    """
+    if cell.site == "mlp_in":
+        return Cell("mlp_out", cell.layer)
+    if cell.site in ("head_q", "head_k", "head_v"):
+        group = n_heads // n_kv_heads if cell.site != "head_q" else 1
+        return Cell("head_out", cell.layer, head=cell.head * group)
+    return cell

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..circuits.edges import Edge
+from ..circuits.edges import Edge, drawn_at
 from ..core.cells import EMBED, Cell
 from .panels import curve_panel, panel
 
@@ -61,17 +61,17 @@ class Layout:
 
     def first_head(self, cell: Cell) -> int:
         """The head a head's input is drawn at: a key-value head's at the first head of its group."""
-        group = self.n_heads // self.n_kv_heads if cell.site in ("head_k", "head_v") else 1
-        return cell.head * group
+        return drawn_at(cell, self.n_heads, self.n_kv_heads).head
 
     def place(self, cell: Cell) -> tuple[int, int]:
         """A sender's or receiver's node: (row, column)."""
-        if cell.site == EMBED:
+        node = drawn_at(cell, self.n_heads, self.n_kv_heads)
+        if node.site == EMBED:
             return self.top + self.n_layers, 0
-        if cell.site == "logits":
+        if node.site == "logits":
             return 0, 0
-        row = self.top + self.n_layers - 1 - cell.layer
-        return (row, self.n_heads) if cell.site in ("mlp_out", "mlp_in") else (row, self.first_head(cell))
+        row = self.top + self.n_layers - 1 - node.layer
+        return (row, self.n_heads) if node.site == "mlp_out" else (row, node.head)
 
     def node_at(self, row: int, col: int) -> Cell | None:
         """The node at (row, col): the embeddings, the logits, a head's or an MLP's output, or None (no node)."""
