@@ -91,6 +91,16 @@ def test_eap_and_eap_ig_match_the_plain_twin(tiny_models, model_name):
         assert int((want.abs() > 1e-3 * scale(want)).sum()) >= 5, want  # the sample has scores to compare
 
 
+def _noised_rows(model, runs, plain, samples=2):
+    """The twin's rows for a noise corruption of ``samples`` samples a pair: each clean prompt as its own
+    corrupted one, with the noise the runs drew for that row added to its embeddings."""
+    _, noise = with_noise(model, runs.request.info, runs.request.prompts)
+    return [
+        (clean, clean, a, w, noise[row, : len(clean)].float())
+        for row, (clean, _, a, w) in enumerate(p for p in plain for _ in range(samples))
+    ]
+
+
 def test_a_normalised_metric_and_noise_rows_match_the_twin(tiny_models):
     """logit_diff_norm: each pair in its own clean-minus-corrupted units. Noise: each sample a row of its own,
     averaged per pair (the twin, given the same noise, averages its rows)."""
@@ -103,12 +113,9 @@ def test_a_normalised_metric_and_noise_rows_match_the_twin(tiny_models):
     assert_close(_scores(model, runs, edges, "eap"), want, 1e-4)
     noised = {**demo_data.as_prompts(pairs), "corrupt": pw.noise(positions=[1, 2, 3], samples=2, seed=3)}
     runs = _runs(model, noised)
-    rows, noise = with_noise(model, runs.request.info, runs.request.prompts)
-    rows_plain = [
-        (clean, clean, a, w, noise[row, : len(clean)].float())
-        for row, (clean, _, a, w) in enumerate(p for p in plain for _ in range(2))
-    ]
-    want = reference_edge_attribution(model._module, rows_plain, _twin_edges(edges), "eap-ig", steps=STEPS)
+    want = reference_edge_attribution(
+        model._module, _noised_rows(model, runs, plain), _twin_edges(edges), "eap-ig", steps=STEPS
+    )
     assert_close(_scores(model, runs, edges, "eap-ig"), want, 1e-4)
 
 
@@ -170,12 +177,9 @@ def test_several_tokens_with_a_normalised_metric_and_noise_rows(tiny_models):
     want = reference_edge_attribution(model._module, plain, _twin_edges(edges), "eap-ig", STEPS, "logit_diff_norm")
     assert_close(_scores(model, runs, edges, "eap-ig"), want, 1e-4)
     runs = _runs(model, {**prompts, "corrupt": pw.noise(positions=[1, 2, 3], samples=2, seed=3)})
-    _, noise = with_noise(model, runs.request.info, runs.request.prompts)
-    rows_plain = [
-        (clean, clean, a, w, noise[row, : len(clean)].float())
-        for row, (clean, _, a, w) in enumerate(p for p in plain for _ in range(2))
-    ]
-    want = reference_edge_attribution(model._module, rows_plain, _twin_edges(edges), "eap-ig", steps=STEPS)
+    want = reference_edge_attribution(
+        model._module, _noised_rows(model, runs, plain), _twin_edges(edges), "eap-ig", steps=STEPS
+    )
     assert_close(_scores(model, runs, edges, "eap-ig"), want, 1e-4)
     assert float(want.abs().max()) > 0.1
 
