@@ -67,6 +67,17 @@ def ui_output() -> Path:
     return OUTPUT
 
 
+def code_notebook(path: Path, *sources: str) -> Path:
+    """Write a Python 3 notebook of code cells, one per source, to ``path``."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    nbformat.write(nb, path)
+    return path
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -15,6 +15,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from .conftest import code_notebook
+
 pytestmark = pytest.mark.e2e
 
 CLEAN = "When Mary and John went to the store , John gave a drink to"
@@ -67,20 +69,15 @@ def choose_drill_down() -> tuple[int, int, list[list[float]]]:
 
 
 def write_notebook(folder: Path, name: str = "patchwidget_e2e.ipynb") -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [
-        nbformat.v4.new_code_cell(
-            "import patchwidget as pw\n"
-            f"w = pw.explore(pw.load_model(), {CLEAN!r}, {CORRUPT!r}, answer='Mary', wrong='John')\n"
-            "w"
-        ),
-        nbformat.v4.new_code_cell(PROBE),
-        nbformat.v4.new_code_cell(SAVE),
-    ]
-    path = folder / name  # one notebook per test: JupyterLab keeps a document it has opened
-    nbformat.write(nb, path)
-    return path
+    # one notebook per test: JupyterLab keeps a document it has opened
+    return code_notebook(
+        folder / name,
+        "import patchwidget as pw\n"
+        f"w = pw.explore(pw.load_model(), {CLEAN!r}, {CORRUPT!r}, answer='Mary', wrong='John')\n"
+        "w",
+        PROBE,
+        SAVE,
+    )
 
 
 def wait_kernel_idle(page) -> None:
@@ -301,25 +298,20 @@ def test_remote_queue_status_shows_in_the_progress_bar(lab_server, page, ui_outp
     from playwright.sync_api import expect
 
     repo = Path(__file__).resolve().parents[2]
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [
-        nbformat.v4.new_code_cell(
-            f"import sys; sys.path.insert(0, {str(repo)!r})\n"
-            "import patchwidget as pw\n"
-            "from nnsight.modeling import huggingface\n"
-            "from tests.fake_ndif import FakeNDIF\n"
-            "server = FakeNDIF(pw.load_model()).__enter__()\n"
-            "client = pw.load_model(dispatch=False)  # no weights here, as with NDIF\n"
-            "huggingface._ID_CACHE[client.repo_id] = 'patchwidget/demo-model'\n"
-            f"w = pw.explore(client, {CLEAN!r}, {CORRUPT!r}, answer='Mary', wrong='John', remote=server.url, "
-            "preview=False)\n"
-            "server.queue_seconds = 3\n"
-            "w"
-        )
-    ]
-    notebook = lab_server.root / "patchwidget_remote.ipynb"
-    nbformat.write(nb, notebook)
+    notebook = code_notebook(
+        lab_server.root / "patchwidget_remote.ipynb",
+        f"import sys; sys.path.insert(0, {str(repo)!r})\n"
+        "import patchwidget as pw\n"
+        "from nnsight.modeling import huggingface\n"
+        "from tests.fake_ndif import FakeNDIF\n"
+        "server = FakeNDIF(pw.load_model()).__enter__()\n"
+        "client = pw.load_model(dispatch=False)  # no weights here, as with NDIF\n"
+        "huggingface._ID_CACHE[client.repo_id] = 'patchwidget/demo-model'\n"
+        f"w = pw.explore(client, {CLEAN!r}, {CORRUPT!r}, answer='Mary', wrong='John', remote=server.url, "
+        "preview=False)\n"
+        "server.queue_seconds = 3\n"
+        "w",
+    )
     try:
         # ?reset: a fresh workspace, without the notebook an earlier test left open
         page.goto(f"{lab_server.url}/lab/tree/{notebook.name}?reset", wait_until="domcontentloaded")
@@ -467,17 +459,13 @@ def test_copy_code_reproduces_the_grid_in_the_kernel(lab_server, page, ui_output
     """Issue 39, item 6: *Copy code*, pasted into a cell and run, computes the values the grid shows."""
     from playwright.sync_api import expect
 
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [
-        nbformat.v4.new_code_cell(
-            "import patchwidget as pw\n"
-            f"w = pw.explore(pw.load_model(), {CLEAN!r}, {CORRUPT!r}, answer='Mary', wrong='John')\n"
-            "w"
-        ),
-        nbformat.v4.new_code_cell(""),
-    ]
-    nbformat.write(nb, lab_server.root / "copy.ipynb")
+    code_notebook(
+        lab_server.root / "copy.ipynb",
+        "import patchwidget as pw\n"
+        f"w = pw.explore(pw.load_model(), {CLEAN!r}, {CORRUPT!r}, answer='Mary', wrong='John')\n"
+        "w",
+        "",
+    )
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=lab_server.url)
     try:
         open_widget(page, lab_server, "copy.ipynb", n_cells=2)
@@ -650,17 +638,13 @@ def test_what_the_model_says_and_the_answers_tokens(lab_server, page, ui_output)
     assert want.patched != want.corrupt  # the head moves what the model says, so the test has power
     found = pw.find_circuit(model, CLEAN, CORRUPT, answer="Mary went to", wrong="John")
     alone = pw.generate(model, CLEAN, CORRUPT, circuit=found, alone=True, max_new_tokens=SAYS_TOKENS)
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [
-        nbformat.v4.new_code_cell(
-            "import patchwidget as pw\n"
-            f"w = pw.explore(pw.load_model(), {CLEAN!r}, {CORRUPT!r}, answer='Mary went to', wrong='John')\n"
-            "w"
-        ),
-        nbformat.v4.new_code_cell(SAVE),
-    ]
-    nbformat.write(nb, lab_server.root / "says.ipynb")
+    code_notebook(
+        lab_server.root / "says.ipynb",
+        "import patchwidget as pw\n"
+        f"w = pw.explore(pw.load_model(), {CLEAN!r}, {CORRUPT!r}, answer='Mary went to', wrong='John')\n"
+        "w",
+        SAVE,
+    )
     tip = page.locator(f"{WIDGET} .pw-tooltip")
     try:
         open_widget(page, lab_server, "says.ipynb", n_cells=2)
@@ -728,17 +712,13 @@ def test_what_generate_refuses_is_said_on_the_button_and_the_grid_works_on(lab_s
     with pytest.raises(pw.PromptError) as refused:
         pw.generate(pw.load_model(), CLEAN, pw.noise("Mary"), cells=[pw.Cell("resid_pre", 3, pos=13)])
     why = str(refused.value)
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [
-        nbformat.v4.new_code_cell(
-            "import patchwidget as pw\n"
-            f"w = pw.explore(pw.load_model(), {CLEAN!r}, pw.noise('Mary'), answer='Mary', wrong='John')\n"
-            "w"
-        ),
-        nbformat.v4.new_code_cell("print('PROBE', w.session.latest, w.status['state'], len(w.breadcrumb))"),
-    ]
-    nbformat.write(nb, lab_server.root / "refused.ipynb")
+    code_notebook(
+        lab_server.root / "refused.ipynb",
+        "import patchwidget as pw\n"
+        f"w = pw.explore(pw.load_model(), {CLEAN!r}, pw.noise('Mary'), answer='Mary', wrong='John')\n"
+        "w",
+        "print('PROBE', w.session.latest, w.status['state'], len(w.breadcrumb))",
+    )
     button, reason = page.locator(f"{WIDGET} .pw-says"), page.locator(f"{WIDGET} .pw-says-refused")
     try:
         open_widget(page, lab_server, "refused.ipynb", n_cells=2)
@@ -809,18 +789,14 @@ def test_find_circuit_of_edges_draws_them_and_an_edge_opens_its_exact_score(lab_
     assert edge in found.edges
     ranking = found.edge_values[found.edges.index(edge)]
     exact = pw.edge_scores(model, **prompts, method="exact").score(edge)
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [
-        nbformat.v4.new_code_cell(
-            "import patchwidget as pw\n"
-            "prompts = pw.demo_data.as_prompts(pw.demo_data.ioi_pairs(8))\n"
-            "w = pw.explore(pw.load_model(), **prompts)\n"
-            "w"
-        ),
-        nbformat.v4.new_code_cell(SAVE),
-    ]
-    nbformat.write(nb, lab_server.root / "edges.ipynb")
+    code_notebook(
+        lab_server.root / "edges.ipynb",
+        "import patchwidget as pw\n"
+        "prompts = pw.demo_data.as_prompts(pw.demo_data.ioi_pairs(8))\n"
+        "w = pw.explore(pw.load_model(), **prompts)\n"
+        "w",
+        SAVE,
+    )
     n = len(found.edges)
     circuit = page.locator(f'{WIDGET} .pw-grid[role=grid][aria-label^="Circuit of {n} edges: on their own"]')
     lines = page.locator(f"{WIDGET} svg.pw-edges .pw-edge")

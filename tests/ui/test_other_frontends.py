@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from .conftest import REPO, _free_port, serve, start_jupyter
+from .conftest import REPO, _free_port, code_notebook, serve, start_jupyter
 
 pytestmark = pytest.mark.e2e
 
@@ -71,15 +70,11 @@ def notebook_server(request, tmp_path_factory, ui_output):
 def test_notebook7_drill_down_and_back(notebook_server, page, ui_output):
     from playwright.sync_api import expect
 
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [
-        nbformat.v4.new_code_cell(
-            f"import patchwidget as pw\nw = pw.explore(pw.load_model(), {CLEAN!r}, {CORRUPT!r}, answer='Mary', "
-            "wrong='John')\nw"
-        )
-    ]
-    nbformat.write(nb, notebook_server.root / "nb7.ipynb")
+    code_notebook(
+        notebook_server.root / "nb7.ipynb",
+        f"import patchwidget as pw\nw = pw.explore(pw.load_model(), {CLEAN!r}, {CORRUPT!r}, answer='Mary', "
+        "wrong='John')\nw",
+    )
     try:
         page.goto(f"{notebook_server.url}/notebooks/nb7.ipynb", wait_until="domcontentloaded")
         cell = page.locator(".jp-Notebook .jp-CodeCell").first
